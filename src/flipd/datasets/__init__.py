@@ -1,0 +1,1 @@
+"""Data sets: synthetic manifolds with ground-truth LID, and images."""
