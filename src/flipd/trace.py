@@ -1,0 +1,168 @@
+"""Traces of a network's input Jacobian from Jacobian-vector products.
+
+For a batch ``y`` of shape [N, ...] and a function ``fn`` that maps each point independently,
+:func:`quadratic_forms` returns ``fn(y)`` and, for every probe ``v``, the per-point quadratic
+form ``vᵀ J_n v`` (J_n the Jacobian of point n's output with respect to its input). Summing the
+forms over the D basis probes gives the exact trace; averaging them over random Rademacher or
+Gaussian probes gives Hutchinson's unbiased estimate.
+
+Two differentiation modes exist. Reverse mode runs one forward pass and then one
+vector-Jacobian product per probe (vectorised over a chunk of probes with ``torch.vmap``);
+forward mode runs Jacobian-vector products (``torch.func.jvp``). On CPUs reverse mode is the
+faster of the two, and some layers (e.g. CPU attention kernels) have no forward-mode rule, so
+"auto" uses reverse mode and falls back to forward mode only if reverse mode fails. Where a
+model cannot be vectorised with ``torch.vmap``, probes are looped over instead.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Iterable, Iterator
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+Mode = Literal["auto", "reverse", "forward"]
+MODES: tuple[str, ...] = ("auto", "reverse", "forward")
+
+__all__ = ["Mode", "MODES", "basis_probes", "random_probes", "quadratic_forms"]
+
+
+def basis_probes(batch_shape: torch.Size, chunk: int, *, dtype, device) -> Iterator[Tensor]:
+    """Yield the D standard basis probes for every point, ``chunk`` probes at a time.
+
+    Args:
+        batch_shape: shape of the batch, [N, ...]; D is the product of the trailing sizes.
+        chunk: probes per yielded tensor.
+
+    Yields:
+        Tensors of shape [k, N, ...] with k ≤ chunk; probe j of the whole sequence is e_j for
+        every point.
+    """
+    n, dims = batch_shape[0], batch_shape[1:]
+    total = dims.numel()
+    for start in range(0, total, chunk):
+        k = min(chunk, total - start)
+        probes = torch.zeros(k, n, total, dtype=dtype, device=device)
+        index = torch.arange(k, device=device)
+        probes[index, :, start + index] = 1
+        yield probes.reshape(k, n, *dims)
+
+
+def random_probes(
+    batch_shape: torch.Size,
+    n_probes: int,
+    chunk: int,
+    *,
+    distribution: Literal["rademacher", "gaussian"],
+    generator: torch.Generator,
+    dtype,
+    device,
+) -> Iterator[Tensor]:
+    """Yield ``n_probes`` random probes per point, ``chunk`` at a time, drawn from ``generator``.
+
+    Rademacher probes have independent ±1 entries; Gaussian probes standard normal entries.
+    Both satisfy E[v vᵀ] = I, so E[vᵀ J v] = tr J. Only one chunk exists in memory at a time.
+    """
+    for start in range(0, n_probes, chunk):
+        shape = (min(chunk, n_probes - start), *batch_shape)
+        if distribution == "rademacher":
+            bits = torch.randint(0, 2, shape, generator=generator, device=device)
+            yield bits.to(dtype).mul_(2).sub_(1)
+        else:
+            yield torch.randn(shape, generator=generator, device=device, dtype=dtype)
+
+
+def _contract(probes: Tensor, products: Tensor) -> Tensor:
+    """Per-probe, per-point dot products of two [k, N, ...] tensors -> [k, N]."""
+    return (probes * products).flatten(2).sum(-1)
+
+
+# Errors that mean "this differentiation strategy is unsupported here", as opposed to bad input.
+_UNSUPPORTED = (RuntimeError, NotImplementedError, TypeError)
+
+
+def _reverse(fn: Callable[[Tensor], Tensor], y: Tensor, probes: Iterable[Tensor], check):
+    output, vjp_fn = torch.func.vjp(fn, y)
+    check(output)
+    forms, vectorise = [], True
+    for chunk in probes:
+        if vectorise:
+            try:
+                products = torch.vmap(vjp_fn)(chunk)[0]
+            except _UNSUPPORTED:  # a layer without batching rules: loop over the probes instead
+                vectorise = False
+        if not vectorise:
+            products = torch.stack([vjp_fn(probe)[0] for probe in chunk])
+        forms.append(_contract(chunk, products))
+    return output, forms
+
+
+def _forward(fn: Callable[[Tensor], Tensor], y: Tensor, probes: Iterable[Tensor], check):
+    output = fn(y)
+    check(output)
+
+    def tangent(probe: Tensor) -> Tensor:
+        return torch.func.jvp(fn, (y,), (probe,))[1]
+
+    forms, vectorise = [], True
+    for chunk in probes:
+        if vectorise:
+            try:
+                products = torch.vmap(tangent)(chunk)
+            except _UNSUPPORTED:
+                vectorise = False
+        if not vectorise:
+            products = torch.stack([tangent(probe) for probe in chunk])
+        forms.append(_contract(chunk, products))
+    return output, forms
+
+
+def quadratic_forms(
+    fn: Callable[[Tensor], Tensor],
+    y: Tensor,
+    probes: Callable[[], Iterable[Tensor]],
+    *,
+    mode: Mode = "auto",
+    check_output: Callable[[Tensor], None] | None = None,
+) -> tuple[Tensor, Tensor, str]:
+    """Evaluate ``fn(y)`` and the quadratic forms ``vᵀ J v`` of its Jacobian for every probe.
+
+    Args:
+        fn: maps a batch [N, ...] to outputs of the same shape, each point independently.
+        y: input batch [N, ...].
+        probes: a callable returning a fresh iterable of probe chunks [k, N, ...] (called again
+            if a mode fails and the next one is tried).
+        mode: "reverse", "forward", or "auto" (reverse, then forward on failure).
+        check_output: called on fn(y) before any probe is used; errors it raises (e.g. a
+            ``ValueError`` for a wrongly shaped output) propagate without a fallback.
+
+    Returns:
+        ``(output, forms, mode_used)``: ``output`` is fn(y) [N, ...]; ``forms`` is [K, N]
+        with one row per probe, K the total number of probes.
+
+    Gradients flow through the result when autograd is enabled and ``y`` requires grad.
+    """
+    if mode not in MODES:
+        raise ValueError(f"Unknown differentiation mode {mode!r}; use one of {MODES}.")
+    order = {"auto": ("reverse", "forward"), "reverse": ("reverse",), "forward": ("forward",)}
+    check = check_output or (lambda output: None)
+    first_error: Exception | None = None
+    for attempt in order[mode]:
+        try:
+            runner = _reverse if attempt == "reverse" else _forward
+            output, forms = runner(fn, y, probes(), check)
+            return output, torch.cat(forms, dim=0), attempt
+        except _UNSUPPORTED as error:
+            if first_error is None:
+                first_error = error
+            if attempt != order[mode][-1]:
+                warnings.warn(
+                    f"{attempt}-mode differentiation failed ({type(error).__name__}: {error}); "
+                    "falling back to forward mode.",
+                    RuntimeWarning,
+                    stacklevel=3,
+                )
+    assert first_error is not None
+    raise first_error
