@@ -52,11 +52,19 @@ def rng_pixels(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
 # --------------------------------------------------------------------------- PNG sizes
 
 
-def test_png_size_matches_pillow_file_at_level_9() -> None:
-    image = rng_pixels((12, 10, 3))
+def pillow_png_bytes(image: np.ndarray, compress_level: int) -> int:
     buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format="PNG", compress_level=9)
-    assert png_size(image) == len(buffer.getvalue())
+    Image.fromarray(image).save(buffer, format="PNG", compress_level=compress_level)
+    return len(buffer.getvalue())
+
+
+def test_png_size_matches_pillow_file_at_level_9() -> None:
+    rows, cols = np.mgrid[:32, :32]
+    pattern = (rows * cols % 251).astype(np.uint8)  # compresses differently at levels 1 and 9
+    assert pillow_png_bytes(pattern, 1) != pillow_png_bytes(pattern, 9)
+    assert png_size(pattern) == pillow_png_bytes(pattern, 9)
+    colour = np.stack([pattern, pattern.T, 255 - pattern], axis=2)
+    assert png_size(colour) == pillow_png_bytes(colour, 9)
 
 
 @pytest.mark.parametrize("channels", [None, 1, 3])
