@@ -375,6 +375,12 @@ def test_registry_paths(tmp_path: Path) -> None:
     assert get_image_dataset(f"{tmp_path / 'folder'}:size=3,channels=3").image_shape == (3, 3, 3)
 
 
+def test_registry_names_win_over_same_named_folders(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write_images(tmp_path / "digits8", rng_pixels((2, 5, 5)))
+    monkeypatch.chdir(tmp_path)
+    assert get_image_dataset("digits8", n=3).image_shape == (1, 8, 8)
+
+
 @pytest.mark.parametrize(
     ("spec", "error", "message"),
     [

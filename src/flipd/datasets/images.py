@@ -722,6 +722,7 @@ def get_image_dataset(spec: str, n: int | None = None, seed: int = 0) -> ImageDa
     (parameters ``size``, ``channels``) or a ``.npy``/``.npz`` file
     (parameters ``key``, ``layout``, ``value_range``).
 
+    Registered names take precedence over files of the same name.
     ``n`` and ``seed`` go to the loader; for paths, ``n`` picks that many
     images by ``seed`` (kept in order). ``n=None`` loads everything (512
     patches for natural-patches).
@@ -729,22 +730,20 @@ def get_image_dataset(spec: str, n: int | None = None, seed: int = 0) -> ImageDa
     if not isinstance(spec, str) or not spec.strip():
         raise ValueError(f"data set spec must be a non-empty string, got {spec!r}; {_valid_specs_hint()}")
     spec = spec.strip()
-    as_path = Path(spec)
-    if as_path.exists():
-        data = _load_path(as_path, "", spec)
+    name, _, parameters = spec.partition(":")
+    if name in _REGISTRY:
+        entry = _REGISTRY[name]
+        kwargs = _parse_parameters(parameters, entry.parameters, spec)
+        if n is not None or name != "natural-patches":
+            kwargs["n"] = n
+        return entry.build(seed=seed, **kwargs)
+    if Path(spec).exists():  # a path that itself contains ':'
+        data = _load_path(Path(spec), "", spec)
+    elif Path(name).exists():
+        data = _load_path(Path(name), parameters, spec)
+    elif "/" in spec or "\\" in spec or Path(name).suffix.lower() in (".npy", ".npz"):
+        raise FileNotFoundError(f"no such file or folder {name!r}; {_valid_specs_hint()}")
     else:
-        name, _, parameters = spec.partition(":")
-        if name in _REGISTRY:
-            entry = _REGISTRY[name]
-            kwargs = _parse_parameters(parameters, entry.parameters, spec)
-            if n is not None or name != "natural-patches":
-                kwargs["n"] = n
-            return entry.build(seed=seed, **kwargs)
-        if Path(name).exists():
-            data = _load_path(Path(name), parameters, spec)
-        elif "/" in spec or "\\" in spec or Path(name).suffix.lower() in (".npy", ".npz"):
-            raise FileNotFoundError(f"no such file or folder {name!r}; {_valid_specs_hint()}")
-        else:
-            raise ValueError(f"unknown image data set {name!r}; {_valid_specs_hint()}")
+        raise ValueError(f"unknown image data set {name!r}; {_valid_specs_hint()}")
     index = _subsample_indices(len(data), n, seed, f"{spec!r} ({len(data)} images)")
     return data if n is None else data.subset(index)
