@@ -372,3 +372,10 @@ def test_model_adapter_scales_time_and_unpacks_outputs():
     y = torch.randn(3, 2)
     assert torch.equal(model(y, torch.full((3,), 0.05)), 2 * y)
     assert torch.allclose(seen["timestep"], torch.full((3,), 50.0))
+
+
+def test_a_model_that_fails_on_the_input_is_reported_without_fallback():
+    network = TimeMLP(4)
+    with pytest.raises(RuntimeError) as caught:
+        flipd.flipd(network, torch.randn(3, 6), t0=0.1)
+    assert "shape (3, 6)" in "".join(getattr(caught.value, "__notes__", []))

@@ -86,8 +86,8 @@ def _as_batch(x) -> Tensor:
         raise ValueError("x is an empty batch (N = 0); pass at least one point.")
     if x[0].numel() == 0:
         raise ValueError(f"x has no features per point (shape {tuple(x.shape)}).")
-    finite = torch.isfinite(x.reshape(x.shape[0], -1)).all(dim=1)
-    if not finite.all():
+    if not bool(torch.isfinite(x).all()):
+        finite = torch.isfinite(x.reshape(x.shape[0], -1)).all(dim=1)
         bad = torch.nonzero(~finite).flatten().tolist()
         raise ValueError(f"x has non-finite values (NaN or inf) at points {_list(bad)}; remove or fix them.")
     return x
@@ -145,8 +145,8 @@ def _output_checker(shape: torch.Size, offset: int) -> Callable[[Tensor], None]:
                 f"The model returned shape {tuple(output.shape)} for input of shape {tuple(shape)}; "
                 "it must return a tensor shaped like its input (check x's shape and the model)."
             )
-        finite = torch.isfinite(output.detach().reshape(shape[0], -1)).all(dim=1)
-        if not finite.all():
+        if not bool(torch.isfinite(output.detach()).all()):
+            finite = torch.isfinite(output.detach().reshape(shape[0], -1)).all(dim=1)
             bad = (torch.nonzero(~finite).flatten() + offset).tolist()
             raise ValueError(
                 f"The model returned non-finite values at points {_list(bad)}; check those inputs, "

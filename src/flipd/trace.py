@@ -7,7 +7,8 @@ forms over the D basis probes gives the exact trace; averaging them over random 
 Gaussian probes gives Hutchinson's unbiased estimate.
 
 Two differentiation modes exist. Reverse mode runs one forward pass and then one
-vector-Jacobian product per probe (vectorised over a chunk of probes with ``torch.vmap``);
+vector-Jacobian product per probe (vectorised over a chunk of probes by autograd's batched
+gradients, which use ``torch.vmap``);
 forward mode runs Jacobian-vector products (``torch.func.jvp``). On CPUs reverse mode is the
 faster of the two, and some layers (e.g. CPU attention kernels) have no forward-mode rule, so
 "auto" uses reverse mode and falls back to forward mode only if reverse mode fails. Where a
@@ -79,24 +80,53 @@ def _contract(probes: Tensor, products: Tensor) -> Tensor:
     return (probes * products).flatten(2).sum(-1)
 
 
+class _RejectedOutput(Exception):
+    """Carries an error raised by ``check_output``: bad input, never a reason to fall back."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 # Errors that mean "this differentiation strategy is unsupported here", as opposed to bad input.
 _UNSUPPORTED = (RuntimeError, NotImplementedError, TypeError)
 
 
 def _reverse(fn: Callable[[Tensor], Tensor], y: Tensor, probes: Iterable[Tensor], check):
-    output, vjp_fn = torch.func.vjp(fn, y)
+    # Plain autograd: one forward pass that records a graph, then one backward pass per probe
+    # that computes input gradients only (parameter gradients are never formed).
+    differentiable = torch.is_grad_enabled() and y.requires_grad
+    with torch.enable_grad():
+        inputs = y if differentiable else y.detach().requires_grad_(True)
+        try:
+            output = fn(inputs)
+        except Exception as error:  # the model itself fails: no other mode can help
+            error.add_note(
+                f"The model failed on a batch of shape {tuple(y.shape)}; check that x has the "
+                "shape and dtype the model expects and that it accepts model(y, t) with t of shape [N]."
+            )
+            raise _RejectedOutput(error) from None
     check(output)
+
+    def vjp(probe: Tensor, batched: bool) -> Tensor:
+        return torch.autograd.grad(
+            output, inputs, probe, retain_graph=True, create_graph=differentiable, is_grads_batched=batched
+        )[0]
+
     forms, vectorise = [], True
     for chunk in probes:
-        if vectorise:
-            try:
-                products = torch.vmap(vjp_fn)(chunk)[0]
-            except _UNSUPPORTED:  # a layer without batching rules: loop over the probes instead
-                vectorise = False
-        if not vectorise:
-            products = torch.stack([vjp_fn(probe)[0] for probe in chunk])
+        if len(chunk) == 1:
+            products = vjp(chunk[0], False)[None]
+        else:
+            if vectorise:
+                try:
+                    products = vjp(chunk, True)
+                except _UNSUPPORTED:  # a layer without batching rules: loop over the probes
+                    vectorise = False
+            if not vectorise:
+                products = torch.stack([vjp(probe, False) for probe in chunk])
         forms.append(_contract(chunk, products))
-    return output, forms
+    return output if differentiable else output.detach(), forms
 
 
 def _forward(fn: Callable[[Tensor], Tensor], y: Tensor, probes: Iterable[Tensor], check):
@@ -108,13 +138,16 @@ def _forward(fn: Callable[[Tensor], Tensor], y: Tensor, probes: Iterable[Tensor]
 
     forms, vectorise = [], True
     for chunk in probes:
-        if vectorise:
-            try:
-                products = torch.vmap(tangent)(chunk)
-            except _UNSUPPORTED:
-                vectorise = False
-        if not vectorise:
-            products = torch.stack([tangent(probe) for probe in chunk])
+        if len(chunk) == 1:
+            products = tangent(chunk[0])[None]
+        else:
+            if vectorise:
+                try:
+                    products = torch.vmap(tangent)(chunk)
+                except _UNSUPPORTED:
+                    vectorise = False
+            if not vectorise:
+                products = torch.stack([tangent(probe) for probe in chunk])
         forms.append(_contract(chunk, products))
     return output, forms
 
@@ -147,13 +180,21 @@ def quadratic_forms(
     if mode not in MODES:
         raise ValueError(f"Unknown differentiation mode {mode!r}; use one of {MODES}.")
     order = {"auto": ("reverse", "forward"), "reverse": ("reverse",), "forward": ("forward",)}
-    check = check_output or (lambda output: None)
+    def check(output: Tensor) -> None:
+        if check_output is not None:
+            try:
+                check_output(output)
+            except Exception as error:
+                raise _RejectedOutput(error) from None
+
     first_error: Exception | None = None
     for attempt in order[mode]:
         try:
             runner = _reverse if attempt == "reverse" else _forward
             output, forms = runner(fn, y, probes(), check)
             return output, torch.cat(forms, dim=0), attempt
+        except _RejectedOutput as rejected:
+            raise rejected.error from None
         except _UNSUPPORTED as error:
             if first_error is None:
                 first_error = error
