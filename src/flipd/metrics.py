@@ -1,4 +1,4 @@
-"""Scores that compare estimated LID with the ground truth (``docs/method.md`` §7).
+"""Scores that compare estimated LID with the ground truth (method notes, §7 "Metrics").
 
 All functions take 1-D array-likes of equal length N (anything ``numpy.asarray`` accepts) and
 return a Python ``float`` (or a dict of floats). LID is in units of dimensions.

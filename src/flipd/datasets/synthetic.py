@@ -2,7 +2,7 @@
 
 Every generator is deterministic given its seed, draws from local ``numpy.random.Generator`` /
 ``torch.Generator`` objects only (global random state is left as it was), and returns a
-:class:`SyntheticData`. The data sets follow ``docs/method.md`` §8:
+:class:`SyntheticData`. The data sets follow the method notes, §8 ("Benchmark data"):
 
 * :func:`lollipop` (D = 2): disk (LID 2), stick (LID 1), isolated point (LID 0), weights 4 : 2 : 1.
 * :func:`string_within_doughnut` (D = 3): torus (LID 2) and its core circle (LID 1), 50/50.
