@@ -83,18 +83,37 @@ def _contract(probes: Tensor, products: Tensor) -> Tensor:
 _UNSUPPORTED = (RuntimeError, NotImplementedError, TypeError)
 
 
+def _pull_back(vjp_fn: Callable, chunk: Tensor, strategy: str) -> Tensor:
+    """Vector-Jacobian products [k, N, ...] of a probe chunk [k, N, ...] by one strategy."""
+    if strategy == "vmap":
+        return torch.vmap(vjp_fn)(chunk)[0]
+    if strategy == "vmap_with_grad":
+        with torch.enable_grad():
+            return torch.vmap(vjp_fn)(chunk)[0].detach()
+    return torch.stack([vjp_fn(probe)[0] for probe in chunk])
+
+
 def _reverse(fn: Callable[[Tensor], Tensor], y: Tensor, probes: Iterable[Tensor], check):
     output, vjp_fn = torch.func.vjp(fn, y)
     check(output)
-    forms, vectorise = [], True
+    # Strategies for a chunk of probes, tried in order; a failed one is not tried again. Some
+    # backward kernels (e.g. GroupNorm's, in every diffusers UNet) have no batching rule when
+    # autograd is off, while their differentiable formulas, used when it is on, vmap fine.
+    # Layers without any batching rule fall back to a loop over the probes.
+    strategies = ["vmap", "loop"] if torch.is_grad_enabled() else ["vmap", "vmap_with_grad", "loop"]
+    forms = []
     for chunk in probes:
-        if vectorise:
-            try:
-                products = torch.vmap(vjp_fn)(chunk)[0]
-            except _UNSUPPORTED:  # a layer without batching rules: loop over the probes instead
-                vectorise = False
-        if not vectorise:
-            products = torch.stack([vjp_fn(probe)[0] for probe in chunk])
+        if chunk.shape[0] == 1:  # a single probe needs no vectorisation
+            products = vjp_fn(chunk[0])[0].unsqueeze(0)
+        else:
+            while True:
+                try:
+                    products = _pull_back(vjp_fn, chunk, strategies[0])
+                    break
+                except _UNSUPPORTED:
+                    if len(strategies) == 1:
+                        raise
+                    strategies.pop(0)
         forms.append(_contract(chunk, products))
     return output, forms
 
