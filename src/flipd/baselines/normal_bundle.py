@@ -13,10 +13,13 @@ the scores of many noisy copies of one point span its normal space. For a point 
 The default K = 4·D. The estimate is an integer in [D − m + 1, D − 1]: NB cannot report
 LID = 0 (an isolated point) or LID = D (full-dimensional data), where there is no drop.
 
-Cost per point: K network forward passes (no Jacobians) and one singular value decomposition
-of a K×D matrix, O(K·D²) = O(4·D³). Memory: the scores of one group of points, about
-max(rows_per_forward, K)·D float64 values, plus the network's activations for
-``rows_per_forward`` inputs.
+Cost per point: K network forward passes (no Jacobians) and the singular values of a K×D
+matrix, O(K·D²) = O(4·D³). They are computed as square roots of the eigenvalues of the D×D
+Gram matrix, accumulated over forward passes: the same values (up to rounding of ones far below
+the largest, which do not decide the drop) at about a third of the cost of an SVD and without
+storing the K×D matrix. Memory: the noisy copies of one group of points (max(rows_per_forward,
+K)·D values in x's dtype), a D×D float64 Gram matrix per point of the group, and the network's
+activations for ``rows_per_forward`` inputs.
 """
 
 from __future__ import annotations
@@ -103,10 +106,12 @@ def normal_bundle_spectrum(
             copies of a point are kept until its SVD, so a group holds
             max(1, rows_per_forward // K) points.
         seed: seed of the noise. Each point's copies come from their own generator, so the
-            result does not depend on ``rows_per_forward``; no global random state is touched.
+            result does not depend on ``rows_per_forward`` (up to rounding); no global random
+            state is touched.
 
     Returns:
-        float64 array [N, min(K, D)]: singular values of sigma·score (score in noise units).
+        float64 array [N, min(K, D)]: singular values of the K×D matrix of sigma·score (score
+        in noise units), from the eigenvalues of its Gram matrix.
     """
     x = _as_batch(x)
     schedule = resolve_schedule(schedule)
@@ -137,16 +142,23 @@ def normal_bundle_spectrum(
                 for point in range(start, stop)
             ])
             noisy = (psi * group.unsqueeze(1) + noise_std * noise).flatten(0, 1)  # [g·K, ...]
-            scaled_scores = torch.empty(noisy.shape[0], dim, dtype=torch.float64, device=x.device)
+            # Gram matrices SᵀS [g, D, D] of the stacked scores S [K, D]; their eigenvalues are the
+            # squared singular values of S. Accumulated over forward passes, so no K×D matrix is kept.
+            gram = torch.zeros(stop - start, dim, dim, dtype=torch.float64, device=x.device)
             for row in range(0, noisy.shape[0], rows_per_forward):
                 inputs = noisy[row : row + rows_per_forward]
                 times = torch.full((inputs.shape[0],), time, dtype=x.dtype, device=x.device)
                 output = model(inputs, times)
                 _check_output(output, inputs, start + row // n_copies, n_copies)
                 score = a * output.to(torch.float64) + b * inputs.to(torch.float64)
-                scaled_scores[row : row + inputs.shape[0]] = noise_std * score.flatten(1)
-            singular_values = torch.linalg.svdvals(scaled_scores.reshape(stop - start, n_copies, dim))
-            spectra[start:stop] = as_numpy(singular_values)
+                scaled = noise_std * score.flatten(1)
+                if stop - start == 1:  # one point, possibly over several forward passes
+                    gram[0] += scaled.T @ scaled
+                else:  # several whole points in this single forward pass
+                    scaled = scaled.reshape(stop - start, n_copies, dim)
+                    gram += scaled.mT @ scaled
+            eigenvalues = torch.linalg.eigvalsh(gram).flip(-1)[:, : spectra.shape[1]]
+            spectra[start:stop] = as_numpy(eigenvalues.clamp_min(0).sqrt())
     return spectra
 
 
