@@ -22,8 +22,8 @@ def test_tiny_scale_benchmark_writes_its_report(tmp_path):
     for key in ("forward_seconds", "flipd_seconds_per_image", "forward_peak_rss_mib", "flipd_peak_rss_mib",
                 "nb_seconds_per_image_extrapolated"):
         assert derived[key] > 0
-    assert result["flipd"]["mode"] == "reverse"
-    assert result["flipd"]["parameter_gradients"] is False
+    assert result["timing"]["mode"] == "reverse"
+    assert result["flipd_memory"]["parameter_gradients"] is False
     assert set(result["targets"]) >= {"time_met", "memory_met"}
     assert result["command"].startswith("python -m flipd.bench scale --config tiny")
     report = (out / "scale.md").read_text()

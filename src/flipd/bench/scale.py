@@ -172,7 +172,12 @@ def _timed(fn, repeats: int) -> list[float]:
 
 
 def _worker(task: str, config_name: str, repeats: int, threads: int) -> dict[str, Any]:
-    """One measurement in this process: "forward", "flipd" or "nb_slice"."""
+    """One measurement in this process.
+
+    Tasks: "timing" (forward passes and FLIPD runs interleaved, so that both meet the same
+    machine load), "forward_memory" / "flipd_memory" (peak RSS of one call, nothing else run
+    in the process), "nb_slice" (batched forward passes and small SVDs).
+    """
     import flipd
 
     torch.set_num_threads(threads)
@@ -195,7 +200,6 @@ def _worker(task: str, config_name: str, repeats: int, threads: int) -> dict[str
         svd = []
         for dim in SVD_DIMS[config_name]:
             matrix = torch.randn(NB_SAMPLES_PER_DIM * dim, dim, generator=torch.Generator().manual_seed(dim))
-            torch.linalg.svdvals(matrix)  # warm-up
             svd.append({"dim": dim, "rows": NB_SAMPLES_PER_DIM * dim,
                         "seconds": statistics.median(_timed(lambda: torch.linalg.svdvals(matrix), repeats))})
         result["svd"] = svd
@@ -203,24 +207,28 @@ def _worker(task: str, config_name: str, repeats: int, threads: int) -> dict[str
 
     latents = _latents(config_name)
     times = torch.full((1,), float(FLIPD_TIMESTEP))
-    if task == "forward":
-        def run() -> None:
-            with torch.no_grad():
-                model(latents, times)
-    elif task == "flipd":
-        def run() -> None:
-            estimate = flipd.estimate(
-                model, latents, t0=FLIPD_TIMESTEP, trace="hutchinson", n_probes=1, **model.options
-            )
-            result["lid"], result["mode"] = estimate.lid.item(), estimate.mode
+
+    def forward() -> None:
+        with torch.no_grad():
+            model(latents, times)
+
+    def flipd_one_probe() -> None:
+        estimate = flipd.estimate(model, latents, t0=FLIPD_TIMESTEP, trace="hutchinson", n_probes=1, **model.options)
+        result["lid"], result["mode"] = estimate.lid.item(), estimate.mode
+
+    if task == "timing":
+        forward()  # warm-up (one-time kernel and allocator set-up), not timed
+        flipd_one_probe()
+        result["forward_seconds"], result["flipd_seconds"] = [], []
+        for _ in range(repeats):
+            result["forward_seconds"] += _timed(forward, 1)
+            result["flipd_seconds"] += _timed(flipd_one_probe, 1)
+    elif task in ("forward_memory", "flipd_memory"):
+        result["peak_reset"] = _reset_peak_rss()
+        (forward if task == "forward_memory" else flipd_one_probe)()
+        result["peak_rss_mib"] = _peak_rss_mib()
     else:
         raise ValueError(f"Unknown worker task {task!r}.")
-
-    run()  # warm-up (one-time kernel and allocator set-up), not timed
-    result["rss_before_mib"] = _rss_mib()
-    result["peak_reset"] = _reset_peak_rss()
-    result["seconds"] = _timed(run, repeats)
-    result["peak_rss_mib"] = _peak_rss_mib()
     result["parameter_gradients"] = any(
         p.requires_grad or p.grad is not None for p in model.network.parameters()
     )
@@ -291,15 +299,18 @@ def run_benchmark(config_name: str = "sd15", *, repeats: int = 3, threads: int =
         image, ratios to one forward pass, peak memory, the extrapolated normal-bundle cost).
     """
     load_before = _load_average()
-    forward = _run_worker("forward", config_name, repeats, threads)
-    flipd_run = _run_worker("flipd", config_name, repeats, threads)
+    timing = _run_worker("timing", config_name, repeats, threads)
+    forward = _run_worker("forward_memory", config_name, repeats, threads)
+    flipd_run = _run_worker("flipd_memory", config_name, repeats, threads)
     nb = _run_worker("nb_slice", config_name, repeats, threads)
     load_after = _load_average()
 
     config = CONFIGS[config_name]
     dim = config["in_channels"] * config["sample_size"] ** 2
-    forward_seconds = statistics.median(forward["seconds"])
-    flipd_seconds = statistics.median(flipd_run["seconds"])
+    forward_seconds = statistics.median(timing["forward_seconds"])
+    flipd_seconds = statistics.median(timing["flipd_seconds"])
+    # Each FLIPD run is compared with the forward pass just before it (same machine load).
+    pair_ratios = [f / g for f, g in zip(timing["flipd_seconds"], timing["forward_seconds"])]
     # SVD cost grows as K·D² = 4·D³ for K = 4D: fit the constant on the largest measured size.
     largest = nb["svd"][-1]
     svd_seconds = largest["seconds"] * (dim / largest["dim"]) ** 3
@@ -309,7 +320,9 @@ def run_benchmark(config_name: str = "sd15", *, repeats: int = 3, threads: int =
         "ambient_dim": dim,
         "forward_seconds": forward_seconds,
         "flipd_seconds_per_image": flipd_seconds,
-        "flipd_over_forward": flipd_seconds / forward_seconds,
+        "flipd_over_forward": statistics.median(pair_ratios),
+        "flipd_over_forward_pairs": pair_ratios,
+        "flipd_median_over_forward_median": flipd_seconds / forward_seconds,
         "forward_peak_rss_mib": forward["peak_rss_mib"],
         "flipd_peak_rss_mib": flipd_run["peak_rss_mib"],
         "flipd_peak_over_forward_peak": flipd_run["peak_rss_mib"] / forward["peak_rss_mib"],
@@ -343,8 +356,9 @@ def run_benchmark(config_name: str = "sd15", *, repeats: int = 3, threads: int =
             "nb": {"samples_per_dim": NB_SAMPLES_PER_DIM, "slice_batch": NB_SLICE_BATCH,
                    "svd_dims": list(SVD_DIMS[config_name])},
         },
-        "forward": forward,
-        "flipd": flipd_run,
+        "timing": timing,
+        "forward_memory": forward,
+        "flipd_memory": flipd_run,
         "nb_slice": nb,
         "derived": derived,
         "targets": targets,
@@ -373,24 +387,27 @@ def render_markdown(result: dict[str, Any], command: str) -> str:
         f"Load average before/after: {result['load_average_before']} / {result['load_average_after']} "
         "(other processes on the machine slow every measurement alike).",
         "",
-        f"UNet2DConditionModel, config `{s['config']}`, {result['forward']['parameters'] / 1e6:.0f}M parameters, "
+        f"UNet2DConditionModel, config `{s['config']}`, {result['timing']['parameters'] / 1e6:.0f}M parameters, "
         f"**{s['weights']}**; latent D = {d['ambient_dim']}, batch 1, {s['dtype']}, {s['threads']} threads; "
         f"text conditioning: {s['text_conditioning']}. Schedule: {s['schedule']}. FLIPD: one Rademacher "
         f"probe at timestep {s['flipd']['t0']} through `flipd.flipd` (differentiation mode: "
-        f"{result['flipd'].get('mode')}). Times are medians of {s['repeats']} runs after one warm-up; forward and "
-        "FLIPD ran in separate subprocesses, with the resident-memory high-water mark reset after warm-up.",
+        f"{result['timing'].get('mode')}). Timing: after one warm-up of each, {s['repeats']} forward passes and "
+        f"{s['repeats']} FLIPD runs alternate in one process (so both meet the same machine load); times are "
+        "medians, the ratio is the median over the pairs (FLIPD run / the forward pass just before it). Memory: "
+        "one forward pass and one FLIPD run, each alone in a fresh process, peak RSS (kernel high-water mark, "
+        "reset after model set-up).",
         "",
         "| measure | value |",
         "|---|---|",
         f"| one UNet forward pass | {d['forward_seconds']:.2f} s |",
         f"| FLIPD, 1 probe, per image | {d['flipd_seconds_per_image']:.2f} s |",
-        f"| FLIPD / forward (target ≤ {t['flipd_over_forward_max']}) | **{d['flipd_over_forward']:.2f}×** ({yes_no[t['time_met']]}) |",
+        f"| FLIPD / forward (target ≤ {t['flipd_over_forward_max']}) | **{d['flipd_over_forward']:.2f}×** ({yes_no[t['time_met']]}); pairs: {', '.join(f'{r:.2f}' for r in d['flipd_over_forward_pairs'])} |",
         f"| peak RSS, forward | {d['forward_peak_rss_mib']:.0f} MiB |",
         f"| peak RSS, FLIPD | {d['flipd_peak_rss_mib']:.0f} MiB |",
         f"| FLIPD peak / forward peak (target ≤ {t['flipd_peak_over_forward_peak_max']}) | **{d['flipd_peak_over_forward_peak']:.2f}×** ({yes_no[t['memory_met']]}) |",
-        f"| RSS after set-up (weights, libraries), forward / FLIPD | {result['forward']['rss_after_setup_mib']:.0f} / {result['flipd']['rss_after_setup_mib']:.0f} MiB |",
+        f"| RSS after set-up (weights, libraries), forward / FLIPD | {result['forward_memory']['rss_after_setup_mib']:.0f} / {result['flipd_memory']['rss_after_setup_mib']:.0f} MiB |",
         f"| peak above the set-up RSS (activations, retained allocations), forward / FLIPD | {d['forward_peak_above_setup_mib']:.0f} / {d['flipd_peak_above_setup_mib']:.0f} MiB |",
-        f"| parameter gradients computed | {result['flipd']['parameter_gradients']} |",
+        f"| parameter gradients computed | {result['flipd_memory']['parameter_gradients']} |",
         f"| NB: {d['nb_score_evaluations']} score evaluations (extrapolated) | {_fmt(d['nb_forward_seconds_extrapolated'])} |",
         f"| NB: SVD of a {d['nb_score_evaluations']}×{d['ambient_dim']} matrix ({d['nb_svd_matrix_gib']:.1f} GiB in float32; extrapolated) | {_fmt(d['nb_svd_seconds_extrapolated'])} |",
         f"| NB per image (extrapolated) | {_fmt(d['nb_seconds_per_image_extrapolated'])} = **{d['nb_over_flipd']:.0f}×** FLIPD |",
@@ -420,7 +437,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per measurement (median reported)")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="folder for scale.json/.md")
-    parser.add_argument("--worker", choices=("forward", "flipd", "nb_slice"), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--worker", choices=("timing", "forward_memory", "flipd_memory", "nb_slice"), help=argparse.SUPPRESS
+    )
     args = parser.parse_args(argv)
     if args.repeats < 1 or args.threads < 1:
         parser.error("--repeats and --threads must be positive integers")
