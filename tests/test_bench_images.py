@@ -80,8 +80,10 @@ def test_tiny_study_runs_end_to_end(tmp_path):
     }
     assert expected <= {path.name for path in out.iterdir()}
     results = json.loads((out / "images.json").read_text())
-    assert results["command"].startswith("python -m flipd.bench images --preset tiny")
     record = results["datasets"][0]
+    assert record == json.loads((out / "images_digits8.json").read_text())
+    assert record["command"].startswith("python -m flipd.bench images --preset tiny")
+    assert record["environment"]["versions"]["torch"] == torch.__version__
     methods = {(row["method"], row["model"]) for row in record["methods"]}
     assert methods == {
         ("FLIPD", "unet"), ("FLIPD", "unet, untrained"), ("FLIPD", "mlp"), ("FLIPD", "mlp, untrained"),
@@ -96,6 +98,10 @@ def test_tiny_study_runs_end_to_end(tmp_path):
     with (out / "images.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     assert sum(row["headline"] == "1" for row in rows) == 1
+    assert "| FLIPD | unet |" in (out / "images.md").read_text()
+    # The report can be rebuilt from the per-data-set records alone.
+    (out / "images.md").unlink()
+    assert bench.main(["--report-only", "--out", str(out)]) == 0
     assert "| FLIPD | unet |" in (out / "images.md").read_text()
     with (out / "images_digits8_per_image.csv").open() as handle:
         assert len(list(csv.DictReader(handle))) == TINY.datasets[0].n_eval
