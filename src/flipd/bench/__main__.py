@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 #: Benchmark name -> module with a ``main(argv) -> int``.
 BENCHMARKS: dict[str, str] = {
+    "images": "flipd.bench.images",
     "scale": "flipd.bench.scale",
 }
 
