@@ -4,6 +4,20 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+# Synthetic benchmark data with ground-truth LID.
+from flipd.datasets.synthetic import (
+    DIFFEOMORPHISMS,
+    LATENT_DISTRIBUTIONS,
+    ManifoldMixture,
+    SyntheticData,
+    get_dataset,
+    list_datasets,
+    lollipop,
+    manifold_mixture,
+    string_within_doughnut,
+    swiss_roll,
+)
+
 # Image data sets (flipd.datasets.images), imported on first use so that the
 # package imports without the optional `images` dependencies.
 _IMAGE_NAMES = (
@@ -36,6 +50,20 @@ if TYPE_CHECKING:
         png_size,
         png_sizes,
     )
+
+__all__ = [
+    "DIFFEOMORPHISMS",
+    "LATENT_DISTRIBUTIONS",
+    "ManifoldMixture",
+    "SyntheticData",
+    "get_dataset",
+    "list_datasets",
+    "lollipop",
+    "manifold_mixture",
+    "string_within_doughnut",
+    "swiss_roll",
+    *_IMAGE_NAMES,
+]
 
 
 def __getattr__(name: str) -> Any:
