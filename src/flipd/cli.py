@@ -18,7 +18,6 @@ import json
 import math
 import os
 import re
-import sys
 import time
 import traceback
 from collections.abc import Callable, Iterator
@@ -323,8 +322,7 @@ def train(
 ) -> None:
     """Train a diffusion model on DATA and save it as a flipd checkpoint (safetensors + JSON).
 
-    The model learns the noise of standardised points with the reference VP schedule; FLIPD
-    then runs in the same coordinates.
+    The model learns the noise of standardised points under the reference VP schedule; flipd estimate then works in the same coordinates. Images are flattened to vectors for the MLP.
 
     [bold]Examples[/]:
       [cyan]flipd train lollipop --out models/lollipop --steps 3000[/]
@@ -340,7 +338,7 @@ def train(
         if target.is_file() or any(target.iterdir()):
             raise FileExistsError(f"{str(target)!r} already exists; choose another --out or pass --force to overwrite it.")
     points = load_points(data, n=n_points, seed=seed, at_most=True)
-    _say(quiet, f"data: {points.description}")
+    _say(quiet, f"data: {escape(points.description)}")
     width_list = _parse_widths(widths)
     trained = train_model(
         points, target, steps=steps, batch_size=batch_size, lr=lr, widths=width_list,
@@ -403,21 +401,17 @@ def estimate(
 ) -> None:
     """Estimate the LID of every point of DATA with FLIPD and write one row per point.
 
-    The table holds index, lid, the noise level used (t0, sigma, delta), method, trace, probes,
-    the Hutchinson standard error where there is one, and the ground truth and component when
-    known. Finished chunks are kept until the table is written, so an interrupted run goes on
-    with [bold]--resume[/].
+    The table holds index, lid, the noise level used (t0, sigma, delta), method, trace, probes, the Hutchinson standard error where there is one, and the ground truth and component when known. Finished chunks are kept until the table is written, so an interrupted run goes on with [bold]--resume[/].
 
     [bold]Examples[/]:
       [cyan]flipd estimate lollipop --model models/lollipop --out lollipop.parquet --plot plots/[/]
       [cyan]flipd estimate lollipop -m models/lollipop --t0 auto[/]
       [cyan]flipd estimate big.npy -m models/big --trace hutchinson --probes 16 --resume[/]
     """
-    from . import plots
-    from .runs import (EstimateSettings, check_table_path, chunk_directory_for, environment_info,
-                       estimate_in_chunks, metadata_path_for, remove_run_directory, write_json, write_table)
+    from .runs import (EstimateSettings, check_table_path, chunk_directory_for, estimate_in_chunks,
+                       fingerprint_array, metadata_path_for, remove_run_directory, write_json, write_table)
     from .sources import load_model, load_points
-    from .workflows import default_noise_level, estimate_table_columns, summary_record
+    from .workflows import default_noise_level, estimate_table_columns, run_record, summary_record
 
     began = time.perf_counter()
     device_used = _setup(threads, device, debug)
@@ -458,7 +452,7 @@ def estimate(
         **noise, trace=trace, n_probes=probes, seed=seed, batch_size=batch_size, chunk_size=chunk_size,
     )
     identity = {
-        "data": {"spec": data, "n_points": points.n, "fingerprint": _fingerprint(x)},
+        "data": {"spec": data, "n_points": points.n, "fingerprint": fingerprint_array(x)},
         "model": {"path": str(Path(model).resolve()), "fingerprint": loaded.fingerprint},
     }
 
@@ -489,34 +483,19 @@ def estimate(
             written_plots = _estimate_plots(plot, points, columns["lid"], _slug(data))
     timings["compute_chunks_s"] = round(sum(result.chunk_seconds), 4)
     timings["total_s"] = round(time.perf_counter() - began, 4)
-    summary = summary_record(columns["lid"], points)
-    write_json(metadata_path, {
-        "command": "estimate",
-        "argv": sys.argv,
-        "data": {**identity["data"], "description": points.description, "seed": seed, "point_shape": list(points.point_shape)},
-        "model": {**identity["model"], "kind": loaded.kind, "description": loaded.description,
-                  "schedule": repr(loaded.schedule), "prediction": loaded.prediction},
-        "settings": settings.to_json(),
-        "resolved": {"trace": result.trace, "n_probes": result.n_probes, "mode": result.mode,
-                     "noise_level": {key: value for key, value in noise.items()}},
-        "chunks": {"n_chunks": result.n_chunks, "resumed_chunks": result.resumed_chunks,
-                   "seconds": [round(s, 4) for s in result.chunk_seconds]},
-        "timings": timings,
-        "summary": summary,
-        "outputs": {"table": str(table_path), "plots": [str(p) for p in written_plots]},
-        **environment_info(device_used),
-    })
+    write_json(metadata_path, run_record(
+        "estimate", points=points, data_seed=seed, model=loaded, settings=settings.to_json(),
+        resolved={"trace": result.trace, "n_probes": result.n_probes, "mode": result.mode, "noise_level": noise},
+        chunks={"n_chunks": result.n_chunks, "resumed_chunks": result.resumed_chunks,
+                "seconds": [round(s, 4) for s in result.chunk_seconds]},
+        summary=summary_record(columns["lid"], points), timings=timings,
+        outputs={"table": str(table_path), "plots": [str(p) for p in written_plots]}, device=device_used,
+    ))
     remove_run_directory(run_directory)
     if not quiet:
         _print_summary(points, columns["lid"], title=f"FLIPD on {data}")
         err_console.print(f"wrote {escape(str(table_path))} and {escape(str(metadata_path))}"
                           + (f"; {len(written_plots)} figures in {escape(str(plot))}" if written_plots else ""), soft_wrap=True)
-
-
-def _fingerprint(x: Any) -> str:
-    from .runs import fingerprint_array
-
-    return fingerprint_array(x)
 
 
 def _estimate_plots(directory: Path, points: Any, lids: Any, prefix: str) -> list[Path]:
@@ -595,8 +574,9 @@ def curve(
     quiet: Quiet = False,
     debug: Debug = False,
 ) -> None:
-    """FLIPD curves: the estimate of each point across noise levels, with the knee the
-    automatic rule (--t0 auto) picks marked on each.
+    """FLIPD curves: each point's estimate across noise levels, with the knee that --t0 auto picks.
+
+    Curves start near the ambient dimension at tiny noise, fall, and plateau at the LID; the knee rule of the FLIPD paper picks the noise level at the start of the plateau. The table has one row per point and noise level, with the knee rows flagged.
 
     [bold]Examples[/]:
       [cyan]flipd curve lollipop --model models/lollipop -n 50 --plot plots/[/]
@@ -605,9 +585,9 @@ def curve(
     import numpy as np
 
     from . import plots
-    from .runs import check_table_path, environment_info, metadata_path_for, write_json, write_table
+    from .runs import check_table_path, metadata_path_for, write_json, write_table
     from .sources import load_model, load_points
-    from .workflows import compute_curves, curve_table_columns, curve_times
+    from .workflows import compute_curves, curve_table_columns, curve_times, run_record
 
     began = time.perf_counter()
     device_used = _setup(threads, device, debug)
@@ -638,19 +618,14 @@ def curve(
         ))
     timings["total_s"] = round(time.perf_counter() - began, 4)
     metadata_path = metadata_path_for(table_path)
-    write_json(metadata_path, {
-        "command": "curve",
-        "argv": sys.argv,
-        "data": {"spec": data, "n_points": points.n, "seed": seed, "description": points.description},
-        "model": {"path": str(Path(model).resolve()), "fingerprint": loaded.fingerprint, "kind": loaded.kind,
-                  "schedule": repr(loaded.schedule), "prediction": loaded.prediction},
-        "settings": {"times": curves.times.tolist(), "trace": curves.trace, "n_probes": curves.n_probes,
-                     "seed": seed, "batch_size": batch_size, "knee_window": curves.window},
-        "knees": {"found": int(curves.knee_found.sum()), "median_t0": float(np.nanmedian(curves.knee_t0)) if curves.knee_found.any() else None},
-        "timings": timings,
-        "outputs": {"table": str(table_path), "plots": [str(p) for p in written]},
-        **environment_info(device_used),
-    })
+    write_json(metadata_path, run_record(
+        "curve", points=points, data_seed=seed, model=loaded,
+        settings={"times": curves.times.tolist(), "trace": curves.trace, "n_probes": curves.n_probes,
+                  "seed": seed, "batch_size": batch_size, "knee_window": curves.window},
+        knees={"found": int(curves.knee_found.sum()),
+               "median_t0": float(np.nanmedian(curves.knee_t0)) if curves.knee_found.any() else None},
+        timings=timings, outputs={"table": str(table_path), "plots": [str(p) for p in written]}, device=device_used,
+    ))
     if not quiet:
         found = int(curves.knee_found.sum())
         _print_summary(points, curves.knee_lid, title=f"FLIPD at the knee on {data} ({found} of {points.n} points have a knee)")
@@ -690,7 +665,7 @@ def bench(ctx: typer.Context) -> None:
 @handles_errors
 def demo(
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for models, tables and figures.")] = Path("runs/demo"),
-    steps: Annotated[int, typer.Option("--steps", min=1, help="Training steps per model.")] = 3000,
+    steps: Annotated[int, typer.Option("--steps", min=1, help="Training steps per model.")] = 4000,
     n_train: Annotated[int, typer.Option("--n-train", min=2, help="Training points per data set.")] = 20_000,
     n_eval: Annotated[int, typer.Option("--n-eval", min=1, help="Points whose LID is estimated, per data set.")] = 2000,
     retrain: Annotated[bool, typer.Option("--retrain", help="Train again even if the folder holds demo models.")] = False,
@@ -699,8 +674,9 @@ def demo(
     quiet: Quiet = False,
     debug: Debug = False,
 ) -> None:
-    """Train small models on the lollipop and the string-within-a-doughnut, estimate LID, and
-    compare with the true LID per component (a few minutes on a laptop CPU).
+    """Train small models on two data sets with known LID, estimate LID and compare with the truth.
+
+    The data sets are the lollipop (a disk, a stick and a point in the plane) and the string within a doughnut (a torus and its core circle in R^3). Models, tables, metadata and figures go to --out; a second run reuses the trained models unless --retrain. Takes a few minutes on a laptop CPU.
 
     [bold]Example[/]: [cyan]flipd demo --out runs/demo[/]  (figures in runs/demo/plots)
     """
@@ -710,7 +686,8 @@ def demo(
     began = time.perf_counter()
     report = run_demo(
         out, steps=steps, n_train=n_train, n_eval=n_eval, seed=seed, retrain=retrain, progress=not quiet,
-        announce=(lambda message: _say(quiet, message)),
+        progress_bar=lambda description, total: progress_bar(description, total, enabled=not quiet),
+        announce=lambda message: _say(quiet, escape(message)),
     )
     if not quiet:
         for entry in report.datasets:

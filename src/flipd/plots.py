@@ -151,7 +151,7 @@ def plot_lid_histograms(
     if high - low < 1e-9:
         low, high = low - 0.5, high + 0.5
     bins = np.linspace(low, high, 41)
-    for axis, value in zip(axes.flat, values):
+    for axis, value in zip(axes.flat, values, strict=False):
         chosen = lids[(groups == value) & np.isfinite(lids)]
         axis.hist(chosen, bins=bins, color="tab:blue", alpha=0.8)
         name = (group_names or {}).get(value, f"group {value}") if len(values) > 1 else "all points"
@@ -219,7 +219,7 @@ def plot_image_grid(
     figure, axes = plt.subplots(rows, columns, figsize=(1.25 * columns, 1.45 * rows), squeeze=False)
     for axis in axes.flat:
         axis.axis("off")
-    for axis, i in zip(axes.flat, picked):
+    for axis, i in zip(axes.flat, picked, strict=False):
         image = images[i]
         if image.ndim == 3 and image.shape[2] == 1:
             axis.imshow(image[:, :, 0], cmap="gray", vmin=0, vmax=255)

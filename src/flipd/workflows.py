@@ -9,8 +9,13 @@ command line only parses options, shows progress and prints.
 from __future__ import annotations
 
 import math
+import os
+import shutil
+import tempfile
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -252,21 +257,23 @@ class GroupSummary:
 
 
 def summarize_by_component(lids: np.ndarray, lid_true: np.ndarray, component: np.ndarray | None = None) -> tuple[list[GroupSummary], float]:
-    """Per-component summaries (by true LID when components are unknown) and the overall MAE."""
+    """Per-component summaries (grouped by true LID when components are unknown) and the overall MAE."""
+    from .metrics import mae, mae_per_component
+
     lids = np.asarray(lids, dtype=np.float64)
     lid_true = np.asarray(lid_true, dtype=np.float64)
-    groups = np.asarray(component) if component is not None else lid_true
+    groups = np.asarray(component, dtype=np.int64) if component is not None else np.unique(lid_true, return_inverse=True)[1]
+    per_group = mae_per_component(lid_true, lids, groups)
     summaries = []
-    for value in sorted(set(groups.tolist())):
+    for value, group_mae in per_group.items():
         chosen = groups == value
-        estimates, truth = lids[chosen], lid_true[chosen]
+        estimates = lids[chosen]
         summaries.append(GroupSummary(
             component=int(value) if component is not None else None, n=int(chosen.sum()),
-            lid_true=float(np.median(truth)), lid_mean=float(np.mean(estimates)),
-            lid_std=float(np.std(estimates, ddof=1)) if chosen.sum() > 1 else 0.0,
-            mae=float(np.mean(np.abs(estimates - truth))),
+            lid_true=float(np.median(lid_true[chosen])), lid_mean=float(np.mean(estimates)),
+            lid_std=float(np.std(estimates, ddof=1)) if chosen.sum() > 1 else 0.0, mae=group_mae,
         ))
-    return summaries, float(np.mean(np.abs(lids - lid_true)))
+    return summaries, mae(lid_true, lids)
 
 
 def summary_record(lids: np.ndarray, points: PointSet) -> dict[str, Any]:
@@ -277,4 +284,257 @@ def summary_record(lids: np.ndarray, points: PointSet) -> dict[str, Any]:
         groups, mae = summarize_by_component(lids, points.lid_true, points.component)
         record["mae"] = mae
         record["per_component"] = [group.__dict__ for group in groups]
+    return record
+
+
+# --------------------------------------------------------------------------- training
+
+
+def _replace_directory(source: Path, target: Path) -> None:
+    """Move the finished directory ``source`` onto ``target``, replacing what was there."""
+    if not target.exists():
+        os.replace(source, target)
+        return
+    backup = target.with_name(f".{target.name}.old-{os.getpid()}")
+    os.replace(target, backup)
+    try:
+        os.replace(source, target)
+    except BaseException:
+        os.replace(backup, target)
+        raise
+    shutil.rmtree(backup, ignore_errors=True)
+
+
+def train_model(
+    points: PointSet,
+    out: str | os.PathLike,
+    *,
+    steps: int = 4000,
+    batch_size: int = 512,
+    lr: float = 2e-3,
+    widths: tuple[int, ...] = (256, 256, 256),
+    max_seconds: float | None = None,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+) -> Any:
+    """Train a diffusion model on ``points`` and save it as a flipd checkpoint in ``out``.
+
+    Images are flattened to vectors (the network is an MLP U-net). The checkpoint is written
+    into a temporary directory next to ``out`` and moved into place when complete, so ``out``
+    never holds a half-written model. The data's name, size and fingerprint are recorded in
+    the checkpoint's metadata under "data".
+
+    Returns:
+        The trained :class:`flipd.train.DiffusionModel`.
+    """
+    from .networks import MLPUNet, MLPUNetConfig
+    from .runs import fingerprint_array
+    from .train import TrainConfig, train_diffusion
+
+    x = points.x.reshape(points.n, -1)
+    config = TrainConfig(
+        steps=steps, batch_size=batch_size, lr=lr, seed=seed, max_seconds=max_seconds,
+        warmup_steps=min(500, max(1, steps // 10)), eval_every=max(1, min(500, steps // 4)),
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        network = MLPUNet(MLPUNetConfig(data_dim=x.shape[1], widths=tuple(widths)))
+    model = train_diffusion(x, network=network, config=config, progress=progress, device=device)
+    model.metadata["data"] = {
+        "spec": points.spec, "n_points": points.n, "point_shape": list(points.point_shape),
+        "fingerprint": fingerprint_array(x), "description": points.description,
+    }
+    target = Path(out)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        model.save(staging)
+        _replace_directory(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return model
+
+
+# --------------------------------------------------------------------------- demo
+
+#: The demo's data sets: low-dimensional, with several components of known LID each.
+DEMO_DATASETS: tuple[str, ...] = ("lollipop", "doughnut")
+#: Points drawn for the demo's FLIPD-curve figure, per data set.
+DEMO_CURVE_POINTS = 60
+#: The demo's network and batch: small enough to train in about a minute per data set on 2 cores.
+DEMO_WIDTHS = (128, 128, 128)
+DEMO_BATCH_SIZE = 256
+
+ProgressFactory = Callable[[str, int], Any]
+
+
+@dataclass
+class DemoEntry:
+    """The demo's outcome on one data set."""
+
+    name: str
+    setting: str
+    groups: list[GroupSummary]
+    mae: float
+    table: Path
+    figures: list[Path]
+    train_seconds: float | None
+    estimate_seconds: float
+
+
+@dataclass
+class DemoReport:
+    """The demo's outcome on every data set."""
+
+    datasets: list[DemoEntry]
+    directory: Path
+
+
+def _null_progress(description: str, total: int):
+    import contextlib
+
+    return contextlib.nullcontext(lambda _: None)
+
+
+def run_demo(
+    out: str | os.PathLike,
+    *,
+    steps: int = 4000,
+    n_train: int = 20_000,
+    n_eval: int = 2000,
+    seed: int = 0,
+    retrain: bool = False,
+    progress: bool = True,
+    progress_bar: ProgressFactory | None = None,
+    announce: Callable[[str], None] = lambda message: None,
+    datasets: tuple[str, ...] = DEMO_DATASETS,
+) -> DemoReport:
+    """Train a small model per demo data set, estimate LID of fresh points, write tables and figures.
+
+    Layout of ``out``: ``models/<name>/`` (checkpoints, reused unless ``retrain``),
+    ``<name>_lid.parquet`` and ``.json`` (per-point results and run metadata), and
+    ``plots/`` (LID histograms per component, scatter coloured by LID, FLIPD curves with knees).
+
+    Args:
+        out: output folder.
+        steps, n_train: training steps and points per model.
+        n_eval: points whose LID is estimated (drawn with another seed than the training points).
+        seed: seed of data, training and probes.
+        retrain: train even when ``out/models/<name>`` holds a checkpoint.
+        progress: show training progress bars.
+        progress_bar: ``progress_bar(description, total)`` returns a context manager yielding
+            ``advance(k)``, for estimation progress.
+        announce: receives one-line messages about what happens.
+    """
+    from . import plots
+    from .runs import estimate_in_chunks, fingerprint_array, remove_run_directory, write_json, write_table
+    from .sources import load_model, load_points, with_subset
+
+    directory = Path(out)
+    figures_directory = directory / "plots"
+    make_bar = progress_bar or _null_progress
+    entries = []
+    for name in datasets:
+        model_directory = directory / "models" / name
+        train_seconds = None
+        if retrain or not (model_directory / "flipd_model.json").is_file():
+            announce(f"[{name}] training a diffusion model on {n_train} points ({steps} steps)")
+            began = time.perf_counter()
+            train_model(
+                load_points(name, n_train, seed), model_directory, steps=steps, batch_size=DEMO_BATCH_SIZE,
+                widths=DEMO_WIDTHS, seed=seed, progress=progress,
+            )
+            train_seconds = time.perf_counter() - began
+        else:
+            announce(f"[{name}] reusing the model in {model_directory} (--retrain to train again)")
+        loaded = load_model(model_directory, device="cpu")
+        points = load_points(name, n_eval, seed + 1)
+        x = loaded.prepare(points)
+        noise = default_noise_level(loaded.schedule)
+        settings = EstimateSettings(**noise, trace="exact", seed=seed, batch_size=512, chunk_size=max(1, points.n))
+        table_path = directory / f"{name}_lid.parquet"
+        run_directory = table_path.with_name(table_path.name + ".chunks")
+        remove_run_directory(run_directory)
+        began = time.perf_counter()
+        with make_bar(f"FLIPD {name}", points.n) as advance:
+            result = estimate_in_chunks(
+                loaded.model, x, settings, run_directory,
+                identity={"data": {"spec": name, "fingerprint": fingerprint_array(x)}, "model": {"fingerprint": loaded.fingerprint}},
+                schedule=loaded.schedule, prediction=loaded.prediction, progress=advance,
+            )
+        estimate_seconds = time.perf_counter() - began
+        columns = estimate_table_columns(points, result)
+        write_table(table_path, columns)
+        remove_run_directory(run_directory)
+        groups, mae_value = summarize_by_component(columns["lid"], points.lid_true, points.component)
+
+        figures = plots.plot_estimates(
+            figures_directory, lids=columns["lid"], x=points.x.numpy(), lid_true=points.lid_true,
+            component=points.component, prefix=f"{name}_", title=name,
+        )
+        subset = with_subset(points, np.linspace(0, points.n - 1, min(points.n, DEMO_CURVE_POINTS)).round().astype(int))
+        with make_bar(f"curves {name}", subset.n * len(curve_times(loaded.schedule))) as advance:
+            curves = compute_curves(loaded, loaded.prepare(subset), curve_times(loaded.schedule), seed=seed, progress=advance)
+        figures.append(plots.plot_curves(
+            curves.times, curves.curves, figures_directory / f"{name}_curves.png", knee_times=curves.knee_t0,
+            knee_lids=curves.knee_lid, ambient_dim=points.ambient_dim, true_lids=subset.lid_true,
+            title=f"FLIPD curves on {name}",
+        ))
+        setting = ", ".join(f"{key} = {value:g}" for key, value in noise.items()) + ", exact trace"
+        write_json(table_path.with_suffix(".json"), run_record(
+            "demo", points=points, data_seed=seed + 1, model=loaded, settings=settings.to_json(),
+            training={key: loaded.metadata.get(key) for key in ("steps_run", "final_val_loss", "seconds", "parameters")},
+            summary=summary_record(columns["lid"], points),
+            timings={"train_s": train_seconds, "estimate_s": estimate_seconds},
+            outputs={"table": str(table_path), "plots": [str(f) for f in figures]},
+        ))
+        entries.append(DemoEntry(name, setting, groups, mae_value, table_path, figures, train_seconds, estimate_seconds))
+    return DemoReport(entries, directory)
+
+
+# --------------------------------------------------------------------------- run records
+
+
+def run_record(
+    command: str,
+    *,
+    points: PointSet,
+    data_seed: int,
+    model: LoadedModel,
+    settings: dict[str, Any],
+    timings: dict[str, Any],
+    outputs: dict[str, Any],
+    device: Any = "cpu",
+    **extra: Any,
+) -> dict[str, Any]:
+    """The metadata written beside a result table: what ran, on what, how, how long, where.
+
+    Holds the command and its arguments, the data (name, size, seed, fingerprint of the points
+    as the model saw them), the model (path, kind, fingerprint, schedule), the settings, the
+    timings, the outputs, ``extra`` entries, and :func:`flipd.runs.environment_info` (versions,
+    threads, device, machine).
+    """
+    import sys
+
+    from .runs import environment_info, fingerprint_array
+
+    record: dict[str, Any] = {
+        "command": command,
+        "argv": list(sys.argv),
+        "data": {
+            "spec": points.spec, "n_points": points.n, "seed": data_seed, "point_shape": list(points.point_shape),
+            "description": points.description, "fingerprint": fingerprint_array(points.x),
+        },
+        "model": {
+            "path": str(Path(model.path).resolve()), "kind": model.kind, "fingerprint": model.fingerprint,
+            "description": model.description, "schedule": repr(model.schedule), "prediction": model.prediction,
+        },
+        "settings": settings,
+        **extra,
+        "timings": timings,
+        "outputs": outputs,
+    }
+    record.update(environment_info(device))
     return record
