@@ -15,7 +15,6 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-from kneed import KneeLocator
 from torch import Tensor
 
 from .schedules import VP
@@ -71,6 +70,8 @@ def knee(
     Returns:
         :class:`KneeResult` with tensors of shape [N].
     """
+    from kneed import KneeLocator  # imported here: it loads matplotlib and scipy.signal (seconds)
+
     values = torch.as_tensor(curve, dtype=torch.float64).detach().cpu()
     if values.ndim == 1:
         values = values[None]

@@ -7,8 +7,7 @@ forms over the D basis probes gives the exact trace; averaging them over random 
 Gaussian probes gives Hutchinson's unbiased estimate.
 
 Two differentiation modes exist. Reverse mode runs one forward pass and then one
-vector-Jacobian product per probe (vectorised over a chunk of probes by autograd's batched
-gradients, which use ``torch.vmap``);
+vector-Jacobian product per probe (vectorised over a chunk of probes with ``torch.vmap``);
 forward mode runs Jacobian-vector products (``torch.func.jvp``). On CPUs reverse mode is the
 faster of the two, and some layers (e.g. CPU attention kernels) have no forward-mode rule, so
 "auto" uses reverse mode and falls back to forward mode only if reverse mode fails. Where a
@@ -92,45 +91,61 @@ class _RejectedOutput(Exception):
 _UNSUPPORTED = (RuntimeError, NotImplementedError, TypeError)
 
 
-def _reverse(fn: Callable[[Tensor], Tensor], y: Tensor, probes: Iterable[Tensor], check):
-    # Plain autograd: one forward pass that records a graph, then one backward pass per probe
-    # that computes input gradients only (parameter gradients are never formed).
-    differentiable = torch.is_grad_enabled() and y.requires_grad
-    with torch.enable_grad():
-        inputs = y if differentiable else y.detach().requires_grad_(True)
+def _pull_back(vjp_fn: Callable, chunk: Tensor, strategy: str) -> Tensor:
+    """Vector-Jacobian products [k, N, ...] of a probe chunk [k, N, ...] by one strategy."""
+    if strategy == "vmap":
+        return torch.vmap(vjp_fn)(chunk)[0]
+    if strategy == "vmap_with_grad":
+        with torch.enable_grad():
+            return torch.vmap(vjp_fn)(chunk)[0].detach()
+    return torch.stack([vjp_fn(probe)[0] for probe in chunk])
+
+
+def _guarded(fn: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
+    """``fn`` whose own failures are marked as bad input: no other mode could help."""
+
+    def call(inputs: Tensor) -> Tensor:
         try:
-            output = fn(inputs)
-        except Exception as error:  # the model itself fails: no other mode can help
+            return fn(inputs)
+        except Exception as error:
             error.add_note(
-                f"The model failed on a batch of shape {tuple(y.shape)}; check that x has the "
+                f"The model failed on a batch of shape {tuple(inputs.shape)}; check that x has the "
                 "shape and dtype the model expects and that it accepts model(y, t) with t of shape [N]."
             )
             raise _RejectedOutput(error) from None
+
+    return call
+
+
+def _reverse(fn: Callable[[Tensor], Tensor], y: Tensor, probes: Iterable[Tensor], check):
+    # One forward pass, then one vector-Jacobian product per probe; only input gradients are
+    # formed. Under torch.no_grad the products build no graph.
+    output, vjp_fn = torch.func.vjp(_guarded(fn), y)
     check(output)
-
-    def vjp(probe: Tensor, batched: bool) -> Tensor:
-        return torch.autograd.grad(
-            output, inputs, probe, retain_graph=True, create_graph=differentiable, is_grads_batched=batched
-        )[0]
-
-    forms, vectorise = [], True
+    # Strategies for a chunk of probes, tried in order; a failed one is not tried again. Some
+    # backward kernels (e.g. GroupNorm's, in every diffusers UNet) have no batching rule when
+    # autograd is off, while their differentiable formulas, used when it is on, vmap fine.
+    # Layers without any batching rule fall back to a loop over the probes.
+    strategies = ["vmap", "loop"] if torch.is_grad_enabled() else ["vmap", "vmap_with_grad", "loop"]
+    forms = []
     for chunk in probes:
-        if len(chunk) == 1:
-            products = vjp(chunk[0], False)[None]
+        if len(chunk) == 1:  # a single probe needs no vectorisation
+            products = vjp_fn(chunk[0])[0][None]
         else:
-            if vectorise:
+            while True:
                 try:
-                    products = vjp(chunk, True)
-                except _UNSUPPORTED:  # a layer without batching rules: loop over the probes
-                    vectorise = False
-            if not vectorise:
-                products = torch.stack([vjp(probe, False) for probe in chunk])
+                    products = _pull_back(vjp_fn, chunk, strategies[0])
+                    break
+                except _UNSUPPORTED:
+                    if len(strategies) == 1:
+                        raise
+                    strategies.pop(0)
         forms.append(_contract(chunk, products))
-    return output if differentiable else output.detach(), forms
+    return output, forms
 
 
 def _forward(fn: Callable[[Tensor], Tensor], y: Tensor, probes: Iterable[Tensor], check):
-    output = fn(y)
+    output = _guarded(fn)(y)
     check(output)
 
     def tangent(probe: Tensor) -> Tensor:
