@@ -163,9 +163,21 @@ def _setup(threads: int | None, device: str, debug: bool = False) -> Any:
 
     if debug:
         state.debug = True
+    if not state.debug:
+        _quiet_library_chatter()
     if threads is not None:
         torch.set_num_threads(threads)
     return resolve_device(device)
+
+
+def _quiet_library_chatter() -> None:
+    """Hide advice that third-party libraries print while loading models (shown with --debug)."""
+    import warnings
+
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    # vmap over CPU attention's backward falls back to a loop: slower, but correct.
+    warnings.filterwarnings("ignore", message=".*batching rule.*")
 
 
 @contextlib.contextmanager

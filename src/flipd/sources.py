@@ -466,10 +466,26 @@ def _flipd_checkpoint(directory: Path, device: torch.device) -> LoadedModel:
     )
 
 
+def _check_safetensors_only(directory: Path) -> None:
+    """Refuse a diffusers folder in which some model component has only pickled weights."""
+    components = [directory] + [p for p in directory.iterdir() if p.is_dir()]
+    for component in components:
+        if not (component / "config.json").is_file():
+            continue
+        files = [p for p in component.iterdir() if p.is_file()]
+        pickled = [p.name for p in files if p.suffix.lower() in PICKLE_SUFFIXES]
+        if pickled and not any(p.suffix == ".safetensors" for p in files):
+            raise ValueError(
+                f"{str(component)!r} holds only pickled weights ({', '.join(sorted(pickled))}); flipd never unpickles "
+                "files. Convert them to safetensors (diffusers: save_pretrained(..., safe_serialization=True))."
+            )
+
+
 def _diffusers_model(directory: Path, device: torch.device) -> LoadedModel:
     from . import from_diffusers  # provided by flipd's diffusers adapter
     from .runs import fingerprint_path
 
+    _check_safetensors_only(directory)
     adapter = from_diffusers(directory, device=device)
     network_config = getattr(adapter.network, "config", {})
     channels = getattr(network_config, "in_channels", None)
