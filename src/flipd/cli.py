@@ -40,8 +40,14 @@ console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
 
 
+def _debug_from_environment() -> bool:
+    return os.environ.get("FLIPD_DEBUG", "") not in ("", "0")
+
+
 class _State:
-    debug: bool = os.environ.get("FLIPD_DEBUG", "") not in ("", "0")
+    """Settings of the current invocation that the error handler needs."""
+
+    debug: bool = _debug_from_environment()
 
 
 state = _State()
@@ -64,6 +70,13 @@ app = typer.Typer(
 
 
 # --------------------------------------------------------------------------- errors
+
+
+class OptionError(ValueError):
+    """An option has a value the command cannot use."""
+
+    def __init__(self, option: str, message: str) -> None:
+        super().__init__(f"invalid value for {option}: {message}")
 
 
 class Interrupted(Exception):
@@ -228,14 +241,14 @@ def _parse_t0(text: str | None) -> float | str | None:
     try:
         return float(text)
     except ValueError:
-        raise typer.BadParameter(f"{text!r} is neither a number nor 'auto'.", param_hint="--t0") from None
+        raise OptionError("--t0", f"{text!r} is neither a number nor 'auto'.") from None
 
 
 def _check_trace(trace: str) -> str:
     from .estimator import TRACES
 
     if trace not in TRACES:
-        raise typer.BadParameter(f"{trace!r} is not one of {', '.join(TRACES)}.", param_hint="--trace")
+        raise OptionError("--trace", f"{trace!r} is not one of {', '.join(TRACES)}.")
     return trace
 
 
@@ -258,8 +271,7 @@ def root(
     debug: Debug = False,
 ) -> None:
     """Local intrinsic dimension of data points from diffusion models (FLIPD)."""
-    if debug:
-        state.debug = True
+    state.debug = debug or _debug_from_environment()
 
 
 # --------------------------------------------------------------------------- info
@@ -322,6 +334,9 @@ def train(
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Points per optimiser step.")] = 512,
     lr: Annotated[float, typer.Option("--lr", min=0.0, help="Peak learning rate (AdamW).")] = 2e-3,
     widths: Annotated[str, typer.Option("--widths", help="Hidden widths of the MLP U-net, comma-separated.")] = "256,256,256",
+    standardize: Annotated[
+        str, typer.Option("--standardize", help="Rescale the data before training: per_coordinate, scalar (one scale, keeps the shape) or none.")
+    ] = "per_coordinate",
     max_minutes: Annotated[
         Optional[float], typer.Option("--max-minutes", min=0.0, help="Stop training after this many minutes.", show_default=False)
     ] = None,
@@ -345,6 +360,8 @@ def train(
     from .workflows import train_model
 
     device_used = _setup(threads, device, debug)
+    if standardize not in STANDARDIZE_CHOICES:
+        raise OptionError("--standardize", f"{standardize!r} is not one of {', '.join(STANDARDIZE_CHOICES)}.")
     target = out if out is not None else Path("models") / _slug(data)
     if target.exists() and not force:
         if target.is_file() or any(target.iterdir()):
@@ -353,7 +370,7 @@ def train(
     _say(quiet, f"data: {escape(points.description)}")
     width_list = _parse_widths(widths)
     trained = train_model(
-        points, target, steps=steps, batch_size=batch_size, lr=lr, widths=width_list,
+        points, target, steps=steps, batch_size=batch_size, lr=lr, widths=width_list, standardize=standardize,
         max_seconds=None if max_minutes is None else 60.0 * max_minutes, seed=seed, device=device_used,
         progress=not quiet,
     )
@@ -368,13 +385,16 @@ def train(
             err_console.print(line, soft_wrap=True)
 
 
+STANDARDIZE_CHOICES = ("per_coordinate", "scalar", "none")
+
+
 def _parse_widths(text: str) -> tuple[int, ...]:
     try:
         widths = tuple(int(part) for part in text.split(",") if part.strip())
     except ValueError:
-        raise typer.BadParameter(f"{text!r} is not a comma-separated list of integers.", param_hint="--widths") from None
+        raise OptionError("--widths", f"{text!r} is not a comma-separated list of integers.") from None
     if not widths or min(widths) < 1:
-        raise typer.BadParameter(f"{text!r} must list positive widths, e.g. 256,256,256.", param_hint="--widths")
+        raise OptionError("--widths", f"{text!r} must list positive widths, e.g. 256,256,256.")
     return widths
 
 
@@ -422,7 +442,6 @@ def estimate(
     """
     from .runs import (EstimateSettings, check_table_path, chunk_directory_for, estimate_in_chunks,
                        fingerprint_array, metadata_path_for, remove_run_directory, write_json, write_table)
-    from .sources import load_model, load_points
     from .workflows import default_noise_level, estimate_table_columns, run_record, summary_record
 
     began = time.perf_counter()
@@ -432,11 +451,11 @@ def estimate(
     run_directory = chunk_directory_for(table_path)
     noise_given = [name for name, value in (("--t0", t0), ("--sigma", sigma), ("--delta", delta)) if value is not None]
     if len(noise_given) > 1:
-        raise typer.BadParameter(f"give the noise level once; got {' and '.join(noise_given)}.", param_hint="--t0/--sigma/--delta")
+        raise OptionError("--t0/--sigma/--delta", f"give the noise level once; got {' and '.join(noise_given)}.")
     t0_value = _parse_t0(t0)
     _check_trace(trace)
     if resume and force:
-        raise typer.BadParameter("--resume continues a run and --force discards it; pass one of them.", param_hint="--resume/--force")
+        raise OptionError("--resume/--force", "--resume continues a run and --force discards it; pass one of them.")
     if table_path.exists() and not (resume or force):
         raise FileExistsError(
             f"{str(table_path)!r} already exists; pass --force to overwrite it, or choose another --out."
@@ -448,13 +467,7 @@ def estimate(
         remove_run_directory(run_directory)
 
     timings: dict[str, float] = {}
-    with _timed(timings, "load_data_s"):
-        points = load_points(data, n=n_points, seed=seed)
-    _say(quiet, f"data: {escape(points.description)}")
-    with _timed(timings, "load_model_s"):
-        loaded = load_model(model, device=device_used)
-        x = loaded.prepare(points)
-    _say(quiet, f"model: {escape(loaded.description)}")
+    points, loaded, x = _load_model_and_points(model, data, n_points, seed, device_used, timings, quiet)
 
     if t0_value is None and sigma is None and delta is None:
         noise = default_noise_level(loaded.schedule)
@@ -508,6 +521,21 @@ def estimate(
         _print_summary(points, columns["lid"], title=f"FLIPD on {data}")
         err_console.print(f"wrote {escape(str(table_path))} and {escape(str(metadata_path))}"
                           + (f"; {len(written_plots)} figures in {escape(str(plot))}" if written_plots else ""), soft_wrap=True)
+
+
+def _load_model_and_points(model: Path, data: str, n_points: int | None, seed: int, device: Any,
+                           timings: dict[str, float], quiet: bool) -> tuple[Any, Any, Any]:
+    """Load the model (first: it is the likelier mistake), the data, and the points as the model takes them."""
+    from .sources import load_model, load_points
+
+    with _timed(timings, "load_model_s"):
+        loaded = load_model(model, device=device)
+    with _timed(timings, "load_data_s"):
+        points = load_points(data, n=n_points, seed=seed)
+        x = loaded.prepare(points)
+    _say(quiet, f"model: {escape(loaded.description)}")
+    _say(quiet, f"data: {escape(points.description)}")
+    return points, loaded, x
 
 
 def _estimate_plots(directory: Path, points: Any, lids: Any, prefix: str) -> list[Path]:
@@ -598,7 +626,6 @@ def curve(
 
     from . import plots
     from .runs import check_table_path, metadata_path_for, write_json, write_table
-    from .sources import load_model, load_points
     from .workflows import compute_curves, curve_table_columns, curve_times, run_record
 
     began = time.perf_counter()
@@ -608,13 +635,7 @@ def curve(
     if table_path.exists() and not force:
         raise FileExistsError(f"{str(table_path)!r} already exists; pass --force to overwrite it, or choose another --out.")
     timings: dict[str, float] = {}
-    with _timed(timings, "load_data_s"):
-        points = load_points(data, n=n_points, seed=seed)
-    _say(quiet, f"data: {escape(points.description)}")
-    with _timed(timings, "load_model_s"):
-        loaded = load_model(model, device=device_used)
-        x = loaded.prepare(points)
-    _say(quiet, f"model: {escape(loaded.description)}")
+    points, loaded, x = _load_model_and_points(model, data, n_points, seed, device_used, timings, quiet)
     times = curve_times(loaded.schedule, t_min=t_min, t_max=t_max, steps=steps)
     with _timed(timings, "curves_s"):
         with progress_bar("FLIPD curves", points.n * len(times), enabled=not quiet) as advance:

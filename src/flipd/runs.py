@@ -79,11 +79,19 @@ def atomic_path(path: str | os.PathLike, *, suffix: str | None = None) -> Iterat
     temporary_path = Path(temporary)
     try:
         yield temporary_path
+        os.chmod(temporary_path, 0o666 & ~current_umask())  # mkstemp makes private files
         os.replace(temporary_path, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             temporary_path.unlink()
         raise
+
+
+def current_umask() -> int:
+    """The process's file-creation mask (read by setting it and restoring it)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def write_text(path: str | os.PathLike, text: str) -> Path:

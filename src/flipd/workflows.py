@@ -313,6 +313,7 @@ def train_model(
     batch_size: int = 512,
     lr: float = 2e-3,
     widths: tuple[int, ...] = (256, 256, 256),
+    standardize: str = "per_coordinate",
     max_seconds: float | None = None,
     seed: int = 0,
     device: str | torch.device = "cpu",
@@ -320,26 +321,26 @@ def train_model(
 ) -> Any:
     """Train a diffusion model on ``points`` and save it as a flipd checkpoint in ``out``.
 
-    Images are flattened to vectors (the network is an MLP U-net). The checkpoint is written
-    into a temporary directory next to ``out`` and moved into place when complete, so ``out``
-    never holds a half-written model. The data's name, size and fingerprint are recorded in
-    the checkpoint's metadata under "data".
+    The network is an MLP U-net (:class:`flipd.networks.MLPUNet`) with hidden ``widths``;
+    images are flattened to vectors. ``standardize`` is how the data are rescaled before
+    training: "per_coordinate", "scalar" (one scale for all coordinates: keeps the data's
+    shape) or "none". The checkpoint is written into a temporary directory next to ``out``
+    and moved into place when complete, so ``out`` never holds a half-written model. The
+    data's name, size and fingerprint are recorded in the checkpoint's metadata under "data".
 
     Returns:
         The trained :class:`flipd.train.DiffusionModel`.
     """
-    from .networks import MLPUNet, MLPUNetConfig
-    from .runs import fingerprint_array
+    from .networks import MLPUNetConfig, NetworkSpec
+    from .runs import current_umask, fingerprint_array
     from .train import TrainConfig, train_diffusion
 
     x = points.x.reshape(points.n, -1)
     config = TrainConfig(
-        steps=steps, batch_size=batch_size, lr=lr, seed=seed, max_seconds=max_seconds,
+        steps=steps, batch_size=batch_size, lr=lr, seed=seed, max_seconds=max_seconds, standardize=standardize,
         warmup_steps=min(500, max(1, steps // 10)), eval_every=max(1, min(500, steps // 4)),
     )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        network = MLPUNet(MLPUNetConfig(data_dim=x.shape[1], widths=tuple(widths)))
+    network = NetworkSpec("mlp_unet", MLPUNetConfig(data_dim=int(x.shape[1]), widths=tuple(widths)).to_json())
     model = train_diffusion(x, network=network, config=config, progress=progress, device=device)
     model.metadata["data"] = {
         "spec": points.spec, "n_points": points.n, "point_shape": list(points.point_shape),
@@ -350,6 +351,7 @@ def train_model(
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
         model.save(staging)
+        os.chmod(staging, 0o777 & ~current_umask())  # mkdtemp makes a private directory
         _replace_directory(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -366,6 +368,8 @@ DEMO_CURVE_POINTS = 60
 #: The demo's network and batch: small enough to train in about a minute per data set on 2 cores.
 DEMO_WIDTHS = (128, 128, 128)
 DEMO_BATCH_SIZE = 256
+#: One scale for all coordinates keeps the geometry (a round torus stays round).
+DEMO_STANDARDIZE = "scalar"
 
 ProgressFactory = Callable[[str, int], Any]
 
@@ -444,7 +448,7 @@ def run_demo(
             began = time.perf_counter()
             train_model(
                 load_points(name, n_train, seed), model_directory, steps=steps, batch_size=DEMO_BATCH_SIZE,
-                widths=DEMO_WIDTHS, seed=seed, progress=progress,
+                widths=DEMO_WIDTHS, standardize=DEMO_STANDARDIZE, seed=seed, progress=progress,
             )
             train_seconds = time.perf_counter() - began
         else:
