@@ -16,9 +16,12 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
+import flipd
 from flipd.cli import app
 
 runner = CliRunner()
+#: The folder holding the flipd package under test, for subprocesses.
+PACKAGE_ROOT = str(Path(flipd.__file__).resolve().parents[1])
 COMMANDS = ("info", "train", "estimate", "curve", "bench", "demo")
 #: A deliberately tiny training run: enough for a valid checkpoint, not for good estimates.
 TINY_TRAIN = ("-n", "1500", "--steps", "40", "--batch-size", "256", "--widths", "32,32", "--threads", "1", "--quiet")
@@ -76,7 +79,7 @@ def test_version_and_info_json():
 def test_module_entry_point_runs():
     completed = subprocess.run(
         [sys.executable, "-m", "flipd.cli", "--version"], capture_output=True, text=True, timeout=120,
-        env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")},
+        env={**os.environ, "PYTHONPATH": PACKAGE_ROOT},
     )
     assert completed.returncode == 0, completed.stderr
     assert completed.stdout.startswith("flipd ")
@@ -239,7 +242,7 @@ def test_resume_of_a_finished_run_changes_nothing(lollipop_model, tmp_path):
 @pytest.mark.slow
 def test_resume_after_the_process_is_killed(lollipop_model, tmp_path):
     """A real SIGKILL part-way through, then --resume: the same table as a run without a kill."""
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
+    env = {**os.environ, "PYTHONPATH": PACKAGE_ROOT}
     reference, table = tmp_path / "reference.parquet", tmp_path / "killed.parquet"
 
     def command(out: Path, *extra: str) -> list[str]:
@@ -252,10 +255,12 @@ def test_resume_after_the_process_is_killed(lollipop_model, tmp_path):
     deadline = time.monotonic() + 300
     while len(list(chunks.glob("chunk-*.npz"))) < 2 and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    if table.exists():
+    if process.poll() is not None:
+        assert process.returncode == 0, "the run failed before it could be killed"
         pytest.skip("the run finished before it could be killed")
+    process.send_signal(signal.SIGKILL)
+    assert process.wait() == -signal.SIGKILL
+    assert not table.exists()
     kept = len(list(chunks.glob("chunk-*.npz")))
     assert kept >= 2
     subprocess.run(command(table, "--resume"), env=env, check=True, timeout=600)

@@ -90,7 +90,7 @@ def _user_error_types() -> tuple[type[BaseException], ...]:
 
 def _one_line(error: BaseException) -> str:
     message = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
-    if isinstance(error, ModuleNotFoundError) and error.name:
+    if isinstance(error, ModuleNotFoundError) and error.name and not error.name.startswith("flipd"):
         message = (
             f"the optional package {error.name!r} is not installed; install flipd with its extras: "
             "pip install 'flipd[all]'"
@@ -191,6 +191,13 @@ def _quiet_library_chatter() -> None:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     # vmap over CPU attention's backward falls back to a loop: slower, but correct.
     warnings.filterwarnings("ignore", message=".*batching rule.*")
+    warnings.showwarning = _show_warning
+
+
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                  file: Any = None, line: str | None = None) -> None:
+    """Print a warning as one 'warning:' line instead of Python's file-and-line format."""
+    err_console.print(f"[yellow]warning:[/] {escape(' '.join(str(message).split()))}", soft_wrap=True)
 
 
 @contextlib.contextmanager
@@ -675,16 +682,16 @@ def curve(
 )
 @handles_errors
 def bench(ctx: typer.Context) -> None:
-    """Run the benchmark suites (synthetic, images, scale); arguments go to python -m flipd.bench.
+    """Run the benchmark suites (synthetic, images, scale): the arguments go to python -m flipd.bench.
 
     [bold]Examples[/]:
-      [cyan]flipd bench synthetic[/]
-      [cyan]flipd bench --help[/]
+      [cyan]flipd bench synthetic --suite toy --tiny[/]
+      [cyan]flipd bench --help[/]   (the suites and their options)
     """
     try:
-        from .bench import main as bench_main
+        from .bench.__main__ import main as bench_main
     except ModuleNotFoundError as error:
-        if error.name and error.name.startswith("flipd"):
+        if error.name in ("flipd.bench", "flipd.bench.__main__"):
             raise ValueError("the benchmarks (flipd.bench) are not part of this installation of flipd.") from None
         raise
     status = bench_main(list(ctx.args))
