@@ -73,7 +73,7 @@ def test_version_and_info_json():
     assert record["versions"]["torch"]
     assert record["threads"]["torch"] >= 1
     assert "lollipop" in record["datasets"]["synthetic"]
-    assert set(record["caches"]) >= {"flipd", "huggingface_hub"}
+    assert set(record["caches"]) >= {"demo_models", "huggingface_hub"}
 
 
 def test_module_entry_point_runs():

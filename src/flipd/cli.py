@@ -29,6 +29,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from .workflows import DEMO_DEFAULT_OUT
+
 __all__ = ["app", "main"]
 
 #: Exit status of a user error (bad input), of an unexpected failure, and of an interruption.
@@ -485,7 +487,7 @@ def estimate(
     )
     identity = {
         "data": {"spec": data, "n_points": points.n, "fingerprint": fingerprint_array(x)},
-        "model": {"path": str(Path(model).resolve()), "fingerprint": loaded.fingerprint},
+        "model": {"fingerprint": loaded.fingerprint},  # not the path: a moved model is the same model
     }
 
     def stop_hook(done: int, total: int) -> None:  # a test hook that simulates an interruption
@@ -704,7 +706,7 @@ def bench(ctx: typer.Context) -> None:
 @app.command()
 @handles_errors
 def demo(
-    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for models, tables and figures.")] = Path("runs/demo"),
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for models, tables and figures.")] = Path(DEMO_DEFAULT_OUT),
     steps: Annotated[int, typer.Option("--steps", min=1, help="Training steps per model.")] = 4000,
     n_train: Annotated[int, typer.Option("--n-train", min=2, help="Training points per data set.")] = 20_000,
     n_eval: Annotated[int, typer.Option("--n-eval", min=1, help="Points whose LID is estimated, per data set.")] = 2000,

@@ -187,6 +187,8 @@ def plot_lid_scatter(x: np.ndarray, lids: np.ndarray, path: str | Path, *, title
     else:
         axis = figure.add_subplot(1, 1, 1, projection="3d")
         drawn = axis.scatter(x[:, 0], x[:, 1], x[:, 2], c=lids, cmap=LID_COLORMAP, s=4)
+        extent = np.ptp(x, axis=0)
+        axis.set_box_aspect(np.maximum(extent, 0.2 * extent.max()) if extent.max() > 0 else None)  # true proportions, within reason
     figure.colorbar(drawn, ax=axis, label="estimated LID", shrink=0.8)
     axis.set_title(title)
     return _save(figure, path)

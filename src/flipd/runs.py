@@ -239,13 +239,20 @@ RECORDED_PACKAGES: tuple[str, ...] = (
 
 
 def cache_directories() -> dict[str, str]:
-    """Where flipd and the libraries it uses keep downloaded or cached models (not created here)."""
+    """Where models are kept between runs (the folders are not created here).
+
+    ``demo_models``: models trained by ``flipd demo`` (relative to the working directory, see
+    its ``--out``); ``huggingface_hub`` and ``torch_hub``: where those libraries keep downloaded
+    models (flipd itself never downloads; give it local folders).
+    """
+    from .workflows import DEMO_DEFAULT_OUT
+
     home = Path.home()
     xdg = Path(os.environ.get("XDG_CACHE_HOME", home / ".cache"))
     hf_home = Path(os.environ.get("HF_HOME", xdg / "huggingface"))
     hub = os.environ.get("HF_HUB_CACHE") or os.environ.get("HUGGINGFACE_HUB_CACHE") or str(hf_home / "hub")
     return {
-        "flipd": os.environ.get("FLIPD_CACHE", str(xdg / "flipd")),
+        "demo_models": str(Path(DEMO_DEFAULT_OUT) / "models"),
         "huggingface_hub": hub,
         "torch_hub": torch.hub.get_dir(),
     }

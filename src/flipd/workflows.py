@@ -361,6 +361,8 @@ def train_model(
 
 # --------------------------------------------------------------------------- demo
 
+#: Where ``flipd demo`` writes models, tables and figures unless told otherwise.
+DEMO_DEFAULT_OUT = "runs/demo"
 #: The demo's data sets: low-dimensional, with several components of known LID each.
 DEMO_DATASETS: tuple[str, ...] = ("lollipop", "doughnut")
 #: Points drawn for the demo's FLIPD-curve figure, per data set.
