@@ -474,6 +474,8 @@ def estimate(
         return
     if force:
         remove_run_directory(run_directory)
+    if resume and not run_directory.exists():
+        _say(quiet, f"no interrupted run in {escape(str(run_directory))}; starting from the beginning")
 
     timings: dict[str, float] = {}
     points, loaded, x = _load_model_and_points(model, data, n_points, seed, device_used, timings, quiet)
