@@ -1,0 +1,733 @@
+"""Training diffusion models on data arrays, and saving and loading them.
+
+:func:`train_diffusion` fits a denoising network to data of shape [N, D] (tabular) or
+[N, C, H, W] (images) with the reference variance-preserving schedule of the FLIPD paper
+(beta from 0.1 to 20, ``flipd.schedules.VP()``) and the epsilon objective: with
+``y = psi(t)·z + sigma(t)·eps`` and ``t ~ U(t_min, 1)``, minimise the unweighted squared error
+``‖network(y, t) − eps‖²`` summed over the coordinates of each point and averaged over points.
+
+Standardisation and where FLIPD is computed
+-------------------------------------------
+Before training, the data are standardised once, ``z = (x − shift) / scale`` (by default the
+per-coordinate mean and standard deviation of the training split), and the network learns the
+noise of ``z``. The returned :class:`DiffusionModel` therefore works in *standardised
+coordinates*: ``model(y, t)`` expects ``y = psi·z + sigma·eps``. FLIPD must be computed in the
+coordinates the model was trained in: inside FLIPD the trace term and the norm term scale
+differently under a rescaling of the input, so rescaling inside the callable changes the
+estimate. Compute it as
+
+    flipd.flipd(model, model.standardize(x), t0=0.05)   # prediction="epsilon", VP() defaults
+
+or simply ``model.lid(x, t0=0.05)``. The local intrinsic dimension itself is unchanged by the
+invertible affine map ``x → z``, so the estimate is one of LID(x); only the noise level t0 is
+measured in standardised units (sigma(t0) is a fraction of each coordinate's spread).
+
+Reproducibility: every random draw (split, batches, times, noise, network initialisation)
+comes from generators seeded by ``TrainConfig.seed``; the global random state is left as it
+was.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import platform
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from .networks import MLPUNet, MLPUNetConfig, NetworkSpec, build_network, count_parameters
+from .schedules import VP
+
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "CheckpointError",
+    "DiffusionModel",
+    "TrainConfig",
+    "load",
+    "train_diffusion",
+]
+
+Standardize = Literal["per_coordinate", "scalar", "none"]
+STANDARDIZE_MODES: tuple[str, ...] = ("per_coordinate", "scalar", "none")
+
+#: Value of the "format" field that marks a directory as a flipd checkpoint.
+CHECKPOINT_FORMAT = "flipd.diffusion_model"
+CHECKPOINT_VERSION = 1
+CONFIG_FILE = "flipd_model.json"
+WEIGHTS_FILE = "model.safetensors"
+
+
+class CheckpointError(ValueError):
+    """A directory is not a valid flipd checkpoint (the message says what is wrong)."""
+
+
+# --------------------------------------------------------------------------- configuration
+
+
+@dataclass
+class TrainConfig:
+    """Everything that controls :func:`train_diffusion` (all JSON-serialisable).
+
+    Attributes:
+        steps: optimiser steps (upper bound; early stopping may end sooner).
+        batch_size: points per step.
+        lr: peak learning rate of AdamW.
+        weight_decay: AdamW's decoupled weight decay.
+        warmup_steps: steps of linear learning-rate warm-up (per step, from lr/warmup_steps).
+        final_lr_fraction: the cosine decay ends at ``lr·final_lr_fraction``.
+        ema_decay: decay of the exponential moving average of the weights; the EMA weights
+            are the ones evaluated and returned.
+        grad_clip: maximum global gradient norm (None: no clipping).
+        t_min: training times are drawn from U(t_min, 1).
+        low_t_fraction: fraction of each batch whose times are drawn from U(t_min, low_t_max)
+            instead (0: the reference uniform sampling). Emphasising small times changes the
+            weighting of the objective, not its minimiser.
+        low_t_max: upper end of the emphasised times.
+        val_fraction: fraction of the points held out for validation and early stopping.
+        max_val_points: cap on the number of held-out points.
+        eval_every: steps between validation losses.
+        patience: stop after this many validations without improvement (None: never stop).
+        min_improvement: relative decrease of the validation loss that counts as improvement.
+        restore_best: return the EMA weights with the lowest validation loss.
+        max_seconds: stop training after this much wall-clock time (None: no limit).
+        seed: seed of every random draw of training.
+        standardize: "per_coordinate" (mean and std of each coordinate), "scalar" (mean of each
+            coordinate, one std for all: keeps the data's shape) or "none".
+        beta_min, beta_max: the VP schedule (defaults: the reference 0.1 and 20).
+    """
+
+    steps: int = 20_000
+    batch_size: int = 512
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    warmup_steps: int = 500
+    final_lr_fraction: float = 0.01
+    ema_decay: float = 0.999
+    grad_clip: float | None = 1.0
+    t_min: float = 1e-4
+    low_t_fraction: float = 0.0
+    low_t_max: float = 0.3
+    val_fraction: float = 0.05
+    max_val_points: int = 8192
+    eval_every: int = 500
+    patience: int | None = 10
+    min_improvement: float = 1e-3
+    restore_best: bool = True
+    max_seconds: float | None = None
+    seed: int = 0
+    standardize: Standardize = "per_coordinate"
+    beta_min: float = 0.1
+    beta_max: float = 20.0
+
+    def __post_init__(self) -> None:
+        positive_ints = {"steps": self.steps, "batch_size": self.batch_size, "eval_every": self.eval_every}
+        for name, value in positive_ints.items():
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"TrainConfig.{name} must be a positive integer; got {value!r}.")
+        if self.lr <= 0:
+            raise ValueError(f"TrainConfig.lr must be positive; got {self.lr}.")
+        if self.warmup_steps < 0:
+            raise ValueError(f"TrainConfig.warmup_steps must be >= 0; got {self.warmup_steps}.")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"TrainConfig.ema_decay must be in [0, 1); got {self.ema_decay}.")
+        if not 0 < self.t_min < 1:
+            raise ValueError(f"TrainConfig.t_min must be in (0, 1); got {self.t_min}.")
+        if not 0 <= self.val_fraction < 1:
+            raise ValueError(f"TrainConfig.val_fraction must be in [0, 1); got {self.val_fraction}.")
+        if self.patience is not None and self.patience < 1:
+            raise ValueError(f"TrainConfig.patience must be a positive integer or None; got {self.patience}.")
+        if self.standardize not in STANDARDIZE_MODES:
+            raise ValueError(
+                f"TrainConfig.standardize must be one of {', '.join(STANDARDIZE_MODES)}; got {self.standardize!r}."
+            )
+        if self.grad_clip is not None and self.grad_clip <= 0:
+            raise ValueError(f"TrainConfig.grad_clip must be positive or None; got {self.grad_clip}.")
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, value: dict[str, Any]) -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(value) - known)
+        if unknown:
+            raise ValueError(f"Unknown TrainConfig fields: {', '.join(unknown)}.")
+        return cls(**value)
+
+    def schedule(self) -> VP:
+        return VP(self.beta_min, self.beta_max)
+
+
+# --------------------------------------------------------------------------- the model
+
+
+class DiffusionModel(nn.Module):
+    """A trained epsilon-prediction diffusion model in standardised coordinates.
+
+    ``model(y, t)`` returns the predicted noise for ``y = psi(t)·z + sigma(t)·eps`` where
+    ``z = model.standardize(x)``; it plugs into :func:`flipd.flipd` with the defaults
+    ``prediction="epsilon"`` and ``schedule=model.schedule`` (the reference ``VP()``), given
+    standardised points. :meth:`lid` does exactly that.
+
+    Attributes:
+        network: the EMA network, called as ``network(y, t)``.
+        schedule: the VP schedule it was trained with.
+        prediction: always "epsilon".
+        standardize_mode: how the data were standardised.
+        shift, scale: the standardisation, tensors shaped like one data point.
+        metadata: training record (config, steps, losses, seed, versions, timings).
+        online_network: the raw (non-averaged) weights, kept for saving; may be None.
+    """
+
+    prediction = "epsilon"
+
+    def __init__(
+        self,
+        network: nn.Module,
+        *,
+        shift: Tensor,
+        scale: Tensor,
+        schedule: VP | None = None,
+        standardize_mode: str = "per_coordinate",
+        metadata: dict[str, Any] | None = None,
+        online_network: nn.Module | None = None,
+    ) -> None:
+        super().__init__()
+        self.network = network
+        self.online_network = online_network
+        self.schedule = VP() if schedule is None else schedule
+        self.standardize_mode = standardize_mode
+        self.register_buffer("shift", shift.detach().clone())
+        self.register_buffer("scale", scale.detach().clone())
+        self.metadata: dict[str, Any] = dict(metadata or {})
+        self.requires_grad_(False)
+        self.eval()
+
+    # ------------------------------------------------------------------ calling
+
+    @property
+    def data_shape(self) -> tuple[int, ...]:
+        """Shape of one data point (D,) or (C, H, W)."""
+        return tuple(self.shift.shape)
+
+    def forward(self, y: Tensor, t: Tensor) -> Tensor:
+        """Predicted noise: ``y`` [N, *data_shape] in standardised coordinates, ``t`` [N] in (0, 1]."""
+        if tuple(y.shape[1:]) != self.data_shape:
+            raise ValueError(
+                f"The model was trained on points of shape {self.data_shape}; got a batch of shape "
+                f"{tuple(y.shape)}. Pass y of shape [N, {', '.join(map(str, self.data_shape))}]."
+            )
+        if t.ndim == 0:
+            t = t.expand(y.shape[0])
+        return self.network(y, t.to(device=y.device, dtype=y.dtype))
+
+    def _as_points(self, x) -> Tensor:
+        if isinstance(x, np.ndarray):
+            x = torch.from_numpy(x)
+        if not isinstance(x, Tensor):
+            raise TypeError(f"x must be a torch.Tensor or numpy array; got {type(x).__name__}.")
+        if tuple(x.shape[1:]) != self.data_shape or x.ndim != len(self.data_shape) + 1:
+            raise ValueError(
+                f"x must have shape [N, {', '.join(map(str, self.data_shape))}] like the training data; "
+                f"got {tuple(x.shape)}."
+            )
+        return x.to(device=self.shift.device, dtype=self.shift.dtype)
+
+    def standardize(self, x) -> Tensor:
+        """Map data points x [N, *data_shape] (original units) to the model's coordinates."""
+        return (self._as_points(x) - self.shift) / self.scale
+
+    def destandardize(self, z) -> Tensor:
+        """Inverse of :meth:`standardize`."""
+        return self._as_points(z) * self.scale + self.shift
+
+    def lid(self, x, **flipd_kwargs: Any) -> Tensor:
+        """FLIPD estimates [N] for data points ``x`` in original units.
+
+        Equal to ``flipd.flipd(self, self.standardize(x), prediction="epsilon",
+        schedule=self.schedule, **flipd_kwargs)``; give the noise level with ``t0=`` (e.g.
+        0.05 or "auto"), ``sigma=`` or ``delta=``, measured in standardised coordinates.
+        """
+        from .estimator import flipd
+
+        self._check_flipd_kwargs(flipd_kwargs)
+        return flipd(self, self.standardize(x), prediction="epsilon", schedule=self.schedule, **flipd_kwargs)
+
+    def estimate(self, x, **flipd_kwargs: Any):
+        """Like :meth:`lid`, returning :class:`flipd.FLIPDResult` (noise levels, stderr, ...)."""
+        from .estimator import estimate
+
+        self._check_flipd_kwargs(flipd_kwargs)
+        return estimate(self, self.standardize(x), prediction="epsilon", schedule=self.schedule, **flipd_kwargs)
+
+    @staticmethod
+    def _check_flipd_kwargs(kwargs: dict[str, Any]) -> None:
+        for name in ("prediction", "schedule"):
+            if name in kwargs:
+                raise TypeError(f"DiffusionModel.lid sets {name} itself (the model's own); do not pass {name}=.")
+
+    # ------------------------------------------------------------------ saving
+
+    def save(self, directory: str | Path) -> Path:
+        """Write the checkpoint: ``flipd_model.json`` and ``model.safetensors`` in ``directory``.
+
+        Returns the directory. Only networks with a registered spec (``network.spec``, see
+        :func:`flipd.networks.register_network`) can be saved.
+        """
+        from safetensors.torch import save_file
+
+        spec = getattr(self.network, "spec", None)
+        if not isinstance(spec, NetworkSpec):
+            raise CheckpointError(
+                f"Cannot save a {type(self.network).__name__}: it has no NetworkSpec in its .spec "
+                "attribute. Register a builder with flipd.networks.register_network and set "
+                "network.spec = NetworkSpec(kind, options)."
+            )
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        tensors = {f"ema.{k}": v for k, v in self.network.state_dict().items()}
+        if self.online_network is not None:
+            tensors.update({f"online.{k}": v for k, v in self.online_network.state_dict().items()})
+        tensors["standardization.shift"] = self.shift
+        tensors["standardization.scale"] = self.scale
+        tensors = {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}
+        config = {
+            "format": CHECKPOINT_FORMAT,
+            "format_version": CHECKPOINT_VERSION,
+            "weights": WEIGHTS_FILE,
+            "network": spec.to_json(),
+            "prediction": self.prediction,
+            "schedule": {"kind": "VP", "beta_min": self.schedule.beta_min, "beta_max": self.schedule.beta_max},
+            "standardization": {
+                "mode": self.standardize_mode,
+                "data_shape": list(self.data_shape),
+                "tensors": ["standardization.shift", "standardization.scale"],
+                "formula": "z = (x - shift) / scale",
+            },
+            "dtype": str(self.shift.dtype).removeprefix("torch."),
+            "metadata": self.metadata,
+        }
+        save_file(tensors, str(directory / WEIGHTS_FILE), metadata={"format": CHECKPOINT_FORMAT})
+        (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        return directory
+
+    @classmethod
+    def load(cls, directory: str | Path, *, weights: Literal["ema", "online"] = "ema", device: str | torch.device = "cpu") -> "DiffusionModel":
+        """Load a checkpoint written by :meth:`save`.
+
+        Args:
+            directory: the checkpoint directory.
+            weights: "ema" (the averaged weights, used for evaluation) or "online" (raw).
+            device: where to put the model.
+
+        Raises:
+            FileNotFoundError: the directory does not exist.
+            CheckpointError: it is not a flipd checkpoint, or one this version cannot read.
+        """
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        directory = Path(directory)
+        if not directory.exists():
+            raise FileNotFoundError(f"No checkpoint at {directory}: the directory does not exist.")
+        if not directory.is_dir():
+            raise CheckpointError(f"{directory} is a file, not a checkpoint directory (expected a directory with {CONFIG_FILE}).")
+        config_path = directory / CONFIG_FILE
+        if not config_path.is_file():
+            raise CheckpointError(
+                f"{directory} is not a flipd checkpoint: it has no {CONFIG_FILE}. A checkpoint holds "
+                f"{CONFIG_FILE} and {WEIGHTS_FILE}, as written by DiffusionModel.save."
+            )
+        try:
+            config = json.loads(config_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise CheckpointError(f"{config_path} is not valid JSON ({error}); the checkpoint is damaged.") from error
+        if not isinstance(config, dict) or config.get("format") != CHECKPOINT_FORMAT:
+            found = config.get("format") if isinstance(config, dict) else type(config).__name__
+            raise CheckpointError(
+                f"{config_path} does not describe a flipd checkpoint: its 'format' is {found!r}, "
+                f"expected {CHECKPOINT_FORMAT!r}."
+            )
+        version = config.get("format_version")
+        if not isinstance(version, int) or version > CHECKPOINT_VERSION:
+            raise CheckpointError(
+                f"{config_path} has format_version {version!r}; this flipd reads up to "
+                f"{CHECKPOINT_VERSION}. Upgrade flipd to load it."
+            )
+        for key in ("network", "schedule", "standardization", "weights"):
+            if key not in config:
+                raise CheckpointError(f"{config_path} lacks the required field {key!r}; the checkpoint is damaged.")
+        if config.get("prediction", "epsilon") != "epsilon":
+            raise CheckpointError(f"{config_path} has prediction {config['prediction']!r}; only 'epsilon' is supported.")
+        schedule_config = config["schedule"]
+        if schedule_config.get("kind") != "VP":
+            raise CheckpointError(f"{config_path} has schedule {schedule_config!r}; only VP schedules are supported.")
+        weights_path = directory / config["weights"]
+        if not weights_path.is_file():
+            raise CheckpointError(f"{directory} is incomplete: the weights file {config['weights']} is missing.")
+        try:
+            tensors = load_file(str(weights_path))
+        except (SafetensorError, OSError) as error:
+            raise CheckpointError(f"Cannot read {weights_path} as safetensors ({error}); the file is damaged.") from error
+        if weights not in ("ema", "online"):
+            raise ValueError(f"weights must be 'ema' or 'online'; got {weights!r}.")
+        network = build_network(config["network"])
+        prefix = f"{weights}."
+        state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+        if not state:
+            raise CheckpointError(f"{weights_path} holds no {weights!r} weights (keys starting with {prefix!r}).")
+        _load_state(network, state, weights_path)
+        online = None
+        if weights == "ema" and any(k.startswith("online.") for k in tensors):
+            online = build_network(config["network"])
+            _load_state(online, {k[7:]: v for k, v in tensors.items() if k.startswith("online.")}, weights_path)
+        for key in ("standardization.shift", "standardization.scale"):
+            if key not in tensors:
+                raise CheckpointError(f"{weights_path} lacks the tensor {key!r}; the checkpoint is damaged.")
+        model = cls(
+            network,
+            shift=tensors["standardization.shift"],
+            scale=tensors["standardization.scale"],
+            schedule=VP(schedule_config["beta_min"], schedule_config["beta_max"]),
+            standardize_mode=config["standardization"].get("mode", "per_coordinate"),
+            metadata=config.get("metadata", {}),
+            online_network=online,
+        )
+        return model.to(device)
+
+
+def _load_state(network: nn.Module, state: dict[str, Tensor], path: Path) -> None:
+    expected = set(network.state_dict())
+    missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+    if missing or unexpected:
+        raise CheckpointError(
+            f"The weights in {path} do not match the network in its config: missing "
+            f"{missing[:5] or 'none'}, unexpected {unexpected[:5] or 'none'}."
+        )
+    try:
+        network.load_state_dict(state)
+    except RuntimeError as error:
+        raise CheckpointError(f"The weights in {path} do not fit the network in its config: {error}") from error
+
+
+def load(directory: str | Path, **kwargs: Any) -> DiffusionModel:
+    """Load a checkpoint written by :meth:`DiffusionModel.save` (see :meth:`DiffusionModel.load`)."""
+    return DiffusionModel.load(directory, **kwargs)
+
+
+# --------------------------------------------------------------------------- training
+
+
+def _as_data(data) -> Tensor:
+    if isinstance(data, np.ndarray):
+        data = torch.from_numpy(np.ascontiguousarray(data))
+    if not isinstance(data, Tensor):
+        raise TypeError(f"data must be a torch.Tensor or numpy array of shape [N, D] or [N, C, H, W]; got {type(data).__name__}.")
+    if data.ndim < 2:
+        raise ValueError(f"data must have shape [N, D] or [N, C, H, W]; got shape {tuple(data.shape)}. Use data[:, None] for 1-D data.")
+    if not data.is_floating_point():
+        data = data.to(torch.get_default_dtype())
+    if data.shape[0] < 2:
+        raise ValueError(f"Training needs at least 2 points; got {data.shape[0]}.")
+    finite = torch.isfinite(data.reshape(data.shape[0], -1)).all(dim=1)
+    if not finite.all():
+        bad = torch.nonzero(~finite).flatten()[:10].tolist()
+        raise ValueError(f"data has non-finite values (NaN or inf) at points {bad}; remove them before training.")
+    return data
+
+
+def fit_standardization(x: Tensor, mode: str) -> tuple[Tensor, Tensor]:
+    """``(shift, scale)`` shaped like one point of x [N, ...] for the standardisation ``mode``."""
+    if mode == "none":
+        return torch.zeros_like(x[0]), torch.ones_like(x[0])
+    shift = x.mean(dim=0)
+    if mode == "per_coordinate":
+        scale = x.std(dim=0)
+        constant = scale <= 1e-12 * (1 + shift.abs())
+        if constant.any():
+            warnings.warn(
+                f"{int(constant.sum())} coordinate(s) are constant in the training data; they are "
+                "centred but not rescaled.",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+        scale = torch.where(constant, torch.ones_like(scale), scale)
+    elif mode == "scalar":
+        spread = float(x.var(dim=0).mean().sqrt())
+        scale = torch.full_like(shift, spread if spread > 0 else 1.0)
+    else:
+        raise ValueError(f"Unknown standardisation {mode!r}; use one of {', '.join(STANDARDIZE_MODES)}.")
+    return shift, scale
+
+
+def _lr_factor(step: int, config: TrainConfig) -> float:
+    """Learning-rate multiplier at optimiser step ``step`` (0-based): linear warm-up, cosine decay."""
+    if step < config.warmup_steps:
+        return (step + 1) / config.warmup_steps
+    span = max(1, config.steps - config.warmup_steps)
+    progress = min(1.0, (step - config.warmup_steps) / span)
+    floor = config.final_lr_fraction
+    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def _sample_times(n: int, config: TrainConfig, generator: torch.Generator) -> Tensor:
+    """Training times [n] (float64): U(t_min, 1), a fraction of them from U(t_min, low_t_max)."""
+    t = config.t_min + (1 - config.t_min) * torch.rand(n, generator=generator, dtype=torch.float64)
+    if config.low_t_fraction > 0:
+        low = config.t_min + (config.low_t_max - config.t_min) * torch.rand(n, generator=generator, dtype=torch.float64)
+        pick = torch.rand(n, generator=generator) < config.low_t_fraction
+        t = torch.where(pick, low, t)
+    return t
+
+
+def _denoising_loss(network: nn.Module, z: Tensor, t: Tensor, noise: Tensor, schedule: VP) -> Tensor:
+    """Per-point epsilon loss ``‖network(psi·z + sigma·eps, t) − eps‖²`` summed over coordinates, [N]."""
+    shape = (-1,) + (1,) * (z.ndim - 1)
+    psi = schedule.psi(t).to(z).reshape(shape)
+    sigma = schedule.sigma(t).to(z).reshape(shape)
+    prediction = network(psi * z + sigma * noise, t.to(z))
+    return (prediction - noise).pow(2).flatten(1).sum(1)
+
+
+@torch.no_grad()
+def _validation_loss(network: nn.Module, z: Tensor, t: Tensor, noise: Tensor, schedule: VP, batch_size: int) -> float:
+    total = 0.0
+    for start in range(0, z.shape[0], batch_size):
+        stop = start + batch_size
+        total += float(_denoising_loss(network, z[start:stop], t[start:stop], noise[start:stop], schedule).sum())
+    return total / z.shape[0]
+
+
+@torch.no_grad()
+def _update_ema(ema: nn.Module, online: nn.Module, decay: float) -> None:
+    for averaged, current in zip(ema.parameters(), online.parameters()):
+        averaged.lerp_(current, 1 - decay)
+    for averaged, current in zip(ema.buffers(), online.buffers()):
+        averaged.copy_(current)
+
+
+def _versions() -> dict[str, str]:
+    from . import __version__
+
+    return {
+        "flipd": __version__,
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+    }
+
+
+class _Progress:
+    """A rich progress bar with the running loss and ETA, or nothing."""
+
+    def __init__(self, enabled: bool, total: int) -> None:
+        self.bar = None
+        if not enabled:
+            return
+        try:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+        except ImportError:  # rich is an optional dependency
+            warnings.warn("Install rich for a progress bar (pip install rich).", RuntimeWarning, stacklevel=3)
+            return
+        self.bar = Progress(
+            TextColumn("training"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]}  val {task.fields[val]}"),
+            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
+            transient=False,
+        )
+        self.task = self.bar.add_task("training", total=total, loss="-", val="-")
+        self.bar.start()
+
+    def update(self, completed: int, **fields: str) -> None:
+        if self.bar is not None:
+            self.bar.update(self.task, completed=completed, **fields)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def train_diffusion(
+    data,
+    *,
+    network: nn.Module | NetworkSpec | None = None,
+    config: TrainConfig | None = None,
+    progress: bool = True,
+    device: str | torch.device = "cpu",
+    callback: Callable[[dict[str, Any]], None] | None = None,
+) -> DiffusionModel:
+    """Fit an epsilon-prediction diffusion model to ``data`` with the VP schedule.
+
+    Args:
+        data: training points, tensor or array [N, D] or [N, C, H, W], in original units.
+        network: the denoising network ``network(y, t) -> like y``: a module (trained in
+            place; its current weights are the initialisation), a :class:`NetworkSpec` (built
+            and initialised from ``config.seed``), or None for an :class:`MLPUNet` with the
+            default :class:`MLPUNetConfig` (only for [N, D] data).
+        config: training options (:class:`TrainConfig`).
+        progress: show a progress bar with the loss and ETA (needs ``rich``).
+        device: where to train.
+        callback: called after every validation with a dict (step, train_loss, val_loss, lr,
+            seconds).
+
+    Returns:
+        The trained :class:`DiffusionModel` (EMA weights; the best by validation loss when
+        ``config.restore_best``), in eval mode on ``device``, with its training record in
+        ``.metadata``. It works in standardised coordinates: use ``model.lid(x, t0=...)`` or
+        ``flipd.flipd(model, model.standardize(x), t0=...)``.
+    """
+    config = TrainConfig() if config is None else config
+    if not isinstance(config, TrainConfig):
+        raise TypeError(f"config must be a TrainConfig; got {type(config).__name__}.")
+    x = _as_data(data)
+    generator = torch.Generator().manual_seed(config.seed)
+    n = x.shape[0]
+    order = torch.randperm(n, generator=generator)
+    n_val = min(config.max_val_points, int(round(config.val_fraction * n))) if config.val_fraction > 0 else 0
+    if config.val_fraction > 0 and n_val == 0:
+        n_val = 1
+    if n - n_val < 1:
+        raise ValueError(f"No training points left after holding out {n_val} of {n}; lower val_fraction.")
+    train_x, val_x = x[order[n_val:]], x[order[:n_val]]
+    shift, scale = fit_standardization(train_x, config.standardize)
+    z_train = ((train_x - shift) / scale).to(device)
+    z_val = ((val_x - shift) / scale).to(device)
+
+    online = _make_network(network, x, config, data_std=float(z_train.std()))
+    online.to(device).train()
+    ema = copy.deepcopy(online).requires_grad_(False).eval()
+    schedule = config.schedule()
+    optimizer = torch.optim.AdamW(online.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _lr_factor(step, config))
+
+    # Validation noise is drawn once, so successive validation losses are comparable.
+    val_generator = torch.Generator().manual_seed(config.seed + 1)
+    val_t = config.t_min + (1 - config.t_min) * torch.rand(n_val, generator=val_generator, dtype=torch.float64)
+    val_noise = torch.randn(z_val.shape, generator=val_generator).to(z_val)
+
+    n_train = z_train.shape[0]
+    batch_size = min(config.batch_size, n_train)
+    permutation, cursor = torch.randperm(n_train, generator=generator), 0
+    history: list[dict[str, float]] = []
+    best_val, best_state, best_step, stale = math.inf, None, 0, 0
+    running, running_count = 0.0, 0
+    stopped_early, stop_reason = False, "steps"
+    bar = _Progress(progress, config.steps)
+    start_time = time.perf_counter()
+    step = 0
+    try:
+        for step in range(1, config.steps + 1):
+            if cursor + batch_size > n_train:
+                permutation, cursor = torch.randperm(n_train, generator=generator), 0
+            index = permutation[cursor : cursor + batch_size].to(device)
+            cursor += batch_size
+            z = z_train[index]
+            t = _sample_times(batch_size, config, generator)
+            noise = torch.randn(z.shape, generator=generator).to(z)
+            loss = _denoising_loss(online, z, t, noise, schedule).mean()
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if config.grad_clip is not None:
+                torch.nn.utils.clip_grad_norm_(online.parameters(), config.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            _update_ema(ema, online, min(config.ema_decay, (1 + step) / (10 + step)))
+            loss_value = float(loss.detach())
+            if not math.isfinite(loss_value):
+                raise FloatingPointError(
+                    f"The training loss became {loss_value} at step {step}; lower TrainConfig.lr or "
+                    "check the data's scale (standardize='per_coordinate')."
+                )
+            running += loss_value
+            running_count += 1
+            last_step = step == config.steps
+            out_of_time = config.max_seconds is not None and time.perf_counter() - start_time > config.max_seconds
+            if step % config.eval_every == 0 or last_step or out_of_time:
+                train_loss = running / running_count
+                running, running_count = 0.0, 0
+                val_loss = (
+                    _validation_loss(ema, z_val, val_t, val_noise, schedule, max(batch_size, 1024))
+                    if n_val else math.nan
+                )
+                record = {
+                    "step": step, "train_loss": train_loss, "val_loss": val_loss,
+                    "lr": optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - start_time,
+                }
+                history.append(record)
+                if callback is not None:
+                    callback(record)
+                bar.update(step, loss=f"{train_loss:.4f}", val=f"{val_loss:.4f}")
+                if n_val:
+                    if val_loss < best_val * (1 - config.min_improvement):
+                        stale = 0
+                    else:
+                        stale += 1
+                    if val_loss < best_val:
+                        best_val, best_step = val_loss, step
+                        best_state = {k: v.detach().clone() for k, v in ema.state_dict().items()}
+                    if config.patience is not None and stale >= config.patience:
+                        stopped_early, stop_reason = True, "patience"
+                        break
+                if out_of_time:
+                    stopped_early, stop_reason = True, "max_seconds"
+                    break
+            elif step % 10 == 0:
+                bar.update(step, loss=f"{loss_value:.4f}")
+    finally:
+        bar.close()
+    seconds = time.perf_counter() - start_time
+    if config.restore_best and best_state is not None:
+        ema.load_state_dict(best_state)
+    online.eval().requires_grad_(False)
+    metadata = {
+        "train_config": config.to_json(),
+        "steps_run": step,
+        "stopped_early": stopped_early,
+        "stop_reason": stop_reason,
+        "best_step": best_step if best_state is not None else step,
+        "best_val_loss": best_val if math.isfinite(best_val) else None,
+        "final_train_loss": history[-1]["train_loss"] if history else None,
+        "final_val_loss": history[-1]["val_loss"] if history and n_val else None,
+        "history": history,
+        "n_train": n_train,
+        "n_val": n_val,
+        "seed": config.seed,
+        "seconds": seconds,
+        "threads": torch.get_num_threads(),
+        "parameters": count_parameters(online),
+        "versions": _versions(),
+    }
+    return DiffusionModel(
+        ema, shift=shift, scale=scale, schedule=schedule, standardize_mode=config.standardize,
+        metadata=metadata, online_network=online,
+    ).to(device)
+
+
+def _make_network(network, x: Tensor, config: TrainConfig, *, data_std: float) -> nn.Module:
+    """The network to train: given, built from a spec, or the default MLP U-net."""
+    if isinstance(network, nn.Module):
+        return network
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(config.seed)
+        if network is None:
+            if x.ndim != 2:
+                raise ValueError(
+                    f"The default network is an MLP for [N, D] data; got data of shape {tuple(x.shape)}. "
+                    "Pass network= (a module or NetworkSpec) for images."
+                )
+            return MLPUNet(MLPUNetConfig(
+                data_dim=x.shape[1], data_std=data_std, beta_min=config.beta_min, beta_max=config.beta_max,
+            ))
+        if isinstance(network, NetworkSpec):
+            return build_network(network)
+    raise TypeError(f"network must be an nn.Module, a NetworkSpec or None; got {type(network).__name__}.")
