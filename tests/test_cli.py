@@ -293,7 +293,8 @@ def test_bad_data_parameter(tmp_path):
         (("--trace", "bogus"), "--trace"),
         (("--t0", "soon"), "--t0"),
         (("--t0", "0.05", "--sigma", "0.1"), "once"),
-        (("--t0", "7"), "outside"),
+        (("--t0", "7"), "not a noise level"),
+        (("--delta", "40"), "not a noise level"),
         (("-o", "results.txt"), ".parquet or .csv"),
         (("--device", "cuda:7"), "cuda"),
     ],
@@ -304,6 +305,13 @@ def test_bad_estimate_options(lollipop_model, tmp_path, options, fragment):
     assert result.exit_code == 2, result.output
     assert fragment in result.output
     assert "Traceback" not in result.output
+
+
+def test_a_bad_noise_level_leaves_no_run_behind(lollipop_model, tmp_path):
+    table = tmp_path / "x.parquet"
+    assert_user_error(flipd("estimate", "lollipop", "-m", lollipop_model, "-n", "4", "-o", table, "--sigma", "1e6"), "--sigma")
+    assert not table.with_name(table.name + ".chunks").exists()
+    assert flipd("estimate", "lollipop", "-m", lollipop_model, "-n", "4", "-o", table, "--quiet").exit_code == 0
 
 
 def test_model_and_data_dimensions_differ(lollipop_model, tmp_path):

@@ -375,9 +375,9 @@ def train(
     if target.exists() and not force:
         if target.is_file() or any(target.iterdir()):
             raise FileExistsError(f"{str(target)!r} already exists; choose another --out or pass --force to overwrite it.")
+    width_list = _parse_widths(widths)
     points = load_points(data, n=n_points, seed=seed, at_most=True)
     _say(quiet, f"data: {escape(points.description)}")
-    width_list = _parse_widths(widths)
     trained = train_model(
         points, target, steps=steps, batch_size=batch_size, lr=lr, widths=width_list, standardize=standardize,
         max_seconds=None if max_minutes is None else 60.0 * max_minutes, seed=seed, device=device_used,
@@ -451,7 +451,7 @@ def estimate(
     """
     from .runs import (EstimateSettings, check_table_path, chunk_directory_for, estimate_in_chunks,
                        fingerprint_array, metadata_path_for, remove_run_directory, write_json, write_table)
-    from .workflows import default_noise_level, estimate_table_columns, run_record, summary_record
+    from .workflows import check_noise_level, default_noise_level, estimate_table_columns, run_record, summary_record
 
     began = time.perf_counter()
     device_used = _setup(threads, device, debug)
@@ -484,6 +484,7 @@ def estimate(
         noise = default_noise_level(loaded.schedule)
     else:
         noise = {"t0": t0_value} if t0_value is not None else ({"sigma": sigma} if sigma is not None else {"delta": delta})
+    check_noise_level(loaded.schedule, noise)
     settings = EstimateSettings(
         **noise, trace=trace, n_probes=probes, seed=seed, batch_size=batch_size, chunk_size=chunk_size,
     )
@@ -742,8 +743,8 @@ def demo(
 
 
 def main() -> None:
-    """Entry point for ``python -m flipd.cli``."""
-    app()
+    """Entry point for ``python -m flipd.cli`` (the ``flipd`` console script calls ``app`` directly)."""
+    app(prog_name="flipd")
 
 
 if __name__ == "__main__":

@@ -516,9 +516,8 @@ def estimate_in_chunks(
     Returns:
         :class:`ChunkedEstimate` with the per-point results in point order. The run directory
         is left in place; remove it with :func:`remove_run_directory` once the results are saved.
+        If this call fails before any chunk is finished, the run directory is removed.
     """
-    from .estimator import estimate
-
     directory = Path(directory)
     n = int(x.shape[0])
     chunk = settings.chunk_size
@@ -539,7 +538,43 @@ def estimate_in_chunks(
             )
         parts.append(arrays)
         infos.append(info)
-    for index in range(finished, n_chunks):
+    try:
+        _run_chunks(
+            model, x, settings, directory, parts, infos, first=finished, n_chunks=n_chunks, schedule=schedule,
+            prediction=prediction, progress=progress, on_chunk_done=on_chunk_done,
+        )
+    except BaseException:
+        if not _chunk_file(directory, 0).is_file():
+            remove_run_directory(directory)  # nothing finished: nothing to resume
+        raise
+    columns = {name: np.concatenate([part[name] for part in parts]) for name in CHUNK_COLUMNS}
+    last = infos[-1]
+    return ChunkedEstimate(
+        columns=columns, trace=last["trace"], n_probes=int(last["n_probes"]), mode=last["mode"],
+        chunk_seconds=[float(info["seconds"]) for info in infos], resumed_chunks=finished, n_chunks=n_chunks,
+    )
+
+
+def _run_chunks(
+    model: Callable,
+    x: torch.Tensor,
+    settings: EstimateSettings,
+    directory: Path,
+    parts: list[dict[str, np.ndarray]],
+    infos: list[dict[str, Any]],
+    *,
+    first: int,
+    n_chunks: int,
+    schedule: Any,
+    prediction: str,
+    progress: Callable[[int], None] | None,
+    on_chunk_done: Callable[[int, int], None] | None,
+) -> None:
+    """Estimate chunks ``first`` to ``n_chunks - 1``, saving each and appending it to parts/infos."""
+    from .estimator import estimate
+
+    n, chunk = int(x.shape[0]), settings.chunk_size
+    for index in range(first, n_chunks):
         start, stop = index * chunk, min(n, (index + 1) * chunk)
         began = time.perf_counter()
         result = estimate(
@@ -563,12 +598,6 @@ def estimate_in_chunks(
         infos.append(info)
         if on_chunk_done is not None:
             on_chunk_done(index + 1, n_chunks)
-    columns = {name: np.concatenate([part[name] for part in parts]) for name in CHUNK_COLUMNS}
-    last = infos[-1]
-    return ChunkedEstimate(
-        columns=columns, trace=last["trace"], n_probes=int(last["n_probes"]), mode=last["mode"],
-        chunk_seconds=[float(info["seconds"]) for info in infos], resumed_chunks=finished, n_chunks=n_chunks,
-    )
 
 
 def remove_run_directory(directory: str | os.PathLike) -> None:

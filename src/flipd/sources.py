@@ -40,8 +40,8 @@ __all__ = [
     "data_source_names",
     "load_model",
     "load_points",
-    "prepare_points",
     "resolve_device",
+    "with_subset",
 ]
 
 #: Points drawn from a synthetic data set when the number is not given.
@@ -351,7 +351,7 @@ def load_points(spec: str, n: int | None = None, seed: int = 0, *, at_most: bool
         *TABLE_FILE_SUFFIXES, *ARRAY_FILE_SUFFIXES, ".png", ".jpg", ".jpeg",
     )
     if looks_like_path:
-        raise FileNotFoundError(f"No such file or folder: {name!r}. Check the path, or {_hint()}.")
+        raise FileNotFoundError(f"No such file or folder: {name!r}; check the path.")
     try:  # aliases and parameterised names the synthetic registry knows
         return _synthetic_points(spec, n, seed)
     except ValueError:
@@ -552,11 +552,6 @@ def load_model(path: str | os.PathLike, device: str | torch.device | None = "cpu
         f"{str(directory)!r} is not a flipd checkpoint (no flipd_model.json) nor a diffusers folder "
         "(no model_index.json or config.json). Train a model with: flipd train DATA --out DIR"
     )
-
-
-def prepare_points(model: LoadedModel, points: PointSet) -> Tensor:
-    """The tensor FLIPD runs on for ``points`` under ``model`` (see :attr:`LoadedModel.prepare`)."""
-    return model.prepare(points)
 
 
 def with_subset(points: PointSet, indices: Sequence[int] | np.ndarray) -> PointSet:

@@ -56,6 +56,30 @@ def default_noise_level(schedule: Schedule) -> dict[str, float]:
     return {"delta": float(REFERENCE_SCHEDULE.delta(DEFAULT_REFERENCE_T0))}
 
 
+def check_noise_level(schedule: Schedule, noise: dict[str, Any]) -> None:
+    """Raise ``ValueError`` naming the option (--t0, --sigma, --delta) if ``schedule`` cannot
+    reach the noise level ``noise`` (one of ``{"t0": ...}``, ``{"sigma": ...}``, ``{"delta": ...}``)."""
+    (name, value), = noise.items()
+    if name == "t0" and value == "auto":
+        return
+    try:
+        if name == "t0":
+            schedule.check_t(float(value))
+        elif name == "sigma":
+            if not value > 0:
+                raise ValueError("the noise standard deviation must be positive")
+            schedule.check_t(schedule.t_from_sigma(float(value)))
+        else:
+            schedule.check_t(schedule.t_from_delta(float(value)))
+    except ValueError:
+        bracket = "[" if schedule.includes_t_min else "("
+        raise ValueError(
+            f"--{name} {value:g} is not a noise level of the model's schedule {schedule!r}: its times run over "
+            f"{bracket}{schedule.t_min:g}, {schedule.t_max:g}], reaching sigma {float(schedule.sigma(schedule.t_max)):.3g} "
+            f"and delta {_delta_range(schedule)[1]:.3g} at the end."
+        ) from None
+
+
 def _delta_range(schedule: Schedule) -> tuple[float, float]:
     low = schedule.t_min if schedule.includes_t_min else schedule.t_min + 1e-9 * max(1.0, schedule.t_max - schedule.t_min)
     return float(schedule.delta(low)), float(schedule.delta(schedule.t_max))
