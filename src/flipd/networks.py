@@ -7,8 +7,9 @@ shaped like ``y`` (for :mod:`flipd.train`, the predicted noise epsilon).
 Saved checkpoints describe their network by a :class:`NetworkSpec`: a registered ``kind`` and a
 JSON-serialisable dict of options. :func:`build_network` turns a spec back into a module, so
 any architecture whose builder is registered with :func:`register_network` can be saved and
-loaded by :mod:`flipd.train`. The built-in kind is ``"mlp_unet"`` (:class:`MLPUNet`), a
-fully-connected "U-net" for tabular data.
+loaded by :mod:`flipd.train`. The built-in kinds are ``"mlp_unet"`` (:class:`MLPUNet`), a
+fully-connected "U-net" for tabular data, and ``"unet2d"`` (:class:`flipd.unet.ImageUNet`, a
+diffusers ``UNet2DModel`` for images; needs diffusers).
 """
 
 from __future__ import annotations
@@ -256,6 +257,16 @@ def _build_mlp_unet(options: dict[str, Any]) -> nn.Module:
 
 
 register_network("mlp_unet", _build_mlp_unet)
+
+
+def _build_unet2d(options: dict[str, Any]) -> nn.Module:
+    """Builder of the "unet2d" kind (:class:`flipd.unet.ImageUNet`); imports diffusers only when used."""
+    from .unet import build_unet2d
+
+    return build_unet2d(options)
+
+
+register_network("unet2d", _build_unet2d)
 
 
 def count_parameters(network: nn.Module) -> int:

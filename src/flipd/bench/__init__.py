@@ -1,0 +1,1 @@
+"""Benchmark runners (``python -m flipd.bench ...``)."""
