@@ -416,3 +416,17 @@ def test_demo_on_a_tiny_budget(tmp_path):
             assert (out / "plots" / f"{name}_{figure}.png").is_file()
     again = flipd("demo", "--out", out, "--n-eval", "60", "--threads", "1", "--quiet")
     assert again.exit_code == 0 and again.output == ""
+
+
+def test_convolutional_unet_on_images(tmp_path):
+    model = tmp_path / "unet"
+    result = flipd("train", "digits8", "--network", "unet", "--channels", "8,16", "-n", "200", "--steps", "5",
+                   "--batch-size", "32", "--out", model, "--quiet")
+    assert result.exit_code == 0, result.output
+    config = json.loads((model / "flipd_model.json").read_text())
+    assert config["network"]["kind"] == "unet2d"
+    table = tmp_path / "unet.csv"
+    result = flipd("estimate", "digits8", "-m", model, "-n", "4", "-o", table, "--trace", "hutchinson", "--quiet")
+    assert result.exit_code == 0, result.output
+    assert len(pd.read_csv(table)) == 4
+    assert_user_error(flipd("train", "lollipop", "--network", "unet", "--out", tmp_path / "x", *TINY_TRAIN), "mlp")

@@ -29,7 +29,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from .workflows import DEMO_DEFAULT_OUT
+from .workflows import DEMO_DEFAULT_OUT, NETWORK_CHOICES
 
 __all__ = ["app", "main"]
 
@@ -342,7 +342,9 @@ def train(
     steps: Annotated[int, typer.Option("--steps", min=1, help="Optimiser steps (early stopping may end sooner).")] = 4000,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Points per optimiser step.")] = 512,
     lr: Annotated[float, typer.Option("--lr", min=0.0, help="Peak learning rate (AdamW).")] = 2e-3,
+    network: Annotated[str, typer.Option("--network", help="mlp (vectors; images are flattened) or unet (convolutional, images only).")] = "mlp",
     widths: Annotated[str, typer.Option("--widths", help="Hidden widths of the MLP U-net, comma-separated.")] = "256,256,256",
+    channels: Annotated[str, typer.Option("--channels", help="Channels per resolution level of the unet, comma-separated.")] = "16,32,64",
     standardize: Annotated[
         str, typer.Option("--standardize", help="Rescale the data before training: per_coordinate, scalar (one scale, keeps the shape) or none.")
     ] = "per_coordinate",
@@ -358,12 +360,13 @@ def train(
 ) -> None:
     """Train a diffusion model on DATA and save it as a flipd checkpoint (safetensors + JSON).
 
-    The model learns the noise of standardised points under the reference VP schedule; flipd estimate then works in the same coordinates. Images are flattened to vectors for the MLP.
+    The model learns the noise of standardised points under the reference VP schedule; flipd estimate then works in the same coordinates. The default network is an MLP U-net (images are flattened); --network unet trains a convolutional U-net on images.
 
     [bold]Examples[/]:
       [cyan]flipd train lollipop --out models/lollipop --steps 3000[/]
       [cyan]flipd train mixture:affine:D=10:dims=2,4,8 -n 50000 --out models/mix10[/]
       [cyan]flipd train points.csv --out models/mine --max-minutes 10[/]
+      [cyan]flipd train mnist-subset --network unet --out models/mnist --steps 2000[/]
     """
     from .sources import load_points
     from .workflows import train_model
@@ -375,11 +378,15 @@ def train(
     if target.exists() and not force:
         if target.is_file() or any(target.iterdir()):
             raise FileExistsError(f"{str(target)!r} already exists; choose another --out or pass --force to overwrite it.")
-    width_list = _parse_widths(widths)
+    width_list = _parse_sizes(widths, "--widths")
+    channel_list = _parse_sizes(channels, "--channels")
+    if network not in NETWORK_CHOICES:
+        raise OptionError("--network", f"{network!r} is not one of {', '.join(NETWORK_CHOICES)}.")
     points = load_points(data, n=n_points, seed=seed, at_most=True)
     _say(quiet, f"data: {escape(points.description)}")
     trained = train_model(
-        points, target, steps=steps, batch_size=batch_size, lr=lr, widths=width_list, standardize=standardize,
+        points, target, steps=steps, batch_size=batch_size, lr=lr, network=network, widths=width_list,
+        channels=channel_list, standardize=standardize,
         max_seconds=None if max_minutes is None else 60.0 * max_minutes, seed=seed, device=device_used,
         progress=not quiet,
     )
@@ -397,14 +404,15 @@ def train(
 STANDARDIZE_CHOICES = ("per_coordinate", "scalar", "none")
 
 
-def _parse_widths(text: str) -> tuple[int, ...]:
+def _parse_sizes(text: str, option: str) -> tuple[int, ...]:
+    """Positive integers from a comma-separated option value such as "256,256,256"."""
     try:
-        widths = tuple(int(part) for part in text.split(",") if part.strip())
+        sizes = tuple(int(part) for part in text.split(",") if part.strip())
     except ValueError:
-        raise OptionError("--widths", f"{text!r} is not a comma-separated list of integers.") from None
-    if not widths or min(widths) < 1:
-        raise OptionError("--widths", f"{text!r} must list positive widths, e.g. 256,256,256.")
-    return widths
+        raise OptionError(option, f"{text!r} is not a comma-separated list of integers.") from None
+    if not sizes or min(sizes) < 1:
+        raise OptionError(option, f"{text!r} must list positive sizes, e.g. 256,256,256.")
+    return sizes
 
 
 # --------------------------------------------------------------------------- estimate

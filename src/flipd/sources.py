@@ -319,7 +319,10 @@ def load_points(spec: str, n: int | None = None, seed: int = 0, *, at_most: bool
     spec = spec.strip()
     if at_most and n is not None and not _is_synthetic(spec):
         points = load_points(spec, None, seed)
-        return points if points.n <= n else with_subset(points, _subset(points.n, n, seed, spec))
+        if points.n <= n:
+            return points
+        subset = with_subset(points, _subset(points.n, n, seed, spec))
+        return replace(subset, description=f"{subset.n} of the {points.description}")
     name, _, parameters = spec.partition(":")
     families = data_source_names()
     if name in families["images"]:
@@ -456,7 +459,9 @@ def _flipd_checkpoint(directory: Path, device: torch.device) -> LoadedModel:
                 )
         return network.standardize(x.to(device))
 
-    description = f"flipd checkpoint: MLP on points of shape {_shape_text(data_shape)}"
+    kind = getattr(getattr(network.network, "spec", None), "kind", None)
+    architecture = {"mlp_unet": "MLP U-net", "unet2d": "convolutional U-net"}.get(kind, kind or "network")
+    description = f"flipd checkpoint: {architecture} on points of shape {_shape_text(data_shape)}"
     if trained_on:
         description += f", trained on {trained_on}"
     return LoadedModel(

@@ -329,6 +329,27 @@ def _replace_directory(source: Path, target: Path) -> None:
     shutil.rmtree(backup, ignore_errors=True)
 
 
+#: Networks ``flipd train`` can build: "mlp" for vectors (and flattened images), "unet" for images.
+NETWORK_CHOICES: tuple[str, ...] = ("mlp", "unet")
+
+
+def _training_input(points: PointSet, network: str, widths: tuple[int, ...], channels: tuple[int, ...]) -> tuple[torch.Tensor, Any]:
+    """The training tensor and the network spec for ``network`` on ``points``."""
+    from .networks import MLPUNetConfig, NetworkSpec
+
+    if network == "mlp":
+        x = points.x.reshape(points.n, -1)
+        return x, NetworkSpec("mlp_unet", MLPUNetConfig(data_dim=int(x.shape[1]), widths=tuple(widths)).to_json())
+    if network == "unet":
+        if points.kind != "images":
+            raise ValueError(f"The unet network is for images, but {points.spec!r} holds vectors; use the mlp network.")
+        from .unet import UNET_KIND, UNetConfig
+
+        config = UNetConfig(image_shape=points.point_shape, block_out_channels=tuple(channels))
+        return points.x, NetworkSpec(UNET_KIND, config.to_json())
+    raise ValueError(f"Unknown network {network!r}; use one of {', '.join(NETWORK_CHOICES)}.")
+
+
 def train_model(
     points: PointSet,
     out: str | os.PathLike,
@@ -337,6 +358,8 @@ def train_model(
     batch_size: int = 512,
     lr: float = 2e-3,
     widths: tuple[int, ...] = (256, 256, 256),
+    network: str = "mlp",
+    channels: tuple[int, ...] = (16, 32, 64),
     standardize: str = "per_coordinate",
     max_seconds: float | None = None,
     seed: int = 0,
@@ -345,27 +368,27 @@ def train_model(
 ) -> Any:
     """Train a diffusion model on ``points`` and save it as a flipd checkpoint in ``out``.
 
-    The network is an MLP U-net (:class:`flipd.networks.MLPUNet`) with hidden ``widths``;
-    images are flattened to vectors. ``standardize`` is how the data are rescaled before
-    training: "per_coordinate", "scalar" (one scale for all coordinates: keeps the data's
-    shape) or "none". The checkpoint is written into a temporary directory next to ``out``
-    and moved into place when complete, so ``out`` never holds a half-written model. The
-    data's name, size and fingerprint are recorded in the checkpoint's metadata under "data".
+    ``network`` "mlp" is an MLP U-net (:class:`flipd.networks.MLPUNet`) with hidden
+    ``widths``, for vectors and for images flattened to vectors; "unet" is a convolutional
+    U-net (:class:`flipd.unet.ImageUNet`) with ``channels`` per resolution level, for images.
+    ``standardize`` is how the data are rescaled before training: "per_coordinate",
+    "scalar" (one scale for all coordinates: keeps the data's shape) or "none". The checkpoint
+    is written into a temporary directory next to ``out`` and moved into place when complete,
+    so ``out`` never holds a half-written model. The data's name, size and fingerprint are
+    recorded in the checkpoint's metadata under "data".
 
     Returns:
         The trained :class:`flipd.train.DiffusionModel`.
     """
-    from .networks import MLPUNetConfig, NetworkSpec
     from .runs import current_umask, fingerprint_array
     from .train import TrainConfig, train_diffusion
 
-    x = points.x.reshape(points.n, -1)
+    x, network_spec = _training_input(points, network, widths, channels)
     config = TrainConfig(
         steps=steps, batch_size=batch_size, lr=lr, seed=seed, max_seconds=max_seconds, standardize=standardize,
         warmup_steps=min(500, max(1, steps // 10)), eval_every=max(1, min(500, steps // 4)),
     )
-    network = NetworkSpec("mlp_unet", MLPUNetConfig(data_dim=int(x.shape[1]), widths=tuple(widths)).to_json())
-    model = train_diffusion(x, network=network, config=config, progress=progress, device=device)
+    model = train_diffusion(x, network=network_spec, config=config, progress=progress, device=device)
     model.metadata["data"] = {
         "spec": points.spec, "n_points": points.n, "point_shape": list(points.point_shape),
         "fingerprint": fingerprint_array(x), "description": points.description,
