@@ -430,3 +430,28 @@ def test_convolutional_unet_on_images(tmp_path):
     assert result.exit_code == 0, result.output
     assert len(pd.read_csv(table)) == 4
     assert_user_error(flipd("train", "lollipop", "--network", "unet", "--out", tmp_path / "x", *TINY_TRAIN), "mlp")
+
+
+@pytest.mark.parametrize("method", ["nb", "fpregress", "lpca", "twonn"])
+def test_baseline_methods(lollipop_model, tmp_path, method):
+    table = tmp_path / f"{method}.parquet"
+    model_args = ["-m", lollipop_model] if method in ("nb", "fpregress") else []
+    extra = ["--neighbors", "20"] if method in ("lpca", "twonn") else []
+    result = flipd("estimate", "lollipop", "--method", method, *model_args, "-n", "40", "-o", table, "--chunk-size", "16",
+                   *extra, "--quiet")
+    assert result.exit_code == 0, result.output
+    frame = pd.read_parquet(table)
+    assert len(frame) == 40 and (frame["method"] == method).all()
+    assert frame["stderr"].isna().all()
+    assert np.isfinite(frame["lid"]).sum() >= 35
+    if method == "nb":
+        assert np.allclose(frame["t0"], 0.01)
+    metadata = json.loads(table.with_suffix(".json").read_text())
+    assert metadata["settings"]["method"] == method
+    assert metadata["chunks"]["n_chunks"] == (3 if model_args else 1)
+
+
+def test_model_methods_need_a_model(tmp_path):
+    assert_user_error(flipd("estimate", "lollipop", "-n", "10", "-o", tmp_path / "x.csv"), "--model")
+    assert_user_error(flipd("estimate", "lollipop", "--method", "lpca", "--t0", "0.1", "-n", "10", "-o", tmp_path / "x.csv"), "noise level")
+    assert_user_error(flipd("estimate", "lollipop", "--method", "pca", "-o", tmp_path / "x.csv"), "--method")

@@ -422,22 +422,31 @@ def _parse_sizes(text: str, option: str) -> tuple[int, ...]:
 @handles_errors
 def estimate(
     data: DataArgument,
-    model: ModelOption = ...,
+    model: Annotated[
+        Optional[Path],
+        typer.Option("--model", "-m", help="A flipd checkpoint directory (from flipd train) or a diffusers folder; needed by flipd, nb and fpregress.", show_default=False),
+    ] = None,
     out: Annotated[
         Optional[Path],
         typer.Option("--out", "-o", help="Result table, .parquet or .csv (default: <data>_lid.parquet); metadata goes to the same name with .json.", show_default=False),
     ] = None,
+    method: Annotated[
+        str, typer.Option("--method", help="flipd, or a baseline: nb, fpregress (same model), lpca, mle, ess, twonn (no model).")
+    ] = "flipd",
     n_points: Points = None,
     t0: Annotated[
         Optional[str],
         typer.Option("--t0", help="Noise level in the model's time units, or 'auto' for the knee rule (default: t0 = 0.05 of the reference VP schedule).", show_default=False),
     ] = None,
-    sigma: Annotated[Optional[float], typer.Option("--sigma", min=0.0, help="Noise level as a noise standard deviation.", show_default=False)] = None,
+    sigma: Annotated[Optional[float], typer.Option("--sigma", help="Noise level as a noise standard deviation.", show_default=False)] = None,
     delta: Annotated[Optional[float], typer.Option("--delta", help="Noise level as log(sigma/psi), schedule-free.", show_default=False)] = None,
     trace: Trace = "auto",
     probes: Probes = 1,
     batch_size: BatchSize = 256,
     chunk_size: Annotated[int, typer.Option("--chunk-size", min=1, help="Points per saved chunk (the unit of --resume).")] = 1024,
+    neighbors: Annotated[
+        Optional[int], typer.Option("--neighbors", min=2, help="Neighbourhood size of lpca, mle, ess, twonn (default: theirs).", show_default=False)
+    ] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run from its last finished chunk.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Overwrite existing results and discard an unfinished run.")] = False,
     plot: PlotDir = None,
@@ -448,7 +457,7 @@ def estimate(
     debug: Debug = False,
     stop_after_chunks: Annotated[Optional[int], typer.Option("--stop-after-chunks", hidden=True)] = None,
 ) -> None:
-    """Estimate the LID of every point of DATA with FLIPD and write one row per point.
+    """Estimate the LID of every point of DATA with FLIPD (or a baseline) and write one row per point.
 
     The table holds index, lid, the noise level used (t0, sigma, delta), method, trace, probes, the Hutchinson standard error where there is one, and the ground truth and component when known. Finished chunks are kept until the table is written, so an interrupted run goes on with [bold]--resume[/].
 
@@ -456,49 +465,42 @@ def estimate(
       [cyan]flipd estimate lollipop --model models/lollipop --out lollipop.parquet --plot plots/[/]
       [cyan]flipd estimate lollipop -m models/lollipop --t0 auto[/]
       [cyan]flipd estimate big.npy -m models/big --trace hutchinson --probes 16 --resume[/]
+      [cyan]flipd estimate lollipop -m models/lollipop --method nb -o lollipop_nb.csv[/]
+      [cyan]flipd estimate lollipop --method lpca --neighbors 100 -n 2000[/]
     """
-    from .runs import (EstimateSettings, check_table_path, chunk_directory_for, estimate_in_chunks,
-                       fingerprint_array, metadata_path_for, remove_run_directory, write_json, write_table)
-    from .workflows import check_noise_level, default_noise_level, estimate_table_columns, run_record, summary_record
+    from .runs import (METHODS, check_table_path, chunk_directory_for, estimate_in_chunks, fingerprint_array,
+                       metadata_path_for, remove_run_directory, write_json, write_table)
+    from .sources import load_model, load_points
+    from .workflows import estimate_table_columns, plan_estimate, run_record, summary_record
 
     began = time.perf_counter()
     device_used = _setup(threads, device, debug)
+    if method not in METHODS:
+        raise OptionError("--method", f"{method!r} is not one of {', '.join(METHODS)}.")
     table_path = check_table_path(out if out is not None else Path(f"{_slug(data)}_lid.parquet"))
-    metadata_path = metadata_path_for(table_path)
     run_directory = chunk_directory_for(table_path)
     noise_given = [name for name, value in (("--t0", t0), ("--sigma", sigma), ("--delta", delta)) if value is not None]
     if len(noise_given) > 1:
         raise OptionError("--t0/--sigma/--delta", f"give the noise level once; got {' and '.join(noise_given)}.")
-    t0_value = _parse_t0(t0)
     _check_trace(trace)
-    if resume and force:
-        raise OptionError("--resume/--force", "--resume continues a run and --force discards it; pass one of them.")
-    if table_path.exists() and not (resume or force):
-        raise FileExistsError(
-            f"{str(table_path)!r} already exists; pass --force to overwrite it, or choose another --out."
-        )
-    if resume and table_path.exists() and not run_directory.exists():
-        _say(quiet, f"nothing to resume: {escape(str(table_path))} is complete (pass --force to recompute it).")
+    if not _outputs_may_be_written(table_path, run_directory, resume=resume, force=force, quiet=quiet):
         return
-    if force:
-        remove_run_directory(run_directory)
-    if resume and not run_directory.exists():
-        _say(quiet, f"no interrupted run in {escape(str(run_directory))}; starting from the beginning")
 
     timings: dict[str, float] = {}
-    points, loaded, x = _load_model_and_points(model, data, n_points, seed, device_used, timings, quiet)
-
-    if t0_value is None and sigma is None and delta is None:
-        noise = default_noise_level(loaded.schedule)
-    else:
-        noise = {"t0": t0_value} if t0_value is not None else ({"sigma": sigma} if sigma is not None else {"delta": delta})
-    check_noise_level(loaded.schedule, noise)
-    settings = EstimateSettings(
-        **noise, trace=trace, n_probes=probes, seed=seed, batch_size=batch_size, chunk_size=chunk_size,
-    )
+    with _timed(timings, "load_model_s"):
+        loaded = load_model(model, device=device_used) if model is not None else None
+    with _timed(timings, "load_data_s"):
+        points = load_points(data, n=n_points, seed=seed)
+        plan = plan_estimate(
+            method, loaded, points, t0=_parse_t0(t0), sigma=sigma, delta=delta, trace=trace, n_probes=probes,
+            seed=seed, batch_size=batch_size, chunk_size=chunk_size, n_neighbors=neighbors,
+        )
+    if loaded is not None:
+        _say(quiet, f"model: {escape(loaded.description)}")
+    _say(quiet, f"data: {escape(points.description)}")
     identity = {
-        "data": {"spec": data, "n_points": points.n, "fingerprint": fingerprint_array(x)},
-        "model": {"fingerprint": loaded.fingerprint},  # not the path: a moved model is the same model
+        "data": {"spec": data, "n_points": points.n, "fingerprint": fingerprint_array(plan.x)},
+        "model": {"fingerprint": loaded.fingerprint if loaded else None},  # not the path: a moved model is the same
     }
 
     def stop_hook(done: int, total: int) -> None:  # a test hook that simulates an interruption
@@ -507,10 +509,10 @@ def estimate(
 
     with _timed(timings, "estimate_s"):
         try:
-            with progress_bar("FLIPD", points.n, enabled=not quiet) as advance:
+            with progress_bar(method.upper() if method == "flipd" else method, points.n, enabled=not quiet) as advance:
                 result = estimate_in_chunks(
-                    loaded.model, x, settings, run_directory, identity=identity, schedule=loaded.schedule,
-                    prediction=loaded.prediction, resume=resume, progress=advance, on_chunk_done=stop_hook,
+                    plan.estimator, plan.x, plan.settings, run_directory, identity=identity, resume=resume,
+                    progress=advance, on_chunk_done=stop_hook,
                 )
         except KeyboardInterrupt:
             raise Interrupted(
@@ -520,7 +522,7 @@ def estimate(
     if result.resumed_chunks:
         _say(quiet, f"resumed: {result.resumed_chunks} of {result.n_chunks} chunks were already finished")
 
-    columns = estimate_table_columns(points, result)
+    columns = estimate_table_columns(points, result, method=method)
     write_table(table_path, columns)
     written_plots: list[Path] = []
     if plot is not None:
@@ -528,9 +530,10 @@ def estimate(
             written_plots = _estimate_plots(plot, points, columns["lid"], _slug(data))
     timings["compute_chunks_s"] = round(sum(result.chunk_seconds), 4)
     timings["total_s"] = round(time.perf_counter() - began, 4)
+    metadata_path = metadata_path_for(table_path)
     write_json(metadata_path, run_record(
-        "estimate", points=points, data_seed=seed, model=loaded, settings=settings.to_json(),
-        resolved={"trace": result.trace, "n_probes": result.n_probes, "mode": result.mode, "noise_level": noise},
+        "estimate", points=points, data_seed=seed, model=loaded, settings=plan.settings.to_json(),
+        resolved={"trace": result.trace, "n_probes": result.n_probes, "mode": result.mode, "noise_level": plan.noise},
         chunks={"n_chunks": result.n_chunks, "resumed_chunks": result.resumed_chunks,
                 "seconds": [round(s, 4) for s in result.chunk_seconds]},
         summary=summary_record(columns["lid"], points), timings=timings,
@@ -538,9 +541,27 @@ def estimate(
     ))
     remove_run_directory(run_directory)
     if not quiet:
-        _print_summary(points, columns["lid"], title=f"FLIPD on {data}")
+        _print_summary(points, columns["lid"], title=f"{'FLIPD' if method == 'flipd' else method} on {data}")
         err_console.print(f"wrote {escape(str(table_path))} and {escape(str(metadata_path))}"
                           + (f"; {len(written_plots)} figures in {escape(str(plot))}" if written_plots else ""), soft_wrap=True)
+
+
+def _outputs_may_be_written(table: Path, run_directory: Path, *, resume: bool, force: bool, quiet: bool) -> bool:
+    """Check --resume/--force against what exists; False when a finished run makes resuming a no-op."""
+    from .runs import remove_run_directory
+
+    if resume and force:
+        raise OptionError("--resume/--force", "--resume continues a run and --force discards it; pass one of them.")
+    if table.exists() and not (resume or force):
+        raise FileExistsError(f"{str(table)!r} already exists; pass --force to overwrite it, or choose another --out.")
+    if resume and table.exists() and not run_directory.exists():
+        _say(quiet, f"nothing to resume: {escape(str(table))} is complete (pass --force to recompute it).")
+        return False
+    if force:
+        remove_run_directory(run_directory)
+    if resume and not run_directory.exists():
+        _say(quiet, f"no interrupted run in {escape(str(run_directory))}; starting from the beginning")
+    return True
 
 
 def _load_model_and_points(model: Path, data: str, n_points: int | None, seed: int, device: Any,

@@ -31,8 +31,13 @@ import torch
 
 __all__ = [
     "CHUNK_COLUMNS",
-    "EstimateSettings",
+    "ChunkEstimator",
     "ChunkedEstimate",
+    "EstimateSettings",
+    "METHODS",
+    "MODEL_METHODS",
+    "baseline_chunks",
+    "flipd_chunks",
     "RunConflict",
     "atomic_path",
     "chunk_directory_for",
@@ -291,22 +296,31 @@ def environment_info(device: str | torch.device | None = None) -> dict[str, Any]
 # --------------------------------------------------------------------------- chunked estimation
 
 
+#: LID estimators ``flipd estimate --method`` runs: FLIPD and the baselines of :mod:`flipd.baselines`.
+METHODS: tuple[str, ...] = ("flipd", "nb", "fpregress", "lpca", "mle", "ess", "twonn")
+#: Methods that need a diffusion model.
+MODEL_METHODS: tuple[str, ...] = ("flipd", "nb", "fpregress")
+
+
 @dataclass(frozen=True)
 class EstimateSettings:
     """The settings of an estimation run; a run can only be resumed with equal settings.
 
     Attributes:
+        method: "flipd" or a baseline of :mod:`flipd.baselines` (see :data:`METHODS`).
         t0: noise level as a time of the model's schedule, or "auto" for the knee rule.
         sigma: noise level as the noise standard deviation (instead of t0).
         delta: noise level as log(sigma/psi) (instead of t0).
-        trace: "auto", "exact", "hutchinson" or "gaussian".
-        n_probes: Hutchinson probes per point.
-        seed: seed of the probes (and of the choice of points).
+        trace: "auto", "exact", "hutchinson" or "gaussian" (flipd, fpregress).
+        n_probes: Hutchinson probes per point (flipd, fpregress).
+        seed: seed of the probes or noisy copies (and of the choice of points).
         batch_size: points per forward pass.
         chunk_size: points per saved chunk.
-        mode: differentiation mode, "auto", "reverse" or "forward".
+        mode: differentiation mode, "auto", "reverse" or "forward" (flipd).
+        n_neighbors: neighbourhood size of the classical estimators (None: their default).
     """
 
+    method: str = "flipd"
     t0: float | str | None = None
     sigma: float | None = None
     delta: float | None = None
@@ -316,26 +330,30 @@ class EstimateSettings:
     batch_size: int = 256
     chunk_size: int = 1024
     mode: str = "auto"
+    n_neighbors: int | None = None
 
     def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"Unknown method {self.method!r}; use one of {', '.join(METHODS)}.")
         given = [name for name in ("t0", "sigma", "delta") if getattr(self, name) is not None]
-        if len(given) != 1:
-            raise ValueError(
-                f"Give the noise level exactly once (t0, sigma or delta); got {', '.join(given) or 'none'}."
-            )
-        if isinstance(self.t0, str) and self.t0 != "auto":
-            raise ValueError(f"t0 must be a number or 'auto'; got {self.t0!r}.")
+        if len(given) > 1:
+            raise ValueError(f"Give the noise level once (t0, sigma or delta); got {', '.join(given)}.")
+        if self.method == "flipd" and not given:
+            raise ValueError("FLIPD needs a noise level: give t0, sigma or delta.")
+        if given and self.method not in ("flipd", "nb"):
+            raise ValueError(f"The {self.method} method takes no noise level; drop --{given[0]}.")
+        if isinstance(self.t0, str) and (self.t0 != "auto" or self.method != "flipd"):
+            raise ValueError(f"t0 must be a number, or 'auto' with the flipd method; got {self.t0!r}.")
+        if self.n_neighbors is not None and self.method in MODEL_METHODS:
+            raise ValueError(f"n_neighbors applies to the classical methods, not {self.method}.")
         for name in ("n_probes", "batch_size", "chunk_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive integer; got {value!r}.")
 
     def noise_level(self) -> dict[str, Any]:
-        """The noise level as the keyword argument :func:`flipd.estimate` takes."""
-        for name in ("t0", "sigma", "delta"):
-            if getattr(self, name) is not None:
-                return {name: getattr(self, name)}
-        raise AssertionError("unreachable")
+        """The noise level as a keyword argument (``{"t0": ...}``, ...), or {} when none is set."""
+        return {name: getattr(self, name) for name in ("t0", "sigma", "delta") if getattr(self, name) is not None}
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -485,31 +503,109 @@ def _load_chunk(directory: Path, index: int) -> tuple[dict[str, np.ndarray], dic
     return arrays, info
 
 
+#: ``estimator(x_chunk, chunk_index, progress) -> (arrays, info)``: per-point arrays named by
+#: :data:`CHUNK_COLUMNS` and JSON-serialisable facts (trace, n_probes, mode) for one chunk.
+ChunkEstimator = Callable[[torch.Tensor, int, Callable[[int], None] | None], tuple[dict[str, np.ndarray], dict[str, Any]]]
+
+
+def flipd_chunks(model: Callable, settings: EstimateSettings, *, schedule: Any = None, prediction: str = "epsilon") -> ChunkEstimator:
+    """A :data:`ChunkEstimator` running :func:`flipd.estimate` with ``settings``.
+
+    Chunk ``i`` uses the probe seed :func:`chunk_seed` (settings.seed, i), so its result does not
+    depend on which other chunks ran in the same process.
+    """
+    from .estimator import estimate
+
+    def run(x: torch.Tensor, index: int, progress: Callable[[int], None] | None):
+        result = estimate(
+            model, x, **settings.noise_level(), schedule=schedule, prediction=prediction,
+            trace=settings.trace, n_probes=settings.n_probes, seed=chunk_seed(settings.seed, index),
+            batch_size=settings.batch_size, mode=settings.mode, progress=progress,
+        )
+        arrays = {
+            "lid": result.lid.detach().cpu().to(torch.float64).numpy(),
+            "t0": result.t0.cpu().numpy(),
+            "sigma": result.sigma.cpu().numpy(),
+            "delta": result.delta.cpu().numpy(),
+            "stderr": result.stderr.cpu().to(torch.float64).numpy(),
+        }
+        return arrays, {"trace": result.trace, "n_probes": result.n_probes, "mode": result.mode}
+
+    return run
+
+
+def baseline_chunks(
+    settings: EstimateSettings, *, model: Callable | None = None, schedule: Any = None, prediction: str = "epsilon",
+) -> ChunkEstimator:
+    """A :data:`ChunkEstimator` running the baseline ``settings.method`` of :mod:`flipd.baselines`.
+
+    The noise level columns hold the level the normal bundle used (NaN for the other
+    baselines, which use several or none); stderr is NaN. Classical estimators find each
+    point's neighbours among the points of its chunk: give them one chunk for all points.
+    """
+    from .baselines import BASELINES
+
+    baseline = BASELINES[settings.method]
+    schedule_used = schedule
+    if schedule_used is None:
+        from .schedules import VP
+
+        schedule_used = VP()
+
+    def run(x: torch.Tensor, index: int, progress: Callable[[int], None] | None):
+        seed = chunk_seed(settings.seed, index)
+        overrides: dict[str, Any] = {}
+        if settings.method == "nb":
+            noise = settings.noise_level()
+            overrides = {"seed": seed, **({"t": noise["t0"]} if "t0" in noise else noise)}
+        elif settings.method == "fpregress":
+            overrides = {"seed": seed, "trace": settings.trace, "n_probes": settings.n_probes, "batch_size": settings.batch_size}
+        elif settings.n_neighbors is not None:
+            overrides = {"n_neighbors": settings.n_neighbors}
+        with torch.no_grad():
+            lid = np.asarray(baseline(x, model=model, schedule=schedule, prediction=prediction, **overrides), dtype=np.float64)
+        n = lid.shape[0]
+        levels = {name: np.full(n, np.nan) for name in ("t0", "sigma", "delta")}
+        if settings.method == "nb":
+            from .baselines import NB_REFERENCE_DELTA
+
+            noise = settings.noise_level() or {"delta": NB_REFERENCE_DELTA}
+            (name, value), = noise.items()
+            times = {"t0": lambda v: torch.as_tensor(v, dtype=torch.float64), "sigma": schedule_used.t_from_sigma,
+                     "delta": schedule_used.t_from_delta}[name](value)
+            levels = {"t0": np.full(n, float(times)), "sigma": np.full(n, float(schedule_used.sigma(times))),
+                      "delta": np.full(n, float(schedule_used.delta(times)))}
+        if progress is not None:
+            progress(n)
+        trace = settings.trace if settings.method == "fpregress" else "none"
+        probes = settings.n_probes if settings.method == "fpregress" else 0
+        return {"lid": lid, **levels, "stderr": np.full(n, np.nan)}, {"trace": trace, "n_probes": probes, "mode": "none"}
+
+    return run
+
+
 def estimate_in_chunks(
-    model: Callable,
+    estimator: ChunkEstimator,
     x: torch.Tensor,
     settings: EstimateSettings,
     directory: str | os.PathLike,
     *,
     identity: Mapping[str, Any],
-    schedule: Any = None,
-    prediction: str = "epsilon",
     resume: bool = False,
     progress: Callable[[int], None] | None = None,
     on_chunk_done: Callable[[int, int], None] | None = None,
 ) -> ChunkedEstimate:
-    """Run :func:`flipd.estimate` on ``x`` chunk by chunk, saving each finished chunk.
+    """Run ``estimator`` on ``x`` chunk by chunk, saving each finished chunk.
 
     Args:
-        model: ``model(y, t)`` in the coordinates of ``x``.
-        x: points [N, ...] as the model takes them.
-        settings: noise level, trace, probes, seed, batch and chunk sizes.
+        estimator: a :data:`ChunkEstimator`, e.g. :func:`flipd_chunks` or :func:`baseline_chunks`.
+        x: points [N, ...] as the estimator takes them.
+        settings: the settings (their ``chunk_size`` splits the points; all are recorded).
         directory: run directory for the manifest and chunk files (created).
         identity: description of data and model stored in the manifest (must match to resume).
-        schedule, prediction: the model's schedule and parameterisation.
         resume: continue the run found in ``directory`` (see :func:`prepare_run_directory`).
-        progress: called with the number of points finished, after every batch (and once with
-            the points of chunks already finished when resuming).
+        progress: called with the number of points finished (once with the points of chunks
+            already finished when resuming).
         on_chunk_done: called as ``on_chunk_done(chunks_finished, n_chunks)`` after each chunk
             is saved.
 
@@ -522,8 +618,7 @@ def estimate_in_chunks(
     n = int(x.shape[0])
     chunk = settings.chunk_size
     n_chunks = max(1, math.ceil(n / chunk))
-    finished = prepare_run_directory(directory, identity, settings, n, resume=resume)
-    finished = min(finished, n_chunks)
+    finished = min(prepare_run_directory(directory, identity, settings, n, resume=resume), n_chunks)
     if progress is not None and finished:
         progress(min(n, finished * chunk))
     parts: list[dict[str, np.ndarray]] = []
@@ -539,10 +634,15 @@ def estimate_in_chunks(
         parts.append(arrays)
         infos.append(info)
     try:
-        _run_chunks(
-            model, x, settings, directory, parts, infos, first=finished, n_chunks=n_chunks, schedule=schedule,
-            prediction=prediction, progress=progress, on_chunk_done=on_chunk_done,
-        )
+        for index in range(finished, n_chunks):
+            began = time.perf_counter()
+            arrays, info = estimator(x[index * chunk : min(n, (index + 1) * chunk)], index, progress)
+            info = {**info, "seconds": time.perf_counter() - began}
+            _save_chunk(directory, index, arrays, info)
+            parts.append(arrays)
+            infos.append(info)
+            if on_chunk_done is not None:
+                on_chunk_done(index + 1, n_chunks)
     except BaseException:
         if not _chunk_file(directory, 0).is_file():
             remove_run_directory(directory)  # nothing finished: nothing to resume
@@ -553,51 +653,6 @@ def estimate_in_chunks(
         columns=columns, trace=last["trace"], n_probes=int(last["n_probes"]), mode=last["mode"],
         chunk_seconds=[float(info["seconds"]) for info in infos], resumed_chunks=finished, n_chunks=n_chunks,
     )
-
-
-def _run_chunks(
-    model: Callable,
-    x: torch.Tensor,
-    settings: EstimateSettings,
-    directory: Path,
-    parts: list[dict[str, np.ndarray]],
-    infos: list[dict[str, Any]],
-    *,
-    first: int,
-    n_chunks: int,
-    schedule: Any,
-    prediction: str,
-    progress: Callable[[int], None] | None,
-    on_chunk_done: Callable[[int, int], None] | None,
-) -> None:
-    """Estimate chunks ``first`` to ``n_chunks - 1``, saving each and appending it to parts/infos."""
-    from .estimator import estimate
-
-    n, chunk = int(x.shape[0]), settings.chunk_size
-    for index in range(first, n_chunks):
-        start, stop = index * chunk, min(n, (index + 1) * chunk)
-        began = time.perf_counter()
-        result = estimate(
-            model, x[start:stop], **settings.noise_level(), schedule=schedule, prediction=prediction,
-            trace=settings.trace, n_probes=settings.n_probes, seed=chunk_seed(settings.seed, index),
-            batch_size=settings.batch_size, mode=settings.mode, progress=progress,
-        )
-        arrays = {
-            "lid": result.lid.detach().cpu().to(torch.float64).numpy(),
-            "t0": result.t0.cpu().numpy(),
-            "sigma": result.sigma.cpu().numpy(),
-            "delta": result.delta.cpu().numpy(),
-            "stderr": result.stderr.cpu().to(torch.float64).numpy(),
-        }
-        info = {
-            "trace": result.trace, "n_probes": result.n_probes, "mode": result.mode,
-            "seconds": time.perf_counter() - began,
-        }
-        _save_chunk(directory, index, arrays, info)
-        parts.append(arrays)
-        infos.append(info)
-        if on_chunk_done is not None:
-            on_chunk_done(index + 1, n_chunks)
 
 
 def remove_run_directory(directory: str | os.PathLike) -> None:

@@ -226,7 +226,8 @@ def _known_columns(points: PointSet) -> dict[str, Any]:
 
 def estimate_table_columns(points: PointSet, result: ChunkedEstimate, method: str = "flipd") -> dict[str, Any]:
     """One row per point: index, [name], lid, noise level (t0, sigma, delta), method, trace,
-    n_probes, stderr (NaN where the trace gives none), and ground truth, label, PNG size when known."""
+    n_probes, stderr (NaN where there is none: exact traces and baselines), and ground truth,
+    label, PNG size when known."""
     n = points.n
     columns: dict[str, Any] = {"index": points.index}
     if points.names is not None:
@@ -482,7 +483,7 @@ def run_demo(
         announce: receives one-line messages about what happens.
     """
     from . import plots
-    from .runs import estimate_in_chunks, fingerprint_array, remove_run_directory, write_json, write_table
+    from .runs import estimate_in_chunks, fingerprint_array, flipd_chunks, remove_run_directory, write_json, write_table
     from .sources import load_model, load_points, with_subset
 
     directory = Path(out)
@@ -513,9 +514,9 @@ def run_demo(
         began = time.perf_counter()
         with make_bar(f"FLIPD {name}", points.n) as advance:
             result = estimate_in_chunks(
-                loaded.model, x, settings, run_directory,
+                flipd_chunks(loaded.model, settings, schedule=loaded.schedule, prediction=loaded.prediction), x, settings,
+                run_directory, progress=advance,
                 identity={"data": {"spec": name, "fingerprint": fingerprint_array(x)}, "model": {"fingerprint": loaded.fingerprint}},
-                schedule=loaded.schedule, prediction=loaded.prediction, progress=advance,
             )
         estimate_seconds = time.perf_counter() - began
         columns = estimate_table_columns(points, result)
@@ -555,7 +556,7 @@ def run_record(
     *,
     points: PointSet,
     data_seed: int,
-    model: LoadedModel,
+    model: LoadedModel | None,
     settings: dict[str, Any],
     timings: dict[str, Any],
     outputs: dict[str, Any],
@@ -580,7 +581,7 @@ def run_record(
             "spec": points.spec, "n_points": points.n, "seed": data_seed, "point_shape": list(points.point_shape),
             "description": points.description, "fingerprint": fingerprint_array(points.x),
         },
-        "model": {
+        "model": None if model is None else {
             "path": str(Path(model.path).resolve()), "kind": model.kind, "fingerprint": model.fingerprint,
             "description": model.description, "schedule": repr(model.schedule), "prediction": model.prediction,
         },
@@ -591,3 +592,68 @@ def run_record(
     }
     record.update(environment_info(device))
     return record
+
+
+# --------------------------------------------------------------------------- estimation plans
+
+
+@dataclass
+class EstimatePlan:
+    """What an estimation run will do: its settings, the chunk estimator, and its input."""
+
+    settings: Any
+    estimator: Callable
+    x: torch.Tensor
+    noise: dict[str, Any]
+
+
+def plan_estimate(
+    method: str,
+    model: LoadedModel | None,
+    points: PointSet,
+    *,
+    t0: float | str | None = None,
+    sigma: float | None = None,
+    delta: float | None = None,
+    trace: str = "auto",
+    n_probes: int = 1,
+    seed: int = 0,
+    batch_size: int = 256,
+    chunk_size: int = 1024,
+    n_neighbors: int | None = None,
+) -> EstimatePlan:
+    """Resolve the settings of an estimation with ``method`` and build its chunk estimator.
+
+    FLIPD without a noise level gets :func:`default_noise_level`; a noise level the model's
+    schedule cannot reach is refused before anything runs. Classical estimators need no model,
+    run on the points flattened to vectors, and take all points as one chunk (each point's
+    neighbours are searched among all points).
+
+    Raises:
+        ValueError: the method needs a model and none was given, or the settings do not fit.
+    """
+    from .runs import MODEL_METHODS, EstimateSettings, baseline_chunks, flipd_chunks
+
+    noise = {name: value for name, value in (("t0", t0), ("sigma", sigma), ("delta", delta)) if value is not None}
+    if method in MODEL_METHODS:
+        if model is None:
+            raise ValueError(f"The {method} method needs a diffusion model: pass --model DIR (a checkpoint from flipd train).")
+        if method == "flipd" and not noise:
+            noise = default_noise_level(model.schedule)
+        if noise:
+            check_noise_level(model.schedule, noise)
+        x = model.prepare(points)
+    else:
+        x = points.x.reshape(points.n, -1)
+        chunk_size = max(1, points.n)
+    settings = EstimateSettings(
+        method=method, **noise, trace=trace, n_probes=n_probes, seed=seed, batch_size=batch_size,
+        chunk_size=chunk_size, n_neighbors=n_neighbors,
+    )
+    if method == "flipd":
+        estimator = flipd_chunks(model.model, settings, schedule=model.schedule, prediction=model.prediction)
+    elif method in MODEL_METHODS:
+        estimator = baseline_chunks(settings, model=model.model, schedule=model.schedule, prediction=model.prediction)
+    else:
+        estimator = baseline_chunks(settings)
+    return EstimatePlan(settings=settings, estimator=estimator, x=x, noise=noise)
