@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import statistics
@@ -113,6 +114,11 @@ def write_markdown(result: dict, path: Path) -> None:
         "",
         f"Command: `{result['command']}`  ",
         f"Machine: {result['machine']}, torch {result['torch']}, {result['threads']} threads, float32.  ",
+        *(
+            [f"Load average (1 min) at start / end: {result['load_average_1min']['start']:.1f} / "
+             f"{result['load_average_1min']['end']:.1f} (other processes share the cores).  "]
+            if "load_average_1min" in result else []
+        ),
         "Model: MLP epsilon network, 4 × 1024 SiLU hidden layers; batch of "
         f"{result['rows'][0]['batch']} points; times are medians of {result['repeats']} repeats, "
         "ratios divide times measured in the same run.",
@@ -151,6 +157,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=RESULTS / "speed")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
+    load_before = os.getloadavg()
     rows = []
     for dim in args.dims:
         rows.append(time_dimension(dim, args.batch, args.repeats))
@@ -173,6 +180,7 @@ def main(argv: list[str] | None = None) -> None:
         "flipd": flipd.__version__,
         "threads": args.threads,
         "repeats": args.repeats,
+        "load_average_1min": {"start": load_before[0], "end": os.getloadavg()[0]},
         "rows": rows,
         "memory": memory,
     }
