@@ -57,11 +57,20 @@ def lollipop_model(tmp_path_factory) -> Path:
 
 @pytest.mark.parametrize("command", COMMANDS)
 def test_every_command_has_help_with_an_example(command):
-    result = flipd(command, "--help") if command != "bench" else flipd("--help")
+    result = flipd(command, "--help")
     assert result.exit_code == 0
-    if command != "bench":
-        assert "Example" in result.output
-        assert f"flipd {command}" in result.output
+    assert "Example" in result.output
+    assert f"flipd {command}" in result.output
+
+
+def test_bench_lists_the_benchmarks_and_forwards_options():
+    from flipd.bench.__main__ import BENCHMARKS
+
+    result = flipd("bench")
+    assert result.exit_code == 2 and all(name in result.stdout for name in BENCHMARKS)
+    name = sorted(BENCHMARKS)[0]
+    result = runner.invoke(app, ["bench", name, "--help"])
+    assert result.exit_code == 0 and "usage:" in result.output
 
 
 def test_version_and_info_json():

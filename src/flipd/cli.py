@@ -716,20 +716,25 @@ def curve(
 )
 @handles_errors
 def bench(ctx: typer.Context) -> None:
-    """Run the benchmark suites (synthetic, images, scale): the arguments go to python -m flipd.bench.
+    """Run a benchmark (images, scale, ...): flipd bench NAME [OPTIONS] is python -m flipd.bench NAME [OPTIONS].
 
     [bold]Examples[/]:
-      [cyan]flipd bench synthetic --suite toy --tiny[/]
-      [cyan]flipd bench --help[/]   (the suites and their options)
+      [cyan]flipd bench images --preset tiny[/]
+      [cyan]flipd bench scale --help[/]   (each benchmark's options)
     """
     try:
-        from .bench.__main__ import main as bench_main
+        from .bench.__main__ import BENCHMARKS, main as bench_main
     except ModuleNotFoundError as error:
         if error.name in ("flipd.bench", "flipd.bench.__main__"):
             raise ValueError("the benchmarks (flipd.bench) are not part of this installation of flipd.") from None
         raise
-    status = bench_main(list(ctx.args))
-    raise typer.Exit(int(status or 0))
+    arguments = list(ctx.args)
+    if not arguments or arguments[0] in ("-h", "--help"):
+        console.print("Usage: flipd bench NAME [OPTIONS]\n")
+        console.print(f"Benchmarks: {', '.join(sorted(BENCHMARKS))}. Options of one: flipd bench NAME --help")
+        console.print("Examples: flipd bench images --preset tiny; flipd bench scale --help")
+        raise typer.Exit(0 if arguments else EXIT_USER_ERROR)
+    raise typer.Exit(int(bench_main(arguments) or 0))
 
 
 # --------------------------------------------------------------------------- demo

@@ -247,8 +247,10 @@ def cache_directories() -> dict[str, str]:
     """Where models are kept between runs (the folders are not created here).
 
     ``demo_models``: models trained by ``flipd demo`` (relative to the working directory, see
-    its ``--out``); ``huggingface_hub`` and ``torch_hub``: where those libraries keep downloaded
-    models (flipd itself never downloads; give it local folders).
+    its ``--out``); ``bench_models``: models trained by the benchmarks (``cache/`` relative to the
+    working directory, see their ``--checkpoints`` or ``--cache-dir``); ``huggingface_hub`` and
+    ``torch_hub``: where those libraries keep downloaded models (flipd itself never downloads;
+    give it local folders).
     """
     from .workflows import DEMO_DEFAULT_OUT
 
@@ -258,6 +260,7 @@ def cache_directories() -> dict[str, str]:
     hub = os.environ.get("HF_HUB_CACHE") or os.environ.get("HUGGINGFACE_HUB_CACHE") or str(hf_home / "hub")
     return {
         "demo_models": str(Path(DEMO_DEFAULT_OUT) / "models"),
+        "bench_models": "cache",
         "huggingface_hub": hub,
         "torch_hub": torch.hub.get_dir(),
     }
