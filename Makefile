@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m flipd.demo
+	$(VENV)/bin/flipd demo
 
 test: $(STAMP)
 	$(PY) -m pytest -q -n 2

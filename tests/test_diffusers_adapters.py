@@ -382,6 +382,8 @@ def test_missing_scheduler_and_subfolders_are_named(ddpm_folder, tmp_path):
         flipd.from_diffusers(tmp_path)
     with pytest.raises(FileNotFoundError, match="not a folder"):
         flipd.from_diffusers(tmp_path / "absent")
+    with pytest.raises(FileNotFoundError, match="absent is not a folder"):
+        flipd.from_diffusers(ddpm_folder, scheduler=tmp_path / "absent")
 
 
 def test_bad_networks_and_inputs_are_rejected(ddpm_folder, sd_folder):

@@ -397,6 +397,8 @@ def _load_component(
     ``dtype`` is passed on as ``torch_dtype`` (for models, not schedulers or tokenizers).
     """
     where = folder / subfolder if subfolder else folder
+    if subfolder is None and not where.is_dir():
+        raise FileNotFoundError(f"{where} is not a folder; pass a local diffusers model or scheduler folder.")
     if not where.is_dir():
         raise FileNotFoundError(
             f"{folder} has no {subfolder!r} subfolder; it is needed here. Check the path (a local "

@@ -30,7 +30,7 @@ costs O(k) per point. lPCA, TwoNN and ESS call skdim once per neighbourhood, in 
 over ``n_jobs`` worker processes (joblib); each worker's BLAS is limited to one thread, also for
 ``n_jobs=1``, because multithreaded BLAS on small matrices is many times slower on a loaded
 machine. ESS is by far the slowest: with k = 100, skdim evaluates all 4950 pairs of
-neighbours in Python, about 0.1 s per point per core (several minutes for 4096 points on two
+neighbours in Python, about 0.08 s CPU per point (about 3 minutes for 4096 points on two idle
 cores, whatever D).
 """
 

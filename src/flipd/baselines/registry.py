@@ -95,7 +95,7 @@ BASELINES: Mapping[str, Baseline] = MappingProxyType({
     "lpca": _classical("lpca", "skdim local PCA ('FO') on the k = 1000 nearest neighbours.", n_jobs=1),
     "mle": _classical("mle", "skdim Levina-Bickel MLE from the distances to the k = 1000 nearest neighbours.", n_jobs=1),
     "ess": _classical(
-        "ess", "skdim expected simplex skewness on the k = 100 nearest neighbours; slow (~0.1 s per point per core).",
+        "ess", "skdim expected simplex skewness on the k = 100 nearest neighbours; slow (about 0.08 s CPU per point).",
         n_jobs=-1,
     ),
     "twonn": _classical("twonn", "skdim TwoNN fitted on each point's k = 100 nearest neighbours.", n_jobs=1),

@@ -1,1 +1,1 @@
-"""Benchmark runners (``python -m flipd.bench ...``)."""
+"""Benchmarks, run as ``python -m flipd.bench NAME [options]``; each lives in its own module."""

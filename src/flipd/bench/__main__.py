@@ -1,0 +1,25 @@
+"""``python -m flipd.bench NAME [options]``: run one benchmark module's ``main``."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Sequence
+
+#: Benchmark name -> module with a ``main(argv) -> int``.
+BENCHMARKS: dict[str, str] = {
+    "images": "flipd.bench.images",
+    "scale": "flipd.bench.scale",
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in BENCHMARKS:
+        print(f"usage: python -m flipd.bench {{{','.join(sorted(BENCHMARKS))}}} [options]", file=sys.stderr)
+        return 2
+    return importlib.import_module(BENCHMARKS[argv[0]]).main(argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main())

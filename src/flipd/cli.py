@@ -1,0 +1,780 @@
+"""The ``flipd`` command line: train, estimate, curve, bench, demo, info.
+
+A thin shell over the library: options are parsed here, the work is done by
+:mod:`flipd.sources` (data and models by name), :mod:`flipd.workflows` (training, tables,
+curves, the demo), :mod:`flipd.runs` (files, metadata, resumable runs) and :mod:`flipd.plots`.
+
+User errors (a missing file, an unknown data set, a bad option, a model that does not fit the
+data, a directory that is not a checkpoint) print one line and exit with status 2; ``--debug``
+shows the traceback as well. An interrupted estimation exits with status 130 and can be
+continued with ``--resume``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import math
+import os
+import re
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from .workflows import DEMO_DEFAULT_OUT, NETWORK_CHOICES
+
+__all__ = ["app", "main"]
+
+#: Exit status of a user error (bad input), of an unexpected failure, and of an interruption.
+EXIT_USER_ERROR = 2
+EXIT_FAILURE = 1
+EXIT_INTERRUPTED = 130
+
+console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False)
+
+
+def _debug_from_environment() -> bool:
+    return os.environ.get("FLIPD_DEBUG", "") not in ("", "0")
+
+
+class _State:
+    """Settings of the current invocation that the error handler needs."""
+
+    debug: bool = _debug_from_environment()
+
+
+state = _State()
+
+app = typer.Typer(
+    name="flipd",
+    help=(
+        "Local intrinsic dimension (LID) of data points from diffusion models (FLIPD, Kamkari et al., "
+        "NeurIPS 2024).\n\n"
+        "Typical session: [bold]flipd train lollipop --out models/lollipop[/] then "
+        "[bold]flipd estimate lollipop --model models/lollipop --plot plots/[/]. "
+        "Start with [bold]flipd demo[/]."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode="rich",
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+# --------------------------------------------------------------------------- errors
+
+
+class OptionError(ValueError):
+    """An option has a value the command cannot use."""
+
+    def __init__(self, option: str, message: str) -> None:
+        super().__init__(f"invalid value for {option}: {message}")
+
+
+class Interrupted(Exception):
+    """A run was interrupted; the message says how to continue it."""
+
+
+def _user_error_types() -> tuple[type[BaseException], ...]:
+    return (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError, FileExistsError,
+            PermissionError, KeyError, ImportError, TypeError)
+
+
+def _one_line(error: BaseException) -> str:
+    message = error.args[0] if isinstance(error, KeyError) and error.args else str(error)
+    if isinstance(error, ModuleNotFoundError) and error.name and not error.name.startswith("flipd"):
+        message = (
+            f"the optional package {error.name!r} is not installed; install flipd with its extras: "
+            "pip install 'flipd[all]'"
+        )
+    return " ".join(str(message).split()) or type(error).__name__
+
+
+def _fail(message: str, status: int) -> typer.Exit:
+    err_console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
+    return typer.Exit(status)
+
+
+def handles_errors(command: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn exceptions of a command into one-line messages and exit statuses (see module notes)."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        debug = state.debug or bool(kwargs.get("debug"))
+        try:
+            return command(*args, **kwargs)
+        except (typer.Exit, typer.Abort):
+            raise
+        except Interrupted as error:
+            if debug:
+                traceback.print_exc()
+            raise _fail(str(error), EXIT_INTERRUPTED) from None
+        except KeyboardInterrupt:
+            if debug:
+                traceback.print_exc()
+            raise _fail("interrupted", EXIT_INTERRUPTED) from None
+        except _user_error_types() as error:
+            if debug:
+                traceback.print_exc()
+            raise _fail(_one_line(error), EXIT_USER_ERROR) from None
+        except Exception as error:  # an unexpected failure: say so, keep the traceback behind --debug
+            if debug:
+                traceback.print_exc()
+            raise _fail(
+                f"{type(error).__name__}: {_one_line(error)} (run again with --debug for the traceback)",
+                EXIT_FAILURE,
+            ) from None
+
+    return wrapper
+
+
+# --------------------------------------------------------------------------- shared options
+
+Debug = Annotated[bool, typer.Option("--debug", help="Show the full traceback of errors.")]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or summaries; errors only.")]
+Seed = Annotated[int, typer.Option("--seed", help="Seed of every random choice (points, probes, training).")]
+Threads = Annotated[
+    Optional[int], typer.Option("--threads", min=1, help="CPU threads for torch (default: torch's choice).")
+]
+Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")]
+Points = Annotated[
+    Optional[int],
+    typer.Option("--n-points", "-n", min=1, help="Number of points (default: all of a file; 4096 of a synthetic set)."),
+]
+DataArgument = Annotated[
+    str,
+    typer.Argument(
+        metavar="DATA",
+        help="Data set name (lollipop, doughnut, swiss_roll, mixture:affine:D=10:dims=2,4,8, mnist-subset, "
+        "digits8, ...) or a path (image folder, .npy, .npz, .csv, .parquet).",
+        show_default=False,
+    ),
+]
+ModelOption = Annotated[
+    Path,
+    typer.Option("--model", "-m", help="A flipd checkpoint directory (from flipd train) or a diffusers folder.", show_default=False),
+]
+Trace = Annotated[str, typer.Option("--trace", help="auto (exact for D <= 256), exact, hutchinson or gaussian.")]
+Probes = Annotated[int, typer.Option("--probes", min=1, help="Hutchinson probes per point (ignored by the exact trace).")]
+BatchSize = Annotated[int, typer.Option("--batch-size", min=1, help="Points per forward pass.")]
+PlotDir = Annotated[Optional[Path], typer.Option("--plot", help="Write PNG figures into this folder.", show_default=False)]
+
+
+def _setup(threads: int | None, device: str, debug: bool = False) -> Any:
+    """Apply --threads and --debug, resolve --device."""
+    import torch
+
+    from .sources import resolve_device
+
+    if debug:
+        state.debug = True
+    if not state.debug:
+        _quiet_library_chatter()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    return resolve_device(device)
+
+
+def _quiet_library_chatter() -> None:
+    """Hide advice that third-party libraries print while loading models (shown with --debug)."""
+    import warnings
+
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    # vmap over CPU attention's backward falls back to a loop: slower, but correct.
+    warnings.filterwarnings("ignore", message=".*batching rule.*")
+    warnings.showwarning = _show_warning
+
+
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                  file: Any = None, line: str | None = None) -> None:
+    """Print a warning as one 'warning:' line instead of Python's file-and-line format."""
+    err_console.print(f"[yellow]warning:[/] {escape(' '.join(str(message).split()))}", soft_wrap=True)
+
+
+@contextlib.contextmanager
+def progress_bar(description: str, total: int, enabled: bool, completed: int = 0) -> Iterator[Callable[[int], None]]:
+    """A rich progress bar with ETA on stderr; yields ``advance(k)``. A no-op when disabled."""
+    if not enabled:
+        yield lambda _: None
+        return
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                               TimeRemainingColumn)
+
+    with Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("elapsed"),
+        TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=err_console, transient=False,
+    ) as progress:
+        task = progress.add_task(description, total=total, completed=completed)
+        yield lambda k: progress.advance(task, k)
+
+
+def _say(quiet: bool, message: str) -> None:
+    if not quiet:
+        err_console.print(message, soft_wrap=True)
+
+
+def _timed(timings: dict[str, float], name: str) -> contextlib.AbstractContextManager:
+    @contextlib.contextmanager
+    def timer():
+        began = time.perf_counter()
+        try:
+            yield
+        finally:
+            timings[name] = round(time.perf_counter() - began, 4)
+
+    return timer()
+
+
+def _slug(spec: str) -> str:
+    """A file-name friendly version of a data spec or path."""
+    stem = Path(spec.split(":")[0]).stem if ("/" in spec or os.sep in spec) else spec
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", stem).strip("-.") or "data"
+
+
+def _parse_t0(text: str | None) -> float | str | None:
+    if text is None:
+        return None
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        return float(text)
+    except ValueError:
+        raise OptionError("--t0", f"{text!r} is neither a number nor 'auto'.") from None
+
+
+def _check_trace(trace: str) -> str:
+    from .estimator import TRACES
+
+    if trace not in TRACES:
+        raise OptionError("--trace", f"{trace!r} is not one of {', '.join(TRACES)}.")
+    return trace
+
+
+# --------------------------------------------------------------------------- root
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        console.print(f"flipd {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version_callback, is_eager=True, help="Print the version and exit.")
+    ] = False,
+    debug: Debug = False,
+) -> None:
+    """Local intrinsic dimension of data points from diffusion models (FLIPD)."""
+    state.debug = debug or _debug_from_environment()
+
+
+# --------------------------------------------------------------------------- info
+
+
+@app.command()
+@handles_errors
+def info(
+    as_json: Annotated[bool, typer.Option("--json", help="Print machine-readable JSON.")] = False,
+    device: Device = "auto",
+    debug: Debug = False,
+) -> None:
+    """Versions, threads, devices, data sets and where models are cached.
+
+    [bold]Example[/]: [cyan]flipd info --json > environment.json[/]
+    """
+    from .runs import environment_info
+    from .sources import data_source_names, resolve_device
+
+    record = environment_info(resolve_device(device))
+    with contextlib.suppress(ImportError):
+        record["datasets"] = data_source_names()
+    if as_json:
+        console.print_json(json.dumps(record))
+        return
+    table = Table(title="flipd environment", show_header=False, title_justify="left")
+    table.add_column("item", style="bold")
+    table.add_column("value")
+    for name, version in record["versions"].items():
+        table.add_row(name, version or "[dim]not installed[/]")
+    table.add_section()
+    table.add_row("torch threads", f"{record['threads']['torch']} (interop {record['threads']['torch_interop']})")
+    table.add_row("CPU cores", str(record["machine"]["cpu_count"]))
+    table.add_row("platform", record["machine"]["platform"])
+    devices = record["device"]
+    accelerators = ", ".join(devices.get("cuda_devices", [])) or ("MPS" if devices["mps_available"] else "none")
+    table.add_row("device", f"{devices['device']} (accelerators: {accelerators})")
+    table.add_section()
+    for name, path in record["caches"].items():
+        table.add_row(f"cache: {name}", path)
+    if "datasets" in record:
+        table.add_section()
+        for family, names in record["datasets"].items():
+            table.add_row(f"data: {family}", ", ".join(names))
+    console.print(table)
+
+
+# --------------------------------------------------------------------------- train
+
+
+@app.command()
+@handles_errors
+def train(
+    data: DataArgument,
+    out: Annotated[
+        Optional[Path], typer.Option("--out", "-o", help="Checkpoint directory to write (default: models/<data>).", show_default=False)
+    ] = None,
+    n_points: Annotated[int, typer.Option("--n-points", "-n", min=2, help="Training points (all of a file if larger).")] = 20_000,
+    steps: Annotated[int, typer.Option("--steps", min=1, help="Optimiser steps (early stopping may end sooner).")] = 4000,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Points per optimiser step.")] = 512,
+    lr: Annotated[float, typer.Option("--lr", min=0.0, help="Peak learning rate (AdamW).")] = 2e-3,
+    network: Annotated[str, typer.Option("--network", help="mlp (vectors; images are flattened) or unet (convolutional, images only).")] = "mlp",
+    widths: Annotated[str, typer.Option("--widths", help="Hidden widths of the MLP U-net, comma-separated.")] = "256,256,256",
+    channels: Annotated[str, typer.Option("--channels", help="Channels per resolution level of the unet, comma-separated.")] = "16,32,64",
+    standardize: Annotated[
+        str, typer.Option("--standardize", help="Rescale the data before training: per_coordinate, scalar (one scale, keeps the shape) or none.")
+    ] = "per_coordinate",
+    max_minutes: Annotated[
+        Optional[float], typer.Option("--max-minutes", min=0.0, help="Stop training after this many minutes.", show_default=False)
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing checkpoint directory.")] = False,
+    seed: Seed = 0,
+    threads: Threads = None,
+    device: Device = "auto",
+    quiet: Quiet = False,
+    debug: Debug = False,
+) -> None:
+    """Train a diffusion model on DATA and save it as a flipd checkpoint (safetensors + JSON).
+
+    The model learns the noise of standardised points under the reference VP schedule; flipd estimate then works in the same coordinates. The default network is an MLP U-net (images are flattened); --network unet trains a convolutional U-net on images.
+
+    [bold]Examples[/]:
+      [cyan]flipd train lollipop --out models/lollipop --steps 3000[/]
+      [cyan]flipd train mixture:affine:D=10:dims=2,4,8 -n 50000 --out models/mix10[/]
+      [cyan]flipd train points.csv --out models/mine --max-minutes 10[/]
+      [cyan]flipd train mnist-subset --network unet --out models/mnist --steps 2000[/]
+    """
+    from .sources import load_points
+    from .workflows import train_model
+
+    device_used = _setup(threads, device, debug)
+    if standardize not in STANDARDIZE_CHOICES:
+        raise OptionError("--standardize", f"{standardize!r} is not one of {', '.join(STANDARDIZE_CHOICES)}.")
+    target = out if out is not None else Path("models") / _slug(data)
+    if target.exists() and not force:
+        if target.is_file() or any(target.iterdir()):
+            raise FileExistsError(f"{str(target)!r} already exists; choose another --out or pass --force to overwrite it.")
+    width_list = _parse_sizes(widths, "--widths")
+    channel_list = _parse_sizes(channels, "--channels")
+    if network not in NETWORK_CHOICES:
+        raise OptionError("--network", f"{network!r} is not one of {', '.join(NETWORK_CHOICES)}.")
+    points = load_points(data, n=n_points, seed=seed, at_most=True)
+    _say(quiet, f"data: {escape(points.description)}")
+    trained = train_model(
+        points, target, steps=steps, batch_size=batch_size, lr=lr, network=network, widths=width_list,
+        channels=channel_list, standardize=standardize,
+        max_seconds=None if max_minutes is None else 60.0 * max_minutes, seed=seed, device=device_used,
+        progress=not quiet,
+    )
+    if not quiet:
+        record = trained.metadata
+        lines = [f"saved model to [bold]{escape(str(target))}[/]"]
+        if record.get("final_val_loss") is not None:
+            lines.append(f"validation loss {record['final_val_loss']:.4f} after {record.get('steps_run')} steps "
+                         f"({record.get('seconds', math.nan):.1f} s)")
+        lines.append(f"next: flipd estimate {data} --model {target}")
+        for line in lines:
+            err_console.print(line, soft_wrap=True)
+
+
+STANDARDIZE_CHOICES = ("per_coordinate", "scalar", "none")
+
+
+def _parse_sizes(text: str, option: str) -> tuple[int, ...]:
+    """Positive integers from a comma-separated option value such as "256,256,256"."""
+    try:
+        sizes = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise OptionError(option, f"{text!r} is not a comma-separated list of integers.") from None
+    if not sizes or min(sizes) < 1:
+        raise OptionError(option, f"{text!r} must list positive sizes, e.g. 256,256,256.")
+    return sizes
+
+
+# --------------------------------------------------------------------------- estimate
+
+
+@app.command()
+@handles_errors
+def estimate(
+    data: DataArgument,
+    model: Annotated[
+        Optional[Path],
+        typer.Option("--model", "-m", help="A flipd checkpoint directory (from flipd train) or a diffusers folder; needed by flipd, nb and fpregress.", show_default=False),
+    ] = None,
+    out: Annotated[
+        Optional[Path],
+        typer.Option("--out", "-o", help="Result table, .parquet or .csv (default: <data>_lid.parquet); metadata goes to the same name with .json.", show_default=False),
+    ] = None,
+    method: Annotated[
+        str, typer.Option("--method", help="flipd, or a baseline: nb, fpregress (same model), lpca, mle, ess, twonn (no model).")
+    ] = "flipd",
+    n_points: Points = None,
+    t0: Annotated[
+        Optional[str],
+        typer.Option("--t0", help="Noise level in the model's time units, or 'auto' for the knee rule (default: t0 = 0.05 of the reference VP schedule).", show_default=False),
+    ] = None,
+    sigma: Annotated[Optional[float], typer.Option("--sigma", help="Noise level as a noise standard deviation.", show_default=False)] = None,
+    delta: Annotated[Optional[float], typer.Option("--delta", help="Noise level as log(sigma/psi), schedule-free.", show_default=False)] = None,
+    trace: Trace = "auto",
+    probes: Probes = 1,
+    batch_size: BatchSize = 256,
+    chunk_size: Annotated[int, typer.Option("--chunk-size", min=1, help="Points per saved chunk (the unit of --resume).")] = 1024,
+    neighbors: Annotated[
+        Optional[int], typer.Option("--neighbors", min=2, help="Neighbourhood size of lpca, mle, ess, twonn (default: theirs).", show_default=False)
+    ] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run from its last finished chunk.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite existing results and discard an unfinished run.")] = False,
+    plot: PlotDir = None,
+    seed: Seed = 0,
+    threads: Threads = None,
+    device: Device = "auto",
+    quiet: Quiet = False,
+    debug: Debug = False,
+    stop_after_chunks: Annotated[Optional[int], typer.Option("--stop-after-chunks", hidden=True)] = None,
+) -> None:
+    """Estimate the LID of every point of DATA with FLIPD (or a baseline) and write one row per point.
+
+    The table holds index, lid, the noise level used (t0, sigma, delta), method, trace, probes, the Hutchinson standard error where there is one, and the ground truth and component when known. Finished chunks are kept until the table is written, so an interrupted run goes on with [bold]--resume[/].
+
+    [bold]Examples[/]:
+      [cyan]flipd estimate lollipop --model models/lollipop --out lollipop.parquet --plot plots/[/]
+      [cyan]flipd estimate lollipop -m models/lollipop --t0 auto[/]
+      [cyan]flipd estimate big.npy -m models/big --trace hutchinson --probes 16 --resume[/]
+      [cyan]flipd estimate lollipop -m models/lollipop --method nb -o lollipop_nb.csv[/]
+      [cyan]flipd estimate lollipop --method lpca --neighbors 100 -n 2000[/]
+    """
+    from .runs import (METHODS, check_table_path, chunk_directory_for, estimate_in_chunks, fingerprint_array,
+                       metadata_path_for, remove_run_directory, write_json, write_table)
+    from .sources import load_model, load_points
+    from .workflows import estimate_table_columns, plan_estimate, run_record, summary_record
+
+    began = time.perf_counter()
+    device_used = _setup(threads, device, debug)
+    if method not in METHODS:
+        raise OptionError("--method", f"{method!r} is not one of {', '.join(METHODS)}.")
+    table_path = check_table_path(out if out is not None else Path(f"{_slug(data)}_lid.parquet"))
+    run_directory = chunk_directory_for(table_path)
+    noise_given = [name for name, value in (("--t0", t0), ("--sigma", sigma), ("--delta", delta)) if value is not None]
+    if len(noise_given) > 1:
+        raise OptionError("--t0/--sigma/--delta", f"give the noise level once; got {' and '.join(noise_given)}.")
+    _check_trace(trace)
+    if not _outputs_may_be_written(table_path, run_directory, resume=resume, force=force, quiet=quiet):
+        return
+
+    timings: dict[str, float] = {}
+    with _timed(timings, "load_model_s"):
+        loaded = load_model(model, device=device_used) if model is not None else None
+    with _timed(timings, "load_data_s"):
+        points = load_points(data, n=n_points, seed=seed)
+        plan = plan_estimate(
+            method, loaded, points, t0=_parse_t0(t0), sigma=sigma, delta=delta, trace=trace, n_probes=probes,
+            seed=seed, batch_size=batch_size, chunk_size=chunk_size, n_neighbors=neighbors,
+        )
+    if loaded is not None:
+        _say(quiet, f"model: {escape(loaded.description)}")
+    _say(quiet, f"data: {escape(points.description)}")
+    identity = {
+        "data": {"spec": data, "n_points": points.n, "fingerprint": fingerprint_array(plan.x)},
+        "model": {"fingerprint": loaded.fingerprint if loaded else None},  # not the path: a moved model is the same
+    }
+
+    def stop_hook(done: int, total: int) -> None:  # a test hook that simulates an interruption
+        if stop_after_chunks is not None and done >= stop_after_chunks and done < total:
+            raise KeyboardInterrupt
+
+    with _timed(timings, "estimate_s"):
+        try:
+            with progress_bar(method.upper() if method == "flipd" else method, points.n, enabled=not quiet) as advance:
+                result = estimate_in_chunks(
+                    plan.estimator, plan.x, plan.settings, run_directory, identity=identity, resume=resume,
+                    progress=advance, on_chunk_done=stop_hook,
+                )
+        except KeyboardInterrupt:
+            raise Interrupted(
+                f"interrupted; finished chunks are kept in {run_directory}: run the same command with "
+                "--resume to continue"
+            ) from None
+    if result.resumed_chunks:
+        _say(quiet, f"resumed: {result.resumed_chunks} of {result.n_chunks} chunks were already finished")
+
+    columns = estimate_table_columns(points, result, method=method)
+    write_table(table_path, columns)
+    written_plots: list[Path] = []
+    if plot is not None:
+        with _timed(timings, "plots_s"):
+            written_plots = _estimate_plots(plot, points, columns["lid"], _slug(data))
+    timings["compute_chunks_s"] = round(sum(result.chunk_seconds), 4)
+    timings["total_s"] = round(time.perf_counter() - began, 4)
+    metadata_path = metadata_path_for(table_path)
+    write_json(metadata_path, run_record(
+        "estimate", points=points, data_seed=seed, model=loaded, settings=plan.settings.to_json(),
+        resolved={"trace": result.trace, "n_probes": result.n_probes, "mode": result.mode, "noise_level": plan.noise},
+        chunks={"n_chunks": result.n_chunks, "resumed_chunks": result.resumed_chunks,
+                "seconds": [round(s, 4) for s in result.chunk_seconds]},
+        summary=summary_record(columns["lid"], points), timings=timings,
+        outputs={"table": str(table_path), "plots": [str(p) for p in written_plots]}, device=device_used,
+    ))
+    remove_run_directory(run_directory)
+    if not quiet:
+        _print_summary(points, columns["lid"], title=f"{'FLIPD' if method == 'flipd' else method} on {data}")
+        err_console.print(f"wrote {escape(str(table_path))} and {escape(str(metadata_path))}"
+                          + (f"; {len(written_plots)} figures in {escape(str(plot))}" if written_plots else ""), soft_wrap=True)
+
+
+def _outputs_may_be_written(table: Path, run_directory: Path, *, resume: bool, force: bool, quiet: bool) -> bool:
+    """Check --resume/--force against what exists; False when a finished run makes resuming a no-op."""
+    from .runs import remove_run_directory
+
+    if resume and force:
+        raise OptionError("--resume/--force", "--resume continues a run and --force discards it; pass one of them.")
+    if table.exists() and not (resume or force):
+        raise FileExistsError(f"{str(table)!r} already exists; pass --force to overwrite it, or choose another --out.")
+    if resume and table.exists() and not run_directory.exists():
+        _say(quiet, f"nothing to resume: {escape(str(table))} is complete (pass --force to recompute it).")
+        return False
+    if force:
+        remove_run_directory(run_directory)
+    if resume and not run_directory.exists():
+        _say(quiet, f"no interrupted run in {escape(str(run_directory))}; starting from the beginning")
+    return True
+
+
+def _load_model_and_points(model: Path, data: str, n_points: int | None, seed: int, device: Any,
+                           timings: dict[str, float], quiet: bool) -> tuple[Any, Any, Any]:
+    """Load the model (first: it is the likelier mistake), the data, and the points as the model takes them."""
+    from .sources import load_model, load_points
+
+    with _timed(timings, "load_model_s"):
+        loaded = load_model(model, device=device)
+    with _timed(timings, "load_data_s"):
+        points = load_points(data, n=n_points, seed=seed)
+        x = loaded.prepare(points)
+    _say(quiet, f"model: {escape(loaded.description)}")
+    _say(quiet, f"data: {escape(points.description)}")
+    return points, loaded, x
+
+
+def _estimate_plots(directory: Path, points: Any, lids: Any, prefix: str) -> list[Path]:
+    from . import plots
+
+    return plots.plot_estimates(
+        directory, lids=lids, x=points.x.numpy() if points.kind == "vectors" else None,
+        lid_true=points.lid_true, component=points.component, labels=points.labels,
+        label_names=points.label_names, images_uint8=points.images_uint8() if points.kind == "images" else None,
+        png_bytes=points.png_bytes, prefix=f"{prefix}_", title=prefix,
+    )
+
+
+def _print_summary(points: Any, lids: Any, title: str) -> None:
+    """Estimated vs true LID per component (when the truth is known), else a short description."""
+    import numpy as np
+
+    from .workflows import summarize_by_component
+
+    lids = np.asarray(lids, dtype=np.float64)
+    if points.lid_true is None:
+        table = Table(title=title, title_justify="left")
+        for name in ("points", "mean LID", "median", "min", "max"):
+            table.add_column(name, justify="right")
+        table.add_row(str(lids.size), f"{np.nanmean(lids):.2f}", f"{np.nanmedian(lids):.2f}",
+                      f"{np.nanmin(lids):.2f}", f"{np.nanmax(lids):.2f}")
+        console.print(table)
+        return
+    groups, mae = summarize_by_component(lids, points.lid_true, points.component)
+    console.print(_summary_table(groups, mae, title))
+
+
+def _summary_table(groups: list, mae: float, title: str) -> Table:
+    table = Table(title=title, title_justify="left")
+    table.add_column("component", justify="right")
+    table.add_column("points", justify="right")
+    table.add_column("true LID", justify="right")
+    table.add_column("estimated LID (mean ± sd)", justify="right")
+    table.add_column("MAE", justify="right")
+    for group in groups:
+        table.add_row(
+            "-" if group.component is None else str(group.component), str(group.n), f"{group.lid_true:g}",
+            f"{group.lid_mean:.2f} ± {group.lid_std:.2f}", f"{group.mae:.2f}",
+        )
+    table.add_section()
+    table.add_row("all", str(sum(g.n for g in groups)), "", "", f"[bold]{mae:.2f}[/]")
+    return table
+
+
+# --------------------------------------------------------------------------- curve
+
+
+@app.command()
+@handles_errors
+def curve(
+    data: DataArgument,
+    model: ModelOption = ...,
+    out: Annotated[
+        Optional[Path],
+        typer.Option("--out", "-o", help="Curve table, .parquet or .csv, one row per point and noise level (default: <data>_curves.parquet).", show_default=False),
+    ] = None,
+    n_points: Annotated[int, typer.Option("--n-points", "-n", min=1, help="Number of points.")] = 32,
+    t_min: Annotated[Optional[float], typer.Option("--t-min", help="Smallest noise level (model time units).", show_default=False)] = None,
+    t_max: Annotated[Optional[float], typer.Option("--t-max", help="Largest noise level (model time units).", show_default=False)] = None,
+    steps: Annotated[
+        Optional[int], typer.Option("--steps", min=3, help="Noise levels on the curve (default: the knee rule's reference grid).", show_default=False)
+    ] = None,
+    trace: Trace = "auto",
+    probes: Probes = 1,
+    batch_size: BatchSize = 256,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite existing results.")] = False,
+    plot: PlotDir = None,
+    seed: Seed = 0,
+    threads: Threads = None,
+    device: Device = "auto",
+    quiet: Quiet = False,
+    debug: Debug = False,
+) -> None:
+    """FLIPD curves: each point's estimate across noise levels, with the knee that --t0 auto picks.
+
+    Curves start near the ambient dimension at tiny noise, fall, and plateau at the LID; the knee rule of the FLIPD paper picks the noise level at the start of the plateau. The table has one row per point and noise level, with the knee rows flagged.
+
+    [bold]Examples[/]:
+      [cyan]flipd curve lollipop --model models/lollipop -n 50 --plot plots/[/]
+      [cyan]flipd curve doughnut -m models/doughnut --t-min 0.01 --t-max 0.6 --steps 30 -o curves.csv[/]
+    """
+    import numpy as np
+
+    from . import plots
+    from .runs import check_table_path, metadata_path_for, write_json, write_table
+    from .workflows import compute_curves, curve_table_columns, curve_times, run_record
+
+    began = time.perf_counter()
+    device_used = _setup(threads, device, debug)
+    table_path = check_table_path(out if out is not None else Path(f"{_slug(data)}_curves.parquet"))
+    _check_trace(trace)
+    if table_path.exists() and not force:
+        raise FileExistsError(f"{str(table_path)!r} already exists; pass --force to overwrite it, or choose another --out.")
+    timings: dict[str, float] = {}
+    points, loaded, x = _load_model_and_points(model, data, n_points, seed, device_used, timings, quiet)
+    times = curve_times(loaded.schedule, t_min=t_min, t_max=t_max, steps=steps)
+    with _timed(timings, "curves_s"):
+        with progress_bar("FLIPD curves", points.n * len(times), enabled=not quiet) as advance:
+            curves = compute_curves(loaded, x, times, trace=trace, n_probes=probes, seed=seed,
+                                    batch_size=batch_size, progress=advance)
+    write_table(table_path, curve_table_columns(points, curves))
+    written: list[Path] = []
+    if plot is not None:
+        written.append(plots.plot_curves(
+            curves.times, curves.curves, Path(plot) / f"{_slug(data)}_curves.png", knee_times=curves.knee_t0,
+            knee_lids=curves.knee_lid, ambient_dim=points.ambient_dim, true_lids=points.lid_true,
+            time_label=f"t0 ({loaded.schedule!r} time)", title=f"FLIPD curves on {data}",
+        ))
+    timings["total_s"] = round(time.perf_counter() - began, 4)
+    metadata_path = metadata_path_for(table_path)
+    write_json(metadata_path, run_record(
+        "curve", points=points, data_seed=seed, model=loaded,
+        settings={"times": curves.times.tolist(), "trace": curves.trace, "n_probes": curves.n_probes,
+                  "seed": seed, "batch_size": batch_size, "knee_window": curves.window},
+        knees={"found": int(curves.knee_found.sum()),
+               "median_t0": float(np.nanmedian(curves.knee_t0)) if curves.knee_found.any() else None},
+        timings=timings, outputs={"table": str(table_path), "plots": [str(p) for p in written]}, device=device_used,
+    ))
+    if not quiet:
+        found = int(curves.knee_found.sum())
+        _print_summary(points, curves.knee_lid, title=f"FLIPD at the knee on {data} ({found} of {points.n} points have a knee)")
+        err_console.print(f"wrote {escape(str(table_path))} and {escape(str(metadata_path))}"
+                          + (f"; figure {escape(str(written[0]))}" if written else ""), soft_wrap=True)
+
+
+# --------------------------------------------------------------------------- bench
+
+
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    add_help_option=False,
+)
+@handles_errors
+def bench(ctx: typer.Context) -> None:
+    """Run the benchmark suites (synthetic, images, scale): the arguments go to python -m flipd.bench.
+
+    [bold]Examples[/]:
+      [cyan]flipd bench synthetic --suite toy --tiny[/]
+      [cyan]flipd bench --help[/]   (the suites and their options)
+    """
+    try:
+        from .bench.__main__ import main as bench_main
+    except ModuleNotFoundError as error:
+        if error.name in ("flipd.bench", "flipd.bench.__main__"):
+            raise ValueError("the benchmarks (flipd.bench) are not part of this installation of flipd.") from None
+        raise
+    status = bench_main(list(ctx.args))
+    raise typer.Exit(int(status or 0))
+
+
+# --------------------------------------------------------------------------- demo
+
+
+@app.command()
+@handles_errors
+def demo(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for models, tables and figures.")] = Path(DEMO_DEFAULT_OUT),
+    steps: Annotated[int, typer.Option("--steps", min=1, help="Training steps per model.")] = 4000,
+    n_train: Annotated[int, typer.Option("--n-train", min=2, help="Training points per data set.")] = 20_000,
+    n_eval: Annotated[int, typer.Option("--n-eval", min=1, help="Points whose LID is estimated, per data set.")] = 2000,
+    retrain: Annotated[bool, typer.Option("--retrain", help="Train again even if the folder holds demo models.")] = False,
+    seed: Seed = 0,
+    threads: Threads = None,
+    quiet: Quiet = False,
+    debug: Debug = False,
+) -> None:
+    """Train small models on two data sets with known LID, estimate LID and compare with the truth.
+
+    The data sets are the lollipop (a disk, a stick and a point in the plane) and the string within a doughnut (a torus and its core circle in R^3). Models, tables, metadata and figures go to --out; a second run reuses the trained models unless --retrain. Takes a few minutes on a laptop CPU.
+
+    [bold]Example[/]: [cyan]flipd demo --out runs/demo[/]  (figures in runs/demo/plots)
+    """
+    from .workflows import DEMO_DATASETS, run_demo
+
+    _setup(threads, "cpu", debug)
+    began = time.perf_counter()
+    report = run_demo(
+        out, steps=steps, n_train=n_train, n_eval=n_eval, seed=seed, retrain=retrain, progress=not quiet,
+        progress_bar=lambda description, total: progress_bar(description, total, enabled=not quiet),
+        announce=lambda message: _say(quiet, escape(message)),
+    )
+    if not quiet:
+        for entry in report.datasets:
+            console.print(_summary_table(entry.groups, entry.mae, f"{entry.name}: estimated vs true LID ({entry.setting})"))
+        seconds = time.perf_counter() - began
+        err_console.print(f"demo finished in {seconds:.0f} s: tables, metadata and figures in {escape(str(out))} "
+                          f"(figures in {escape(str(Path(out) / 'plots'))}); data sets: {', '.join(DEMO_DATASETS)}", soft_wrap=True)
+
+
+def main() -> None:
+    """Entry point for ``python -m flipd.cli`` (the ``flipd`` console script calls ``app`` directly)."""
+    app(prog_name="flipd")
+
+
+if __name__ == "__main__":
+    main()

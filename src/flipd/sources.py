@@ -1,0 +1,578 @@
+"""Where data points and models come from, named by a string: the command line's vocabulary.
+
+Data (:func:`load_points`) is named by
+
+* a synthetic data set with ground truth: ``lollipop``, ``doughnut``, ``swiss_roll``,
+  ``mixture:affine:D=10:dims=2,4,8``, ... (:mod:`flipd.datasets.synthetic`);
+* a bundled image data set: ``mnist-subset``, ``digits8``, ``lfw-faces``, ``natural-patches``
+  (:mod:`flipd.datasets.images`);
+* a path: an image folder; a ``.npy``/``.npz`` array (2-d: a table of points [N, D]; 3-d or
+  4-d: images); a ``.csv`` or ``.parquet`` table. Parameters follow a colon, e.g.
+  ``points.csv:columns=x+y+z`` or ``arrays.npz:key=x``.
+
+Tables: every numeric column is a coordinate except ``index``, ``label``, ``lid``/``lid_true``
+(read as the ground-truth LID) and ``component`` (read as the ground-truth component);
+``columns=a+b+c`` picks the coordinates explicitly. In a ``.npz`` the points are the array
+``x`` (or the only 2-d array, or ``key=``), with optional arrays ``lid``/``lid_true`` and
+``component`` of length N.
+
+Models (:func:`load_model`) are a flipd checkpoint directory (``flipd_model.json`` and
+``model.safetensors``, as written by ``flipd train``) or a local diffusers folder. Weights are
+only ever read from safetensors; pickled checkpoints (.pt, .ckpt, .bin, .pkl) are refused.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = [
+    "DEFAULT_SYNTHETIC_POINTS",
+    "LoadedModel",
+    "PointSet",
+    "data_source_names",
+    "load_model",
+    "load_points",
+    "resolve_device",
+    "with_subset",
+]
+
+#: Points drawn from a synthetic data set when the number is not given.
+DEFAULT_SYNTHETIC_POINTS = 4096
+TABLE_FILE_SUFFIXES = (".csv", ".tsv", ".parquet", ".pq")
+ARRAY_FILE_SUFFIXES = (".npy", ".npz")
+#: Table columns that describe a point rather than being one of its coordinates.
+NON_COORDINATE_COLUMNS = ("index", "label", "lid", "lid_true", "component")
+PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".pkl", ".pickle", ".joblib")
+
+
+# --------------------------------------------------------------------------- data
+
+
+@dataclass(frozen=True, eq=False)
+class PointSet:
+    """Data points and what is known about them.
+
+    Attributes:
+        x: the points, float32: vectors [N, D] or images [N, C, H, W] in [-1, 1].
+        spec: the name or path they were loaded from.
+        kind: "vectors" or "images".
+        index: [N] int64 position of each point in its source.
+        lid_true: [N] float64 ground-truth LID, or None when unknown.
+        component: [N] int64 ground-truth component (submanifold), or None.
+        names: N names (image file names), or None.
+        labels: [N] int64 class labels (images), or None.
+        label_names: names of the label values, or None.
+        png_bytes: [N] int64 lossless PNG size of each image, or None.
+        description: one line saying what the data are.
+    """
+
+    x: Tensor
+    spec: str
+    kind: Literal["vectors", "images"]
+    index: np.ndarray
+    lid_true: np.ndarray | None = None
+    component: np.ndarray | None = None
+    names: list[str] | None = None
+    labels: np.ndarray | None = None
+    label_names: tuple[str, ...] | None = None
+    png_bytes: np.ndarray | None = None
+    description: str = ""
+
+    @property
+    def n(self) -> int:
+        """Number of points N."""
+        return int(self.x.shape[0])
+
+    @property
+    def point_shape(self) -> tuple[int, ...]:
+        """Shape of one point: (D,) or (C, H, W)."""
+        return tuple(int(s) for s in self.x.shape[1:])
+
+    @property
+    def ambient_dim(self) -> int:
+        """Number of coordinates of one point."""
+        return int(np.prod(self.point_shape))
+
+    def __len__(self) -> int:
+        return self.n
+
+    def images_uint8(self) -> np.ndarray:
+        """8-bit pixels [N, H, W, C] of image points (for figures)."""
+        if self.kind != "images":
+            raise ValueError(f"{self.spec!r} holds vectors, not images.")
+        pixels = ((self.x + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
+        return pixels.permute(0, 2, 3, 1).contiguous().numpy()
+
+
+def data_source_names() -> dict[str, list[str]]:
+    """Built-in data set names by family: {"synthetic": [...], "images": [...]}."""
+    from .datasets import images, synthetic
+
+    return {"synthetic": list(synthetic.list_datasets()), "images": list(images.IMAGE_DATASET_NAMES)}
+
+
+def _hint() -> str:
+    names = data_source_names()
+    return (
+        f"use a synthetic data set ({', '.join(names['synthetic'])}, e.g. mixture:affine:D=10:dims=2,4,8), "
+        f"an image data set ({', '.join(names['images'])}), or a path to an image folder or a "
+        ".npy, .npz, .csv or .parquet file"
+    )
+
+
+def _parse_parameters(text: str, allowed: Sequence[str], spec: str) -> dict[str, str]:
+    parameters: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, equals, value = (part.strip() for part in item.partition("="))
+        if not equals or not name or not value:
+            raise ValueError(f"Bad parameter {item!r} in {spec!r}: write name=value, e.g. columns=x+y.")
+        if name not in allowed:
+            raise ValueError(
+                f"Unknown parameter {name!r} in {spec!r}; valid parameters: {', '.join(allowed) or 'none'}."
+            )
+        parameters[name] = value
+    return parameters
+
+
+def _subset(n_available: int, n: int | None, seed: int, spec: str) -> np.ndarray:
+    """Indices of ``n`` points chosen by ``seed`` (in source order), or all when n is None."""
+    if n is None or n == n_available:
+        return np.arange(n_available)
+    if n < 1:
+        raise ValueError(f"The number of points must be positive; got {n}.")
+    if n > n_available:
+        raise ValueError(f"{spec!r} has only {n_available} points; ask for at most that many (got n = {n}).")
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(n_available, size=n, replace=False))
+
+
+def _check_finite(values: np.ndarray, spec: str) -> None:
+    finite = np.isfinite(values).all(axis=1)
+    if not finite.all():
+        bad = np.flatnonzero(~finite)
+        shown = ", ".join(str(i) for i in bad[:10]) + (", ..." if bad.size > 10 else "")
+        raise ValueError(f"{spec!r} has missing or non-finite values in rows {shown} ({bad.size} rows); remove or fill them.")
+
+
+def _vector_points(
+    values: np.ndarray,
+    spec: str,
+    n: int | None,
+    seed: int,
+    lid_true: np.ndarray | None = None,
+    component: np.ndarray | None = None,
+    description: str = "",
+) -> PointSet:
+    if values.ndim != 2 or values.shape[0] == 0 or values.shape[1] == 0:
+        raise ValueError(f"{spec!r} must hold points as a 2-d table [N, D] with N, D > 0; got shape {values.shape}.")
+    if not (np.issubdtype(values.dtype, np.number) and not np.issubdtype(values.dtype, np.complexfloating)):
+        raise ValueError(f"{spec!r} holds {values.dtype} values; the coordinates must be numbers.")
+    _check_finite(values.astype(np.float64, copy=False), spec)
+    for name, array in (("lid", lid_true), ("component", component)):
+        if array is not None and array.shape != (values.shape[0],):
+            raise ValueError(f"{spec!r}: {name} has shape {array.shape}; expected one value per point ({values.shape[0]}).")
+    index = _subset(values.shape[0], n, seed, spec)
+    return PointSet(
+        x=torch.from_numpy(np.ascontiguousarray(values[index], dtype=np.float32)),
+        spec=spec,
+        kind="vectors",
+        index=index.astype(np.int64),
+        lid_true=None if lid_true is None else np.asarray(lid_true, dtype=np.float64)[index],
+        component=None if component is None else np.asarray(component, dtype=np.int64)[index],
+        description=description or f"{values.shape[0]} points in R^{values.shape[1]} from {spec}",
+    )
+
+
+def _load_table_file(file: Path, parameters: str, spec: str, n: int | None, seed: int) -> PointSet:
+    import pandas as pd
+
+    options = _parse_parameters(parameters, ("columns",), spec)
+    suffix = file.suffix.lower()
+    try:
+        if suffix in (".parquet", ".pq"):
+            frame = pd.read_parquet(file)
+        else:
+            frame = pd.read_csv(file, sep="\t" if suffix == ".tsv" else ",")
+    except Exception as error:  # pandas raises many parser-specific types
+        raise ValueError(f"Cannot read {str(file)!r} as a {suffix[1:]} table: {error}") from error
+    if "columns" in options:
+        wanted = [c for c in options["columns"].split("+") if c]
+        missing = [c for c in wanted if c not in frame.columns]
+        if missing:
+            raise ValueError(f"{str(file)!r} has no column(s) {', '.join(missing)}; its columns: {', '.join(map(str, frame.columns))}.")
+        coordinates = wanted
+    else:
+        coordinates = [
+            c for c in frame.columns
+            if str(c) not in NON_COORDINATE_COLUMNS and pd.api.types.is_numeric_dtype(frame[c])
+            and not pd.api.types.is_bool_dtype(frame[c])
+        ]
+    if not coordinates:
+        raise ValueError(
+            f"{str(file)!r} has no numeric coordinate columns (columns: {', '.join(map(str, frame.columns))}); "
+            "name them with columns=a+b+c."
+        )
+    truth_column = next((c for c in ("lid_true", "lid") if c in frame.columns and c not in coordinates), None)
+    lid_true = frame[truth_column].to_numpy(dtype=np.float64) if truth_column else None
+    component = frame["component"].to_numpy(dtype=np.int64) if "component" in frame.columns and "component" not in coordinates else None
+    values = frame[coordinates].to_numpy(dtype=np.float64)
+    points = _vector_points(
+        values, spec, n, seed, lid_true, component,
+        description=f"{len(frame)} points in R^{len(coordinates)} from {file.name} (columns {', '.join(map(str, coordinates))})",
+    )
+    return points
+
+
+def _npz_points(file: Path, parameters: str, spec: str, n: int | None, seed: int) -> PointSet | None:
+    """Points from a .npz table, or None if it holds images (3-d or 4-d arrays)."""
+    options = _parse_parameters(parameters, ("key", "layout", "value_range"), spec)
+    with np.load(file, allow_pickle=False) as archive:
+        keys = list(archive.keys())
+        key = options.get("key")
+        if key is None:
+            matrices = [k for k in keys if archive[k].ndim == 2]
+            key = "x" if "x" in keys else (matrices[0] if len(matrices) == 1 else None)
+            if key is None:
+                image_arrays = [k for k in keys if archive[k].ndim in (3, 4)]
+                if len(image_arrays) == 1 or (len(keys) == 1 and archive[keys[0]].ndim in (3, 4)):
+                    return None
+                raise ValueError(f"{file.name} holds arrays {keys}; name the points with {file.name}:key=NAME.")
+        if key not in keys:
+            raise ValueError(f"{file.name} has no array {key!r}; its arrays: {', '.join(keys)}.")
+        values = archive[key]
+        if values.ndim in (3, 4):
+            return None
+        if set(options) - {"key"}:
+            raise ValueError(f"layout= and value_range= apply to image arrays; {key!r} in {file.name} is a table.")
+        lid_key = next((k for k in ("lid_true", "lid") if k in keys and k != key), None)
+        lid_true = archive[lid_key] if lid_key else None
+        component = archive["component"] if "component" in keys and key != "component" else None
+    return _vector_points(
+        values, spec, n, seed, lid_true, component,
+        description=f"{values.shape[0]} points in R^{values.shape[1] if values.ndim == 2 else '?'} from {file.name}",
+    )
+
+
+def _image_points(spec: str, n: int | None, seed: int) -> PointSet:
+    from .datasets.images import get_image_dataset
+
+    data = get_image_dataset(spec, n=n, seed=seed)
+    c, h, w = data.image_shape
+    return PointSet(
+        x=data.images,
+        spec=spec,
+        kind="images",
+        index=np.arange(len(data), dtype=np.int64),
+        names=list(data.names),
+        labels=data.labels,
+        label_names=data.label_names,
+        png_bytes=data.png_bytes,
+        description=f"{len(data)} images of {c}x{h}x{w} from {data.source}",
+    )
+
+
+def _synthetic_points(spec: str, n: int | None, seed: int) -> PointSet:
+    from .datasets.synthetic import get_dataset
+
+    count = DEFAULT_SYNTHETIC_POINTS if n is None else n
+    if count < 1:
+        raise ValueError(f"The number of points must be positive; got {count}.")
+    data = get_dataset(spec, count, seed)
+    dims = ", ".join(str(d) for d in data.component_dims)
+    return PointSet(
+        x=torch.from_numpy(np.ascontiguousarray(data.x, dtype=np.float32)),
+        spec=spec,
+        kind="vectors",
+        index=np.arange(data.n, dtype=np.int64),
+        lid_true=data.lid.astype(np.float64),
+        component=data.component.astype(np.int64),
+        description=f"{data.n} points of {data.name} in R^{data.ambient_dim} (components of dimension {dims})",
+    )
+
+
+def load_points(spec: str, n: int | None = None, seed: int = 0, *, at_most: bool = False) -> PointSet:
+    """Load data points by name or path (see the module notes for what ``spec`` may be).
+
+    Args:
+        spec: a built-in data set name with optional parameters, or a path.
+        n: number of points; None takes every point of a file or bundled image set and
+            :data:`DEFAULT_SYNTHETIC_POINTS` of a synthetic one. For files, ``n`` points are
+            chosen by ``seed`` and kept in file order (``PointSet.index`` says which).
+        seed: sampling seed.
+        at_most: treat ``n`` as an upper bound for files and bundled images (take them all
+            when there are fewer) instead of an error.
+
+    Raises:
+        ValueError: unknown name, bad parameter, or unusable content (the message says which).
+        FileNotFoundError: a path that does not exist.
+    """
+    if not isinstance(spec, str) or not spec.strip():
+        raise ValueError(f"Name the data: {_hint()}.")
+    spec = spec.strip()
+    if at_most and n is not None and not _is_synthetic(spec):
+        points = load_points(spec, None, seed)
+        if points.n <= n:
+            return points
+        subset = with_subset(points, _subset(points.n, n, seed, spec))
+        return replace(subset, description=f"{subset.n} of the {points.description}")
+    name, _, parameters = spec.partition(":")
+    families = data_source_names()
+    if name in families["images"]:
+        return _image_points(spec, n, seed)
+    if name in families["synthetic"]:
+        return _synthetic_points(spec, n, seed)
+    file, parameters = (Path(spec), "") if Path(spec).exists() else (Path(name), parameters)
+    if file.exists():
+        suffix = file.suffix.lower()
+        if file.is_dir():
+            return _image_points(spec, n, seed)
+        if suffix in TABLE_FILE_SUFFIXES:
+            return _load_table_file(file, parameters, spec, n, seed)
+        if suffix == ".npy":
+            values = np.load(file, allow_pickle=False, mmap_mode="r")
+            if values.ndim == 2:
+                if parameters:
+                    _parse_parameters(parameters, (), spec)
+                return _vector_points(np.asarray(values), spec, n, seed)
+            return _image_points(spec, n, seed)
+        if suffix == ".npz":
+            points = _npz_points(file, parameters, spec, n, seed)
+            return points if points is not None else _image_points(spec, n, seed)
+        raise ValueError(
+            f"Cannot read {str(file)!r}: unsupported file type {suffix or '(none)'}; "
+            "use an image folder or a .npy, .npz, .csv or .parquet file."
+        )
+    looks_like_path = "/" in name or os.sep in name or Path(name).suffix.lower() in (
+        *TABLE_FILE_SUFFIXES, *ARRAY_FILE_SUFFIXES, ".png", ".jpg", ".jpeg",
+    )
+    if looks_like_path:
+        raise FileNotFoundError(f"No such file or folder: {name!r}; check the path.")
+    try:  # aliases and parameterised names the synthetic registry knows
+        return _synthetic_points(spec, n, seed)
+    except ValueError:
+        pass
+    raise ValueError(f"Unknown data set {name!r}; {_hint()}.")
+
+
+def _is_synthetic(spec: str) -> bool:
+    name = spec.strip().partition(":")[0]
+    if name in data_source_names()["synthetic"]:
+        return True
+    if name in data_source_names()["images"] or Path(spec).exists() or Path(name).exists():
+        return False
+    return not any(sep in name for sep in ("/", os.sep))
+
+
+# --------------------------------------------------------------------------- devices
+
+
+def resolve_device(device: str | None) -> torch.device:
+    """A torch device from "auto", "cpu", "cuda", "cuda:1", "mps"; refuses ones this machine lacks."""
+    choice = (device or "auto").strip().lower()
+    if choice == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("cpu")
+    try:
+        resolved = torch.device(choice)
+    except (RuntimeError, ValueError) as error:
+        raise ValueError(f"Unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps.") from error
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"Device {device!r} was asked for but CUDA is not available here; use --device cpu.")
+        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
+            raise ValueError(f"Device {device!r} does not exist: this machine has {torch.cuda.device_count()} CUDA device(s).")
+    elif resolved.type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise ValueError(f"Device {device!r} was asked for but MPS is not available here; use --device cpu.")
+    elif resolved.type != "cpu":
+        raise ValueError(f"Unsupported device {device!r}; use auto, cpu, cuda, cuda:N or mps.")
+    return resolved
+
+
+# --------------------------------------------------------------------------- models
+
+
+@dataclass(eq=False)
+class LoadedModel:
+    """A diffusion model ready for FLIPD, whatever it was saved as.
+
+    Attributes:
+        model: ``model(y, t)`` for :func:`flipd.estimate`, in the model's own coordinates.
+        schedule: its noise schedule.
+        prediction: what the network outputs ("epsilon", "v_prediction", ...).
+        kind: "flipd" (a flipd checkpoint) or "diffusers".
+        path: where it was loaded from.
+        input_shape: shape of one input point of the network, when known.
+        prepare: maps a :class:`PointSet` to the tensor FLIPD runs on (standardising, encoding
+            or flattening as the model needs); raises ``ValueError`` when the data do not fit.
+        description: one line saying what the model is.
+        fingerprint: hash of the model's files (to refuse resuming a run with another model).
+        metadata: what the model records about itself (training settings, data, ...).
+    """
+
+    model: Callable[[Tensor, Tensor], Tensor]
+    schedule: Any
+    prediction: str
+    kind: str
+    path: Path
+    input_shape: tuple[int, ...] | None
+    prepare: Callable[[PointSet], Tensor]
+    description: str
+    fingerprint: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+def _shape_text(shape: Sequence[int]) -> str:
+    return "x".join(str(s) for s in shape)
+
+
+def _flipd_checkpoint(directory: Path, device: torch.device) -> LoadedModel:
+    from .runs import fingerprint_path
+    from .train import DiffusionModel
+
+    network = DiffusionModel.load(directory, device=device)
+    data_shape = tuple(int(s) for s in network.data_shape)
+    trained_on = network.metadata.get("data", {}).get("spec") if isinstance(network.metadata.get("data"), dict) else None
+
+    def prepare(points: PointSet) -> Tensor:
+        x = points.x
+        if points.point_shape != data_shape:
+            if len(data_shape) == 1 and points.ambient_dim == data_shape[0]:
+                x = x.reshape(points.n, -1)  # images flattened, as the model was trained
+            else:
+                trained = f" (it was trained on {trained_on!r})" if trained_on else ""
+                raise ValueError(
+                    f"The model at {str(directory)!r} takes points of shape {_shape_text(data_shape)} "
+                    f"(D = {int(np.prod(data_shape))}){trained}, but {points.spec!r} has points of shape "
+                    f"{_shape_text(points.point_shape)} (D = {points.ambient_dim}). Use a model trained on "
+                    f"this data: flipd train {points.spec} --out MODEL_DIR."
+                )
+        return network.standardize(x.to(device))
+
+    kind = getattr(getattr(network.network, "spec", None), "kind", None)
+    architecture = {"mlp_unet": "MLP U-net", "unet2d": "convolutional U-net"}.get(kind, kind or "network")
+    description = f"flipd checkpoint: {architecture} on points of shape {_shape_text(data_shape)}"
+    if trained_on:
+        description += f", trained on {trained_on}"
+    return LoadedModel(
+        model=network, schedule=network.schedule, prediction=network.prediction, kind="flipd",
+        path=directory, input_shape=data_shape, prepare=prepare, description=description,
+        fingerprint=fingerprint_path(directory), metadata=dict(network.metadata),
+    )
+
+
+def _check_safetensors_only(directory: Path) -> None:
+    """Refuse a diffusers folder in which some model component has only pickled weights."""
+    components = [directory] + [p for p in directory.iterdir() if p.is_dir()]
+    for component in components:
+        if not (component / "config.json").is_file():
+            continue
+        files = [p for p in component.iterdir() if p.is_file()]
+        pickled = [p.name for p in files if p.suffix.lower() in PICKLE_SUFFIXES]
+        if pickled and not any(p.suffix == ".safetensors" for p in files):
+            raise ValueError(
+                f"{str(component)!r} holds only pickled weights ({', '.join(sorted(pickled))}); flipd never unpickles "
+                "files. Convert them to safetensors (diffusers: save_pretrained(..., safe_serialization=True))."
+            )
+
+
+def _diffusers_model(directory: Path, device: torch.device) -> LoadedModel:
+    from . import from_diffusers  # provided by flipd's diffusers adapter
+    from .runs import fingerprint_path
+
+    _check_safetensors_only(directory)
+    adapter = from_diffusers(directory, device=device)
+    network_config = getattr(adapter.network, "config", {})
+    channels = getattr(network_config, "in_channels", None)
+    size = getattr(network_config, "sample_size", None)
+
+    def prepare(points: PointSet) -> Tensor:
+        if points.kind != "images":
+            raise ValueError(
+                f"The diffusers model at {str(directory)!r} takes images, but {points.spec!r} holds "
+                f"vectors of dimension {points.ambient_dim}; give an image data set or folder."
+            )
+        images = points.x.to(device)
+        if adapter.is_latent:
+            return adapter.encode(images)
+        c, h, w = points.point_shape
+        if channels is not None and c != channels:
+            raise ValueError(
+                f"The diffusers model at {str(directory)!r} takes {channels}-channel images, but "
+                f"{points.spec!r} has {c} channel(s); convert the images (e.g. a folder with channels={channels})."
+            )
+        if isinstance(size, int) and (h, w) != (size, size):
+            raise ValueError(
+                f"The diffusers model at {str(directory)!r} takes {size}x{size} images, but {points.spec!r} "
+                f"has {h}x{w}; resize them (e.g. an image folder with size={size})."
+            )
+        return images
+
+    shape = (channels, size, size) if isinstance(channels, int) and isinstance(size, int) else None
+    return LoadedModel(
+        model=adapter, schedule=adapter.schedule, prediction=adapter.prediction, kind="diffusers",
+        path=directory, input_shape=None if adapter.is_latent else shape, prepare=prepare,
+        description=f"diffusers {adapter!r}", fingerprint=fingerprint_path(directory),
+    )
+
+
+def load_model(path: str | os.PathLike, device: str | torch.device | None = "cpu") -> LoadedModel:
+    """Load a flipd checkpoint directory or a local diffusers folder for FLIPD.
+
+    Raises:
+        FileNotFoundError: nothing at ``path``.
+        ValueError: ``path`` is not a model flipd can read (the message says what it expected).
+    """
+    directory = Path(path)
+    device = device if isinstance(device, torch.device) else resolve_device(device)
+    if not directory.exists():
+        raise FileNotFoundError(
+            f"No model at {str(directory)!r}. Train one with: flipd train DATA --out {directory}"
+        )
+    if directory.is_file():
+        if directory.suffix.lower() in PICKLE_SUFFIXES:
+            raise ValueError(
+                f"{str(directory)!r} looks like a pickled checkpoint; flipd never unpickles files (it can run "
+                "arbitrary code). Give a flipd checkpoint directory (written by flipd train) or a diffusers folder."
+            )
+        raise ValueError(
+            f"{str(directory)!r} is a file; a model is a directory: a flipd checkpoint (flipd_model.json + "
+            "model.safetensors, written by flipd train) or a diffusers folder."
+        )
+    if (directory / "flipd_model.json").is_file():
+        return _flipd_checkpoint(directory, device)
+    if (directory / "model_index.json").is_file() or (directory / "config.json").is_file():
+        return _diffusers_model(directory, device)
+    raise ValueError(
+        f"{str(directory)!r} is not a flipd checkpoint (no flipd_model.json) nor a diffusers folder "
+        "(no model_index.json or config.json). Train a model with: flipd train DATA --out DIR"
+    )
+
+
+def with_subset(points: PointSet, indices: Sequence[int] | np.ndarray) -> PointSet:
+    """The points at positions ``indices`` (in that order), with everything known about them."""
+    index = np.asarray(indices, dtype=np.int64)
+
+    def take(array):
+        return None if array is None else array[index]
+
+    return replace(
+        points,
+        x=points.x[torch.from_numpy(index)],
+        index=points.index[index],
+        lid_true=take(points.lid_true),
+        component=take(points.component),
+        names=None if points.names is None else [points.names[i] for i in index],
+        labels=take(points.labels),
+        png_bytes=take(points.png_bytes),
+    )

@@ -1,0 +1,457 @@
+"""End-to-end tests of the ``flipd`` command line on tiny configurations."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+import flipd
+from flipd.cli import app
+
+runner = CliRunner()
+#: The folder holding the flipd package under test, for subprocesses.
+PACKAGE_ROOT = str(Path(flipd.__file__).resolve().parents[1])
+COMMANDS = ("info", "train", "estimate", "curve", "bench", "demo")
+#: A deliberately tiny training run: enough for a valid checkpoint, not for good estimates.
+TINY_TRAIN = ("-n", "1500", "--steps", "40", "--batch-size", "256", "--widths", "32,32", "--threads", "1", "--quiet")
+
+
+def flipd(*args: str | Path):
+    """Run the command line in-process; return click's Result."""
+    return runner.invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+
+def assert_user_error(result, *fragments: str) -> None:
+    """Exit status 2, one line on stderr naming the problem, and no traceback."""
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    errors = [line for line in lines if line.startswith("error:")]
+    assert len(errors) == 1 and lines[-1] == errors[0], result.stderr
+    message = errors[0]
+    assert "Traceback" not in result.output
+    for fragment in fragments:
+        assert fragment in message, message
+
+
+@pytest.fixture(scope="session")
+def lollipop_model(tmp_path_factory) -> Path:
+    directory = tmp_path_factory.mktemp("models") / "lollipop"
+    result = flipd("train", "lollipop", "--out", directory, *TINY_TRAIN)
+    assert result.exit_code == 0, result.output
+    return directory
+
+
+# --------------------------------------------------------------------------- help and info
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_help_with_an_example(command):
+    result = flipd(command, "--help") if command != "bench" else flipd("--help")
+    assert result.exit_code == 0
+    if command != "bench":
+        assert "Example" in result.output
+        assert f"flipd {command}" in result.output
+
+
+def test_version_and_info_json():
+    result = flipd("--version")
+    assert result.exit_code == 0 and result.output.startswith("flipd ")
+    result = flipd("info", "--json")
+    assert result.exit_code == 0
+    record = json.loads(result.stdout)
+    assert record["versions"]["torch"]
+    assert record["threads"]["torch"] >= 1
+    assert "lollipop" in record["datasets"]["synthetic"]
+    assert set(record["caches"]) >= {"demo_models", "huggingface_hub"}
+
+
+def test_module_entry_point_runs():
+    completed = subprocess.run(
+        [sys.executable, "-m", "flipd.cli", "--version"], capture_output=True, text=True, timeout=120,
+        env={**os.environ, "PYTHONPATH": PACKAGE_ROOT},
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.startswith("flipd ")
+
+
+# --------------------------------------------------------------------------- train -> estimate -> curve
+
+
+def test_checkpoint_is_safetensors_and_json(lollipop_model):
+    names = sorted(p.name for p in lollipop_model.iterdir())
+    assert names == ["flipd_model.json", "model.safetensors"]
+    config = json.loads((lollipop_model / "flipd_model.json").read_text())
+    assert config["metadata"]["data"]["spec"] == "lollipop"
+    assert not any(p.name.startswith(".") for p in lollipop_model.parent.iterdir())  # no staging left
+
+
+def test_estimate_writes_table_metadata_and_plots(lollipop_model, tmp_path):
+    table = tmp_path / "out" / "lollipop.parquet"
+    plots = tmp_path / "plots"
+    result = flipd("estimate", "lollipop", "--model", lollipop_model, "-n", "64", "--out", table,
+                   "--plot", plots, "--seed", "3", "--threads", "1")
+    assert result.exit_code == 0, result.output
+    frame = pd.read_parquet(table)
+    assert len(frame) == 64
+    for column in ("index", "lid", "t0", "sigma", "delta", "method", "trace", "stderr", "lid_true", "component"):
+        assert column in frame.columns
+    assert np.isfinite(frame["lid"]).all()
+    assert (frame["method"] == "flipd").all() and (frame["trace"] == "exact").all()
+    assert np.allclose(frame["t0"], 0.05)
+    assert set(frame["lid_true"]) <= {0.0, 1.0, 2.0}
+    metadata = json.loads(table.with_suffix(".json").read_text())
+    assert metadata["settings"]["seed"] == 3
+    assert metadata["data"]["spec"] == "lollipop"
+    assert metadata["versions"]["torch"] and metadata["machine"]["cpu_count"]
+    assert "total_s" in metadata["timings"]
+    assert metadata["summary"]["mae"] >= 0
+    assert not table.with_name(table.name + ".chunks").exists()
+    assert not [p for p in table.parent.iterdir() if p.name.startswith(".")]  # no temporary files
+    figures = sorted(p.name for p in plots.iterdir())
+    assert figures == ["lollipop_lid_histogram.png", "lollipop_lid_scatter.png"]
+    for figure in plots.iterdir():
+        assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        from PIL import Image
+
+        with Image.open(figure) as image:
+            assert image.size[0] > 100
+
+
+def test_estimate_hutchinson_to_csv_with_stderr(lollipop_model, tmp_path):
+    table = tmp_path / "lid.csv"
+    result = flipd("estimate", "lollipop", "-m", lollipop_model, "-n", "20", "-o", table, "--trace", "hutchinson",
+                   "--probes", "4", "--sigma", "0.1", "--quiet")
+    assert result.exit_code == 0, result.output
+    assert result.output == ""
+    frame = pd.read_csv(table)
+    assert (frame["trace"] == "hutchinson").all() and (frame["n_probes"] == 4).all()
+    assert frame["stderr"].notna().all() and (frame["stderr"] >= 0).all() and (frame["stderr"] > 0).any()
+    assert np.allclose(frame["sigma"], 0.1)
+
+
+def test_estimate_auto_t0_reports_the_knee(lollipop_model, tmp_path):
+    table = tmp_path / "auto.parquet"
+    result = flipd("estimate", "lollipop", "-m", lollipop_model, "-n", "8", "-o", table, "--t0", "auto", "--quiet")
+    assert result.exit_code == 0, result.output
+    frame = pd.read_parquet(table)
+    chosen = frame["t0"].dropna()
+    assert ((chosen > 0.05) & (chosen < 0.5)).all()
+
+
+def test_estimate_from_table_files(lollipop_model, tmp_path):
+    rng = np.random.default_rng(0)
+    points = rng.normal(size=(30, 2))
+    pd.DataFrame({"u": points[:, 0], "v": points[:, 1], "lid_true": 1}).to_csv(tmp_path / "points.csv", index=False)
+    np.savez(tmp_path / "points.npz", x=points, lid=np.full(30, 2), component=np.zeros(30, dtype=int))
+    for source in ("points.csv", "points.npz"):
+        table = tmp_path / f"{source}.parquet"
+        result = flipd("estimate", tmp_path / source, "-m", lollipop_model, "-n", "12", "-o", table, "--quiet")
+        assert result.exit_code == 0, result.output
+        frame = pd.read_parquet(table)
+        assert len(frame) == 12 and frame["index"].is_monotonic_increasing
+        assert "lid_true" in frame.columns
+
+
+def test_curve_writes_long_table_and_figure(lollipop_model, tmp_path):
+    table = tmp_path / "curves.parquet"
+    plots = tmp_path / "plots"
+    result = flipd("curve", "lollipop", "-m", lollipop_model, "-n", "6", "-o", table, "--plot", plots, "--quiet")
+    assert result.exit_code == 0, result.output
+    frame = pd.read_parquet(table)
+    levels = frame["t0"].nunique()
+    assert levels >= 20 and len(frame) == 6 * levels
+    assert frame.groupby("index")["knee"].sum().le(1).all()
+    assert frame.groupby("index")["t0"].apply(lambda t: t.is_monotonic_increasing).all()
+    assert (plots / "lollipop_curves.png").read_bytes()[:4] == b"\x89PNG"
+    metadata = json.loads(table.with_suffix(".json").read_text())
+    assert len(metadata["settings"]["times"]) == levels
+
+
+def test_curve_with_explicit_grid(lollipop_model, tmp_path):
+    table = tmp_path / "curves.csv"
+    result = flipd("curve", "lollipop", "-m", lollipop_model, "-n", "3", "-o", table, "--t-min", "0.02",
+                   "--t-max", "0.6", "--steps", "7", "--quiet")
+    assert result.exit_code == 0, result.output
+    frame = pd.read_csv(table)
+    assert np.allclose(sorted(frame["t0"].unique()), np.linspace(0.02, 0.6, 7))
+
+
+# --------------------------------------------------------------------------- resume
+
+
+def _estimate_args(model: Path, table: Path, *extra: str) -> list:
+    return ["estimate", "lollipop", "-m", model, "-n", "50", "-o", table, "--chunk-size", "16", "--trace",
+            "hutchinson", "--probes", "3", "--batch-size", "8", "--seed", "5", "--quiet", *extra]
+
+
+def test_resume_after_interruption_matches_uninterrupted_run(lollipop_model, tmp_path):
+    reference = tmp_path / "reference.parquet"
+    assert flipd(*_estimate_args(lollipop_model, reference)).exit_code == 0
+
+    table = tmp_path / "resumed.parquet"
+    interrupted = flipd(*_estimate_args(lollipop_model, table, "--stop-after-chunks", "2"))
+    assert interrupted.exit_code == 130
+    assert "--resume" in interrupted.stderr and "Traceback" not in interrupted.output
+    chunks = table.with_name(table.name + ".chunks")
+    assert sorted(p.name for p in chunks.glob("chunk-*.npz")) == ["chunk-000000.npz", "chunk-000001.npz"]
+    assert not table.exists()
+    finished = {p.name: p.stat().st_mtime_ns for p in chunks.glob("chunk-*.npz")}
+
+    again = flipd(*_estimate_args(lollipop_model, table))  # without --resume: refuses to discard the chunks
+    assert_user_error(again, "--resume")
+
+    resumed = flipd(*_estimate_args(lollipop_model, table, "--resume", "--threads", "1"))
+    assert resumed.exit_code == 0, resumed.output
+    assert not chunks.exists()
+    pd.testing.assert_frame_equal(pd.read_parquet(table), pd.read_parquet(reference))
+    metadata = json.loads(table.with_suffix(".json").read_text())
+    assert metadata["chunks"]["resumed_chunks"] == 2 and metadata["chunks"]["n_chunks"] == 4
+    assert len(finished) == 2
+
+
+def test_resume_refuses_different_settings(lollipop_model, tmp_path):
+    table = tmp_path / "run.parquet"
+    assert flipd(*_estimate_args(lollipop_model, table, "--stop-after-chunks", "1")).exit_code == 130
+    changed = flipd(*_estimate_args(lollipop_model, table, "--resume", "--probes", "5", "--sigma", "0.2"))
+    assert_user_error(changed, "n_probes: 3 -> 5", "sigma")
+    assert table.with_name(table.name + ".chunks").joinpath("chunk-000000.npz").is_file()
+    restarted = flipd(*_estimate_args(lollipop_model, table, "--force"))
+    assert restarted.exit_code == 0, restarted.output
+
+
+def test_resume_of_a_finished_run_changes_nothing(lollipop_model, tmp_path):
+    table = tmp_path / "done.parquet"
+    assert flipd(*_estimate_args(lollipop_model, table)).exit_code == 0
+    before = table.read_bytes()
+    result = flipd(*_estimate_args(lollipop_model, table, "--resume"))
+    assert result.exit_code == 0
+    assert table.read_bytes() == before
+
+
+@pytest.mark.slow
+def test_resume_after_the_process_is_killed(lollipop_model, tmp_path):
+    """A real SIGKILL part-way through, then --resume: the same table as a run without a kill."""
+    env = {**os.environ, "PYTHONPATH": PACKAGE_ROOT}
+    reference, table = tmp_path / "reference.parquet", tmp_path / "killed.parquet"
+
+    def command(out: Path, *extra: str) -> list[str]:
+        args = ["estimate", "lollipop", "-m", str(lollipop_model), "-n", "600", "-o", str(out), "--chunk-size", "40",
+                "--trace", "hutchinson", "--probes", "64", "--batch-size", "20", "--threads", "1", "--quiet", *extra]
+        return [sys.executable, "-m", "flipd.cli", *args]
+
+    process = subprocess.Popen(command(table), env=env)
+    chunks = table.with_name(table.name + ".chunks")
+    deadline = time.monotonic() + 300
+    while len(list(chunks.glob("chunk-*.npz"))) < 2 and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if process.poll() is not None:
+        assert process.returncode == 0, "the run failed before it could be killed"
+        pytest.skip("the run finished before it could be killed")
+    process.send_signal(signal.SIGKILL)
+    assert process.wait() == -signal.SIGKILL
+    assert not table.exists()
+    kept = len(list(chunks.glob("chunk-*.npz")))
+    assert kept >= 2
+    subprocess.run(command(table, "--resume"), env=env, check=True, timeout=600)
+    subprocess.run(command(reference), env=env, check=True, timeout=600)
+    pd.testing.assert_frame_equal(pd.read_parquet(table), pd.read_parquet(reference))
+    assert json.loads(table.with_suffix(".json").read_text())["chunks"]["resumed_chunks"] >= 2
+
+
+# --------------------------------------------------------------------------- user errors
+
+
+def test_missing_data_file(lollipop_model, tmp_path):
+    result = flipd("estimate", tmp_path / "missing.csv", "-m", lollipop_model, "-o", tmp_path / "x.parquet")
+    assert_user_error(result, "missing.csv")
+
+
+def test_unknown_data_set(lollipop_model, tmp_path):
+    result = flipd("estimate", "lolipop", "-m", lollipop_model, "-o", tmp_path / "x.parquet")
+    assert_user_error(result, "Unknown data set 'lolipop'", "lollipop")
+
+
+def test_bad_data_parameter(tmp_path):
+    result = flipd("train", "mixture:affine:D=10", "--out", tmp_path / "m", *TINY_TRAIN)
+    assert_user_error(result, "dims")
+
+
+@pytest.mark.parametrize(
+    ("options", "fragment"),
+    [
+        (("--trace", "bogus"), "--trace"),
+        (("--t0", "soon"), "--t0"),
+        (("--t0", "0.05", "--sigma", "0.1"), "once"),
+        (("--t0", "7"), "not a noise level"),
+        (("--delta", "40"), "not a noise level"),
+        (("-o", "results.txt"), ".parquet or .csv"),
+        (("--device", "cuda:7"), "cuda"),
+    ],
+)
+def test_bad_estimate_options(lollipop_model, tmp_path, options, fragment):
+    args = ["estimate", "lollipop", "-m", lollipop_model, "-n", "4", "-o", tmp_path / "x.parquet", *options]
+    result = flipd(*args)
+    assert result.exit_code == 2, result.output
+    assert fragment in result.output
+    assert "Traceback" not in result.output
+
+
+def test_a_bad_noise_level_leaves_no_run_behind(lollipop_model, tmp_path):
+    table = tmp_path / "x.parquet"
+    assert_user_error(flipd("estimate", "lollipop", "-m", lollipop_model, "-n", "4", "-o", table, "--sigma", "1e6"), "--sigma")
+    assert not table.with_name(table.name + ".chunks").exists()
+    assert flipd("estimate", "lollipop", "-m", lollipop_model, "-n", "4", "-o", table, "--quiet").exit_code == 0
+
+
+def test_model_and_data_dimensions_differ(lollipop_model, tmp_path):
+    result = flipd("estimate", "doughnut", "-m", lollipop_model, "-n", "4", "-o", tmp_path / "x.parquet")
+    assert_user_error(result, "D = 2", "D = 3", "flipd train doughnut")
+
+
+def test_missing_model(tmp_path):
+    result = flipd("estimate", "lollipop", "-m", tmp_path / "nothing", "-o", tmp_path / "x.parquet")
+    assert_user_error(result, "No model", "flipd train")
+
+
+def test_directory_that_is_not_a_checkpoint(tmp_path):
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "weights.txt").write_text("hello")
+    result = flipd("estimate", "lollipop", "-m", tmp_path / "model", "-o", tmp_path / "x.parquet")
+    assert_user_error(result, "not a flipd checkpoint")
+
+
+def test_damaged_checkpoint_config(lollipop_model, tmp_path):
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    (damaged / "model.safetensors").write_bytes((lollipop_model / "model.safetensors").read_bytes())
+    (damaged / "flipd_model.json").write_text(json.dumps({"format": "something-else"}))
+    result = flipd("estimate", "lollipop", "-m", damaged, "-o", tmp_path / "x.parquet")
+    assert_user_error(result, "format")
+
+
+class _Tripwire:
+    """Unpickling this creates a file: proof that a checkpoint was unpickled."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.path),))
+
+
+def test_pickled_checkpoints_are_never_unpickled(tmp_path):
+    tripwire = tmp_path / "unpickled"
+    for name in ("model.pt", "weights/model.ckpt"):
+        file = tmp_path / name
+        file.parent.mkdir(parents=True, exist_ok=True)
+        file.write_bytes(pickle.dumps(_Tripwire(str(tripwire))))
+        result = flipd("estimate", "lollipop", "-m", file, "-o", tmp_path / "x.parquet")
+        assert_user_error(result, "never unpickles")
+    weights = tmp_path / "weights"
+    result = flipd("estimate", "lollipop", "-m", weights, "-o", tmp_path / "x.parquet")
+    assert_user_error(result, "not a flipd checkpoint")
+    assert not tripwire.exists()
+
+
+def test_existing_outputs_are_not_overwritten(lollipop_model, tmp_path):
+    table = tmp_path / "x.parquet"
+    table.write_text("precious")
+    result = flipd("estimate", "lollipop", "-m", lollipop_model, "-n", "4", "-o", table)
+    assert_user_error(result, "--force")
+    assert table.read_text() == "precious"
+    result = flipd("train", "lollipop", "--out", lollipop_model, *TINY_TRAIN)
+    assert_user_error(result, "--force")
+
+
+def test_debug_shows_the_traceback(lollipop_model, tmp_path):
+    args = ["estimate", "lolipop", "-m", lollipop_model, "-o", tmp_path / "x.parquet"]
+    result = flipd("--debug", *args)
+    assert result.exit_code == 2
+    assert "Traceback" in result.stderr and "Unknown data set" in result.stderr
+    result = flipd(*args, "--debug")
+    assert result.exit_code == 2 and "Traceback" in result.stderr
+    assert_user_error(flipd(*args), "Unknown data set")  # --debug does not stick to later invocations
+
+
+# --------------------------------------------------------------------------- images and demo
+
+
+@pytest.mark.slow
+def test_images_train_estimate_and_figures(tmp_path):
+    model = tmp_path / "digits"
+    result = flipd("train", "digits8", "--out", model, "-n", "400", "--steps", "30", "--widths", "64,64", "--quiet")
+    assert result.exit_code == 0, result.output
+    table, plots = tmp_path / "digits.parquet", tmp_path / "plots"
+    result = flipd("estimate", "digits8", "-m", model, "-n", "40", "-o", table, "--plot", plots, "--trace",
+                   "hutchinson", "--probes", "2", "--quiet")
+    assert result.exit_code == 0, result.output
+    frame = pd.read_parquet(table)
+    assert {"name", "label", "png_bytes"} <= set(frame.columns) and len(frame) == 40
+    assert {p.name for p in plots.iterdir()} == {
+        "digits8_lid_histogram.png", "digits8_images_by_lid.png", "digits8_lid_vs_png_size.png",
+    }
+
+
+@pytest.mark.slow
+def test_demo_on_a_tiny_budget(tmp_path):
+    out = tmp_path / "demo"
+    result = flipd("demo", "--out", out, "--steps", "30", "--n-train", "800", "--n-eval", "60", "--threads", "1")
+    assert result.exit_code == 0, result.output
+    assert "MAE" in result.stdout and "lollipop" in result.stdout and "doughnut" in result.stdout
+    for name in ("lollipop", "doughnut"):
+        frame = pd.read_parquet(out / f"{name}_lid.parquet")
+        assert len(frame) == 60 and {"lid", "lid_true", "component"} <= set(frame.columns)
+        for figure in ("lid_histogram", "lid_scatter", "curves"):
+            assert (out / "plots" / f"{name}_{figure}.png").is_file()
+    again = flipd("demo", "--out", out, "--n-eval", "60", "--threads", "1", "--quiet")
+    assert again.exit_code == 0 and again.output == ""
+
+
+def test_convolutional_unet_on_images(tmp_path):
+    model = tmp_path / "unet"
+    result = flipd("train", "digits8", "--network", "unet", "--channels", "8,16", "-n", "200", "--steps", "5",
+                   "--batch-size", "32", "--out", model, "--quiet")
+    assert result.exit_code == 0, result.output
+    config = json.loads((model / "flipd_model.json").read_text())
+    assert config["network"]["kind"] == "unet2d"
+    table = tmp_path / "unet.csv"
+    result = flipd("estimate", "digits8", "-m", model, "-n", "4", "-o", table, "--trace", "hutchinson", "--quiet")
+    assert result.exit_code == 0, result.output
+    assert len(pd.read_csv(table)) == 4
+    assert_user_error(flipd("train", "lollipop", "--network", "unet", "--out", tmp_path / "x", *TINY_TRAIN), "mlp")
+
+
+@pytest.mark.parametrize("method", ["nb", "fpregress", "lpca", "twonn"])
+def test_baseline_methods(lollipop_model, tmp_path, method):
+    table = tmp_path / f"{method}.parquet"
+    model_args = ["-m", lollipop_model] if method in ("nb", "fpregress") else []
+    extra = ["--neighbors", "20"] if method in ("lpca", "twonn") else []
+    result = flipd("estimate", "lollipop", "--method", method, *model_args, "-n", "40", "-o", table, "--chunk-size", "16",
+                   *extra, "--quiet")
+    assert result.exit_code == 0, result.output
+    frame = pd.read_parquet(table)
+    assert len(frame) == 40 and (frame["method"] == method).all()
+    assert frame["stderr"].isna().all()
+    assert np.isfinite(frame["lid"]).sum() >= 35
+    if method == "nb":
+        assert np.allclose(frame["t0"], 0.01)
+    metadata = json.loads(table.with_suffix(".json").read_text())
+    assert metadata["settings"]["method"] == method
+    assert metadata["chunks"]["n_chunks"] == (3 if model_args else 1)
+
+
+def test_model_methods_need_a_model(tmp_path):
+    assert_user_error(flipd("estimate", "lollipop", "-n", "10", "-o", tmp_path / "x.csv"), "--model")
+    assert_user_error(flipd("estimate", "lollipop", "--method", "lpca", "--t0", "0.1", "-n", "10", "-o", tmp_path / "x.csv"), "noise level")
+    assert_user_error(flipd("estimate", "lollipop", "--method", "pca", "-o", tmp_path / "x.csv"), "--method")
