@@ -861,6 +861,29 @@ def _summary_table(records: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def _comparison(record: dict[str, Any]) -> str:
+    """One sentence comparing the headline FLIPD correlation with every baseline of a record."""
+    headline = record["headline"]
+    rho = headline["spearman"]
+    parts = []
+    for row in record["methods"]:
+        if row["method"] == "FLIPD" and row["model"] == headline["model"]:
+            continue
+        label = _method_label(row)
+        if row["spearman"] is None:
+            constant = row.get("at_ambient_minus_one")
+            why = (f"constant: D − 1 for {constant} of {row['n_images']} images" if constant == row["n_images"]
+                   else "constant estimates")
+            parts.append(f"{label}: undefined ({why})")
+        elif rho is None:
+            parts.append(f"{label}: {_rho(row['spearman'])}")
+        else:
+            verdict = "FLIPD higher" if rho > row["spearman"] else "FLIPD not higher"
+            parts.append(f"{label}: {_rho(row['spearman'])} ({verdict})")
+    return (f"{record['dataset']}: FLIPD ({headline['model']}, t0={headline['t0']:g}) {_rho(rho)}; "
+            + "; ".join(parts) + ".")
+
+
 def render_markdown(records: list[dict[str, Any]]) -> str:
     """The study as a markdown report: a summary table, then one section per data set."""
     lines = [
@@ -880,6 +903,10 @@ def render_markdown(records: list[dict[str, Any]]) -> str:
         "Summary (Spearman with PNG size):",
         "",
         *_summary_table(records),
+        "",
+        "FLIPD's headline correlation (the UNet at its chosen t0) against the baselines:",
+        "",
+        *[f"- {_comparison(record)}" for record in records],
         "",
     ]
     for record in records:
