@@ -185,7 +185,11 @@ class DiffusionModel(nn.Module):
         prediction: always "epsilon".
         standardize_mode: how the data were standardised.
         shift, scale: the standardisation, tensors shaped like one data point.
-        metadata: training record (config, steps, losses, seed, versions, timings).
+        metadata: training record: "train_config", "steps_run", "stopped_early", "stop_reason"
+            ("steps", "patience" or "max_seconds"), "best_step", "best_val_loss",
+            "final_train_loss", "final_val_loss", "history" (one entry per validation),
+            "n_train", "n_val", "seed", "seconds" (wall clock), "cpu_seconds" (CPU time of the
+            process, all threads), "threads", "parameters" and "versions".
         online_network: the raw (non-averaged) weights, kept for saving; may be None.
     """
 
@@ -623,7 +627,7 @@ def train_diffusion(
     running, running_count = 0.0, 0
     stopped_early, stop_reason = False, "steps"
     bar = _Progress(progress, config.steps)
-    start_time = time.perf_counter()
+    start_time, start_cpu = time.perf_counter(), time.process_time()
     step = 0
     try:
         for step in range(1, config.steps + 1):
@@ -685,7 +689,7 @@ def train_diffusion(
                 bar.update(step, loss=f"{loss_value:.4f}")
     finally:
         bar.close()
-    seconds = time.perf_counter() - start_time
+    seconds, cpu_seconds = time.perf_counter() - start_time, time.process_time() - start_cpu
     if config.restore_best and best_state is not None:
         ema.load_state_dict(best_state)
     online.eval().requires_grad_(False)
@@ -703,6 +707,7 @@ def train_diffusion(
         "n_val": n_val,
         "seed": config.seed,
         "seconds": seconds,
+        "cpu_seconds": cpu_seconds,
         "threads": torch.get_num_threads(),
         "parameters": count_parameters(online),
         "versions": _versions(),

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 BENCHMARKS: dict[str, str] = {
     "images": "flipd.bench.images",
     "scale": "flipd.bench.scale",
+    "synthetic": "flipd.bench.synthetic",
 }
 
 
