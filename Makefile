@@ -21,7 +21,7 @@ demo: $(STAMP)
 	$(VENV)/bin/flipd demo
 
 test: $(STAMP)
-	$(PY) -m pytest -q -n 2
+	OMP_NUM_THREADS=1 $(PY) -m pytest -q -n 2
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -n 2 -m "not slow"
