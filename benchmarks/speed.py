@@ -2,9 +2,10 @@
 
 An MLP diffusion network (4 hidden layers of 1024 SiLU units, time as an extra input) at
 D = 10, 100 and 784 on a batch of 512 points, with 2 CPU threads. Every time is the median of
-several repeats, and every ratio divides two times measured in the same run, so the ratios are
+several repeats, taken in turn (interleaved), and every ratio divides two times measured in the same run, so the ratios are
 meaningful on a shared, noisy machine. Peak memory is measured in a fresh subprocess per
-configuration, as the growth of the resident set's high-water mark during one FLIPD call.
+configuration, as the growth of the resident set's high-water mark during one FLIPD call
+(Linux: the mark is reset through /proc/self/clear_refs just before the call).
 
 Usage:
     python benchmarks/speed.py                     # writes benchmarks/results/speed.{json,md}
@@ -17,7 +18,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -47,14 +47,21 @@ class MLP(nn.Module):
         return self.net(torch.cat([y, t[:, None]], dim=1))
 
 
-def median_seconds(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
+def interleaved_medians(functions: dict, repeats: int) -> dict[str, float]:
+    """Median seconds of each function, calling them in turn within every repeat.
+
+    Interleaving exposes every function to the same drift in machine load, so ratios of the
+    medians stay meaningful on a shared machine.
+    """
+    for fn in functions.values():
+        fn()  # warm-up
+    times: dict[str, list[float]] = {name: [] for name in functions}
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+        for name, fn in functions.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def time_dimension(dim: int, batch: int, repeats: int, exact: bool = True) -> dict:
@@ -62,43 +69,72 @@ def time_dimension(dim: int, batch: int, repeats: int, exact: bool = True) -> di
     model = MLP(dim).eval()
     x = torch.randn(batch, dim)
     t = torch.full((batch,), 0.05)
+    probe = torch.randint(0, 2, x.shape, generator=torch.Generator().manual_seed(0)).float() * 2 - 1
 
     def forward():
         with torch.no_grad():
             model(x, t)
 
-    row = {"D": dim, "batch": batch}
-    row["forward_s"] = median_seconds(forward, repeats)
-    runs = {
-        "hutchinson1_reverse": dict(trace="hutchinson", n_probes=1, mode="reverse"),
-        "hutchinson1_forward": dict(trace="hutchinson", n_probes=1, mode="forward"),
-        "hutchinson50_reverse": dict(trace="hutchinson", n_probes=50, mode="reverse"),
+    def autograd_floor():
+        # The least any autodiff Hutchinson probe can cost: one forward pass that keeps the
+        # graph, then one vector-Jacobian product with respect to the input, then vᵀ(Jᵀv).
+        y = x.clone().requires_grad_()
+        with torch.enable_grad():
+            (product,) = torch.autograd.grad(model(y, t), y, probe)
+        return (product * probe).sum(1)
+
+    def run(**kwargs):
+        return lambda: flipd.flipd(model, x, t0=0.05, batch_size=batch, **kwargs)
+
+    cheap = {
+        "forward": forward,
+        "autograd_floor": autograd_floor,
+        "hutchinson1_reverse": run(trace="hutchinson", n_probes=1, mode="reverse"),
+        "hutchinson1_forward": run(trace="hutchinson", n_probes=1, mode="forward"),
+        "hutchinson50_reverse": run(trace="hutchinson", n_probes=50, mode="reverse"),
     }
+    medians = interleaved_medians(cheap, repeats)
+    row = {"D": dim, "batch": batch, "forward_s": medians["forward"]}
+    for name in list(cheap)[1:]:
+        row[f"{name}_s"] = medians[name]
+        row[f"{name}_per_forward"] = medians[name] / medians["forward"]
     if exact:
-        runs["exact_reverse"] = dict(trace="exact", mode="reverse")
-    for name, kwargs in runs.items():
-        exact_repeats = max(1, repeats // 3) if "exact" in name and dim > 100 else repeats
-        seconds = median_seconds(lambda: flipd.flipd(model, x, t0=0.05, batch_size=batch, **kwargs), exact_repeats)
-        row[f"{name}_s"] = seconds
-        row[f"{name}_per_forward"] = seconds / row["forward_s"]
-    if exact:
+        # The exact trace costs about D probes; it gets fewer repeats and its own forward times.
+        exact_repeats = max(1, repeats // 3) if dim > 100 else repeats
+        medians = interleaved_medians({"forward": forward, "exact": run(trace="exact", mode="reverse")}, exact_repeats)
+        row["exact_forward_s"] = medians["forward"]
+        row["exact_reverse_s"] = medians["exact"]
+        row["exact_reverse_per_forward"] = medians["exact"] / medians["forward"]
         row["exact_reverse_per_D_forwards"] = row["exact_reverse_per_forward"] / dim
     return row
 
 
+def _status_mib(field: str) -> float:
+    """A memory field of /proc/self/status (e.g. "VmRSS", "VmHWM") in MiB."""
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    raise KeyError(field)
+
+
 def peak_memory_child(dim: int, batch: int, chunk_rows: int | None, trace: str) -> None:
-    """Run in a subprocess: print the peak-RSS growth (MiB) of one FLIPD call."""
+    """Run in a subprocess: print the peak-RSS growth (MiB) of one FLIPD call.
+
+    The high-water mark is reset just before the call (``/proc/self/clear_refs``), so neither
+    imports nor the parent process (whose peak a forked child inherits) count.
+    """
     torch.set_num_threads(2)
     torch.manual_seed(0)
     model = MLP(dim).eval()
     x = torch.randn(batch, dim)
     with torch.no_grad():
         model(x, torch.full((batch,), 0.05))
-    with open("/proc/self/statm") as handle:
-        resident_now = int(handle.read().split()[1]) * resource.getpagesize() / 2**20
+    with open("/proc/self/clear_refs", "w") as handle:
+        handle.write("5")  # reset the peak resident set size (VmHWM) to the current one
+    resident_now = _status_mib("VmRSS")
     flipd.flipd(model, x, t0=0.05, trace=trace, batch_size=batch, chunk_rows=chunk_rows)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"peak_growth_mib": peak - resident_now}))
+    print(json.dumps({"peak_growth_mib": _status_mib("VmHWM") - resident_now}))
 
 
 def peak_memory(dim: int, batch: int, chunk_rows: int | None, trace: str) -> float:
@@ -125,13 +161,16 @@ def write_markdown(result: dict, path: Path) -> None:
         f"{result['rows'][0]['batch']} points; times are medians of {result['repeats']} repeats, "
         "ratios divide times measured in the same run.",
         "",
-        "| D | forward (ms) | Hutchinson 1 probe, reverse / forward | Hutchinson 1 probe, forward mode / forward "
+        "| D | forward (ms) | autograd floor / forward | Hutchinson 1 probe, reverse / forward "
+        "| Hutchinson 1 probe, forward mode / forward "
         "| Hutchinson 50 probes / forward | exact trace / forward | exact / (D · forward) |",
-        "|---:|---:|---:|---:|---:|---:|---:|",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in result["rows"]:
         lines.append(
-            f"| {row['D']} | {1000 * row['forward_s']:.1f} | {row['hutchinson1_reverse_per_forward']:.2f} "
+            f"| {row['D']} | {1000 * row['forward_s']:.1f} "
+            f"| {row.get('autograd_floor_per_forward', float('nan')):.2f} "
+            f"| {row['hutchinson1_reverse_per_forward']:.2f} "
             f"| {row['hutchinson1_forward_per_forward']:.2f} | {row['hutchinson50_reverse_per_forward']:.1f} "
             f"| {row.get('exact_reverse_per_forward', float('nan')):.1f} "
             f"| {row.get('exact_reverse_per_D_forwards', float('nan')):.2f} |"
@@ -139,6 +178,9 @@ def write_markdown(result: dict, path: Path) -> None:
     lines += [
         "",
         "Targets: Hutchinson with one probe ≤ 2.0 forward passes; exact trace ≤ 1.2·D forward passes.",
+        "The autograd floor is one forward pass that keeps the graph plus one vector-Jacobian "
+        "product with respect to the input (plain `torch.autograd.grad`): the least any "
+        "autodiff Hutchinson probe can cost, since the estimator needs both the output and vᵀJv.",
         "",
         "## Peak memory of one FLIPD call (growth of peak RSS, MiB)",
         "",
@@ -154,7 +196,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--dims", type=int, nargs="+", default=[10, 100, 784])
     parser.add_argument("--batch", type=int, default=512)
-    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--memory-dims", type=int, nargs="*", default=[100, 784])
     parser.add_argument("--skip-exact", action="store_true", help="time the Hutchinson runs only")

@@ -100,6 +100,29 @@ def test_nb_noise_is_seeded_and_independent_of_batching(mixture, mixture_points)
     assert not np.allclose(normal_bundle_spectrum(model, x, seed=4), reference)
 
 
+def test_nb_centring_removes_a_shared_offset(mixture, mixture_points):
+    x, true = mixture_points[0][:6], mixture_points[1][:6]
+    exact = mixture.as_model(VP(), "score")
+    offset = torch.full((8,), 40.0, dtype=x.dtype)
+
+    def biased(y, t):  # a score with a large error shared by every noisy copy
+        return exact(y, t) + offset
+
+    # The shared direction dominates: the reference rule sees one normal direction.
+    np.testing.assert_array_equal(estimate_nb(biased, x, prediction="score"), np.full(6, 7.0))
+    np.testing.assert_array_equal(estimate_nb(biased, x, prediction="score", center=True), true)
+    # Centred spectra are those of the explicitly centred K×D score matrix.
+    n_copies, sigma, psi = 32, float(VP().sigma(0.01)), float(VP().psi(0.01))
+    spectra = normal_bundle_spectrum(biased, x[:1], prediction="score", n_copies=n_copies, center=True, seed=5)
+    from flipd.baselines.normal_bundle import _copy_generator
+
+    noise = torch.randn((n_copies, 8), generator=_copy_generator(5, 0, x.device), dtype=x.dtype)
+    copies = psi * x[:1] + sigma * noise
+    scores = sigma * biased(copies, torch.full((n_copies,), 0.01, dtype=x.dtype))
+    expected = torch.linalg.svdvals(scores - scores.mean(0)).numpy()
+    np.testing.assert_allclose(spectra[0], expected, rtol=1e-6, atol=1e-8)
+
+
 def test_nb_default_noise_level_is_reference_t(mixture, mixture_points):
     x = mixture_points[0][:4]
     model = mixture.as_model(VP(), "score")

@@ -87,7 +87,7 @@ def test_tiny_study_runs_end_to_end(tmp_path):
     methods = {(row["method"], row["model"]) for row in record["methods"]}
     assert methods == {
         ("FLIPD", "unet"), ("FLIPD", "unet, untrained"), ("FLIPD", "mlp"), ("FLIPD", "mlp, untrained"),
-        ("NB", "unet"), ("NB", "mlp"), ("ESS", None), ("lPCA", None),
+        ("NB", "unet"), ("NB", "mlp"), ("NB centred", "mlp"), ("ESS", None), ("lPCA", None),
     }
     for row in record["methods"]:
         assert row["seconds"] >= 0

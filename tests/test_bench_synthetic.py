@@ -39,8 +39,17 @@ def test_tiny_run_writes_parseable_results(tmp_path):
     assert report["datasets"][0]["training"]["loaded_from_cache"] is False
     assert report["flipd"]["t0"] == 0.05 and report["versions"]["torch"]
     assert report["datasets"][0]["methods"]["flipd"]["settings"]["trace"] == "exact"
-    cached = list(cache.iterdir())
+    cached = [path for path in cache.iterdir() if path.name != "results"]
     assert len(cached) == 1 and (cached[0] / "flipd_model.json").exists()
+
+    # Finished data sets are saved: the same command again resumes from them, evaluating nothing.
+    saved = list((cache / "results" / "synthetic_toy_tiny").glob("lollipop-*.json"))
+    assert len(saved) == 1
+    (out / "synthetic_toy_tiny.csv").unlink()
+    assert main(argv) == 0
+    resumed = json.loads((out / "synthetic_toy_tiny.json").read_text())
+    assert resumed["datasets"] == report["datasets"]  # timings included: nothing ran again
+    assert read_csv(out / "synthetic_toy_tiny.csv") == rows
 
     # A second run loads the cached model instead of training again.
     assert main(argv[:-1] + ["--methods", "flipd", "--quiet", "--name", "again"]) == 0

@@ -379,3 +379,23 @@ def test_a_model_that_fails_on_the_input_is_reported_without_fallback():
     with pytest.raises(RuntimeError) as caught:
         flipd.flipd(network, torch.randn(3, 6), t0=0.1)
     assert "shape (3, 6)" in "".join(getattr(caught.value, "__notes__", []))
+
+
+def test_rademacher_probes_are_balanced_independent_and_chunk_invariant():
+    from flipd.trace import random_probes
+
+    def draw(chunk):
+        generator = torch.Generator().manual_seed(3)
+        chunks = random_probes(torch.Size([50, 7, 9]), 40, chunk, distribution="rademacher",
+                               generator=generator, dtype=torch.float64, device="cpu")
+        return torch.cat(list(chunks))
+
+    probes = draw(40)
+    assert probes.shape == (40, 50, 7, 9) and set(probes.unique().tolist()) == {-1.0, 1.0}
+    assert torch.equal(probes, draw(1)) and torch.equal(probes, draw(7))
+    flat = probes.reshape(40, -1)
+    count = flat.numel()  # 126000 entries: mean and correlations have standard error 1/sqrt(count)
+    assert abs(flat.mean().item()) < 4 / count**0.5
+    for lag in (1, 61, 62, 63):  # neighbours within and across 62-bit draws
+        assert abs((flat[:, lag:] * flat[:, :-lag]).mean().item()) < 4 / (count - 40 * lag) ** 0.5
+    assert abs((flat[1:] * flat[:-1]).mean().item()) < 4 / (count - flat.shape[1]) ** 0.5  # across probes

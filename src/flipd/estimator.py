@@ -86,11 +86,20 @@ def _as_batch(x) -> Tensor:
         raise ValueError("x is an empty batch (N = 0); pass at least one point.")
     if x[0].numel() == 0:
         raise ValueError(f"x has no features per point (shape {tuple(x.shape)}).")
-    if not bool(torch.isfinite(x).all()):
+    if not _all_finite(x):
         finite = torch.isfinite(x.reshape(x.shape[0], -1)).all(dim=1)
         bad = torch.nonzero(~finite).flatten().tolist()
         raise ValueError(f"x has non-finite values (NaN or inf) at points {_list(bad)}; remove or fix them.")
     return x
+
+
+def _all_finite(values: Tensor) -> bool:
+    """Whether every entry is finite. A sum is non-finite whenever an entry is, so one cheap
+    reduction settles the common case; the element-wise test runs only when the sum is not
+    finite (a bad entry, or an overflowing sum of finite entries)."""
+    if bool(torch.isfinite(values.sum())):
+        return True
+    return bool(torch.isfinite(values).all())
 
 
 def _list(indices: Sequence[int], limit: int = 10) -> str:
@@ -145,7 +154,7 @@ def _output_checker(shape: torch.Size, offset: int) -> Callable[[Tensor], None]:
                 f"The model returned shape {tuple(output.shape)} for input of shape {tuple(shape)}; "
                 "it must return a tensor shaped like its input (check x's shape and the model)."
             )
-        if not bool(torch.isfinite(output.detach()).all()):
+        if not _all_finite(output.detach()):
             finite = torch.isfinite(output.detach().reshape(shape[0], -1)).all(dim=1)
             bad = (torch.nonzero(~finite).flatten() + offset).tolist()
             raise ValueError(
@@ -204,8 +213,9 @@ def _flipd_batch(
     forms = forms.to(torch.float64)
     trace_estimate = forms.sum(0) if trace == "exact" else forms.mean(0)
     a, b, sigma = (value.to(forms.device) for value in (a, b, sigma))
-    score = a.to(output).reshape(broadcast) * output + b.to(output).reshape(broadcast) * y
-    score_sq = score.flatten(1).to(torch.float64).pow(2).sum(1)
+    score = torch.addcmul(b.to(output).reshape(broadcast) * y, a.to(output).reshape(broadcast), output)
+    score = score.flatten(1)
+    score_sq = torch.linalg.vecdot(score, score).to(torch.float64)
     lid = dim + sigma**2 * (a * trace_estimate + b * dim + score_sq)
     if trace == "exact":
         stderr = torch.zeros_like(lid)

@@ -87,6 +87,7 @@ def normal_bundle_spectrum(
     n_copies: int | None = None,
     rows_per_forward: int = DEFAULT_ROWS_PER_FORWARD,
     seed: int = 0,
+    center: bool = False,
 ) -> np.ndarray:
     """Singular values of each point's matrix of noisy-copy scores, [N, min(K, D)], descending.
 
@@ -108,10 +109,16 @@ def normal_bundle_spectrum(
         seed: seed of the noise. Each point's copies come from their own generator, so the
             result does not depend on ``rows_per_forward`` (up to rounding); no global random
             state is touched.
+        center: subtract the mean of the K score rows before taking singular values (not in
+            the reference). The part of the score shared by all copies (the pull along the
+            manifold, and any bias of the model at x) is one direction of rank one; when it is
+            large, the largest drop falls after the first singular value and the reference
+            rule returns D − 1 whatever the point. Centring leaves only the spread of the
+            copies, which is what spans the normal space.
 
     Returns:
         float64 array [N, min(K, D)]: singular values of the K×D matrix of sigma·score (score
-        in noise units), from the eigenvalues of its Gram matrix.
+        in noise units; centred with ``center``), from the eigenvalues of its Gram matrix.
     """
     x = _as_batch(x)
     schedule = resolve_schedule(schedule)
@@ -145,6 +152,7 @@ def normal_bundle_spectrum(
             # Gram matrices SᵀS [g, D, D] of the stacked scores S [K, D]; their eigenvalues are the
             # squared singular values of S. Accumulated over forward passes, so no K×D matrix is kept.
             gram = torch.zeros(stop - start, dim, dim, dtype=torch.float64, device=x.device)
+            row_sum = torch.zeros(stop - start, dim, dtype=torch.float64, device=x.device)
             for row in range(0, noisy.shape[0], rows_per_forward):
                 inputs = noisy[row : row + rows_per_forward]
                 times = torch.full((inputs.shape[0],), time, dtype=x.dtype, device=x.device)
@@ -154,9 +162,14 @@ def normal_bundle_spectrum(
                 scaled = noise_std * score.flatten(1)
                 if stop - start == 1:  # one point, possibly over several forward passes
                     gram[0] += scaled.T @ scaled
+                    row_sum[0] += scaled.sum(0)
                 else:  # several whole points in this single forward pass
                     scaled = scaled.reshape(stop - start, n_copies, dim)
                     gram += scaled.mT @ scaled
+                    row_sum += scaled.sum(1)
+            if center:  # Gram matrix of the centred rows: SᵀS − K·m mᵀ, m the mean row
+                mean = row_sum / n_copies
+                gram -= n_copies * mean.unsqueeze(2) * mean.unsqueeze(1)
             eigenvalues = torch.linalg.eigvalsh(gram).flip(-1)[:, : spectra.shape[1]]
             spectra[start:stop] = as_numpy(eigenvalues.clamp_min(0).sqrt())
     return spectra
@@ -196,6 +209,7 @@ def estimate_nb(
     n_copies: int | None = None,
     rows_per_forward: int = DEFAULT_ROWS_PER_FORWARD,
     seed: int = 0,
+    center: bool = False,
 ) -> np.ndarray:
     """Local intrinsic dimension of each point of ``x`` by the normal-bundle estimator.
 
@@ -208,6 +222,6 @@ def estimate_nb(
     x = _as_batch(x)
     spectra = normal_bundle_spectrum(
         model, x, schedule=schedule, prediction=prediction, t=t, sigma=sigma, delta=delta,
-        n_copies=n_copies, rows_per_forward=rows_per_forward, seed=seed,
+        n_copies=n_copies, rows_per_forward=rows_per_forward, seed=seed, center=center,
     )
     return lid_from_spectrum(spectra, x[0].numel())

@@ -91,12 +91,12 @@ def markdown_table(header: Sequence[str], rows: Iterable[Sequence[Any]], digits:
 
 
 def write_csv(path: str | Path, rows: Sequence[Mapping[str, Any]]) -> None:
-    """Write dict rows (all with the same keys) as CSV."""
+    """Write dict rows (all with the same keys) as CSV, atomically (a temporary file, then a rename)."""
     path = Path(path)
-    if not rows:
-        path.write_text("")
-        return
-    with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    temporary = path.with_name(path.name + ".tmp")
+    with temporary.open("w", newline="") as handle:
+        if rows:
+            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+    temporary.replace(path)

@@ -12,6 +12,9 @@ For every data set of a suite the runner
 4. scores each method by MAE, Harrell's concordance index and the all-pairs variant, and
    times it.
 
+Each finished data set's results are saved under ``<cache_dir>/results/<name>/`` (keyed by every
+setting), so an interrupted run picks up where it stopped when started again.
+
 Results go to ``<out_dir>/<name>.md`` (tables, the exact command, machine, versions, training
 budget), ``<name>.csv`` (one row per data set and method) and ``<name>.json`` (everything,
 including per-component MAE and the training record of every model).
@@ -299,7 +302,8 @@ def run_synthetic(
         tiny: tiny models, data and budgets, for smoke tests.
         cache_dir: directory of cached models.
         out_dir: directory of the result files.
-        retrain: train even if a cached model exists.
+        retrain: train even if a cached model exists, and re-evaluate data sets whose results
+            an earlier run with the same settings left in ``<cache_dir>/results/<name>/``.
         threads: torch threads (None: leave as is).
         seed: training seed (data and optimisation); evaluation data use ``seed + 1``, the
             probes of FLIPD and the noise of NB use ``seed``.
@@ -328,10 +332,15 @@ def run_synthetic(
     started = datetime.now(timezone.utc)
     machine_start = machine_info()
 
-    rows: list[dict[str, Any]] = []
     records: list[dict[str, Any]] = []
     for spec in specs:
         plan = recipe(spec, tiny=tiny, seed=seed)
+        # Finished data sets are kept, so an interrupted run resumes where it stopped.
+        saved = _saved_record_path(cache_dir, name, spec, plan, methods=methods, n_eval=n_eval, t0=t0, seed=seed)
+        if saved.exists() and not retrain:
+            records.append(json.loads(saved.read_text()))
+            say(f"[{spec}] results of an earlier run loaded from {saved}", flush=True)
+            continue
         say(f"[{spec}] model: n_train={plan.n_train}, network={plan.network}, steps={plan.train.steps}", flush=True)
         model, cache_record = train_or_load(spec, plan, cache_dir=cache_dir, retrain=retrain, progress=progress)
         data = get_dataset(spec, n_eval, seed=seed + 1)
@@ -349,6 +358,8 @@ def run_synthetic(
                     "final_train_loss", "final_val_loss", "parameters", "threads", "n_train", "n_val", "seed",
                 )},
             },
+            "evaluated_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "machine": machine_info(),
             "methods": {},
         }
         for method in methods:
@@ -363,14 +374,9 @@ def run_synthetic(
                 "mean_estimate": float(np.nanmean(result.lid)) if np.isfinite(result.lid).any() else math.nan,
                 "warnings": sorted({str(w.message)[:200] for w in caught}),
             }
-            rows.append({
-                "suite": suite, "dataset": spec, "method": method, "n_points": n_eval,
-                "mae": scores["mae"], "concordance_harrell": scores["concordance_harrell"],
-                "concordance_all_pairs": scores["concordance_all_pairs"], "seconds": result.seconds,
-                "nan_count": scores["nan_count"],
-                "mae_per_component": "; ".join(f"{k}: {v:.4f}" for k, v in scores["mae_per_component"].items()),
-            })
+        _write_atomically(saved, json.dumps(record, indent=2, default=_json_default) + "\n")
         records.append(record)
+    rows = [_csv_row(suite, record, method) for record in records for method in methods if method in record["methods"]]
 
     primary, reason = PRIMARY_FLIPD[suite]
     report = {
@@ -390,11 +396,39 @@ def run_synthetic(
         "datasets": records,
     }
     report["summary"] = _summary(records, methods, primary)
-    (out_dir / f"{name}.json").write_text(json.dumps(report, indent=2, default=_json_default) + "\n")
+    _write_atomically(out_dir / f"{name}.json", json.dumps(report, indent=2, default=_json_default) + "\n")
     write_csv(out_dir / f"{name}.csv", rows)
-    (out_dir / f"{name}.md").write_text(_markdown(report))
+    _write_atomically(out_dir / f"{name}.md", _markdown(report))
     say(f"wrote {out_dir / name}.md, .csv and .json", flush=True)
     return report
+
+
+def _saved_record_path(
+    cache_dir: str | Path, name: str, spec: str, plan: Recipe, *, methods: Sequence[str], n_eval: int, t0: float, seed: int
+) -> Path:
+    """Where the finished results of one data set are kept; the name changes with any setting."""
+    key = {"spec": spec, "recipe": plan.to_json(), "methods": list(methods), "n_eval": n_eval, "t0": t0, "seed": seed,
+           "cache_version": CACHE_VERSION}
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return Path(cache_dir) / "results" / name / f"{_slug(spec)}-{digest}.json"
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(text)
+    temporary.replace(path)
+
+
+def _csv_row(suite: str, record: dict[str, Any], method: str) -> dict[str, Any]:
+    scores = record["methods"][method]
+    return {
+        "suite": suite, "dataset": record["dataset"], "method": method, "n_points": record["n_eval"],
+        "mae": scores["mae"], "concordance_harrell": scores["concordance_harrell"],
+        "concordance_all_pairs": scores["concordance_all_pairs"], "seconds": scores["seconds"],
+        "nan_count": scores["nan_count"],
+        "mae_per_component": "; ".join(f"{k}: {v:.4f}" for k, v in scores["mae_per_component"].items()),
+    }
 
 
 def _json_default(value: Any) -> Any:
@@ -567,7 +601,7 @@ def build_parser() -> argparse.ArgumentParser:
     synthetic.add_argument("--tiny", action="store_true", help="a minutes-long smoke configuration (tiny models and data)")
     synthetic.add_argument("--cache-dir", default="cache/models", help="where trained models are kept (default %(default)s)")
     synthetic.add_argument("--out-dir", default="benchmarks/results", help="where result files go (default %(default)s)")
-    synthetic.add_argument("--retrain", action="store_true", help="ignore cached models")
+    synthetic.add_argument("--retrain", action="store_true", help="ignore cached models and the saved results of earlier runs")
     synthetic.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     synthetic.add_argument("--seed", type=int, default=0, help="seed of training (data and optimisation); evaluation data use seed+1")
     synthetic.add_argument("--name", default=None, help="base name of the result files (default synthetic_<suite>[_tiny])")
