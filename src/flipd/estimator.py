@@ -168,6 +168,15 @@ def _output_checker(shape: torch.Size, offset: int) -> Callable[[Tensor], None]:
 # --------------------------------------------------------------------------- core
 
 
+def _distinct_times(times: Tensor) -> Tensor:
+    """``times[:1]`` when every point shares one time (the usual case), else ``times``.
+
+    Schedule functions then run on one element and broadcast: transcendental functions on
+    [N]-sized float64 tensors can cost milliseconds each on a busy multi-threaded CPU.
+    """
+    return times[:1] if bool((times == times[0]).all()) else times
+
+
 def _probe_seed(seed: int, offset: int) -> int:
     """Seed for the probes of the batch starting at point ``offset`` (independent of t0)."""
     return (seed * 0x9E3779B97F4A7C15 + offset) % 2**63
@@ -189,9 +198,10 @@ def _flipd_batch(
 ) -> tuple[Tensor, Tensor, str]:
     """FLIPD and its standard error for one batch x [n, ...] at times [n] (float64)."""
     n, dim = x.shape[0], x[0].numel()
-    broadcast = (n,) + (1,) * (x.ndim - 1)
-    psi, sigma = schedule.psi(times), schedule.sigma(times)
-    a, b = score_coefficients(prediction, schedule, times)
+    broadcast = (-1,) + (1,) * (x.ndim - 1)
+    distinct = _distinct_times(times)  # [1] or [n]; broadcasts against [n]
+    psi, sigma = schedule.psi(distinct), schedule.sigma(distinct)
+    a, b = score_coefficients(prediction, schedule, distinct)
     y = psi.to(x).reshape(broadcast) * x
     t_model = times.to(device=x.device, dtype=x.dtype)
     probes_per_call = max(1, chunk_rows // n)
@@ -290,8 +300,10 @@ def estimate(
             stderrs.append(stderr)
             if progress is not None:
                 progress(stop - start)
+    distinct = _distinct_times(times)
     return FLIPDResult(
-        lid=torch.cat(lids), t0=times, sigma=schedule.sigma(times), delta=schedule.delta(times),
+        lid=torch.cat(lids), t0=times, sigma=schedule.sigma(distinct).expand(n).clone(),
+        delta=schedule.delta(distinct).expand(n).clone(),
         stderr=torch.cat(stderrs).cpu(), trace=trace, n_probes=n_probes, mode=mode_used,
     )
 
