@@ -51,6 +51,17 @@ def test_tiny_run_writes_parseable_results(tmp_path):
     assert resumed["datasets"] == report["datasets"]  # timings included: nothing ran again
     assert read_csv(out / "synthetic_toy_tiny.csv") == rows
 
+    # More methods later: only the missing one runs; --report-only then reports all four.
+    more = [*argv[:argv.index("--methods")], "--methods", "flipd", "twonn", "--n-eval", "48", "--out-dir", str(out),
+            "--cache-dir", str(cache), "--quiet"]
+    assert main(more) == 0
+    extended = json.loads((out / "synthetic_toy_tiny.json").read_text())["datasets"][0]["methods"]
+    assert extended["flipd"] == report["datasets"][0]["methods"]["flipd"] and set(extended) == {*FAST_METHODS, "twonn"}
+    assert main(["synthetic", "--suite", "toy", "--tiny", "--n-eval", "48", "--out-dir", str(out), "--cache-dir",
+                 str(cache), "--quiet", "--report-only"]) == 0
+    assert [row["method"] for row in read_csv(out / "synthetic_toy_tiny.csv")] == ["flipd", "nb", "mle", "twonn"]
+    assert "TwoNN" in (out / "synthetic_toy_tiny.md").read_text()
+
     # A second run loads the cached model instead of training again.
     assert main(argv[:-1] + ["--methods", "flipd", "--quiet", "--name", "again"]) == 0
     again = json.loads((out / "again.json").read_text())
