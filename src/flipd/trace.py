@@ -139,8 +139,8 @@ def _guarded(fn: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
 
 def _reverse_one_at_a_time(fn: Callable[[Tensor], Tensor], y: Tensor, probes: Iterable[Tensor], check):
     # Plain autograd for probes that come one at a time outside differentiable mode: with a
-    # single probe there is nothing to vectorise, and torch.autograd.grad measured 4-8% of a
-    # forward pass cheaper per product than torch.func.vjp (benchmarks/speed.py).
+    # single probe there is nothing to vectorise, and torch.autograd.grad has less overhead per
+    # product than torch.func.vjp (compare the "autograd floor" of benchmarks/speed.py).
     with torch.enable_grad():
         leaf = y.detach().requires_grad_()
         output = _guarded(fn)(leaf)
