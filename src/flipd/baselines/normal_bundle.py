@@ -162,11 +162,13 @@ def normal_bundle_spectrum(
                 scaled = noise_std * score.flatten(1)
                 if stop - start == 1:  # one point, possibly over several forward passes
                     gram[0] += scaled.T @ scaled
-                    row_sum[0] += scaled.sum(0)
+                    if center:
+                        row_sum[0] += scaled.sum(0)
                 else:  # several whole points in this single forward pass
                     scaled = scaled.reshape(stop - start, n_copies, dim)
                     gram += scaled.mT @ scaled
-                    row_sum += scaled.sum(1)
+                    if center:
+                        row_sum += scaled.sum(1)
             if center:  # Gram matrix of the centred rows: SᵀS − K·m mᵀ, m the mean row
                 mean = row_sum / n_copies
                 gram -= n_copies * mean.unsqueeze(2) * mean.unsqueeze(1)

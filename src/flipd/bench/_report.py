@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import math
 import os
 import platform
@@ -14,7 +15,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["machine_info", "package_versions", "markdown_table", "write_csv", "git_revision"]
+__all__ = ["machine_info", "package_versions", "markdown_table", "write_csv", "write_text_atomically", "git_revision"]
 
 _PACKAGES = ("flipd", "torch", "numpy", "scipy", "scikit-learn", "scikit-dimension", "kneed", "zuko", "safetensors")
 
@@ -90,13 +91,21 @@ def markdown_table(header: Sequence[str], rows: Iterable[Sequence[Any]], digits:
     return "\n".join(lines)
 
 
-def write_csv(path: str | Path, rows: Sequence[Mapping[str, Any]]) -> None:
-    """Write dict rows (all with the same keys) as CSV, atomically (a temporary file, then a rename)."""
+def write_text_atomically(path: str | Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename, so a reader never sees
+    a half-written file; the parent folder is created if needed."""
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(path.name + ".tmp")
-    with temporary.open("w", newline="") as handle:
-        if rows:
-            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
+    temporary.write_text(text)
     temporary.replace(path)
+
+
+def write_csv(path: str | Path, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Write dict rows (all with the same keys) as CSV, atomically (see :func:`write_text_atomically`)."""
+    buffer = io.StringIO(newline="")
+    if rows:
+        writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    write_text_atomically(path, buffer.getvalue())

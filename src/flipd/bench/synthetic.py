@@ -59,7 +59,7 @@ from .. import metrics
 from ..datasets import get_dataset
 from ..networks import MLPUNetConfig, NetworkSpec
 from ..train import CheckpointError, DiffusionModel, TrainConfig, train_diffusion
-from ._report import git_revision, machine_info, markdown_table, package_versions, write_csv
+from ._report import git_revision, machine_info, markdown_table, package_versions, write_csv, write_text_atomically
 
 __all__ = ["SUITES", "METHODS", "MODEL_METHODS", "Recipe", "recipe_for", "run_synthetic", "DEFAULT_T0"]
 
@@ -395,7 +395,7 @@ def run_synthetic(
                 "warnings": sorted({str(w.message)[:200] for w in caught}),
                 "evaluated_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             }
-            _write_atomically(saved, json.dumps(record, indent=2, default=_json_default) + "\n")
+            write_text_atomically(saved, json.dumps(record, indent=2, default=_json_default) + "\n")
         records.append(record)
     if report_only:  # report every method any saved run measured, in table order
         methods = [m for m in METHODS if any(m in record["methods"] for record in records)]
@@ -419,9 +419,9 @@ def run_synthetic(
         "datasets": records,
     }
     report["summary"] = _summary(records, methods, primary)
-    _write_atomically(out_dir / f"{name}.json", json.dumps(report, indent=2, default=_json_default) + "\n")
+    write_text_atomically(out_dir / f"{name}.json", json.dumps(report, indent=2, default=_json_default) + "\n")
     write_csv(out_dir / f"{name}.csv", rows)
-    _write_atomically(out_dir / f"{name}.md", _markdown(report))
+    write_text_atomically(out_dir / f"{name}.md", _markdown(report))
     say(f"wrote {out_dir / name}.md, .csv and .json", flush=True)
     return report
 
@@ -433,13 +433,6 @@ def _saved_record_path(cache_dir: str | Path, name: str, spec: str, plan: Recipe
            "cache_version": CACHE_VERSION}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:12]
     return Path(cache_dir) / "results" / name / f"{_slug(spec)}-{digest}.json"
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(text)
-    temporary.replace(path)
 
 
 def _csv_row(suite: str, record: dict[str, Any], method: str) -> dict[str, Any]:
