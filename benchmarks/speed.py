@@ -1,11 +1,20 @@
 """Speed and memory of FLIPD relative to one forward pass of the same model.
 
-An MLP diffusion network (4 hidden layers of 1024 SiLU units, time as an extra input) at
-D = 10, 100 and 784 on a batch of 512 points, with 2 CPU threads. Every time is the median of
-several repeats, taken in turn (interleaved), and every ratio divides two times measured in the same run, so the ratios are
-meaningful on a shared, noisy machine. Peak memory is measured in a fresh subprocess per
-configuration, as the growth of the resident set's high-water mark during one FLIPD call
-(Linux: the mark is reset through /proc/self/clear_refs just before the call).
+Two MLP epsilon networks at D = 10, 100 and 784 on a batch of 512 points, with 2 CPU threads:
+
+- "plain": 4 hidden layers of 1024 SiLU units with t as an extra input. Every operation lies on
+  the path from y to the output, so a backward pass costs as much as the forward pass.
+- "flipd": the network :mod:`flipd.train` fits (``flipd.networks.MLPUNet``: sinusoidal time
+  embedding, FiLM time conditioning, skip connections), at the widths flipd's own benchmarks
+  train for data of that size. Its time path is part of the forward pass but not of the
+  input gradient, as in every diffusion network with a time embedding.
+
+Each configuration is timed in its own block, its repeats interleaved with those of a plain
+forward pass (and, for one-probe Hutchinson, of the autograd floor), so every ratio divides two
+medians measured side by side. Separate blocks keep one configuration's memory traffic (50
+probes, forward mode) from changing the allocator state another is measured in. Peak memory is
+measured in a fresh subprocess per configuration, as the growth of the resident set's
+high-water mark during one FLIPD call (Linux: reset through /proc/self/clear_refs).
 
 Usage:
     python benchmarks/speed.py                     # writes benchmarks/results/speed.{json,md}
@@ -28,6 +37,7 @@ import torch
 from torch import nn
 
 import flipd
+from flipd.networks import MLPUNet, MLPUNetConfig
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -64,9 +74,29 @@ def interleaved_medians(functions: dict, repeats: int) -> dict[str, float]:
     return {name: statistics.median(values) for name, values in times.items()}
 
 
-def time_dimension(dim: int, batch: int, repeats: int, exact: bool = True) -> dict:
+#: Widths of flipd's MLP network at each benchmarked D: the small synthetic suite (D = 10), the
+#: medium suite (D = 100) and the MNIST MLP of the image benchmark (D = 784).
+FLIPD_WIDTHS = {10: (256, 256, 256), 100: (512, 512, 512), 784: (1024, 512, 256)}
+NETWORKS = ("plain", "flipd")
+
+
+def build_network(kind: str, dim: int) -> nn.Module:
+    """The benchmarked network of ``kind`` ("plain" or "flipd") for data of dimension ``dim``."""
+    if kind == "plain":
+        return MLP(dim).eval()
+    widths = FLIPD_WIDTHS.get(dim, (256, 256, 256))
+    return MLPUNet(MLPUNetConfig(data_dim=dim, widths=widths)).eval()
+
+
+def describe_network(kind: str, dim: int) -> str:
+    if kind == "plain":
+        return "plain MLP 4 × 1024"
+    return "flipd MLPUNet " + "-".join(map(str, FLIPD_WIDTHS.get(dim, (256, 256, 256))))
+
+
+def time_dimension(kind: str, dim: int, batch: int, repeats: int, exact: bool = True) -> dict:
     torch.manual_seed(0)
-    model = MLP(dim).eval()
+    model = build_network(kind, dim)
     x = torch.randn(batch, dim)
     t = torch.full((batch,), 0.05)
     probe = torch.randint(0, 2, x.shape, generator=torch.Generator().manual_seed(0)).float() * 2 - 1
@@ -86,25 +116,28 @@ def time_dimension(dim: int, batch: int, repeats: int, exact: bool = True) -> di
     def run(**kwargs):
         return lambda: flipd.flipd(model, x, t0=0.05, batch_size=batch, **kwargs)
 
-    cheap = {
-        "forward": forward,
-        "autograd_floor": autograd_floor,
-        "hutchinson1_reverse": run(trace="hutchinson", n_probes=1, mode="reverse"),
-        "hutchinson1_forward": run(trace="hutchinson", n_probes=1, mode="forward"),
-        "hutchinson50_reverse": run(trace="hutchinson", n_probes=50, mode="reverse"),
+    # One block per configuration: {name: functions timed side by side with "forward"}.
+    blocks = {
+        "hutchinson1_reverse": {
+            "autograd_floor": autograd_floor,
+            "hutchinson1_reverse": run(trace="hutchinson", n_probes=1, mode="reverse"),
+        },
+        "hutchinson1_forward": {"hutchinson1_forward": run(trace="hutchinson", n_probes=1, mode="forward")},
+        "hutchinson50_reverse": {"hutchinson50_reverse": run(trace="hutchinson", n_probes=50, mode="reverse")},
     }
-    medians = interleaved_medians(cheap, repeats)
-    row = {"D": dim, "batch": batch, "forward_s": medians["forward"]}
-    for name in list(cheap)[1:]:
-        row[f"{name}_s"] = medians[name]
-        row[f"{name}_per_forward"] = medians[name] / medians["forward"]
     if exact:
-        # The exact trace costs about D probes; it gets fewer repeats and its own forward times.
-        exact_repeats = max(1, repeats // 3) if dim > 100 else repeats
-        medians = interleaved_medians({"forward": forward, "exact": run(trace="exact", mode="reverse")}, exact_repeats)
-        row["exact_forward_s"] = medians["forward"]
-        row["exact_reverse_s"] = medians["exact"]
-        row["exact_reverse_per_forward"] = medians["exact"] / medians["forward"]
+        blocks["exact_reverse"] = {"exact_reverse": run(trace="exact", mode="reverse")}
+    row = {"network": kind, "network_description": describe_network(kind, dim), "D": dim, "batch": batch}
+    for block, functions in blocks.items():
+        # The exact trace costs about D probes: fewer repeats at large D.
+        block_repeats = max(1, repeats // 3) if block == "exact_reverse" and dim > 100 else repeats
+        medians = interleaved_medians({"forward": forward, **functions}, block_repeats)
+        row.setdefault("forward_s", medians["forward"])
+        row[f"{block}_forward_s"] = medians["forward"]
+        for name in functions:
+            row[f"{name}_s"] = medians[name]
+            row[f"{name}_per_forward"] = medians[name] / medians["forward"]
+    if exact:
         row["exact_reverse_per_D_forwards"] = row["exact_reverse_per_forward"] / dim
     return row
 
@@ -157,18 +190,19 @@ def write_markdown(result: dict, path: Path) -> None:
              f"{result['load_average_1min']['end']:.1f} (other processes share the cores).  "]
             if "load_average_1min" in result else []
         ),
-        "Model: MLP epsilon network, 4 × 1024 SiLU hidden layers; batch of "
-        f"{result['rows'][0]['batch']} points; times are medians of {result['repeats']} repeats, "
-        "ratios divide times measured in the same run.",
+        f"Batch of {result['rows'][0]['batch']} points; times are medians of {result['repeats']} "
+        "repeats (exact trace at D > 100: a third as many), each configuration interleaved with "
+        "forward passes of the same network in its own block; a ratio divides two medians of "
+        "one block.",
         "",
-        "| D | forward (ms) | autograd floor / forward | Hutchinson 1 probe, reverse / forward "
+        "| network | D | forward (ms) | autograd floor / forward | Hutchinson 1 probe, reverse / forward "
         "| Hutchinson 1 probe, forward mode / forward "
         "| Hutchinson 50 probes / forward | exact trace / forward | exact / (D · forward) |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in result["rows"]:
         lines.append(
-            f"| {row['D']} | {1000 * row['forward_s']:.1f} "
+            f"| {row['network_description']} | {row['D']} | {1000 * row['forward_s']:.1f} "
             f"| {row['autograd_floor_per_forward']:.2f} "
             f"| {row['hutchinson1_reverse_per_forward']:.2f} "
             f"| {row['hutchinson1_forward_per_forward']:.2f} | {row['hutchinson50_reverse_per_forward']:.1f} "
@@ -182,7 +216,7 @@ def write_markdown(result: dict, path: Path) -> None:
         "product with respect to the input (plain `torch.autograd.grad`): the least any "
         "autodiff Hutchinson probe can cost, since the estimator needs both the output and vᵀJv.",
         "",
-        "## Peak memory of one FLIPD call (growth of peak RSS, MiB)",
+        "## Peak memory of one FLIPD call on the plain network (growth of peak RSS, MiB)",
         "",
         "| D | trace | chunked (default chunk_rows) | unchunked (all probes in one call) |",
         "|---:|---|---:|---:|",
@@ -199,15 +233,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--memory-dims", type=int, nargs="*", default=[100, 784])
+    parser.add_argument("--networks", nargs="+", choices=NETWORKS, default=list(NETWORKS))
     parser.add_argument("--skip-exact", action="store_true", help="time the Hutchinson runs only")
     parser.add_argument("--out", type=Path, default=RESULTS / "speed")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     load_before = os.getloadavg()
     rows = []
-    for dim in args.dims:
-        rows.append(time_dimension(dim, args.batch, args.repeats, exact=not args.skip_exact))
-        print(json.dumps(rows[-1]), flush=True)
+    for kind in args.networks:
+        for dim in args.dims:
+            rows.append(time_dimension(kind, dim, args.batch, args.repeats, exact=not args.skip_exact))
+            print(json.dumps(rows[-1]), flush=True)
     memory = []
     for dim in args.memory_dims:
         entry = {

@@ -464,3 +464,17 @@ def test_model_methods_need_a_model(tmp_path):
     assert_user_error(flipd("estimate", "lollipop", "-n", "10", "-o", tmp_path / "x.csv"), "--model")
     assert_user_error(flipd("estimate", "lollipop", "--method", "lpca", "--t0", "0.1", "-n", "10", "-o", tmp_path / "x.csv"), "noise level")
     assert_user_error(flipd("estimate", "lollipop", "--method", "pca", "-o", tmp_path / "x.csv"), "--method")
+
+
+def test_train_records_the_small_time_emphasis(lollipop_model, tmp_path):
+    # By default half of each batch is drawn at small times; --low-t-fraction 0 restores uniform times.
+    import json
+
+    saved = json.loads((lollipop_model / "flipd_model.json").read_text())
+    assert saved["metadata"]["train_config"]["low_t_fraction"] == 0.5
+    uniform = tmp_path / "uniform"
+    result = flipd("train", "lollipop", "--out", uniform, *TINY_TRAIN, "--low-t-fraction", "0")
+    assert result.exit_code == 0, result.output
+    assert json.loads((uniform / "flipd_model.json").read_text())["metadata"]["train_config"]["low_t_fraction"] == 0.0
+    rejected = flipd("train", "lollipop", "--out", tmp_path / "bad", *TINY_TRAIN, "--low-t-fraction", "2")
+    assert rejected.exit_code == 2 and "--low-t-fraction" in rejected.output

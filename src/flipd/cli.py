@@ -351,6 +351,11 @@ def train(
     max_minutes: Annotated[
         Optional[float], typer.Option("--max-minutes", min=0.0, help="Stop training after this many minutes.", show_default=False)
     ] = None,
+    low_t_fraction: Annotated[
+        float,
+        typer.Option("--low-t-fraction", min=0.0, max=1.0,
+                     help="Fraction of each batch trained at small times t < 0.2, where FLIPD reads the score (0: uniform times)."),
+    ] = 0.5,
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing checkpoint directory.")] = False,
     seed: Seed = 0,
     threads: Threads = None,
@@ -387,8 +392,8 @@ def train(
     trained = train_model(
         points, target, steps=steps, batch_size=batch_size, lr=lr, network=network, widths=width_list,
         channels=channel_list, standardize=standardize,
-        max_seconds=None if max_minutes is None else 60.0 * max_minutes, seed=seed, device=device_used,
-        progress=not quiet,
+        max_seconds=None if max_minutes is None else 60.0 * max_minutes, low_t_fraction=low_t_fraction,
+        seed=seed, device=device_used, progress=not quiet,
     )
     if not quiet:
         record = trained.metadata

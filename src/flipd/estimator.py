@@ -177,9 +177,27 @@ def _distinct_times(times: Tensor) -> Tensor:
     return times[:1] if bool((times == times[0]).all()) else times
 
 
+def _noise_terms(schedule: Schedule, prediction: str, times: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``(psi, sigma, a, b)`` at ``times`` (float64, shaped like ``times``); score = a·f + b·y."""
+    psi, sigma = schedule.psi(times), schedule.sigma(times)
+    return psi, sigma, *score_coefficients(prediction, schedule, times, psi=psi, sigma=sigma)
+
+
 def _probe_seed(seed: int, offset: int) -> int:
     """Seed for the probes of the batch starting at point ``offset`` (independent of t0)."""
     return (seed * 0x9E3779B97F4A7C15 + offset) % 2**63
+
+
+def _score_norm_sq(output: Tensor, y: Tensor, a: Tensor, b: Tensor) -> Tensor:
+    """‖a·output + b·y‖² per row of [n, D] tensors, in float64 (a, b: [1] or [n] float64).
+
+    For score and epsilon outputs b is 0 and the norm is a²·‖output‖², with no [n, D]
+    temporary; otherwise the score is formed first (a·f and b·y nearly cancel at small noise).
+    """
+    if not bool((b == 0).all()):
+        score = torch.addcmul(b.to(output)[:, None] * y, a.to(output)[:, None], output)
+        return torch.linalg.vecdot(score, score).to(torch.float64)
+    return a**2 * torch.linalg.vecdot(output, output).to(torch.float64)
 
 
 def _flipd_batch(
@@ -195,13 +213,15 @@ def _flipd_batch(
     seed: int,
     chunk_rows: int,
     mode: str,
+    terms: tuple[Tensor, Tensor, Tensor, Tensor] | None = None,
 ) -> tuple[Tensor, Tensor, str]:
-    """FLIPD and its standard error for one batch x [n, ...] at times [n] (float64)."""
+    """FLIPD and its standard error for one batch x [n, ...] at times [n] (float64).
+
+    ``terms`` are :func:`_noise_terms` at a time shared by every point, if there is one.
+    """
     n, dim = x.shape[0], x[0].numel()
     broadcast = (-1,) + (1,) * (x.ndim - 1)
-    distinct = _distinct_times(times)  # [1] or [n]; broadcasts against [n]
-    psi, sigma = schedule.psi(distinct), schedule.sigma(distinct)
-    a, b = score_coefficients(prediction, schedule, distinct)
+    psi, sigma, a, b = terms if terms is not None else _noise_terms(schedule, prediction, _distinct_times(times))
     y = psi.to(x).reshape(broadcast) * x
     t_model = times.to(device=x.device, dtype=x.dtype)
     probes_per_call = max(1, chunk_rows // n)
@@ -223,9 +243,7 @@ def _flipd_batch(
     forms = forms.to(torch.float64)
     trace_estimate = forms.sum(0) if trace == "exact" else forms.mean(0)
     a, b, sigma = (value.to(forms.device) for value in (a, b, sigma))
-    score = torch.addcmul(b.to(output).reshape(broadcast) * y, a.to(output).reshape(broadcast), output)
-    score = score.flatten(1)
-    score_sq = torch.linalg.vecdot(score, score).to(torch.float64)
+    score_sq = _score_norm_sq(output.flatten(1), y.flatten(1), a, b)
     lid = dim + sigma**2 * (a * trace_estimate + b * dim + score_sq)
     if trace == "exact":
         stderr = torch.zeros_like(lid)
@@ -287,6 +305,8 @@ def estimate(
     batch_size = min(n, batch_size or DEFAULT_BATCH_SIZE)
     rows = chunk_rows or max(DEFAULT_CHUNK_ROWS, batch_size)
     grad_context = contextlib.nullcontext() if differentiable else torch.no_grad()
+    distinct = _distinct_times(times)
+    shared = _noise_terms(schedule, prediction, distinct) if len(distinct) == 1 else None
     lids, stderrs, mode_used = [], [], mode
     with grad_context:
         for start in range(0, n, batch_size):
@@ -294,15 +314,15 @@ def estimate(
             lid, stderr, mode_used = _flipd_batch(
                 model, x[start:stop], times[start:stop], offset=start, schedule=schedule,
                 prediction=prediction, trace=trace, n_probes=n_probes, seed=seed,
-                chunk_rows=rows, mode=mode,
+                chunk_rows=rows, mode=mode, terms=shared,
             )
             lids.append(lid if differentiable else lid.detach())
             stderrs.append(stderr)
             if progress is not None:
                 progress(stop - start)
-    distinct = _distinct_times(times)
     return FLIPDResult(
-        lid=torch.cat(lids), t0=times, sigma=schedule.sigma(distinct).expand(n).clone(),
+        lid=torch.cat(lids), t0=times,
+        sigma=(shared[1] if shared is not None else schedule.sigma(distinct)).expand(n).clone(),
         delta=schedule.delta(distinct).expand(n).clone(),
         stderr=torch.cat(stderrs).cpu(), trace=trace, n_probes=n_probes, mode=mode_used,
     )

@@ -48,19 +48,23 @@ def check_prediction(prediction: str) -> str:
     return prediction
 
 
-def score_coefficients(prediction: str, schedule: Schedule, t: Tensor) -> tuple[Tensor, Tensor]:
+def score_coefficients(
+    prediction: str, schedule: Schedule, t: Tensor, *, psi: Tensor | None = None, sigma: Tensor | None = None
+) -> tuple[Tensor, Tensor]:
     """Coefficients ``(a, b)`` with ``score(y, t) = a·f(y, t) + b·y`` for network output ``f``.
 
     Args:
         prediction: one of :data:`PREDICTIONS`.
         schedule: the noise schedule the network was trained with.
         t: times, float tensor of any shape, in the schedule's units.
+        psi, sigma: ``schedule.psi(t)`` and ``schedule.sigma(t)`` if the caller has them.
 
     Returns:
         Two float64 tensors shaped like ``t``.
     """
     check_prediction(prediction)
-    psi, sigma = schedule.psi(t), schedule.sigma(t)
+    psi = schedule.psi(t) if psi is None else psi
+    sigma = schedule.sigma(t) if sigma is None else sigma
     if prediction == "score":
         return torch.ones_like(psi), torch.zeros_like(psi)
     if prediction == "epsilon":

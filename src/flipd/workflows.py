@@ -363,6 +363,8 @@ def train_model(
     channels: tuple[int, ...] = (16, 32, 64),
     standardize: str = "per_coordinate",
     max_seconds: float | None = None,
+    low_t_fraction: float = 0.5,
+    low_t_max: float = 0.2,
     seed: int = 0,
     device: str | torch.device = "cpu",
     progress: bool = True,
@@ -378,6 +380,10 @@ def train_model(
     so ``out`` never holds a half-written model. The data's name, size and fingerprint are
     recorded in the checkpoint's metadata under "data".
 
+    ``low_t_fraction`` of every batch draws its times from U(t_min, ``low_t_max``) rather than
+    U(t_min, 1): FLIPD reads the score at small t0 (0.05 by default), where uniform times spend
+    few steps (:class:`flipd.train.TrainConfig`). Pass 0 for the reference uniform sampling.
+
     Returns:
         The trained :class:`flipd.train.DiffusionModel`.
     """
@@ -387,7 +393,7 @@ def train_model(
     x, network_spec = _training_input(points, network, widths, channels)
     config = TrainConfig(
         steps=steps, batch_size=batch_size, lr=lr, seed=seed, max_seconds=max_seconds, standardize=standardize,
-        warmup_steps=min(500, max(1, steps // 10)), eval_every=max(1, min(500, steps // 4)),
+        low_t_fraction=low_t_fraction, low_t_max=low_t_max, warmup_steps=min(500, max(1, steps // 10)), eval_every=max(1, min(500, steps // 4)),
     )
     model = train_diffusion(x, network=network_spec, config=config, progress=progress, device=device)
     model.metadata["data"] = {
