@@ -324,3 +324,14 @@ def test_registry_calls_every_kind_uniformly(mixture, mixture_points, flat_point
         BASELINES["fpregress"](x)
     lid = BASELINES["mle"](flat_points[:300], model=model, prediction="score", n_neighbors=20)
     np.testing.assert_array_equal(lid, estimate_classical(flat_points[:300], "mle", 20))
+
+
+def test_model_based_baselines_recover_dimensions_at_d100():
+    # The medium suite's geometry (components of dimension 10, 25 and 50 in R^100) with exact
+    # scores: NB and FPRegress must be accurate here, so errors on trained models are the models'.
+    wide = GaussianMixture.random([10, 25, 50], 100, seed=0)
+    x, component = wide.sample(30, seed=1)
+    truth = np.array([10, 25, 50])[component.numpy()]
+    model = wide.as_model(VP(), prediction="epsilon")
+    assert np.abs(estimate_nb(model, x.float()) - truth).mean() <= 0.25
+    assert np.abs(estimate_fpregress(model, x.float()) - truth).mean() <= 0.25
