@@ -178,7 +178,8 @@ def recipe_for(spec: str, *, tiny: bool = False, seed: int = 0) -> Recipe:
     return Recipe(
         n_train=200_000,
         network={"widths": (512, 512, 512)},
-        train=TrainConfig(steps=6000, batch_size=512, lr=1e-3, warmup_steps=300, eval_every=500, seed=seed),
+        train=TrainConfig(steps=6000, batch_size=512, lr=1e-3, warmup_steps=300, eval_every=500, seed=seed,
+                          low_t_fraction=0.5, low_t_max=0.2),
     )
 
 
