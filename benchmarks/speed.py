@@ -80,18 +80,22 @@ FLIPD_WIDTHS = {10: (256, 256, 256), 100: (512, 512, 512), 784: (1024, 512, 256)
 NETWORKS = ("plain", "flipd")
 
 
+def flipd_widths(dim: int) -> tuple[int, ...]:
+    """Widths of flipd's network at ``dim`` (the small suite's for dimensions not in the table)."""
+    return FLIPD_WIDTHS.get(dim, (256, 256, 256))
+
+
 def build_network(kind: str, dim: int) -> nn.Module:
     """The benchmarked network of ``kind`` ("plain" or "flipd") for data of dimension ``dim``."""
     if kind == "plain":
         return MLP(dim).eval()
-    widths = FLIPD_WIDTHS.get(dim, (256, 256, 256))
-    return MLPUNet(MLPUNetConfig(data_dim=dim, widths=widths)).eval()
+    return MLPUNet(MLPUNetConfig(data_dim=dim, widths=flipd_widths(dim))).eval()
 
 
 def describe_network(kind: str, dim: int) -> str:
     if kind == "plain":
         return "plain MLP 4 × 1024"
-    return "flipd MLPUNet " + "-".join(map(str, FLIPD_WIDTHS.get(dim, (256, 256, 256))))
+    return "flipd MLPUNet " + "-".join(map(str, flipd_widths(dim)))
 
 
 def time_dimension(kind: str, dim: int, batch: int, repeats: int, exact: bool = True) -> dict:

@@ -87,6 +87,10 @@ def test_per_point_t0():
     lid = flipd.flipd(model, x, t0=times)
     one_by_one = torch.cat([flipd.flipd(model, x[i : i + 1], t0=float(t)) for i, t in enumerate(times)])
     assert torch.allclose(lid, one_by_one)
+    # Several batches: each takes its own points' noise levels.
+    result = flipd.estimate(model, x, t0=times, batch_size=2)
+    assert torch.allclose(result.lid, one_by_one)
+    torch.testing.assert_close(result.sigma, VP().sigma(times))
 
 
 @pytest.mark.parametrize("d", [1, 3, 7])

@@ -206,22 +206,21 @@ def _flipd_batch(
     times: Tensor,
     *,
     offset: int,
-    schedule: Schedule,
-    prediction: str,
+    terms: tuple[Tensor, Tensor, Tensor, Tensor],
     trace: str,
     n_probes: int,
     seed: int,
     chunk_rows: int,
     mode: str,
-    terms: tuple[Tensor, Tensor, Tensor, Tensor] | None = None,
 ) -> tuple[Tensor, Tensor, str]:
     """FLIPD and its standard error for one batch x [n, ...] at times [n] (float64).
 
-    ``terms`` are :func:`_noise_terms` at a time shared by every point, if there is one.
+    ``terms`` are :func:`_noise_terms` of the batch's times, each [1] (a time shared by every
+    point) or [n].
     """
     n, dim = x.shape[0], x[0].numel()
     broadcast = (-1,) + (1,) * (x.ndim - 1)
-    psi, sigma, a, b = terms if terms is not None else _noise_terms(schedule, prediction, _distinct_times(times))
+    psi, sigma, a, b = terms
     y = psi.to(x).reshape(broadcast) * x
     t_model = times.to(device=x.device, dtype=x.dtype)
     probes_per_call = max(1, chunk_rows // n)
@@ -305,16 +304,16 @@ def estimate(
     batch_size = min(n, batch_size or DEFAULT_BATCH_SIZE)
     rows = chunk_rows or max(DEFAULT_CHUNK_ROWS, batch_size)
     grad_context = contextlib.nullcontext() if differentiable else torch.no_grad()
-    distinct = _distinct_times(times)
-    shared = _noise_terms(schedule, prediction, distinct) if len(distinct) == 1 else None
+    distinct = _distinct_times(times)  # [1] when all points share a time, else [n]
+    terms = _noise_terms(schedule, prediction, distinct)
     lids, stderrs, mode_used = [], [], mode
     with grad_context:
         for start in range(0, n, batch_size):
             stop = min(n, start + batch_size)
+            batch_terms = terms if len(distinct) == 1 else tuple(value[start:stop] for value in terms)
             lid, stderr, mode_used = _flipd_batch(
-                model, x[start:stop], times[start:stop], offset=start, schedule=schedule,
-                prediction=prediction, trace=trace, n_probes=n_probes, seed=seed,
-                chunk_rows=rows, mode=mode, terms=shared,
+                model, x[start:stop], times[start:stop], offset=start, terms=batch_terms,
+                trace=trace, n_probes=n_probes, seed=seed, chunk_rows=rows, mode=mode,
             )
             lids.append(lid if differentiable else lid.detach())
             stderrs.append(stderr)
@@ -322,7 +321,7 @@ def estimate(
                 progress(stop - start)
     return FLIPDResult(
         lid=torch.cat(lids), t0=times,
-        sigma=(shared[1] if shared is not None else schedule.sigma(distinct)).expand(n).clone(),
+        sigma=terms[1].expand(n).clone(),
         delta=schedule.delta(distinct).expand(n).clone(),
         stderr=torch.cat(stderrs).cpu(), trace=trace, n_probes=n_probes, mode=mode_used,
     )

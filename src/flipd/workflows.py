@@ -393,7 +393,8 @@ def train_model(
     x, network_spec = _training_input(points, network, widths, channels)
     config = TrainConfig(
         steps=steps, batch_size=batch_size, lr=lr, seed=seed, max_seconds=max_seconds, standardize=standardize,
-        low_t_fraction=low_t_fraction, low_t_max=low_t_max, warmup_steps=min(500, max(1, steps // 10)), eval_every=max(1, min(500, steps // 4)),
+        low_t_fraction=low_t_fraction, low_t_max=low_t_max,
+        warmup_steps=min(500, max(1, steps // 10)), eval_every=max(1, min(500, steps // 4)),
     )
     model = train_diffusion(x, network=network_spec, config=config, progress=progress, device=device)
     model.metadata["data"] = {
