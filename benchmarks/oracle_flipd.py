@@ -1,4 +1,4 @@
-"""FLIPD with a perfect model on the toy data sets: the estimator's own error at each noise level.
+"""FLIPD with a perfect model on benchmark data sets: the estimator's own error at each noise level.
 
 The synthetic benchmark (``python -m flipd.bench synthetic --suite toy``) measures FLIPD with a
 trained network, so its error mixes two things: the network's score error and the bias of FLIPD
@@ -11,9 +11,15 @@ distribution's own smoothed score up to quadrature error, evaluated on the bench
 evaluation points (seed 1). Node spacing is sigma(t0)/psi(t0) divided by each ``--refinements``
 value; agreement between refinements shows the quadrature has converged.
 
+Affine manifold mixtures with normal latents (e.g. ``mixture:affine:D=10:dims=5:latent=normal``)
+are exactly Gaussian mixtures on affine subspaces, whose smoothed scores and FLIPD have a closed
+form (:meth:`flipd.datasets.ManifoldMixture.as_gaussian_mixture`): no quadrature is needed.
+
 Usage:
     python benchmarks/oracle_flipd.py            # writes benchmarks/results/oracle_toy.{md,json}
     python benchmarks/oracle_flipd.py --t0 0.05 --refinements 1 --out /tmp/oracle
+    python benchmarks/oracle_flipd.py --datasets mixture:affine:D=10:dims=5:latent=normal \\
+        mixture:affine:D=10:dims=2,4,8:latent=normal --t0 0.01 0.02 0.05 --out benchmarks/results/oracle_small
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ import torch
 
 from flipd.analytic import SmoothedEmpirical
 from flipd.bench._report import git_revision, machine_info, markdown_table, package_versions, write_text_atomically
-from flipd.datasets import get_dataset
+from flipd.datasets import get_dataset, mixture_from_spec
 from flipd.datasets.synthetic import (
     DOUGHNUT_MAJOR_RADIUS,
     DOUGHNUT_MINOR_RADIUS,
@@ -113,12 +119,27 @@ def per_component_mae(estimate: np.ndarray, truth: np.ndarray, component: np.nda
     }
 
 
-def committed_benchmark(path: Path) -> dict[tuple[str, str], float]:
-    """MAE per (data set, method) from a committed synthetic benchmark CSV, if there is one."""
-    if not path.is_file():
-        return {}
-    with path.open() as handle:
-        return {(row["dataset"], row["method"]): float(row["mae"]) for row in csv.DictReader(handle)}
+def committed_benchmark(*paths: Path) -> dict[tuple[str, str], float]:
+    """MAE per (data set, method) from committed synthetic benchmark CSVs (those that exist)."""
+    maes = {}
+    for path in paths:
+        if path.is_file():
+            with path.open() as handle:
+                maes.update({(row["dataset"], row["method"]): float(row["mae"]) for row in csv.DictReader(handle)})
+    return maes
+
+
+def perfect_flipd(name: str, x: np.ndarray, t0: float, refinement: int | None, schedule: VP) -> tuple[np.ndarray, int | None]:
+    """Exact FLIPD at t0 of data set ``name``'s own smoothed distribution, and its atom count.
+
+    Toy data sets use a quadrature rule with node spacing sigma/psi ÷ ``refinement``; affine
+    mixtures with normal latents their closed form (``refinement`` is then ignored, no atoms).
+    """
+    points = torch.from_numpy(x)
+    if name.startswith("mixture"):
+        return mixture_from_spec(name).as_gaussian_mixture().exact_flipd(points, t0, schedule).numpy(), None
+    atoms, weights = quadrature(name, float(schedule.sigma(t0)) / float(schedule.psi(t0)) / refinement)
+    return SmoothedEmpirical(atoms, weights).exact_flipd(points, t0, schedule).numpy(), len(atoms)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -126,7 +147,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--refinements", type=int, nargs="+", default=[1, 2],
                         help="node spacing is sigma/psi divided by each of these (agreement shows convergence)")
     parser.add_argument("--t0", type=float, nargs="+", default=[0.02, 0.05])
-    parser.add_argument("--datasets", nargs="+", default=list(DATASETS))
+    parser.add_argument("--datasets", nargs="+", default=list(DATASETS),
+                        help="toy data sets, or affine mixture specs with latent=normal")
     parser.add_argument("--n-eval", type=int, default=4096)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=RESULTS / "oracle_toy")
@@ -134,20 +156,20 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     began = time.perf_counter()
     schedule = VP()
-    benchmark = committed_benchmark(RESULTS / "synthetic_toy.csv")
+    benchmark = committed_benchmark(RESULTS / "synthetic_toy.csv", RESULTS / "synthetic_small.csv")
     rows = []
     for name in args.datasets:
         data = get_dataset(name, args.n_eval, seed=1)  # the benchmark's evaluation points
         truth = data.lid.astype(np.float64)
+        # A closed form needs no refinement: one row per t0, listed under every refinement.
+        refinements = args.refinements[-1:] if name.startswith("mixture") else args.refinements
         for t0 in args.t0:
-            sigma, psi = float(schedule.sigma(t0)), float(schedule.psi(t0))
-            for refinement in args.refinements:
+            for refinement in refinements:
                 start = time.perf_counter()
-                atoms, weights = quadrature(name, sigma / psi / refinement)
-                measure = SmoothedEmpirical(atoms, weights)
-                estimate = measure.exact_flipd(torch.from_numpy(data.x), t0, schedule).numpy()
+                estimate, atoms = perfect_flipd(name, data.x, t0, refinement, schedule)
                 row = {
-                    "dataset": name, "t0": t0, "sigma": sigma, "refinement": refinement, "atoms": len(atoms),
+                    "dataset": name, "t0": t0, "sigma": float(schedule.sigma(t0)),
+                    "refinement": refinement if atoms is not None else "closed form", "atoms": atoms,
                     "mae": float(np.abs(estimate - truth).mean()),
                     "mae_per_component": per_component_mae(estimate, truth, data.component),
                     "seconds": time.perf_counter() - start,
@@ -161,52 +183,66 @@ def main(argv: list[str] | None = None) -> None:
     }
     finest = max(args.refinements)
 
+    def finest_row(name: str, t0: float) -> dict:
+        return [r for r in rows if r["dataset"] == name and r["t0"] == t0][-1]
+
     def mae(name: str, t0: float, refinement: int) -> float:
+        row = finest_row(name, t0)
+        if row["atoms"] is None:
+            return row["mae"]
         return next(r["mae"] for r in rows if r["dataset"] == name and r["t0"] == t0 and r["refinement"] == refinement)
 
+    # Closed forms have no refinements: with no toy data set, one MAE column says it all.
+    quadratures = any(not name.startswith("mixture") for name in args.datasets)
+    refinements_shown = args.refinements if quadratures else [finest]
     lines = [
-        "# FLIPD with a perfect model (toy data sets)",
+        "# FLIPD with a perfect model",
         "",
         f"Command: `{result['command'].strip()}` ({result['seconds'] / 60:.1f} min; commit `{result['commit']}`).",
         "",
-        "Exact FLIPD of each data set's own smoothed distribution, written as a midpoint quadrature "
-        "rule over its parameters (`flipd.analytic.SmoothedEmpirical` with weighted atoms), on the "
-        "4096 evaluation points of the synthetic benchmark. No network is involved: this is the "
-        "error FLIPD has with a perfect score model at that noise level (reference VP times).",
+        "Exact FLIPD of each data set's own smoothed distribution on the 4096 evaluation points of the "
+        "synthetic benchmark: toy data sets written as a midpoint quadrature rule over their parameters "
+        "(`flipd.analytic.SmoothedEmpirical` with weighted atoms), affine mixtures with normal latents "
+        "in closed form (they are Gaussian mixtures on affine subspaces). No network is involved: this "
+        "is the error FLIPD has with a perfect score model at that noise level (reference VP times).",
         "",
-        "## MAE by noise level (node spacing sigma/psi ÷ refinement)",
+        "## MAE by noise level (node spacing sigma/psi ÷ refinement; closed forms need none)",
         "",
         markdown_table(
-            ["data set", "t0", "sigma", *(f"MAE, refinement {k}" for k in args.refinements),
-             f"atoms, refinement {finest}"],
+            ["data set", "t0", "sigma", *(f"MAE, refinement {k}" if quadratures else "MAE" for k in refinements_shown),
+             "atoms (finest)"],
             [
-                [name, t0, float(schedule.sigma(t0)), *(mae(name, t0, k) for k in args.refinements),
-                 next(r["atoms"] for r in rows if r["dataset"] == name and r["t0"] == t0 and r["refinement"] == finest)]
+                [name, t0, float(schedule.sigma(t0)), *(mae(name, t0, k) for k in refinements_shown),
+                 finest_row(name, t0)["atoms"] or "closed form"]
                 for name in args.datasets for t0 in args.t0
             ],
         ),
         "",
-        f"## Per component (refinement {finest})",
+        "## Per component (finest refinement)",
         "",
         markdown_table(
             ["data set", "t0", "component (LID): MAE"],
             [
-                [name, r["t0"], "; ".join(f"{k}: {v:.3f}" for k, v in r["mae_per_component"].items())]
-                for name in args.datasets for r in rows if r["dataset"] == name and r["refinement"] == finest
+                [name, t0, "; ".join(f"{k}: {v:.3f}" for k, v in finest_row(name, t0)["mae_per_component"].items())]
+                for name in args.datasets for t0 in args.t0
             ],
         ),
     ]
-    if 0.05 in args.t0 and benchmark:
+    compared = [name for name in args.datasets if (name, "flipd") in benchmark]
+    if compared:
         lines += [
             "",
-            "## Against the committed benchmark at t0 = 0.05 (`benchmarks/results/synthetic_toy.csv`)",
+            "## Against the committed synthetic benchmark (`benchmarks/results/synthetic_toy.csv`, `synthetic_small.csv`)",
+            "",
+            "The trained-model columns are the committed results (FLIPD at t0 = 0.05).",
             "",
             markdown_table(
-                ["data set", "FLIPD, perfect model", "FLIPD, trained model", "FPRegress", "NB"],
+                ["data set", *(f"FLIPD, perfect model, t0 = {t0}" for t0 in args.t0), "FLIPD, trained model",
+                 "FPRegress", "NB"],
                 [
-                    [name, mae(name, 0.05, finest),
-                     benchmark.get((name, "flipd")), benchmark.get((name, "fpregress")), benchmark.get((name, "nb"))]
-                    for name in args.datasets
+                    [name, *(mae(name, t0, finest) for t0 in args.t0), benchmark.get((name, "flipd")),
+                     benchmark.get((name, "fpregress")), benchmark.get((name, "nb"))]
+                    for name in compared
                 ],
             ),
         ]

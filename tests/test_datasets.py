@@ -10,6 +10,7 @@ from flipd.datasets import (
     list_datasets,
     lollipop,
     manifold_mixture,
+    mixture_from_spec,
     string_within_doughnut,
     swiss_roll,
 )
@@ -356,3 +357,41 @@ def test_registry_parses_specs():
 def test_registry_errors(spec, message):
     with pytest.raises(ValueError, match=message):
         get_dataset(spec, 10)
+
+
+def test_mixture_from_spec_is_the_distribution_get_dataset_samples():
+    spec = "mixture:affine:D=6:dims=1,3:latent=normal:geometry_seed=4"
+    mixture = mixture_from_spec(spec)
+    assert mixture.name == spec
+    assert np.array_equal(mixture.sample(50, seed=3).x, get_dataset(spec, 50, seed=3).x)
+    with pytest.raises(ValueError, match="not a mixture spec"):
+        mixture_from_spec("lollipop")
+
+
+def test_affine_normal_mixture_is_exactly_its_gaussian_mixture():
+    torch = pytest.importorskip("torch")
+    from flipd.schedules import VP
+
+    spec = "mixture:affine:D=6:dims=1,3:latent=normal"
+    gaussian = mixture_from_spec(spec).as_gaussian_mixture()
+    data = get_dataset(spec, 40_000, seed=2)
+    for k in range(2):
+        points = data.x[data.component == k].astype(np.float64)
+        mean = gaussian.means[k].numpy()
+        basis, variances = gaussian.bases[k].numpy(), gaussian.variances[k].numpy()
+        covariance = basis @ np.diag(variances) @ basis.T
+        # Sample moments within a few standard errors (about 20,000 points per component).
+        assert np.abs(points.mean(0) - mean).max() < 0.05 * math.sqrt(variances.max())
+        assert np.abs(np.cov(points.T) - covariance).max() < 0.05 * variances.max()
+        # Every point lies on the component's affine subspace (float32 rounding only).
+        centred = points - mean
+        assert np.abs(centred - centred @ basis @ basis.T).max() < 1e-4
+    # Its exact FLIPD tends to the true LID as the noise vanishes.
+    lid = gaussian.exact_flipd(torch.from_numpy(data.x[:500]), 1e-5, VP()).numpy()
+    assert np.abs(lid - data.lid[:500]).max() < 0.01
+
+
+@pytest.mark.parametrize("spec", ["mixture:affine:D=6:dims=2", "mixture:squiggly:D=6:dims=2:latent=normal"])
+def test_only_affine_normal_mixtures_have_a_gaussian_form(spec):
+    with pytest.raises(ValueError, match="Only affine mixtures with normal latents"):
+        mixture_from_spec(spec).as_gaussian_mixture()

@@ -14,6 +14,7 @@ from flipd.datasets.synthetic import (
     list_datasets,
     lollipop,
     manifold_mixture,
+    mixture_from_spec,
     string_within_doughnut,
     swiss_roll,
 )
@@ -60,6 +61,7 @@ __all__ = [
     "list_datasets",
     "lollipop",
     "manifold_mixture",
+    "mixture_from_spec",
     "string_within_doughnut",
     "swiss_roll",
     *_IMAGE_NAMES,

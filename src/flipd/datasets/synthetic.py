@@ -30,6 +30,7 @@ __all__ = [
     "string_within_doughnut",
     "swiss_roll",
     "manifold_mixture",
+    "mixture_from_spec",
     "get_dataset",
     "list_datasets",
     "DIFFEOMORPHISMS",
@@ -493,6 +494,39 @@ class ManifoldMixture:
             raise ValueError(f"z must have shape [M, {self.dims[component]}], got {z.shape}")
         return (self._unstandardised(z, component) - self.mean) / self.std
 
+    def as_gaussian_mixture(self):
+        """The exact distribution of an affine mixture with normal latents, with closed-form scores.
+
+        Component i is then the Gaussian ``N(m_i, B_i B_iᵀ)`` with ``B_i = S⁻¹ A_i`` and
+        ``m_i = S⁻¹ (mode_i − mean)`` (``S = diag(std)``, the standardisation): a Gaussian on a
+        d_i-dimensional affine subspace. Its smoothed score is known exactly at every noise level,
+        so it serves as a perfect diffusion model of this data set.
+
+        Returns:
+            :class:`flipd.analytic.GaussianMixture` in the coordinates of :meth:`sample`.
+
+        Raises:
+            ValueError: for curved (non-affine) mixtures or non-normal latents, whose smoothed
+                scores have no closed form.
+        """
+        if self.diffeomorphism != "affine" or self.latent != "normal":
+            raise ValueError(
+                f"Only affine mixtures with normal latents are Gaussian mixtures; {self.name!r} is "
+                f"{self.diffeomorphism} with {self.latent} latents."
+            )
+        import torch
+
+        from flipd.analytic import GaussianMixture
+
+        means, bases, variances = [], [], []
+        for embedding, mode in zip(self.embeddings, self.modes):
+            scaled = embedding / self.std[:, None]  # B_i = S⁻¹ A_i, [D, d_i]
+            basis, singular_values, _ = np.linalg.svd(scaled, full_matrices=False)
+            means.append((mode - self.mean) / self.std)
+            bases.append(torch.from_numpy(basis))
+            variances.append(torch.from_numpy(singular_values**2))
+        return GaussianMixture(torch.from_numpy(np.stack(means)), bases, variances)
+
     def _draw_raw(self, rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
         component = _draw_components(rng, n, np.ones(len(self.dims)))
         flat = np.zeros((n, self.ambient_dim))
@@ -526,13 +560,24 @@ def _cached_mixture(
     ambient_dim: int,
     dims: tuple[int, ...],
     diffeomorphism: str,
-    latent: str,
-    frequency: float,
-    geometry_seed: int,
+    latent: str = "uniform",
+    frequency: float = 1.0,
+    geometry_seed: int = 0,
 ) -> ManifoldMixture:
     return ManifoldMixture(
         ambient_dim, dims, diffeomorphism, latent, frequency, geometry_seed  # type: ignore[arg-type]
     )
+
+
+def mixture_from_spec(spec: str) -> ManifoldMixture:
+    """The :class:`ManifoldMixture` behind a ``mixture:...`` spec of :func:`get_dataset`.
+
+    ``get_dataset(spec, n, seed).x`` are samples of ``mixture_from_spec(spec).sample(n, seed)``.
+    """
+    name, *options = (part.strip() for part in spec.strip().split(":"))
+    if name != "mixture":
+        raise ValueError(f"{spec!r} is not a mixture spec; usage: {_MIXTURE_USAGE}")
+    return _cached_mixture(**_parse_mixture(spec, options))
 
 
 def manifold_mixture(
@@ -679,7 +724,7 @@ def get_dataset(spec: str, n: int, seed: int = 0) -> SyntheticData:
             raise ValueError(f"{spec!r}: data set {name!r} takes no options")
         return _SIMPLE_DATASETS[name](n, seed)
     if name == "mixture":
-        return manifold_mixture(n, seed=seed, **_parse_mixture(spec, options))
+        return mixture_from_spec(spec).sample(n, seed)
     raise ValueError(
         f"{spec!r}: unknown data set {name!r}; valid names: {', '.join(list_datasets())} "
         f"(aliases: {', '.join(_ALIASES)})"
