@@ -10,8 +10,9 @@ Two MLP epsilon networks at D = 10, 100 and 784 on a batch of 512 points, with 2
   input gradient, as in every diffusion network with a time embedding.
 
 Each configuration is timed in its own block, its repeats interleaved with those of a plain
-forward pass (and, for one-probe Hutchinson, of the autograd floor), so every ratio divides two
-medians measured side by side. Separate blocks keep one configuration's memory traffic (50
+forward pass (and, for one-probe Hutchinson, of the autograd floor). A ratio is the median over
+repeats of each call's time divided by the forward pass of the same repeat (the JSON also keeps
+the ratio of the two medians). Separate blocks keep one configuration's memory traffic (50
 probes, forward mode) from changing the allocator state another is measured in. Peak memory is
 measured in a fresh subprocess per configuration, as the growth of the resident set's
 high-water mark during one FLIPD call (Linux: reset through /proc/self/clear_refs).
@@ -57,11 +58,11 @@ class MLP(nn.Module):
         return self.net(torch.cat([y, t[:, None]], dim=1))
 
 
-def interleaved_medians(functions: dict, repeats: int) -> dict[str, float]:
-    """Median seconds of each function, calling them in turn within every repeat.
+def interleaved_times(functions: dict, repeats: int) -> dict[str, list[float]]:
+    """Seconds of every call of each function, calling them in turn within every repeat.
 
     Interleaving exposes every function to the same drift in machine load, so ratios of the
-    medians stay meaningful on a shared machine.
+    medians (and of the times within one repeat) stay meaningful on a shared machine.
     """
     for fn in functions.values():
         fn()  # warm-up
@@ -71,7 +72,15 @@ def interleaved_medians(functions: dict, repeats: int) -> dict[str, float]:
             start = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
+    return times
+
+
+def quartiles(values: list[float]) -> tuple[float, float]:
+    """The 25th and 75th percentiles of ``values``."""
+    if len(values) < 2:
+        return values[0], values[0]
+    first, _, third = statistics.quantiles(values, n=4)
+    return first, third
 
 
 #: Widths of flipd's MLP network at each benchmarked D: the small synthetic suite (D = 10), the
@@ -135,12 +144,18 @@ def time_dimension(kind: str, dim: int, batch: int, repeats: int, exact: bool = 
     for block, functions in blocks.items():
         # The exact trace costs about D probes: fewer repeats at large D.
         block_repeats = max(1, repeats // 3) if block == "exact_reverse" and dim > 100 else repeats
-        medians = interleaved_medians({"forward": forward, **functions}, block_repeats)
+        times = interleaved_times({"forward": forward, **functions}, block_repeats)
+        medians = {name: statistics.median(values) for name, values in times.items()}
         row.setdefault("forward_s", medians["forward"])
         row[f"{block}_forward_s"] = medians["forward"]
         for name in functions:
+            # Each call divided by the forward pass of the same repeat: pairs share the machine's
+            # load at that moment, so their ratio is steadier than a ratio of two medians.
+            ratios = [spent / forward_spent for spent, forward_spent in zip(times[name], times["forward"])]
             row[f"{name}_s"] = medians[name]
-            row[f"{name}_per_forward"] = medians[name] / medians["forward"]
+            row[f"{name}_per_forward"] = statistics.median(ratios)
+            row[f"{name}_per_forward_quartiles"] = quartiles(ratios)
+            row[f"{name}_median_over_forward_median"] = medians[name] / medians["forward"]
     if exact:
         row["exact_reverse_per_D_forwards"] = row["exact_reverse_per_forward"] / dim
     return row
@@ -194,21 +209,23 @@ def write_markdown(result: dict, path: Path) -> None:
              f"{result['load_average_1min']['end']:.1f} (other processes share the cores).  "]
             if "load_average_1min" in result else []
         ),
-        f"Batch of {result['rows'][0]['batch']} points; times are medians of {result['repeats']} "
-        "repeats (exact trace at D > 100: a third as many), each configuration interleaved with "
-        "forward passes of the same network in its own block; a ratio divides two medians of "
-        "one block.",
+        f"Batch of {result['rows'][0]['batch']} points; {result['repeats']} repeats (exact trace at "
+        "D > 100: a third as many), each configuration interleaved with forward passes of the same "
+        "network in its own block. A ratio is the median over repeats of the call's time divided by "
+        "the forward pass of the same repeat; the forward column is the median forward time.",
         "",
         "| network | D | forward (ms) | autograd floor / forward | Hutchinson 1 probe, reverse / forward "
+        "| same, 25–75 % of repeats "
         "| Hutchinson 1 probe, forward mode / forward "
         "| Hutchinson 50 probes / forward | exact trace / forward | exact / (D · forward) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for row in result["rows"]:
+        low, high = row.get("hutchinson1_reverse_per_forward_quartiles", (float("nan"), float("nan")))
         lines.append(
             f"| {row['network_description']} | {row['D']} | {1000 * row['forward_s']:.1f} "
             f"| {row['autograd_floor_per_forward']:.2f} "
-            f"| {row['hutchinson1_reverse_per_forward']:.2f} "
+            f"| {row['hutchinson1_reverse_per_forward']:.2f} | {low:.2f}–{high:.2f} "
             f"| {row['hutchinson1_forward_per_forward']:.2f} | {row['hutchinson50_reverse_per_forward']:.1f} "
             f"| {row.get('exact_reverse_per_forward', float('nan')):.1f} "
             f"| {row.get('exact_reverse_per_D_forwards', float('nan')):.2f} |"
@@ -218,7 +235,9 @@ def write_markdown(result: dict, path: Path) -> None:
         "Targets: Hutchinson with one probe ≤ 2.0 forward passes; exact trace ≤ 1.2·D forward passes.",
         "The autograd floor is one forward pass that keeps the graph plus one vector-Jacobian "
         "product with respect to the input (plain `torch.autograd.grad`): the least any "
-        "autodiff Hutchinson probe can cost, since the estimator needs both the output and vᵀJv.",
+        "autodiff Hutchinson probe can cost, since the estimator needs both the output and vᵀJv. "
+        "The 25–75 % column gives the quartiles of the per-repeat ratio: the spread this "
+        "machine's load puts on it.",
         "",
         "## Peak memory of one FLIPD call on the plain network (growth of peak RSS, MiB)",
         "",
@@ -234,7 +253,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--dims", type=int, nargs="+", default=[10, 100, 784])
     parser.add_argument("--batch", type=int, default=512)
-    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--repeats", type=int, default=21)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--memory-dims", type=int, nargs="*", default=[100, 784])
     parser.add_argument("--networks", nargs="+", choices=NETWORKS, default=list(NETWORKS))
