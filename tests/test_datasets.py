@@ -386,9 +386,13 @@ def test_affine_normal_mixture_is_exactly_its_gaussian_mixture():
         # Every point lies on the component's affine subspace (float32 rounding only).
         centred = points - mean
         assert np.abs(centred - centred @ basis @ basis.T).max() < 1e-4
-    # Its exact FLIPD tends to the true LID as the noise vanishes.
+    # Its exact FLIPD tends to the true LID as the noise vanishes, isolated points (LID 0) included.
     lid = gaussian.exact_flipd(torch.from_numpy(data.x[:500]), 1e-5, VP()).numpy()
     assert np.abs(lid - data.lid[:500]).max() < 0.01
+    spec = "mixture:affine:D=6:dims=0,2:latent=normal"
+    data = get_dataset(spec, 200, seed=2)
+    lid = mixture_from_spec(spec).as_gaussian_mixture().exact_flipd(torch.from_numpy(data.x), 1e-5, VP()).numpy()
+    assert np.abs(lid - data.lid).max() < 0.01 and set(data.lid.tolist()) == {0, 2}
 
 
 @pytest.mark.parametrize("spec", ["mixture:affine:D=6:dims=2", "mixture:squiggly:D=6:dims=2:latent=normal"])

@@ -19,9 +19,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from flipd.analytic import GaussianMixture
 
 __all__ = [
     "SyntheticData",
@@ -494,7 +497,7 @@ class ManifoldMixture:
             raise ValueError(f"z must have shape [M, {self.dims[component]}], got {z.shape}")
         return (self._unstandardised(z, component) - self.mean) / self.std
 
-    def as_gaussian_mixture(self):
+    def as_gaussian_mixture(self) -> GaussianMixture:
         """The exact distribution of an affine mixture with normal latents, with closed-form scores.
 
         Component i is then the Gaussian ``N(m_i, B_i B_iᵀ)`` with ``B_i = S⁻¹ A_i`` and
