@@ -563,12 +563,26 @@ def _cached_mixture(
     ambient_dim: int,
     dims: tuple[int, ...],
     diffeomorphism: str,
+    latent: str,
+    frequency: float,
+    geometry_seed: int,
+) -> ManifoldMixture:
+    return ManifoldMixture(
+        ambient_dim, dims, diffeomorphism, latent, frequency, geometry_seed  # type: ignore[arg-type]
+    )
+
+
+def _mixture(
+    ambient_dim: int,
+    dims: tuple[int, ...] | list[int],
+    diffeomorphism: str = "affine",
     latent: str = "uniform",
     frequency: float = 1.0,
     geometry_seed: int = 0,
 ) -> ManifoldMixture:
-    return ManifoldMixture(
-        ambient_dim, dims, diffeomorphism, latent, frequency, geometry_seed  # type: ignore[arg-type]
+    """The cached mixture of these arguments, normalised so that every caller shares one entry."""
+    return _cached_mixture(
+        int(ambient_dim), tuple(int(d) for d in dims), diffeomorphism, latent, float(frequency), int(geometry_seed)
     )
 
 
@@ -580,7 +594,7 @@ def mixture_from_spec(spec: str) -> ManifoldMixture:
     name, *options = (part.strip() for part in spec.strip().split(":"))
     if name != "mixture":
         raise ValueError(f"{spec!r} is not a mixture spec; usage: {_MIXTURE_USAGE}")
-    return _cached_mixture(**_parse_mixture(spec, options))
+    return _mixture(**_parse_mixture(spec, options))
 
 
 def manifold_mixture(
@@ -604,15 +618,7 @@ def manifold_mixture(
         :class:`SyntheticData` with ``x`` of shape ``[N, D]`` (float32, standardised),
         ``component_dims == tuple(dims)``.
     """
-    mixture = _cached_mixture(
-        int(ambient_dim),
-        tuple(int(d) for d in dims),
-        diffeomorphism,
-        latent,
-        float(frequency),
-        int(geometry_seed),
-    )
-    return mixture.sample(n, seed)
+    return _mixture(ambient_dim, dims, diffeomorphism, latent, frequency, geometry_seed).sample(n, seed)
 
 
 # --------------------------------------------------------------------------------------------
