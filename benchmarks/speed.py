@@ -4,7 +4,7 @@ Two MLP epsilon networks at D = 10, 100 and 784 on a batch of 512 points, with 2
 
 - "plain": 4 hidden layers of 1024 SiLU units with t as an extra input. Every operation lies on
   the path from y to the output, so a backward pass costs as much as the forward pass.
-- "flipd": the network :mod:`flipd.train` fits (``flipd.networks.MLPUNet``: sinusoidal time
+- "flipd": the network :mod:`flipd.train` fits (``flipd.models.MLPUNet``: sinusoidal time
   embedding, FiLM time conditioning, skip connections), at the widths flipd's own benchmarks
   train for data of that size. Its time path is part of the forward pass but not of the
   input gradient, as in every diffusion network with a time embedding.
@@ -38,7 +38,7 @@ import torch
 from torch import nn
 
 import flipd
-from flipd.networks import MLPUNet, MLPUNetConfig
+from flipd.models import MLPUNet, MLPUNetConfig
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

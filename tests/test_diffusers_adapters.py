@@ -18,7 +18,7 @@ import torch
 diffusers = pytest.importorskip("diffusers")
 
 import flipd  # noqa: E402
-from flipd.pretrained import DiffusersModel, scheduler_settings  # noqa: E402
+from flipd.models.diffusers import DiffusersModel, scheduler_settings  # noqa: E402
 
 RTOL = 1e-5
 DTYPE = torch.float64
@@ -392,8 +392,11 @@ def test_bad_networks_and_inputs_are_rejected(ddpm_folder, sd_folder):
     with pytest.raises(ValueError, match="takes no text conditioning"):
         flipd.from_diffusers(ddpm_folder, prompt_embeds=torch.zeros(1, 7, 12))
     pixel = flipd.from_diffusers(ddpm_folder)
-    with pytest.raises(ValueError, match="works on pixels"):
-        pixel.encode(random_images())
+    images = random_images()
+    assert pixel.encode(images) is images  # a pixel model's coordinates are the images'
+    assert isinstance(pixel, flipd.Model) and isinstance(latent_model := flipd.from_diffusers(sd_folder, prompt=None), flipd.Model)
+    with pytest.raises(TypeError, match="from_diffusers"):
+        flipd.flipd(pixel.network, images, t0=10)  # a bare diffusers network names the fix
     with pytest.raises(ValueError, match="fixed by the diffusers scheduler"):
         pixel.flipd_images(random_images(), t0=10, prediction="epsilon")
     latent = flipd.from_diffusers(sd_folder, prompt=None)

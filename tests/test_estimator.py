@@ -315,8 +315,8 @@ def model_and_x():
         ({"t0": 0.0}, "outside"),
         ({"t0": -0.1}, "outside"),
         ({"t0": 1.5}, "outside"),
-        ({"t0": 0.1, "sigma": 0.2}, "exactly once"),
-        ({}, "exactly once"),
+        ({"t0": 0.1, "sigma": 0.2}, "at most once"),
+        ({"sigma": 0.1, "delta": 0.2}, "at most once"),
         ({"t0": "knee"}, "auto"),
         ({"t0": 0.1, "prediction": "noise"}, "Unknown prediction"),
         ({"t0": 0.1, "trace": "approximate"}, "Unknown trace"),
@@ -386,12 +386,11 @@ def test_a_model_that_fails_on_the_input_is_reported_without_fallback():
 
 
 def test_rademacher_probes_are_balanced_independent_and_chunk_invariant():
-    from flipd.trace import random_probes
+    from flipd.trace import indexed_probes
 
     def draw(chunk):
-        generator = torch.Generator().manual_seed(3)
-        chunks = random_probes(torch.Size([50, 7, 9]), 40, chunk, distribution="rademacher",
-                               generator=generator, dtype=torch.float64, device="cpu")
+        chunks = indexed_probes(torch.Size([50, 7, 9]), 40, chunk, distribution="rademacher",
+                                seed=3, indices=torch.arange(50), dtype=torch.float64, device="cpu")
         return torch.cat(list(chunks))
 
     probes = draw(40)

@@ -1,4 +1,4 @@
-"""Training, saving and loading diffusion models (flipd.train, flipd.networks)."""
+"""Training, saving and loading diffusion models (flipd.train, flipd.models)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 import flipd
-from flipd.networks import MLPUNetConfig, NetworkSpec, build_network, mlp_unet, register_network
+from flipd.models import MLPUNetConfig, NetworkSpec, build_network, mlp_unet, register_network
 from flipd.schedules import VP
 from flipd.train import CheckpointError, DiffusionModel, TrainConfig, load, train_diffusion
 
@@ -108,14 +108,17 @@ def test_save_and_load_give_identical_outputs(trained, tmp_path):
 
 def test_trained_model_plugs_into_flipd(trained):
     x = circle(200, seed=2)
-    lid = flipd.flipd(trained, trained.standardize(x), t0=0.05)
+    # A trained model is a flipd.Model: flipd.flipd standardises x itself.
+    lid = flipd.flipd(trained, x, t0=0.05)
     assert lid.shape == (200,) and torch.isfinite(lid).all()
     assert torch.equal(trained.lid(x, t0=0.05), lid)
+    assert torch.equal(flipd.flipd(trained, trained.standardize(x), t0=0.05, encoded=True), lid)
+    assert torch.equal(flipd.flipd(trained, x), lid)  # the library's default noise level is t0 = 0.05
     # A circle is 1-dimensional; even this briefly trained model lands near 1 on average.
     assert 0.5 < float(lid.mean()) < 1.6
     result = trained.estimate(x[:20], t0="auto")
     assert torch.isfinite(result.lid).all()
-    with pytest.raises(TypeError, match="prediction"):
+    with pytest.raises(ValueError, match="contradicts the model's own prediction"):
         trained.lid(x, t0=0.05, prediction="score")
 
 

@@ -8,9 +8,9 @@ import torch
 pytest.importorskip("diffusers")
 
 import flipd
-from flipd.networks import NetworkSpec, build_network, network_kinds
+from flipd.models import NetworkSpec, build_network, network_kinds
 from flipd.train import TrainConfig, load, train_diffusion
-from flipd.unet import UNET_KIND, ImageUNet, UNetConfig, unet2d
+from flipd.models.unet import UNET_KIND, ImageUNet, UNetConfig, unet2d
 
 SHAPE = (1, 8, 8)
 SMALL = {"block_out_channels": (8, 16), "norm_num_groups": 4, "attention_head_dim": 4}

@@ -1,32 +1,44 @@
 """flipd: local intrinsic dimension of data points from diffusion models.
 
 >>> import flipd
->>> lid = flipd.flipd(model, x, t0=0.05)  # doctest: +SKIP
+>>> model = flipd.load("models/lollipop")            # doctest: +SKIP
+>>> lid = flipd.flipd(model, x)                      # doctest: +SKIP
 
-The public contract: :func:`flipd`, :func:`flipd_curve`, :func:`knee`, :func:`estimate`,
-:mod:`flipd.schedules` and :class:`ModelAdapter`; :func:`from_diffusers` for pre-trained
-diffusers models (needs the ``images`` extra).
+The public contract: :func:`flipd`, :func:`estimate`, :func:`flipd_curve`, :func:`knee` and
+:func:`knee_grid`; the model concept :class:`Model` with :func:`load`, :func:`as_model`,
+:class:`ModelAdapter` and :func:`from_diffusers` (needs the ``images`` extra);
+:func:`train_diffusion`; :mod:`flipd.schedules`, :mod:`flipd.analytic`, :mod:`flipd.baselines`,
+:mod:`flipd.datasets`. ``docs/architecture.md`` describes the layers.
 """
 
+from ._version import __version__
+
 from . import schedules
-from .adapters import ModelAdapter
 from .estimator import FLIPDResult, estimate, flipd, flipd_curve
 from .knee import KneeResult, knee
+from .models import DiffusersModel, DiffusionModel, Model, ModelAdapter, as_model, from_diffusers, load
+from .noise import default_noise_level, knee_grid
 from .parameterization import PREDICTIONS
-from .pretrained import DiffusersModel, from_diffusers
-
-__version__ = "0.1.0"
+from .train import TrainConfig, train_diffusion
 
 __all__ = [
     "DiffusersModel",
+    "DiffusionModel",
     "FLIPDResult",
     "KneeResult",
+    "Model",
     "ModelAdapter",
     "PREDICTIONS",
+    "TrainConfig",
+    "as_model",
+    "default_noise_level",
     "estimate",
     "flipd",
     "flipd_curve",
     "from_diffusers",
     "knee",
+    "knee_grid",
+    "load",
     "schedules",
+    "train_diffusion",
 ]

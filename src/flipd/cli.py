@@ -29,7 +29,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from .workflows import DEMO_DEFAULT_OUT, NETWORK_CHOICES
+from .jobs.train import NETWORK_CHOICES
+from .runs.environment import DEMO_DEFAULT_OUT
 
 __all__ = ["app", "main"]
 
@@ -174,7 +175,7 @@ def _setup(threads: int | None, device: str, debug: bool = False) -> Any:
     """Apply --threads and --debug, resolve --device."""
     import torch
 
-    from .sources import resolve_device
+    from .devices import resolve_device
 
     if debug:
         state.debug = True
@@ -266,7 +267,7 @@ def _check_trace(trace: str) -> str:
 
 def _version_callback(value: bool) -> None:
     if value:
-        from . import __version__
+        from ._version import __version__
 
         console.print(f"flipd {__version__}")
         raise typer.Exit()
@@ -297,8 +298,9 @@ def info(
 
     [bold]Example[/]: [cyan]flipd info --json > environment.json[/]
     """
-    from .runs import environment_info
-    from .sources import data_source_names, resolve_device
+    from .datasets.sources import data_source_names
+    from .devices import resolve_device
+    from .runs.environment import environment_info
 
     record = environment_info(resolve_device(device))
     with contextlib.suppress(ImportError):
@@ -373,8 +375,8 @@ def train(
       [cyan]flipd train points.csv --out models/mine --max-minutes 10[/]
       [cyan]flipd train mnist-subset --network unet --out models/mnist --steps 2000[/]
     """
-    from .sources import load_points
-    from .workflows import train_model
+    from .datasets.sources import load_points
+    from .jobs.train import train_model
 
     device_used = _setup(threads, device, debug)
     if standardize not in STANDARDIZE_CHOICES:
@@ -473,15 +475,21 @@ def estimate(
       [cyan]flipd estimate lollipop -m models/lollipop --method nb -o lollipop_nb.csv[/]
       [cyan]flipd estimate lollipop --method lpca --neighbors 100 -n 2000[/]
     """
-    from .runs import (METHODS, check_table_path, chunk_directory_for, estimate_in_chunks, fingerprint_array,
+    from .jobs.estimate import METHODS, MODEL_METHODS
+    from .noise import NoiseLevelError
+    from .runs import (check_table_path, chunk_directory_for, estimate_in_chunks, fingerprint_array,
                        metadata_path_for, remove_run_directory, write_json, write_table)
-    from .sources import load_model, load_points
-    from .workflows import estimate_table_columns, plan_estimate, run_record, summary_record
+    from .datasets.sources import load_points
+    from .jobs.estimate import estimate_table_columns, plan_estimate
+    from .jobs.records import run_record, summary_record
+    from .jobs.inputs import load_model
 
     began = time.perf_counter()
     device_used = _setup(threads, device, debug)
     if method not in METHODS:
         raise OptionError("--method", f"{method!r} is not one of {', '.join(METHODS)}.")
+    if method in MODEL_METHODS and model is None:
+        raise OptionError("--model", f"the {method} method needs a diffusion model: pass --model DIR (a checkpoint from flipd train).")
     table_path = check_table_path(out if out is not None else Path(f"{_slug(data)}_lid.parquet"))
     run_directory = chunk_directory_for(table_path)
     noise_given = [name for name, value in (("--t0", t0), ("--sigma", sigma), ("--delta", delta)) if value is not None]
@@ -496,10 +504,15 @@ def estimate(
         loaded = load_model(model, device=device_used) if model is not None else None
     with _timed(timings, "load_data_s"):
         points = load_points(data, n=n_points, seed=seed)
-        plan = plan_estimate(
-            method, loaded, points, t0=_parse_t0(t0), sigma=sigma, delta=delta, trace=trace, n_probes=probes,
-            seed=seed, batch_size=batch_size, chunk_size=chunk_size, n_neighbors=neighbors,
-        )
+        try:
+            plan = plan_estimate(
+                method, loaded, points, t0=_parse_t0(t0), sigma=sigma, delta=delta, trace=trace, n_probes=probes,
+                seed=seed, batch_size=batch_size, chunk_size=chunk_size, n_neighbors=neighbors,
+            )
+        except NoiseLevelError as error:
+            if error.name is None:
+                raise
+            raise OptionError(f"--{error.name}", str(error)) from None
     if loaded is not None:
         _say(quiet, f"model: {escape(loaded.description)}")
     _say(quiet, f"data: {escape(points.description)}")
@@ -572,7 +585,8 @@ def _outputs_may_be_written(table: Path, run_directory: Path, *, resume: bool, f
 def _load_model_and_points(model: Path, data: str, n_points: int | None, seed: int, device: Any,
                            timings: dict[str, float], quiet: bool) -> tuple[Any, Any, Any]:
     """Load the model (first: it is the likelier mistake), the data, and the points as the model takes them."""
-    from .sources import load_model, load_points
+    from .datasets.sources import load_points
+    from .jobs.inputs import load_model
 
     with _timed(timings, "load_model_s"):
         loaded = load_model(model, device=device)
@@ -599,7 +613,7 @@ def _print_summary(points: Any, lids: Any, title: str) -> None:
     """Estimated vs true LID per component (when the truth is known), else a short description."""
     import numpy as np
 
-    from .workflows import summarize_by_component
+    from .jobs.records import summarize_by_component
 
     lids = np.asarray(lids, dtype=np.float64)
     if points.lid_true is None:
@@ -672,7 +686,9 @@ def curve(
 
     from . import plots
     from .runs import check_table_path, metadata_path_for, write_json, write_table
-    from .workflows import compute_curves, curve_table_columns, curve_times, run_record
+    from .jobs.curve import compute_curves, curve_table_columns
+    from .jobs.records import run_record
+    from .noise import curve_times
 
     began = time.perf_counter()
     device_used = _setup(threads, device, debug)
@@ -685,7 +701,7 @@ def curve(
     times = curve_times(loaded.schedule, t_min=t_min, t_max=t_max, steps=steps)
     with _timed(timings, "curves_s"):
         with progress_bar("FLIPD curves", points.n * len(times), enabled=not quiet) as advance:
-            curves = compute_curves(loaded, x, times, trace=trace, n_probes=probes, seed=seed,
+            curves = compute_curves(loaded.model, x, times, trace=trace, n_probes=probes, seed=seed,
                                     batch_size=batch_size, progress=advance)
     write_table(table_path, curve_table_columns(points, curves))
     written: list[Path] = []
@@ -764,7 +780,7 @@ def demo(
 
     [bold]Example[/]: [cyan]flipd demo --out runs/demo[/]  (figures in runs/demo/plots)
     """
-    from .workflows import DEMO_DATASETS, run_demo
+    from .jobs.demo import DEMO_DATASETS, run_demo
 
     _setup(threads, "cpu", debug)
     began = time.perf_counter()

@@ -22,12 +22,16 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .knee import REFERENCE_SCHEDULE, knee, reference_knee_grid
+from .knee import knee
+from .models.base import Model
+from .noise import knee_grid, resolve_times
 from .parameterization import check_prediction, score_coefficients
 from .schedules import VP, Schedule
-from .trace import MODES, basis_probes, quadratic_forms, random_probes
+from .trace import MODES, basis_probes, indexed_probes, quadratic_forms
 
-Model = Callable[[Tensor, Tensor], Tensor]
+#: What the estimator accepts as a model: a :class:`flipd.Model`, or a plain callable
+#: ``model(y, t)`` with the schedule and prediction passed beside it.
+ModelLike = Model | Callable[[Tensor, Tensor], Tensor]
 Trace = Literal["auto", "exact", "hutchinson", "gaussian"]
 TRACES: tuple[str, ...] = ("auto", "exact", "hutchinson", "rademacher", "gaussian")
 
@@ -38,7 +42,7 @@ DEFAULT_BATCH_SIZE = 1024
 #: Default cap on (point, probe) pairs differentiated in one vectorised call.
 DEFAULT_CHUNK_ROWS = 4096
 
-__all__ = ["FLIPDResult", "Model", "flipd", "estimate", "flipd_curve"]
+__all__ = ["FLIPDResult", "ModelLike", "flipd", "estimate", "flipd_curve", "resolve_model", "resolve_trace"]
 
 
 @dataclass
@@ -107,30 +111,71 @@ def _list(indices: Sequence[int], limit: int = 10) -> str:
     return f"[{shown}{', ...' if len(indices) > limit else ''}] ({len(indices)} in all)"
 
 
-def _resolve_times(n: int, schedule: Schedule, t0, sigma, delta) -> Tensor:
-    """Turn exactly one of t0 / sigma / delta into times [n] (float64) inside the schedule."""
-    given = {name: value for name, value in (("t0", t0), ("sigma", sigma), ("delta", delta)) if value is not None}
-    if len(given) != 1:
-        raise ValueError(
-            "Give the noise level exactly once: t0= (schedule time), sigma= (noise std) or "
-            f"delta= (log sigma/psi); got {', '.join(given) or 'none'}."
+def _is_diffusers_object(model: object) -> bool:
+    return any(cls.__module__.split(".")[0] == "diffusers" for cls in type(model).__mro__)
+
+
+def resolve_model(
+    model: ModelLike,
+    x: Tensor,
+    *,
+    schedule: Schedule | None,
+    prediction: str | None,
+    encoded: bool,
+) -> tuple[Callable[[Tensor, Tensor], Tensor], Tensor, Schedule, str]:
+    """``(callable, x in model coordinates, schedule, prediction)`` for a model and its points.
+
+    A :class:`flipd.Model` brings its own schedule, prediction and coordinate map (applied to
+    ``x`` unless ``encoded``); a ``schedule=`` or ``prediction=`` that contradicts it raises. A
+    plain callable gets ``schedule`` (default the reference ``VP()``) and ``prediction``
+    (default "epsilon"), and ``x`` is used as it is.
+    """
+    if isinstance(model, Model):
+        if schedule is not None and schedule != model.schedule:
+            raise ValueError(
+                f"schedule={schedule!r} contradicts the model's own schedule {model.schedule!r}; "
+                "drop schedule= (a flipd.Model brings its schedule)."
+            )
+        if prediction is not None and prediction != model.prediction:
+            raise ValueError(
+                f"prediction={prediction!r} contradicts the model's own prediction {model.prediction!r}; "
+                "drop prediction= (a flipd.Model brings its prediction type)."
+            )
+        return model, (x if encoded else _as_batch(model.encode(x))), model.schedule, model.prediction
+    if _is_diffusers_object(model):
+        raise TypeError(
+            f"A diffusers {type(model).__name__} cannot be called as model(y, t) directly: wrap it with "
+            "flipd.from_diffusers(pipeline) (or from_diffusers(unet, scheduler=...)) first."
         )
-    (name, value), = given.items()
-    value = torch.as_tensor(value.detach().cpu() if isinstance(value, Tensor) else value, dtype=torch.float64)
-    if value.ndim > 1 or (value.ndim == 1 and value.shape[0] not in (1, n)):
-        raise ValueError(f"{name} must be a scalar or have shape [N] = [{n}]; got shape {tuple(value.shape)}.")
-    if name == "t0":
-        times = schedule.check_t(value, "t0")
-    elif name == "sigma":
-        if (value <= 0).any():
-            raise ValueError(f"sigma must be positive; got {value.min().item():g}.")
-        times = schedule.check_t(schedule.t_from_sigma(value), "t0 (from sigma)")
-    else:
-        times = schedule.check_t(schedule.t_from_delta(value), "t0 (from delta)")
-    return times.expand(n).clone() if times.ndim == 0 or times.shape[0] == 1 else times
+    if not callable(model):
+        raise TypeError(f"model must be a flipd.Model or a callable model(y, t); got {type(model).__name__}.")
+    schedule = VP() if schedule is None else schedule
+    if not isinstance(schedule, Schedule):
+        raise TypeError(f"schedule must be a flipd.schedules.Schedule; got {type(schedule).__name__}.")
+    prediction = "epsilon" if prediction is None else prediction
+    check_prediction(prediction)
+    return model, x, schedule, prediction
 
 
-def _resolve_trace(trace: str, dim: int, n_probes: int) -> tuple[str, int]:
+def _as_indices(indices, n: int) -> Tensor:
+    """Global point indices [n] int64 (default 0..n-1)."""
+    if indices is None:
+        return torch.arange(n, dtype=torch.int64)
+    if isinstance(indices, range):
+        indices = list(indices)
+    values = torch.as_tensor(np.asarray(indices) if not isinstance(indices, Tensor) else indices)
+    if values.is_floating_point() or values.is_complex() or values.dtype == torch.bool:
+        raise TypeError(f"indices must be integers (the points' global indices); got dtype {values.dtype}.")
+    values = values.to(torch.int64).flatten().cpu()
+    if values.shape[0] != n:
+        raise ValueError(f"indices must have one entry per point: {n}; got {values.shape[0]}.")
+    if n and int(values.min()) < 0:
+        raise ValueError(f"indices must be non-negative; got {int(values.min())}.")
+    return values
+
+
+def resolve_trace(trace: str, dim: int, n_probes: int) -> tuple[str, int]:
+    """The trace estimator and probe count that ``trace`` means at ambient dimension ``dim``."""
     if trace not in TRACES:
         raise ValueError(f"Unknown trace {trace!r}; use one of {', '.join(TRACES)}.")
     if not isinstance(n_probes, int) or n_probes < 1:
@@ -142,7 +187,7 @@ def _resolve_trace(trace: str, dim: int, n_probes: int) -> tuple[str, int]:
     return trace, (dim if trace == "exact" else n_probes)
 
 
-def _output_checker(shape: torch.Size, offset: int) -> Callable[[Tensor], None]:
+def _output_checker(shape: torch.Size, indices: Tensor) -> Callable[[Tensor], None]:
     def check(output: Tensor) -> None:
         if not isinstance(output, Tensor):
             raise TypeError(
@@ -156,7 +201,7 @@ def _output_checker(shape: torch.Size, offset: int) -> Callable[[Tensor], None]:
             )
         if not _all_finite(output.detach()):
             finite = torch.isfinite(output.detach().reshape(shape[0], -1)).all(dim=1)
-            bad = (torch.nonzero(~finite).flatten() + offset).tolist()
+            bad = indices[torch.nonzero(~finite).flatten().cpu()].tolist()
             raise ValueError(
                 f"The model returned non-finite values at points {_list(bad)}; check those inputs, "
                 "the model's weights, and that t0 is inside the range it was trained on."
@@ -183,11 +228,6 @@ def _noise_terms(schedule: Schedule, prediction: str, times: Tensor) -> tuple[Te
     return psi, sigma, *score_coefficients(prediction, schedule, times, psi=psi, sigma=sigma)
 
 
-def _probe_seed(seed: int, offset: int) -> int:
-    """Seed for the probes of the batch starting at point ``offset`` (independent of t0)."""
-    return (seed * 0x9E3779B97F4A7C15 + offset) % 2**63
-
-
 def _score_norm_sq(output: Tensor, y: Tensor, a: Tensor, b: Tensor) -> Tensor:
     """‖a·output + b·y‖² per row of [n, D] tensors, in float64 (a, b: [1] or [n] float64).
 
@@ -205,7 +245,7 @@ def _flipd_batch(
     x: Tensor,
     times: Tensor,
     *,
-    offset: int,
+    indices: Tensor,
     terms: tuple[Tensor, Tensor, Tensor, Tensor],
     trace: str,
     n_probes: int,
@@ -228,16 +268,15 @@ def _flipd_batch(
     def probes():
         if trace == "exact":
             return basis_probes(y.shape, probes_per_call, dtype=y.dtype, device=y.device)
-        generator = torch.Generator(device=y.device).manual_seed(_probe_seed(seed, offset))
         distribution = "gaussian" if trace == "gaussian" else "rademacher"
-        return random_probes(
+        return indexed_probes(
             y.shape, n_probes, probes_per_call, distribution=distribution,
-            generator=generator, dtype=y.dtype, device=y.device,
+            seed=seed, indices=indices, dtype=y.dtype, device=y.device,
         )
 
     output, forms, mode_used = quadratic_forms(
         lambda inputs: model(inputs, t_model), y, probes, mode=mode,
-        check_output=_output_checker(y.shape, offset),
+        check_output=_output_checker(y.shape, indices),
     )
     forms = forms.to(torch.float64)
     trace_estimate = forms.sum(0) if trace == "exact" else forms.mean(0)
@@ -253,22 +292,35 @@ def _flipd_batch(
     return lid.to(x.dtype), stderr.detach(), mode_used
 
 
+def _check_options(seed, batch_size, chunk_rows, mode) -> None:
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise TypeError(f"seed must be an integer; got {seed!r}.")
+    if mode not in MODES:
+        raise ValueError(f"Unknown mode {mode!r}; use one of {', '.join(MODES)}.")
+    if batch_size is not None and (not isinstance(batch_size, (int, np.integer)) or batch_size < 1):
+        raise ValueError(f"batch_size must be a positive integer or None; got {batch_size!r}.")
+    if chunk_rows is not None and (not isinstance(chunk_rows, (int, np.integer)) or chunk_rows < 1):
+        raise ValueError(f"chunk_rows must be a positive integer or None; got {chunk_rows!r}.")
+
+
 def estimate(
-    model: Model,
+    model: ModelLike,
     x,
     *,
     t0: float | Tensor | Literal["auto"] | None = None,
     sigma: float | Tensor | None = None,
     delta: float | Tensor | None = None,
     schedule: Schedule | None = None,
-    prediction: str = "epsilon",
+    prediction: str | None = None,
     trace: Trace = "auto",
     n_probes: int = 1,
     seed: int = 0,
+    indices=None,
     batch_size: int | None = None,
     chunk_rows: int | None = None,
     mode: str = "auto",
     differentiable: bool = False,
+    encoded: bool = False,
     progress: Callable[[int], None] | None = None,
 ) -> FLIPDResult:
     """FLIPD estimates with their noise levels and standard errors (see :func:`flipd`).
@@ -280,27 +332,30 @@ def estimate(
         progress: called with the number of points finished after each batch.
     """
     x = _as_batch(x)
-    schedule = VP() if schedule is None else schedule
-    if not isinstance(schedule, Schedule):
-        raise TypeError(f"schedule must be a flipd.schedules.Schedule; got {type(schedule).__name__}.")
-    check_prediction(prediction)
-    if mode not in MODES:
-        raise ValueError(f"Unknown mode {mode!r}; use one of {', '.join(MODES)}.")
-    if batch_size is not None and batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer or None; got {batch_size}.")
+    fn, x, schedule, prediction = resolve_model(model, x, schedule=schedule, prediction=prediction, encoded=encoded)
+    _check_options(seed, batch_size, chunk_rows, mode)
     n, dim = x.shape[0], x[0].numel()
-    trace, n_probes = _resolve_trace(trace, dim, n_probes)
+    indices = _as_indices(indices, n)
+    trace, n_probes = resolve_trace(trace, dim, n_probes)
+    options = dict(
+        schedule=schedule, prediction=prediction, trace=trace, n_probes=n_probes, seed=int(seed), indices=indices,
+        batch_size=batch_size, chunk_rows=chunk_rows, mode=mode, differentiable=differentiable, progress=progress,
+    )
     if isinstance(t0, str):
         if t0 != "auto":
             raise ValueError(f"t0 must be a number, a tensor of shape [N], or 'auto'; got {t0!r}.")
         if sigma is not None or delta is not None:
             raise ValueError("t0='auto' chooses the noise level itself; do not also pass sigma= or delta=.")
-        return _estimate_auto(
-            model, x, schedule=schedule, prediction=prediction, trace=trace, n_probes=n_probes,
-            seed=seed, batch_size=batch_size, chunk_rows=chunk_rows, mode=mode,
-            differentiable=differentiable, progress=progress,
-        )
-    times = _resolve_times(n, schedule, t0, sigma, delta)
+        return _estimate_auto(fn, x, **options)
+    return _estimate_fixed(fn, x, resolve_times(n, schedule, t0=t0, sigma=sigma, delta=delta), **options)
+
+
+def _estimate_fixed(
+    fn, x: Tensor, times: Tensor, *, schedule: Schedule, prediction: str, trace: str, n_probes: int, seed: int,
+    indices: Tensor, batch_size: int | None, chunk_rows: int | None, mode: str, differentiable: bool, progress,
+) -> FLIPDResult:
+    """FLIPD at the times [N] (float64) of ``schedule``; ``x`` in model coordinates."""
+    n = x.shape[0]
     batch_size = min(n, batch_size or DEFAULT_BATCH_SIZE)
     rows = chunk_rows or max(DEFAULT_CHUNK_ROWS, batch_size)
     grad_context = contextlib.nullcontext() if differentiable else torch.no_grad()
@@ -312,7 +367,7 @@ def estimate(
             stop = min(n, start + batch_size)
             batch_terms = terms if len(distinct) == 1 else tuple(value[start:stop] for value in terms)
             lid, stderr, mode_used = _flipd_batch(
-                model, x[start:stop], times[start:stop], offset=start, terms=batch_terms,
+                fn, x[start:stop], times[start:stop], indices=indices[start:stop], terms=batch_terms,
                 trace=trace, n_probes=n_probes, seed=seed, chunk_rows=rows, mode=mode,
             )
             lids.append(lid if differentiable else lid.detach())
@@ -327,16 +382,28 @@ def estimate(
     )
 
 
+def _curve(fn, x: Tensor, times: Tensor, **options) -> tuple[Tensor, str]:
+    """FLIPD [N, T] at each of the times [T] for every point, and the differentiation mode used."""
+    n = x.shape[0]
+    columns, mode_used = [], options["mode"]
+    for t in times:
+        result = _estimate_fixed(fn, x, torch.full((n,), float(t), dtype=torch.float64), **options)
+        columns.append(result.lid)
+        mode_used = result.mode
+    return torch.stack(columns, dim=1), mode_used
+
+
 def flipd(
-    model: Model,
+    model: ModelLike,
     x,
     *,
     t0: float | Tensor | Literal["auto"] | None = None,
     schedule: Schedule | None = None,
-    prediction: str = "epsilon",
+    prediction: str | None = None,
     trace: Trace = "auto",
     n_probes: int = 1,
     seed: int = 0,
+    indices=None,
     batch_size: int | None = None,
     sigma: float | Tensor | None = None,
     delta: float | Tensor | None = None,
@@ -347,44 +414,53 @@ def flipd(
     """Local intrinsic dimension of each point of ``x`` by FLIPD.
 
     Args:
-        model: ``model(y, t) -> tensor shaped like y``; ``y`` [N, ...] is the noised input,
-            ``t`` a float tensor [N] in the schedule's time units. Wrap other signatures with
-            :class:`flipd.ModelAdapter`.
-        x: data points, tensor or array of shape [N, ...] (vectors or images), in the units
-            the model was trained on (clean data, not noised).
-        t0: noise level as a time of ``schedule`` (float, or tensor [N] for one per point), or
-            "auto" for the knee rule (:func:`flipd.knee`). Alternatively give ``sigma=`` (the
-            noise standard deviation) or ``delta=`` (log sigma/psi): exactly one of the three.
-        schedule: the model's noise schedule; default the reference ``VP()``.
-        prediction: what the network outputs: "score", "epsilon", "sample", "v_prediction"
-            or "flow_velocity".
+        model: a :class:`flipd.Model` (from :func:`flipd.load`, :func:`flipd.from_diffusers`,
+            :func:`flipd.train_diffusion` or :func:`flipd.as_model`), which brings its schedule,
+            prediction type and coordinate map; or a plain callable ``model(y, t) -> tensor
+            shaped like y`` with ``y`` [N, ...] the noised input and ``t`` a float tensor [N] in
+            the schedule's time units (wrap other signatures with :class:`flipd.ModelAdapter`).
+        x: data points, tensor or array of shape [N, ...] (vectors or images), clean (not
+            noised): in the user's units for a :class:`flipd.Model`, in the units the network
+            was trained on for a plain callable.
+        t0: noise level as a time of the schedule (float, or tensor [N] for one per point), or
+            "auto" for the knee rule (:func:`flipd.knee`). Alternatively ``sigma=`` (the noise
+            standard deviation) or ``delta=`` (log sigma/psi): at most one of the three. With
+            none, the default: t0 = 0.05 of the reference VP schedule, carried to other
+            schedules through delta (:func:`flipd.default_noise_level`).
+        schedule: the noise schedule of a plain callable; default the reference ``VP()``.
+        prediction: what a plain callable outputs: "score", "epsilon" (default), "sample",
+            "v_prediction" or "flow_velocity".
         trace: "exact" (D basis probes), "hutchinson" (Rademacher probes), "gaussian"
             (Gaussian probes), or "auto" (exact for D ≤ 256, else Hutchinson).
         n_probes: Hutchinson probes per point (ignored by the exact trace).
-        seed: seed of the probes; results are reproducible for a given seed and batch size.
-            No global random state is touched.
+        seed: seed of the probes. A point's probes depend only on ``seed`` and its index, never
+            on the batch size or on which other points are estimated. No global random state
+            is touched.
+        indices: the points' global indices, [N] integers (default 0..N-1): ``flipd(model,
+            x[10:20], indices=range(10, 20))`` equals rows 10..19 of ``flipd(model, x)``.
         batch_size: points per forward pass (default up to 1024).
         differentiable: keep the graph so gradients flow to ``x`` (FLIPD as a loss term).
         return_stderr: also return the per-point standard error of the Hutchinson estimate.
-        **options: passed to :func:`estimate` (``chunk_rows``, ``mode``, ``progress``).
+        **options: passed to :func:`estimate` (``chunk_rows``, ``mode``, ``progress``,
+            ``encoded=True`` when ``x`` is already in a :class:`flipd.Model`'s coordinates).
 
     Returns:
-        LID estimates, tensor [N] in x's dtype and device; with ``return_stderr`` a pair
-        ``(lid, stderr)``.
+        LID estimates, tensor [N] in the model-coordinate dtype and device; with
+        ``return_stderr`` a pair ``(lid, stderr)``.
 
     Example:
-        >>> lid = flipd.flipd(model, x, t0=0.05)  # doctest: +SKIP
+        >>> lid = flipd.flipd(flipd.load("models/lollipop"), x)  # doctest: +SKIP
     """
     result = estimate(
         model, x, t0=t0, sigma=sigma, delta=delta, schedule=schedule, prediction=prediction,
-        trace=trace, n_probes=n_probes, seed=seed, batch_size=batch_size,
+        trace=trace, n_probes=n_probes, seed=seed, indices=indices, batch_size=batch_size,
         differentiable=differentiable, **options,
     )
     return (result.lid, result.stderr) if return_stderr else result.lid
 
 
 def flipd_curve(
-    model: Model,
+    model: ModelLike,
     x,
     t_grid: Sequence[float] | Tensor,
     **kwargs,
@@ -393,39 +469,47 @@ def flipd_curve(
 
     Column j equals ``flipd(model, x, t0=t_grid[j], **kwargs)`` exactly (same probes), so
     curves are smooth in t for Hutchinson estimates too. ``kwargs`` are those of :func:`flipd`
-    except the noise level.
+    except the noise level. The knee rule's grid is :func:`flipd.knee_grid` (schedule).
     """
-    for name in ("t0", "sigma", "delta"):
+    for name in ("t0", "sigma", "delta", "return_stderr"):
         if name in kwargs:
             raise ValueError(f"flipd_curve takes the noise levels from t_grid; do not pass {name}=.")
     grid = torch.as_tensor(t_grid, dtype=torch.float64).flatten()
     if grid.numel() == 0:
         raise ValueError("t_grid is empty; pass at least one time.")
-    columns = [flipd(model, x, t0=float(t), **kwargs) for t in grid]
-    return torch.stack(columns, dim=1)
+    x = _as_batch(x)
+    fn, x, schedule, prediction = resolve_model(
+        model, x, schedule=kwargs.pop("schedule", None), prediction=kwargs.pop("prediction", None),
+        encoded=kwargs.pop("encoded", False),
+    )
+    seed, batch_size = kwargs.pop("seed", 0), kwargs.pop("batch_size", None)
+    chunk_rows, mode = kwargs.pop("chunk_rows", None), kwargs.pop("mode", "auto")
+    _check_options(seed, batch_size, chunk_rows, mode)
+    trace, n_probes = resolve_trace(kwargs.pop("trace", "auto"), x[0].numel(), kwargs.pop("n_probes", 1))
+    options = dict(
+        schedule=schedule, prediction=prediction, trace=trace, n_probes=n_probes, seed=int(seed),
+        indices=_as_indices(kwargs.pop("indices", None), x.shape[0]), batch_size=batch_size, chunk_rows=chunk_rows,
+        mode=mode, differentiable=kwargs.pop("differentiable", False), progress=kwargs.pop("progress", None),
+    )
+    if kwargs:
+        raise TypeError(f"flipd_curve got unexpected arguments: {', '.join(sorted(kwargs))}.")
+    schedule.check_t(grid, "t_grid")
+    return _curve(fn, x, grid, **options)[0]
 
 
-def _estimate_auto(model, x, *, schedule: Schedule, progress, **kwargs) -> FLIPDResult:
-    """t0 chosen per point by the knee rule on the reference grid (method notes §5)."""
-    dim = x[0].numel()
-    reference_times = reference_knee_grid()
-    times = schedule.t_from_delta(REFERENCE_SCHEDULE.delta(reference_times))
-    curve = flipd_curve(model, x, times, schedule=schedule, **kwargs)
+def _estimate_auto(fn, x: Tensor, *, schedule: Schedule, progress, **options) -> FLIPDResult:
+    """t0 chosen per point by the knee rule on :func:`flipd.knee_grid` (method notes §5)."""
+    grid = knee_grid(schedule)
+    curve, mode_used = _curve(fn, x, grid, schedule=schedule, progress=None, **options)
     if progress is not None:
         progress(x.shape[0])
-    found = knee(curve, reference_times, ambient_dim=dim)
-    # Report the chosen noise level in this schedule's own time units (NaN where no knee).
-    index = torch.searchsorted(reference_times, found.t0.nan_to_num(0.0).to(torch.float64))
-    index = index.clamp(max=len(times) - 1)
-    no_knee = ~found.found
-
-    def pick(values: Tensor) -> Tensor:
-        picked = values[index].clone()
-        picked[no_knee] = math.nan
-        return picked
-
+    found = knee(curve.detach(), grid, schedule=schedule, ambient_dim=x[0].numel())
+    t0 = found.t0.clone()
+    sigma, delta = torch.full_like(t0, math.nan), torch.full_like(t0, math.nan)
+    if bool(found.found.any()):
+        chosen = t0[found.found]
+        sigma[found.found], delta[found.found] = schedule.sigma(chosen), schedule.delta(chosen)
     return FLIPDResult(
-        lid=found.lid.to(x), t0=pick(times), sigma=pick(schedule.sigma(times)),
-        delta=pick(schedule.delta(times)), stderr=torch.full((x.shape[0],), math.nan),
-        trace=kwargs["trace"], n_probes=kwargs["n_probes"], mode=kwargs["mode"],
+        lid=found.lid.to(x), t0=t0, sigma=sigma, delta=delta, stderr=torch.full((x.shape[0],), math.nan),
+        trace=options["trace"], n_probes=options["n_probes"], mode=mode_used,
     )

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from .runs import atomic_path
+from .runs.files import atomic_path
 
 __all__ = [
     "plot_curves",

@@ -14,14 +14,16 @@ result keeps that dtype. Python floats are accepted too.
 
 from __future__ import annotations
 
+import inspect
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
 
-__all__ = ["Schedule", "VP", "Cosine", "Discrete", "VE", "RectifiedFlow"]
+__all__ = ["Schedule", "VP", "Cosine", "Discrete", "VE", "RectifiedFlow", "SCHEDULES"]
 
 
 def _as_float64(value: float | Sequence[float] | Tensor) -> Tensor:
@@ -110,6 +112,46 @@ class Schedule(ABC):
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
 
+    # ------------------------------------------------------------------ configuration
+
+    def to_config(self) -> dict[str, Any]:
+        """JSON-serialisable ``{"kind": ..., **constructor arguments}``; :meth:`from_config` inverts it."""
+        return {"kind": type(self).__name__, **self._arguments()}
+
+    def _arguments(self) -> dict[str, Any]:
+        """The constructor arguments that rebuild this schedule (JSON-serialisable)."""
+        return {}
+
+    @staticmethod
+    def from_config(config: Mapping[str, Any]) -> "Schedule":
+        """Rebuild a schedule from :meth:`to_config`'s output.
+
+        Raises:
+            ValueError: an unknown kind, or arguments the schedule does not take (named).
+        """
+        if not isinstance(config, Mapping) or not isinstance(config.get("kind"), str):
+            raise ValueError(f"A schedule config needs a 'kind' naming one of {', '.join(SCHEDULES)}; got {config!r}.")
+        kind = config["kind"]
+        if kind not in SCHEDULES:
+            raise ValueError(f"Unknown schedule kind {kind!r}; use one of {', '.join(SCHEDULES)}.")
+        arguments = {key: value for key, value in config.items() if key != "kind"}
+        cls = SCHEDULES[kind]
+        accepted = set(inspect.signature(cls).parameters)
+        unknown = sorted(set(arguments) - accepted)
+        if unknown:
+            raise ValueError(f"Schedule {kind} takes {', '.join(sorted(accepted)) or 'no arguments'}; got unknown {', '.join(unknown)}.")
+        for key, value in arguments.items():
+            numbers = value if isinstance(value, list) else [value]
+            if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in numbers):
+                raise ValueError(f"Schedule {kind}: {key} must be a number (or a list of numbers); got {value!r}.")
+        return cls(**arguments)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Schedule) and self.to_config() == other.to_config()
+
+    def __hash__(self) -> int:
+        return hash(repr(self.to_config()))
+
 
 class VP(Schedule):
     """Variance-preserving SDE with linear beta(t) = beta_min + (beta_max - beta_min)·t, t ∈ (0, 1].
@@ -145,6 +187,9 @@ class VP(Schedule):
     def __repr__(self) -> str:
         return f"VP(beta_min={self.beta_min:g}, beta_max={self.beta_max:g})"
 
+    def _arguments(self) -> dict[str, Any]:
+        return {"beta_min": self.beta_min, "beta_max": self.beta_max}
+
 
 class Cosine(Schedule):
     """The cosine schedule of improved DDPM: alpha_bar(t) = cos²(π/2·(t+s)/(1+s)) / cos²(π/2·s/(1+s)).
@@ -172,6 +217,9 @@ class Cosine(Schedule):
 
     def __repr__(self) -> str:
         return f"Cosine(offset={self.offset:g})"
+
+    def _arguments(self) -> dict[str, Any]:
+        return {"offset": self.offset, "t_max": self.t_max}
 
 
 class Discrete(Schedule):
@@ -226,6 +274,9 @@ class Discrete(Schedule):
     def __repr__(self) -> str:
         return f"Discrete(T={self.alphas_cumprod.numel()})"
 
+    def _arguments(self) -> dict[str, Any]:
+        return {"alphas_cumprod": self.alphas_cumprod.tolist()}
+
 
 class VE(Schedule):
     """Variance-exploding schedule in EDM's convention: psi = 1, sigma = t, t ∈ (0, sigma_max]."""
@@ -245,6 +296,9 @@ class VE(Schedule):
     def __repr__(self) -> str:
         return f"VE(sigma_max={self.t_max:g})"
 
+    def _arguments(self) -> dict[str, Any]:
+        return {"sigma_max": self.t_max}
+
 
 class RectifiedFlow(Schedule):
     """Rectified flow / flow matching: x_t = (1 - t)·x_0 + t·eps, so psi = 1 - t, sigma = t.
@@ -260,3 +314,13 @@ class RectifiedFlow(Schedule):
 
     def sigma(self, t: float | Tensor) -> Tensor:
         return _as_float64(t).clone()
+
+    def __repr__(self) -> str:
+        return f"RectifiedFlow(t_max={self.t_max:g})"
+
+    def _arguments(self) -> dict[str, Any]:
+        return {"t_max": self.t_max}
+
+
+#: Every schedule class by the ``kind`` its config names.
+SCHEDULES: dict[str, type[Schedule]] = {cls.__name__: cls for cls in (VP, Cosine, Discrete, VE, RectifiedFlow)}

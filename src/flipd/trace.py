@@ -28,7 +28,7 @@ from torch import Tensor
 Mode = Literal["auto", "reverse", "forward"]
 MODES: tuple[str, ...] = ("auto", "reverse", "forward")
 
-__all__ = ["Mode", "MODES", "basis_probes", "random_probes", "quadratic_forms"]
+__all__ = ["Mode", "MODES", "basis_probes", "indexed_probes", "mix64", "quadratic_forms"]
 
 
 def basis_probes(batch_shape: torch.Size, chunk: int, *, dtype, device) -> Iterator[Tensor]:
@@ -52,46 +52,96 @@ def basis_probes(batch_shape: torch.Size, chunk: int, *, dtype, device) -> Itera
         yield probes.reshape(k, n, *dims)
 
 
-#: Random bits taken from each 64-bit integer draw (int64 ``random_`` is uniform on [0, 2^63)).
+#: Random bits taken from each 64-bit hash (the low 62; the top bits carry the sign).
 _BITS_PER_WORD = 62
+# Multipliers of the splitmix64 finaliser and a Weyl increment, as signed 64-bit integers.
+_MIX_1 = 0xBF58476D1CE4E5B9 - 2**64
+_MIX_2 = 0x94D049BB133111EB - 2**64
+_GOLDEN = 0x9E3779B97F4A7C15 - 2**64
 
 
-def _rademacher(shape: tuple[int, ...], generator: torch.Generator, *, dtype, device) -> Tensor:
-    """Independent ±1 entries of shape [k, ...] (k probes), 62 of them per 64-bit random draw.
+def _shift_right(values: Tensor, bits: int) -> Tensor:
+    """Logical right shift of int64 values (torch's ``>>`` is arithmetic)."""
+    return (values >> bits) & ((1 << (64 - bits)) - 1)
 
-    Unpacking the bits of random integers is several times faster than one draw per entry,
-    which matters when a probe costs about as much as a forward pass. Each probe takes its own
-    whole number of draws, so a stream of probes does not depend on how it is chunked.
+
+def mix64(values: Tensor) -> Tensor:
+    """The splitmix64 finaliser, element-wise on an int64 tensor (arithmetic wraps modulo 2^64).
+
+    A bijection of 64-bit integers whose outputs look independent for consecutive inputs: the
+    counter-based random numbers behind :func:`indexed_probes`.
     """
-    per_probe = math.prod(shape[1:])
-    words = -(-per_probe // _BITS_PER_WORD)
-    draws = torch.empty(shape[0], words, 1, dtype=torch.int64, device=device).random_(generator=generator)
-    shifts = torch.arange(_BITS_PER_WORD, device=device)
-    bits = (draws >> shifts).bitwise_and_(1).reshape(shape[0], -1)[:, :per_probe].reshape(shape)
-    return bits.to(dtype).mul_(2).sub_(1)
+    values = values ^ _shift_right(values, 30)
+    values = values * _MIX_1
+    values = values ^ _shift_right(values, 27)
+    values = values * _MIX_2
+    return values ^ _shift_right(values, 31)
 
 
-def random_probes(
+def _point_keys(seed: int, indices: Tensor) -> Tensor:
+    """One 64-bit key per point [N] from the seed and the points' global indices."""
+    seed_key = mix64(torch.tensor([seed % 2**64 - (2**64 if seed % 2**64 >= 2**63 else 0)], dtype=torch.int64))
+    return mix64(seed_key.to(indices.device) + indices.to(torch.int64) * _GOLDEN)
+
+
+def _hashes(keys: Tensor, first_probe: int, k: int, width: int) -> Tensor:
+    """Hashes [k, N, width]: entry (j, n, w) depends only on keys[n], probe first_probe + j and w."""
+    counters = torch.arange(first_probe * width, (first_probe + k) * width, device=keys.device, dtype=torch.int64)
+    counters = counters.reshape(k, 1, width) + 1
+    return mix64(keys.reshape(1, -1, 1) + counters * _GOLDEN)
+
+
+def _rademacher_bits(hashes: Tensor, per_probe: int) -> Tensor:
+    """±1 entries from 62 bits of each hash: [k, N, words] -> [k, N, per_probe] int64 in {0, 1}."""
+    shifts = torch.arange(_BITS_PER_WORD, device=hashes.device)
+    bits = (hashes[..., None] >> shifts).bitwise_and_(1)
+    return bits.reshape(*hashes.shape[:2], -1)[..., :per_probe]
+
+
+def _standard_normal(hashes: Tensor) -> Tensor:
+    """Standard normal draws (float64) from pairs of uniforms made from each hash (Box-Muller)."""
+    scale = 2.0**-53
+    u1 = (_shift_right(hashes, 11).to(torch.float64) + 0.5) * scale
+    u2 = (_shift_right(mix64(hashes ^ _GOLDEN), 11).to(torch.float64) + 0.5) * scale
+    return torch.sqrt(-2.0 * torch.log(u1)) * torch.cos(2.0 * math.pi * u2)
+
+
+def indexed_probes(
     batch_shape: torch.Size,
     n_probes: int,
     chunk: int,
     *,
     distribution: Literal["rademacher", "gaussian"],
-    generator: torch.Generator,
+    seed: int,
+    indices: Tensor,
     dtype,
     device,
 ) -> Iterator[Tensor]:
-    """Yield ``n_probes`` random probes per point, ``chunk`` at a time, drawn from ``generator``.
+    """Yield ``n_probes`` random probes per point, ``chunk`` at a time, as [k, N, ...] tensors.
 
-    Rademacher probes have independent ±1 entries; Gaussian probes standard normal entries.
-    Both satisfy E[v vᵀ] = I, so E[vᵀ J v] = tr J. Only one chunk exists in memory at a time.
+    Probe j of point n is a fixed function of ``(seed, indices[n], j)`` (counter-based hashing,
+    :func:`mix64`), so a point's probes do not depend on the batch it is in, on the batch size,
+    on the chunking of probes, on the device, or on any global random state. Rademacher probes
+    have independent ±1 entries, Gaussian probes standard normal entries; both satisfy
+    E[v vᵀ] = I, so E[vᵀ J v] = tr J.
+
+    Args:
+        batch_shape: [N, ...]; D is the product of the trailing sizes.
+        indices: [N] int64 global indices of the points.
     """
+    n, dims = batch_shape[0], batch_shape[1:]
+    per_probe = dims.numel()
+    if indices.shape != (n,):
+        raise ValueError(f"indices must have shape [N] = [{n}]; got {tuple(indices.shape)}.")
+    keys = _point_keys(seed, indices.to(device))
     for start in range(0, n_probes, chunk):
-        shape = (min(chunk, n_probes - start), *batch_shape)
+        k = min(chunk, n_probes - start)
         if distribution == "rademacher":
-            yield _rademacher(shape, generator, dtype=dtype, device=device)
+            words = -(-per_probe // _BITS_PER_WORD)
+            values = _rademacher_bits(_hashes(keys, start, k, words), per_probe).to(dtype).mul_(2).sub_(1)
         else:
-            yield torch.randn(shape, generator=generator, device=device, dtype=dtype)
+            values = _standard_normal(_hashes(keys, start, k, per_probe)).to(dtype)
+        yield values.reshape(k, n, *dims)
 
 
 def _contract(probes: Tensor, products: Tensor) -> Tensor:

@@ -45,7 +45,19 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .networks import MLPUNet, MLPUNetConfig, NetworkSpec, build_network, count_parameters
+from .models.checkpoint import (
+    CHECKPOINT_FORMAT,
+    STANDARDIZE_MODES,
+    CheckpointError,
+    DiffusionModel,
+    Standardize,
+    fit_standardization,
+    load,
+)
+from .models.mlp import MLPUNet, MLPUNetConfig, count_parameters
+from .models.registry import build_network
+from .models.spec import NetworkSpec
+from .runs.environment import package_versions
 from .schedules import VP
 
 __all__ = [
@@ -56,20 +68,6 @@ __all__ = [
     "load",
     "train_diffusion",
 ]
-
-Standardize = Literal["per_coordinate", "scalar", "none"]
-STANDARDIZE_MODES: tuple[str, ...] = ("per_coordinate", "scalar", "none")
-
-#: Value of the "format" field that marks a directory as a flipd checkpoint.
-CHECKPOINT_FORMAT = "flipd.diffusion_model"
-CHECKPOINT_VERSION = 1
-CONFIG_FILE = "flipd_model.json"
-WEIGHTS_FILE = "model.safetensors"
-
-
-class CheckpointError(ValueError):
-    """A directory is not a valid flipd checkpoint (the message says what is wrong)."""
-
 
 # --------------------------------------------------------------------------- configuration
 
@@ -168,267 +166,6 @@ class TrainConfig:
         return VP(self.beta_min, self.beta_max)
 
 
-# --------------------------------------------------------------------------- the model
-
-
-class DiffusionModel(nn.Module):
-    """A trained epsilon-prediction diffusion model in standardised coordinates.
-
-    ``model(y, t)`` returns the predicted noise for ``y = psi(t)·z + sigma(t)·eps`` where
-    ``z = model.standardize(x)``; it plugs into :func:`flipd.flipd` with the defaults
-    ``prediction="epsilon"`` and ``schedule=model.schedule`` (the reference ``VP()``), given
-    standardised points. :meth:`lid` does exactly that.
-
-    Attributes:
-        network: the EMA network, called as ``network(y, t)``.
-        schedule: the VP schedule it was trained with.
-        prediction: always "epsilon".
-        standardize_mode: how the data were standardised.
-        shift, scale: the standardisation, tensors shaped like one data point.
-        metadata: training record: "train_config", "steps_run", "stopped_early", "stop_reason"
-            ("steps", "patience" or "max_seconds"), "best_step", "best_val_loss",
-            "final_train_loss", "final_val_loss", "history" (one entry per validation),
-            "n_train", "n_val", "seed", "seconds" (wall clock), "cpu_seconds" (CPU time of the
-            process, all threads), "threads", "parameters" and "versions".
-        online_network: the raw (non-averaged) weights, kept for saving; may be None.
-    """
-
-    prediction = "epsilon"
-
-    def __init__(
-        self,
-        network: nn.Module,
-        *,
-        shift: Tensor,
-        scale: Tensor,
-        schedule: VP | None = None,
-        standardize_mode: str = "per_coordinate",
-        metadata: dict[str, Any] | None = None,
-        online_network: nn.Module | None = None,
-    ) -> None:
-        super().__init__()
-        self.network = network
-        self.online_network = online_network
-        self.schedule = VP() if schedule is None else schedule
-        self.standardize_mode = standardize_mode
-        self.register_buffer("shift", shift.detach().clone())
-        self.register_buffer("scale", scale.detach().clone())
-        self.metadata: dict[str, Any] = dict(metadata or {})
-        self.requires_grad_(False)
-        self.eval()
-
-    # ------------------------------------------------------------------ calling
-
-    @property
-    def data_shape(self) -> tuple[int, ...]:
-        """Shape of one data point (D,) or (C, H, W)."""
-        return tuple(self.shift.shape)
-
-    def forward(self, y: Tensor, t: Tensor) -> Tensor:
-        """Predicted noise: ``y`` [N, *data_shape] in standardised coordinates, ``t`` [N] in (0, 1]."""
-        if tuple(y.shape[1:]) != self.data_shape:
-            raise ValueError(
-                f"The model was trained on points of shape {self.data_shape}; got a batch of shape "
-                f"{tuple(y.shape)}. Pass y of shape [N, {', '.join(map(str, self.data_shape))}]."
-            )
-        if t.ndim == 0:
-            t = t.expand(y.shape[0])
-        return self.network(y, t.to(device=y.device, dtype=y.dtype))
-
-    def _as_points(self, x) -> Tensor:
-        if isinstance(x, np.ndarray):
-            x = torch.from_numpy(x)
-        if not isinstance(x, Tensor):
-            raise TypeError(f"x must be a torch.Tensor or numpy array; got {type(x).__name__}.")
-        if tuple(x.shape[1:]) != self.data_shape or x.ndim != len(self.data_shape) + 1:
-            raise ValueError(
-                f"x must have shape [N, {', '.join(map(str, self.data_shape))}] like the training data; "
-                f"got {tuple(x.shape)}."
-            )
-        return x.to(device=self.shift.device, dtype=self.shift.dtype)
-
-    def standardize(self, x) -> Tensor:
-        """Map data points x [N, *data_shape] (original units) to the model's coordinates."""
-        return (self._as_points(x) - self.shift) / self.scale
-
-    def destandardize(self, z) -> Tensor:
-        """Inverse of :meth:`standardize`."""
-        return self._as_points(z) * self.scale + self.shift
-
-    def lid(self, x, **flipd_kwargs: Any) -> Tensor:
-        """FLIPD estimates [N] for data points ``x`` in original units.
-
-        Equal to ``flipd.flipd(self, self.standardize(x), prediction="epsilon",
-        schedule=self.schedule, **flipd_kwargs)``; give the noise level with ``t0=`` (e.g.
-        0.05 or "auto"), ``sigma=`` or ``delta=``, measured in standardised coordinates.
-        """
-        from .estimator import flipd
-
-        self._check_flipd_kwargs(flipd_kwargs)
-        return flipd(self, self.standardize(x), prediction="epsilon", schedule=self.schedule, **flipd_kwargs)
-
-    def estimate(self, x, **flipd_kwargs: Any):
-        """Like :meth:`lid`, returning :class:`flipd.FLIPDResult` (noise levels, stderr, ...)."""
-        from .estimator import estimate
-
-        self._check_flipd_kwargs(flipd_kwargs)
-        return estimate(self, self.standardize(x), prediction="epsilon", schedule=self.schedule, **flipd_kwargs)
-
-    @staticmethod
-    def _check_flipd_kwargs(kwargs: dict[str, Any]) -> None:
-        for name in ("prediction", "schedule"):
-            if name in kwargs:
-                raise TypeError(f"DiffusionModel.lid sets {name} itself (the model's own); do not pass {name}=.")
-
-    # ------------------------------------------------------------------ saving
-
-    def save(self, directory: str | Path) -> Path:
-        """Write the checkpoint: ``flipd_model.json`` and ``model.safetensors`` in ``directory``.
-
-        Returns the directory. Only networks with a registered spec (``network.spec``, see
-        :func:`flipd.networks.register_network`) can be saved.
-        """
-        from safetensors.torch import save_file
-
-        spec = getattr(self.network, "spec", None)
-        if not isinstance(spec, NetworkSpec):
-            raise CheckpointError(
-                f"Cannot save a {type(self.network).__name__}: it has no NetworkSpec in its .spec "
-                "attribute. Register a builder with flipd.networks.register_network and set "
-                "network.spec = NetworkSpec(kind, options)."
-            )
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        tensors = {f"ema.{k}": v for k, v in self.network.state_dict().items()}
-        if self.online_network is not None:
-            tensors.update({f"online.{k}": v for k, v in self.online_network.state_dict().items()})
-        tensors["standardization.shift"] = self.shift
-        tensors["standardization.scale"] = self.scale
-        tensors = {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}
-        config = {
-            "format": CHECKPOINT_FORMAT,
-            "format_version": CHECKPOINT_VERSION,
-            "weights": WEIGHTS_FILE,
-            "network": spec.to_json(),
-            "prediction": self.prediction,
-            "schedule": {"kind": "VP", "beta_min": self.schedule.beta_min, "beta_max": self.schedule.beta_max},
-            "standardization": {
-                "mode": self.standardize_mode,
-                "data_shape": list(self.data_shape),
-                "tensors": ["standardization.shift", "standardization.scale"],
-                "formula": "z = (x - shift) / scale",
-            },
-            "dtype": str(self.shift.dtype).removeprefix("torch."),
-            "metadata": self.metadata,
-        }
-        save_file(tensors, str(directory / WEIGHTS_FILE), metadata={"format": CHECKPOINT_FORMAT})
-        (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-        return directory
-
-    @classmethod
-    def load(cls, directory: str | Path, *, weights: Literal["ema", "online"] = "ema", device: str | torch.device = "cpu") -> "DiffusionModel":
-        """Load a checkpoint written by :meth:`save`.
-
-        Args:
-            directory: the checkpoint directory.
-            weights: "ema" (the averaged weights, used for evaluation) or "online" (raw).
-            device: where to put the model.
-
-        Raises:
-            FileNotFoundError: the directory does not exist.
-            CheckpointError: it is not a flipd checkpoint, or one this version cannot read.
-        """
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        directory = Path(directory)
-        if not directory.exists():
-            raise FileNotFoundError(f"No checkpoint at {directory}: the directory does not exist.")
-        if not directory.is_dir():
-            raise CheckpointError(f"{directory} is a file, not a checkpoint directory (expected a directory with {CONFIG_FILE}).")
-        config_path = directory / CONFIG_FILE
-        if not config_path.is_file():
-            raise CheckpointError(
-                f"{directory} is not a flipd checkpoint: it has no {CONFIG_FILE}. A checkpoint holds "
-                f"{CONFIG_FILE} and {WEIGHTS_FILE}, as written by DiffusionModel.save."
-            )
-        try:
-            config = json.loads(config_path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as error:
-            raise CheckpointError(f"{config_path} is not valid JSON ({error}); the checkpoint is damaged.") from error
-        if not isinstance(config, dict) or config.get("format") != CHECKPOINT_FORMAT:
-            found = config.get("format") if isinstance(config, dict) else type(config).__name__
-            raise CheckpointError(
-                f"{config_path} does not describe a flipd checkpoint: its 'format' is {found!r}, "
-                f"expected {CHECKPOINT_FORMAT!r}."
-            )
-        version = config.get("format_version")
-        if not isinstance(version, int) or version > CHECKPOINT_VERSION:
-            raise CheckpointError(
-                f"{config_path} has format_version {version!r}; this flipd reads up to "
-                f"{CHECKPOINT_VERSION}. Upgrade flipd to load it."
-            )
-        for key in ("network", "schedule", "standardization", "weights"):
-            if key not in config:
-                raise CheckpointError(f"{config_path} lacks the required field {key!r}; the checkpoint is damaged.")
-        if config.get("prediction", "epsilon") != "epsilon":
-            raise CheckpointError(f"{config_path} has prediction {config['prediction']!r}; only 'epsilon' is supported.")
-        schedule_config = config["schedule"]
-        if schedule_config.get("kind") != "VP":
-            raise CheckpointError(f"{config_path} has schedule {schedule_config!r}; only VP schedules are supported.")
-        weights_path = directory / config["weights"]
-        if not weights_path.is_file():
-            raise CheckpointError(f"{directory} is incomplete: the weights file {config['weights']} is missing.")
-        try:
-            tensors = load_file(str(weights_path))
-        except (SafetensorError, OSError) as error:
-            raise CheckpointError(f"Cannot read {weights_path} as safetensors ({error}); the file is damaged.") from error
-        if weights not in ("ema", "online"):
-            raise ValueError(f"weights must be 'ema' or 'online'; got {weights!r}.")
-        network = build_network(config["network"])
-        prefix = f"{weights}."
-        state = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
-        if not state:
-            raise CheckpointError(f"{weights_path} holds no {weights!r} weights (keys starting with {prefix!r}).")
-        _load_state(network, state, weights_path)
-        online = None
-        if weights == "ema" and any(k.startswith("online.") for k in tensors):
-            online = build_network(config["network"])
-            _load_state(online, {k[7:]: v for k, v in tensors.items() if k.startswith("online.")}, weights_path)
-        for key in ("standardization.shift", "standardization.scale"):
-            if key not in tensors:
-                raise CheckpointError(f"{weights_path} lacks the tensor {key!r}; the checkpoint is damaged.")
-        model = cls(
-            network,
-            shift=tensors["standardization.shift"],
-            scale=tensors["standardization.scale"],
-            schedule=VP(schedule_config["beta_min"], schedule_config["beta_max"]),
-            standardize_mode=config["standardization"].get("mode", "per_coordinate"),
-            metadata=config.get("metadata", {}),
-            online_network=online,
-        )
-        return model.to(device)
-
-
-def _load_state(network: nn.Module, state: dict[str, Tensor], path: Path) -> None:
-    expected = set(network.state_dict())
-    missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
-    if missing or unexpected:
-        raise CheckpointError(
-            f"The weights in {path} do not match the network in its config: missing "
-            f"{missing[:5] or 'none'}, unexpected {unexpected[:5] or 'none'}."
-        )
-    try:
-        network.load_state_dict(state)
-    except RuntimeError as error:
-        raise CheckpointError(f"The weights in {path} do not fit the network in its config: {error}") from error
-
-
-def load(directory: str | Path, **kwargs: Any) -> DiffusionModel:
-    """Load a checkpoint written by :meth:`DiffusionModel.save` (see :meth:`DiffusionModel.load`)."""
-    return DiffusionModel.load(directory, **kwargs)
-
-
 # --------------------------------------------------------------------------- training
 
 
@@ -448,30 +185,6 @@ def _as_data(data) -> Tensor:
         bad = torch.nonzero(~finite).flatten()[:10].tolist()
         raise ValueError(f"data has non-finite values (NaN or inf) at points {bad}; remove them before training.")
     return data
-
-
-def fit_standardization(x: Tensor, mode: str) -> tuple[Tensor, Tensor]:
-    """``(shift, scale)`` shaped like one point of x [N, ...] for the standardisation ``mode``."""
-    if mode == "none":
-        return torch.zeros_like(x[0]), torch.ones_like(x[0])
-    shift = x.mean(dim=0)
-    if mode == "per_coordinate":
-        scale = x.std(dim=0)
-        constant = scale <= 1e-12 * (1 + shift.abs())
-        if constant.any():
-            warnings.warn(
-                f"{int(constant.sum())} coordinate(s) are constant in the training data; they are "
-                "centred but not rescaled.",
-                RuntimeWarning,
-                stacklevel=3,
-            )
-        scale = torch.where(constant, torch.ones_like(scale), scale)
-    elif mode == "scalar":
-        spread = float(x.var(dim=0).mean().sqrt())
-        scale = torch.full_like(shift, spread if spread > 0 else 1.0)
-    else:
-        raise ValueError(f"Unknown standardisation {mode!r}; use one of {', '.join(STANDARDIZE_MODES)}.")
-    return shift, scale
 
 
 def _lr_factor(step: int, config: TrainConfig) -> float:
@@ -518,17 +231,6 @@ def _update_ema(ema: nn.Module, online: nn.Module, decay: float) -> None:
         averaged.lerp_(current, 1 - decay)
     for averaged, current in zip(ema.buffers(), online.buffers()):
         averaged.copy_(current)
-
-
-def _versions() -> dict[str, str]:
-    from . import __version__
-
-    return {
-        "flipd": __version__,
-        "torch": torch.__version__,
-        "numpy": np.__version__,
-        "python": platform.python_version(),
-    }
 
 
 class _Progress:
@@ -710,7 +412,7 @@ def train_diffusion(
         "cpu_seconds": cpu_seconds,
         "threads": torch.get_num_threads(),
         "parameters": count_parameters(online),
-        "versions": _versions(),
+        "versions": package_versions(("torch", "numpy")),
     }
     return DiffusionModel(
         ema, shift=shift, scale=scale, schedule=schedule, standardize_mode=config.standardize,

@@ -46,10 +46,9 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from ..estimator import Model, Trace, _as_batch, flipd_curve
-from ..parameterization import check_prediction
+from ..estimator import ModelLike, Trace, _as_batch, flipd_curve, resolve_model
 from ..schedules import Schedule
-from ._common import as_numpy, resolve_schedule
+from ._common import as_numpy
 
 __all__ = [
     "DEFAULT_STDS",
@@ -85,23 +84,25 @@ def _check_stds(stds: Sequence[float]) -> np.ndarray:
 
 
 def fokker_planck_log_density(
-    model: Model,
+    model: ModelLike,
     x,
     stds: Sequence[float] = DEFAULT_STDS,
     *,
     schedule: Schedule | None = None,
-    prediction: str = "epsilon",
+    prediction: str | None = None,
     substeps: int = DEFAULT_SUBSTEPS,
     trace: Trace = "auto",
     n_probes: int = 1,
     seed: int = 0,
+    indices=None,
     batch_size: int | None = None,
+    encoded: bool = False,
 ) -> np.ndarray:
     """log rho(x, log std) − log rho(x, log stds[-1]) by Euler integration of the Fokker-Planck ODE.
 
     Args:
-        model, x, schedule, prediction, trace, n_probes, seed, batch_size: as in
-            :func:`flipd.flipd` (x is [N, ...] clean data).
+        model, x, schedule, prediction, trace, n_probes, seed, indices, batch_size, encoded:
+            as in :func:`flipd.flipd` (x is [N, ...] clean data).
         stds: strictly increasing noise standard deviations e^delta = sigma/psi, in data
             units (default :data:`DEFAULT_STDS`). Each must be a noise level of ``schedule``.
         substeps: Euler steps between neighbouring standard deviations.
@@ -110,8 +111,7 @@ def fokker_planck_log_density(
         float64 array [N, G]: column j is log rho(x, delta_j) relative to the last column (0).
     """
     x = _as_batch(x)
-    schedule = resolve_schedule(schedule)
-    check_prediction(prediction)
+    model, x, schedule, prediction = resolve_model(model, x, schedule=schedule, prediction=prediction, encoded=encoded)
     grid = _check_stds(stds)
     if not isinstance(substeps, int) or substeps < 1:
         raise ValueError(f"substeps must be a positive integer; got {substeps!r}.")
@@ -127,7 +127,7 @@ def fokker_planck_log_density(
     schedule.check_t(times, "t (from stds)")
     curve = flipd_curve(
         model, x, times, schedule=schedule, prediction=prediction, trace=trace,
-        n_probes=n_probes, seed=seed, batch_size=batch_size,
+        n_probes=n_probes, seed=seed, indices=indices, batch_size=batch_size, encoded=True,
     )
     integrand = as_numpy(curve) - dim  # d log rho / d delta at each step start, [N, S]
     log_density = np.zeros((x.shape[0], grid.size), dtype=np.float64)
@@ -150,17 +150,19 @@ def regression_lid(log_density, stds: Sequence[float], ambient_dim: int) -> np.n
 
 
 def estimate_fpregress(
-    model: Model,
+    model: ModelLike,
     x,
     *,
     stds: Sequence[float] = DEFAULT_STDS,
     schedule: Schedule | None = None,
-    prediction: str = "epsilon",
+    prediction: str | None = None,
     substeps: int = DEFAULT_SUBSTEPS,
     trace: Trace = "auto",
     n_probes: int = 1,
     seed: int = 0,
+    indices=None,
     batch_size: int | None = None,
+    encoded: bool = False,
 ) -> np.ndarray:
     """Local intrinsic dimension of each point of ``x`` by FPRegress.
 
@@ -173,6 +175,6 @@ def estimate_fpregress(
     x = _as_batch(x)
     log_density = fokker_planck_log_density(
         model, x, stds, schedule=schedule, prediction=prediction, substeps=substeps,
-        trace=trace, n_probes=n_probes, seed=seed, batch_size=batch_size,
+        trace=trace, n_probes=n_probes, seed=seed, indices=indices, batch_size=batch_size, encoded=encoded,
     )
     return regression_lid(log_density, stds, x[0].numel())

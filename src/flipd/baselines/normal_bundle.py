@@ -28,10 +28,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..estimator import Model, _as_batch
-from ..parameterization import check_prediction, score_coefficients
+from ..estimator import ModelLike, _as_batch, _as_indices, resolve_model
+from ..noise import REFERENCE_SCHEDULE, resolve_time
+from ..parameterization import score_coefficients
 from ..schedules import Schedule
-from ._common import REFERENCE_SCHEDULE, as_numpy, resolve_schedule, resolve_time
+from ._common import as_numpy
 
 __all__ = [
     "DEFAULT_COPIES_PER_DIM",
@@ -54,7 +55,8 @@ NB_REFERENCE_DELTA = float(REFERENCE_SCHEDULE.delta(NB_REFERENCE_T))
 
 
 def _copy_generator(seed: int, point: int, device: torch.device) -> torch.Generator:
-    """Generator of the noise for the copies of point ``point``; independent of the batching."""
+    """Generator of the noise for the copies of the point of global index ``point``; independent
+    of the batching and of which other points are estimated."""
     return torch.Generator(device=device).manual_seed((seed * 0x9E3779B97F4A7C15 + point) % 2**63)
 
 
@@ -76,23 +78,25 @@ def _check_output(output: Tensor, inputs: Tensor, first_point: int, n_copies: in
 
 
 def normal_bundle_spectrum(
-    model: Model,
+    model: ModelLike,
     x,
     *,
     schedule: Schedule | None = None,
-    prediction: str = "epsilon",
+    prediction: str | None = None,
     t: float | None = None,
     sigma: float | None = None,
     delta: float | None = None,
     n_copies: int | None = None,
     rows_per_forward: int = DEFAULT_ROWS_PER_FORWARD,
     seed: int = 0,
+    indices=None,
     center: bool = False,
+    encoded: bool = False,
 ) -> np.ndarray:
     """Singular values of each point's matrix of noisy-copy scores, [N, min(K, D)], descending.
 
     Args:
-        model: ``model(y, t) -> tensor shaped like y`` (see :func:`flipd.flipd`).
+        model: a :class:`flipd.Model`, or a callable ``model(y, t)`` (see :func:`flipd.flipd`).
         x: clean data points, tensor or array [N, ...]; D is the number of features per point.
         schedule: the model's noise schedule (default the reference ``VP()``).
         prediction: what the network outputs ("score", "epsilon", "sample", "v_prediction",
@@ -106,31 +110,34 @@ def normal_bundle_spectrum(
         rows_per_forward: noisy inputs per forward pass; bounds the network's memory. All K
             copies of a point are kept until its SVD, so a group holds
             max(1, rows_per_forward // K) points.
-        seed: seed of the noise. Each point's copies come from their own generator, so the
-            result does not depend on ``rows_per_forward`` (up to rounding); no global random
+        seed: seed of the noise. Each point's copies come from their own generator, seeded by
+            ``seed`` and the point's global index, so the result does not depend on
+            ``rows_per_forward`` (up to rounding) or on the other points; no global random
             state is touched.
+        indices: the points' global indices, [N] integers (default 0..N-1).
         center: subtract the mean of the K score rows before taking singular values (not in
             the reference). The part of the score shared by all copies (the pull along the
             manifold, and any bias of the model at x) is one direction of rank one; when it is
             large, the largest drop falls after the first singular value and the reference
             rule returns D − 1 whatever the point. Centring leaves only the spread of the
             copies, which is what spans the normal space.
+        encoded: ``x`` is already in a :class:`flipd.Model`'s coordinates.
 
     Returns:
         float64 array [N, min(K, D)]: singular values of the K×D matrix of sigma·score (score
         in noise units; centred with ``center``), from the eigenvalues of its Gram matrix.
     """
     x = _as_batch(x)
-    schedule = resolve_schedule(schedule)
-    check_prediction(prediction)
+    model, x, schedule, prediction = resolve_model(model, x, schedule=schedule, prediction=prediction, encoded=encoded)
     n, dim = x.shape[0], x[0].numel()
+    indices = _as_indices(indices, n)
     if n_copies is None:
         n_copies = DEFAULT_COPIES_PER_DIM * dim
     if not isinstance(n_copies, int) or n_copies < 2:
         raise ValueError(f"n_copies must be an integer of at least 2; got {n_copies!r}.")
     if not isinstance(rows_per_forward, int) or rows_per_forward < 1:
         raise ValueError(f"rows_per_forward must be a positive integer; got {rows_per_forward!r}.")
-    time = resolve_time(schedule, t=t, sigma=sigma, delta=delta, default_delta=NB_REFERENCE_DELTA)
+    time = resolve_time(schedule, t0=t, sigma=sigma, delta=delta, default_delta=NB_REFERENCE_DELTA)
     time64 = torch.tensor(time, dtype=torch.float64)
     psi, noise_std = float(schedule.psi(time64)), float(schedule.sigma(time64))
     a, b = (float(c) for c in score_coefficients(prediction, schedule, time64))
@@ -143,7 +150,7 @@ def normal_bundle_spectrum(
             group = x[start:stop]
             noise = torch.stack([
                 torch.randn(
-                    (n_copies, *group.shape[1:]), generator=_copy_generator(seed, point, x.device),
+                    (n_copies, *group.shape[1:]), generator=_copy_generator(seed, int(indices[point]), x.device),
                     dtype=x.dtype, device=x.device,
                 )
                 for point in range(start, stop)
@@ -200,18 +207,20 @@ def lid_from_spectrum(singular_values, ambient_dim: int) -> np.ndarray:
 
 
 def estimate_nb(
-    model: Model,
+    model: ModelLike,
     x,
     *,
     schedule: Schedule | None = None,
-    prediction: str = "epsilon",
+    prediction: str | None = None,
     t: float | None = None,
     sigma: float | None = None,
     delta: float | None = None,
     n_copies: int | None = None,
     rows_per_forward: int = DEFAULT_ROWS_PER_FORWARD,
     seed: int = 0,
+    indices=None,
     center: bool = False,
+    encoded: bool = False,
 ) -> np.ndarray:
     """Local intrinsic dimension of each point of ``x`` by the normal-bundle estimator.
 
@@ -224,6 +233,7 @@ def estimate_nb(
     x = _as_batch(x)
     spectra = normal_bundle_spectrum(
         model, x, schedule=schedule, prediction=prediction, t=t, sigma=sigma, delta=delta,
-        n_copies=n_copies, rows_per_forward=rows_per_forward, seed=seed, center=center,
+        n_copies=n_copies, rows_per_forward=rows_per_forward, seed=seed, indices=indices, center=center,
+        encoded=encoded,
     )
     return lid_from_spectrum(spectra, x[0].numel())

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from ..estimator import Model
+from ..estimator import ModelLike
 from ..schedules import Schedule
 from .classical import DEFAULT_NEIGHBORS, DEFAULT_OPTIONS, estimate_classical
 from .fpregress import DEFAULT_STDS, DEFAULT_SUBSTEPS, estimate_fpregress
@@ -42,9 +42,9 @@ class Baseline:
         self,
         x,
         *,
-        model: Model | None = None,
+        model: ModelLike | None = None,
         schedule: Schedule | None = None,
-        prediction: str = "epsilon",
+        prediction: str | None = None,
         **overrides: Any,
     ) -> np.ndarray:
         """LID estimates [N] for the points ``x`` [N, ...].

@@ -13,52 +13,19 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-import torch
+from ..runs import environment
+from ..runs.environment import machine_info
+from ..runs.files import write_text
 
 __all__ = ["machine_info", "package_versions", "markdown_table", "write_csv", "write_text_atomically", "git_revision"]
 
-_PACKAGES = ("flipd", "torch", "numpy", "scipy", "scikit-learn", "scikit-dimension", "kneed", "zuko", "safetensors")
+#: Packages whose versions a benchmark report records.
+BENCH_PACKAGES = ("torch", "numpy", "scipy", "scikit-learn", "scikit-dimension", "kneed", "zuko", "safetensors")
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def machine_info() -> dict[str, Any]:
-    """CPU, core count, torch threads, OS and the current load average."""
-    try:
-        load = [round(value, 2) for value in os.getloadavg()]
-    except OSError:
-        load = None
-    return {
-        "cpu": _cpu_model(),
-        "cores": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "load_average_1_5_15min": load,
-        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-    }
-
-
-def package_versions(names: Sequence[str] = _PACKAGES) -> dict[str, str | None]:
-    """Installed versions of the packages that matter for the results (None if missing)."""
-    versions: dict[str, str | None] = {}
-    for name in names:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = None
-    import flipd
-
-    versions["flipd"] = flipd.__version__
-    return versions
+def package_versions(names: Sequence[str] = BENCH_PACKAGES) -> dict[str, str | None]:
+    """Versions of flipd, Python and ``names`` (see :func:`flipd.runs.environment.package_versions`)."""
+    return environment.package_versions(names)
 
 
 def git_revision(directory: str | Path = ".") -> str | None:
@@ -92,13 +59,9 @@ def markdown_table(header: Sequence[str], rows: Iterable[Sequence[Any]], digits:
 
 
 def write_text_atomically(path: str | Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename, so a reader never sees
-    a half-written file; the parent folder is created if needed."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(text)
-    temporary.replace(path)
+    """Write ``text`` to ``path`` atomically through a uniquely named temporary file
+    (:func:`flipd.runs.files.write_text`); the parent folder is created if needed."""
+    write_text(path, text)
 
 
 def write_csv(path: str | Path, rows: Sequence[Mapping[str, Any]]) -> None:

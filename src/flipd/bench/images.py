@@ -1,6 +1,6 @@
 """The image complexity study: do LID estimates rank images like their PNG sizes do?
 
-``python -m flipd.bench images`` trains, per data set, a diffusers UNet (:mod:`flipd.unet`) and
+``python -m flipd.bench images`` trains, per data set, a diffusers UNet (:mod:`flipd.models.unet`) and
 a fully-connected MLP U-net on the flattened images, both with :func:`flipd.train.train_diffusion`
 (VP schedule, epsilon objective), and measures the Spearman correlation between per-image LID
 and PNG size (method notes §7) for
@@ -78,10 +78,10 @@ class ModelPlan:
     """One model to train on a data set.
 
     Attributes:
-        kind: "unet" (:class:`flipd.unet.ImageUNet` on [N, C, H, W]) or "mlp"
-            (:class:`flipd.networks.MLPUNet` on the flattened images [N, C·H·W]).
-        architecture: options of :class:`flipd.unet.UNetConfig` (without ``image_shape``) or of
-            :class:`flipd.networks.MLPUNetConfig` (without ``data_dim``).
+        kind: "unet" (:class:`flipd.models.unet.ImageUNet` on [N, C, H, W]) or "mlp"
+            (:class:`flipd.models.MLPUNet` on the flattened images [N, C·H·W]).
+        architecture: options of :class:`flipd.models.unet.UNetConfig` (without ``image_shape``) or of
+            :class:`flipd.models.MLPUNetConfig` (without ``data_dim``).
         training: fields of :class:`flipd.train.TrainConfig` that differ from the study's
             defaults (:data:`TRAIN_DEFAULTS`).
         nb_images: images (a prefix of the evaluated ones) on which NB runs with this model;
@@ -242,16 +242,16 @@ def _eval_indices(n_available: int, n_eval: int, seed: int) -> np.ndarray:
 
 
 def _network_spec(model_plan: ModelPlan, image_shape: tuple[int, int, int], data_std: float | None = None):
-    """The :class:`flipd.networks.NetworkSpec` of a model; the MLP's input is scaled by the
+    """The :class:`flipd.models.NetworkSpec` of a model; the MLP's input is scaled by the
     pixels' overall standard deviation ``data_std`` (its ``data_std`` preconditioning)."""
-    from flipd.networks import NetworkSpec
+    from flipd.models import NetworkSpec
 
     if model_plan.kind == "unet":
-        from flipd.unet import UNET_KIND, UNetConfig
+        from flipd.models.unet import UNET_KIND, UNetConfig
 
         return NetworkSpec(UNET_KIND, UNetConfig(image_shape=image_shape, **model_plan.architecture).to_json())
     if model_plan.kind == "mlp":
-        from flipd.networks import MLPUNetConfig
+        from flipd.models import MLPUNetConfig
 
         dim = int(np.prod(image_shape))
         options = dict(model_plan.architecture)
@@ -372,7 +372,7 @@ def _rho(value: float | None, digits: int = 3) -> str:
 
 def _untrained_network(spec, seed: int) -> torch.nn.Module:
     """The network of ``spec`` at a random initialisation drawn with torch seed ``seed``."""
-    from flipd.networks import build_network
+    from flipd.models import build_network
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

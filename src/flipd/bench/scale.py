@@ -139,7 +139,7 @@ def build_model(config_name: str = "sd15", *, seed: int = 0):
     """
     from diffusers import DDPMScheduler, UNet2DConditionModel
 
-    from ..pretrained import from_diffusers
+    from ..models.diffusers import from_diffusers
 
     if config_name not in CONFIGS:
         raise ValueError(f"Unknown config {config_name!r}; use one of {', '.join(CONFIGS)}.")

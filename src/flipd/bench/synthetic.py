@@ -57,7 +57,8 @@ import torch
 
 from .. import metrics
 from ..datasets import get_dataset
-from ..networks import MLPUNetConfig, NetworkSpec
+from ..models.mlp import MLPUNetConfig
+from ..models.spec import NetworkSpec
 from ..train import CheckpointError, DiffusionModel, TrainConfig, train_diffusion
 from ._report import git_revision, machine_info, markdown_table, package_versions, write_csv, write_text_atomically
 
@@ -126,7 +127,7 @@ class Recipe:
 
     Attributes:
         n_train: training points drawn from the data set (seed = the run's seed).
-        network: :class:`flipd.networks.MLPUNetConfig` options except ``data_dim``.
+        network: :class:`flipd.models.MLPUNetConfig` options except ``data_dim``.
         train: the training configuration.
     """
 

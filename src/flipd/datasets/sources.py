@@ -1,4 +1,4 @@
-"""Where data points and models come from, named by a string: the command line's vocabulary.
+"""Where data points come from, named by a string: the command line's vocabulary for data.
 
 Data (:func:`load_points`) is named by
 
@@ -15,10 +15,6 @@ Tables: every numeric column is a coordinate except ``index``, ``label``, ``lid`
 ``columns=a+b+c`` picks the coordinates explicitly. In a ``.npz`` the points are the array
 ``x`` (or the only 2-d array, or ``key=``), with optional arrays ``lid``/``lid_true`` and
 ``component`` of length N.
-
-Models (:func:`load_model`) are a flipd checkpoint directory (``flipd_model.json`` and
-``model.safetensors``, as written by ``flipd train``) or a local diffusers folder. Weights are
-only ever read from safetensors; pickled checkpoints (.pt, .ckpt, .bin, .pkl) are refused.
 """
 
 from __future__ import annotations
@@ -35,12 +31,9 @@ from torch import Tensor
 
 __all__ = [
     "DEFAULT_SYNTHETIC_POINTS",
-    "LoadedModel",
     "PointSet",
     "data_source_names",
-    "load_model",
     "load_points",
-    "resolve_device",
     "with_subset",
 ]
 
@@ -50,7 +43,6 @@ TABLE_FILE_SUFFIXES = (".csv", ".tsv", ".parquet", ".pq")
 ARRAY_FILE_SUFFIXES = (".npy", ".npz")
 #: Table columns that describe a point rather than being one of its coordinates.
 NON_COORDINATE_COLUMNS = ("index", "label", "lid", "lid_true", "component")
-PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".pkl", ".pickle", ".joblib")
 
 
 # --------------------------------------------------------------------------- data
@@ -114,7 +106,7 @@ class PointSet:
 
 def data_source_names() -> dict[str, list[str]]:
     """Built-in data set names by family: {"synthetic": [...], "images": [...]}."""
-    from .datasets import images, synthetic
+    from . import images, synthetic
 
     return {"synthetic": list(synthetic.list_datasets()), "images": list(images.IMAGE_DATASET_NAMES)}
 
@@ -262,7 +254,7 @@ def _npz_points(file: Path, parameters: str, spec: str, n: int | None, seed: int
 
 
 def _image_points(spec: str, n: int | None, seed: int) -> PointSet:
-    from .datasets.images import get_image_dataset
+    from .images import get_image_dataset
 
     data = get_image_dataset(spec, n=n, seed=seed)
     c, h, w = data.image_shape
@@ -280,7 +272,7 @@ def _image_points(spec: str, n: int | None, seed: int) -> PointSet:
 
 
 def _synthetic_points(spec: str, n: int | None, seed: int) -> PointSet:
-    from .datasets.synthetic import get_dataset
+    from .synthetic import get_dataset
 
     count = DEFAULT_SYNTHETIC_POINTS if n is None else n
     if count < 1:
@@ -369,194 +361,6 @@ def _is_synthetic(spec: str) -> bool:
     if name in data_source_names()["images"] or Path(spec).exists() or Path(name).exists():
         return False
     return not any(sep in name for sep in ("/", os.sep))
-
-
-# --------------------------------------------------------------------------- devices
-
-
-def resolve_device(device: str | None) -> torch.device:
-    """A torch device from "auto", "cpu", "cuda", "cuda:1", "mps"; refuses ones this machine lacks."""
-    choice = (device or "auto").strip().lower()
-    if choice == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        return torch.device("cpu")
-    try:
-        resolved = torch.device(choice)
-    except (RuntimeError, ValueError) as error:
-        raise ValueError(f"Unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps.") from error
-    if resolved.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"Device {device!r} was asked for but CUDA is not available here; use --device cpu.")
-        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
-            raise ValueError(f"Device {device!r} does not exist: this machine has {torch.cuda.device_count()} CUDA device(s).")
-    elif resolved.type == "mps":
-        mps = getattr(torch.backends, "mps", None)
-        if mps is None or not mps.is_available():
-            raise ValueError(f"Device {device!r} was asked for but MPS is not available here; use --device cpu.")
-    elif resolved.type != "cpu":
-        raise ValueError(f"Unsupported device {device!r}; use auto, cpu, cuda, cuda:N or mps.")
-    return resolved
-
-
-# --------------------------------------------------------------------------- models
-
-
-@dataclass(eq=False)
-class LoadedModel:
-    """A diffusion model ready for FLIPD, whatever it was saved as.
-
-    Attributes:
-        model: ``model(y, t)`` for :func:`flipd.estimate`, in the model's own coordinates.
-        schedule: its noise schedule.
-        prediction: what the network outputs ("epsilon", "v_prediction", ...).
-        kind: "flipd" (a flipd checkpoint) or "diffusers".
-        path: where it was loaded from.
-        input_shape: shape of one input point of the network, when known.
-        prepare: maps a :class:`PointSet` to the tensor FLIPD runs on (standardising, encoding
-            or flattening as the model needs); raises ``ValueError`` when the data do not fit.
-        description: one line saying what the model is.
-        fingerprint: hash of the model's files (to refuse resuming a run with another model).
-        metadata: what the model records about itself (training settings, data, ...).
-    """
-
-    model: Callable[[Tensor, Tensor], Tensor]
-    schedule: Any
-    prediction: str
-    kind: str
-    path: Path
-    input_shape: tuple[int, ...] | None
-    prepare: Callable[[PointSet], Tensor]
-    description: str
-    fingerprint: str
-    metadata: dict[str, Any] = field(default_factory=dict)
-
-
-def _shape_text(shape: Sequence[int]) -> str:
-    return "x".join(str(s) for s in shape)
-
-
-def _flipd_checkpoint(directory: Path, device: torch.device) -> LoadedModel:
-    from .runs import fingerprint_path
-    from .train import DiffusionModel
-
-    network = DiffusionModel.load(directory, device=device)
-    data_shape = tuple(int(s) for s in network.data_shape)
-    trained_on = network.metadata.get("data", {}).get("spec") if isinstance(network.metadata.get("data"), dict) else None
-
-    def prepare(points: PointSet) -> Tensor:
-        x = points.x
-        if points.point_shape != data_shape:
-            if len(data_shape) == 1 and points.ambient_dim == data_shape[0]:
-                x = x.reshape(points.n, -1)  # images flattened, as the model was trained
-            else:
-                trained = f" (it was trained on {trained_on!r})" if trained_on else ""
-                raise ValueError(
-                    f"The model at {str(directory)!r} takes points of shape {_shape_text(data_shape)} "
-                    f"(D = {int(np.prod(data_shape))}){trained}, but {points.spec!r} has points of shape "
-                    f"{_shape_text(points.point_shape)} (D = {points.ambient_dim}). Use a model trained on "
-                    f"this data: flipd train {points.spec} --out MODEL_DIR."
-                )
-        return network.standardize(x.to(device))
-
-    kind = getattr(getattr(network.network, "spec", None), "kind", None)
-    architecture = {"mlp_unet": "MLP U-net", "unet2d": "convolutional U-net"}.get(kind, kind or "network")
-    description = f"flipd checkpoint: {architecture} on points of shape {_shape_text(data_shape)}"
-    if trained_on:
-        description += f", trained on {trained_on}"
-    return LoadedModel(
-        model=network, schedule=network.schedule, prediction=network.prediction, kind="flipd",
-        path=directory, input_shape=data_shape, prepare=prepare, description=description,
-        fingerprint=fingerprint_path(directory), metadata=dict(network.metadata),
-    )
-
-
-def _check_safetensors_only(directory: Path) -> None:
-    """Refuse a diffusers folder in which some model component has only pickled weights."""
-    components = [directory] + [p for p in directory.iterdir() if p.is_dir()]
-    for component in components:
-        if not (component / "config.json").is_file():
-            continue
-        files = [p for p in component.iterdir() if p.is_file()]
-        pickled = [p.name for p in files if p.suffix.lower() in PICKLE_SUFFIXES]
-        if pickled and not any(p.suffix == ".safetensors" for p in files):
-            raise ValueError(
-                f"{str(component)!r} holds only pickled weights ({', '.join(sorted(pickled))}); flipd never unpickles "
-                "files. Convert them to safetensors (diffusers: save_pretrained(..., safe_serialization=True))."
-            )
-
-
-def _diffusers_model(directory: Path, device: torch.device) -> LoadedModel:
-    from . import from_diffusers  # provided by flipd's diffusers adapter
-    from .runs import fingerprint_path
-
-    _check_safetensors_only(directory)
-    adapter = from_diffusers(directory, device=device)
-    network_config = getattr(adapter.network, "config", {})
-    channels = getattr(network_config, "in_channels", None)
-    size = getattr(network_config, "sample_size", None)
-
-    def prepare(points: PointSet) -> Tensor:
-        if points.kind != "images":
-            raise ValueError(
-                f"The diffusers model at {str(directory)!r} takes images, but {points.spec!r} holds "
-                f"vectors of dimension {points.ambient_dim}; give an image data set or folder."
-            )
-        images = points.x.to(device)
-        if adapter.is_latent:
-            return adapter.encode(images)
-        c, h, w = points.point_shape
-        if channels is not None and c != channels:
-            raise ValueError(
-                f"The diffusers model at {str(directory)!r} takes {channels}-channel images, but "
-                f"{points.spec!r} has {c} channel(s); convert the images (e.g. a folder with channels={channels})."
-            )
-        if isinstance(size, int) and (h, w) != (size, size):
-            raise ValueError(
-                f"The diffusers model at {str(directory)!r} takes {size}x{size} images, but {points.spec!r} "
-                f"has {h}x{w}; resize them (e.g. an image folder with size={size})."
-            )
-        return images
-
-    shape = (channels, size, size) if isinstance(channels, int) and isinstance(size, int) else None
-    return LoadedModel(
-        model=adapter, schedule=adapter.schedule, prediction=adapter.prediction, kind="diffusers",
-        path=directory, input_shape=None if adapter.is_latent else shape, prepare=prepare,
-        description=f"diffusers {adapter!r}", fingerprint=fingerprint_path(directory),
-    )
-
-
-def load_model(path: str | os.PathLike, device: str | torch.device | None = "cpu") -> LoadedModel:
-    """Load a flipd checkpoint directory or a local diffusers folder for FLIPD.
-
-    Raises:
-        FileNotFoundError: nothing at ``path``.
-        ValueError: ``path`` is not a model flipd can read (the message says what it expected).
-    """
-    directory = Path(path)
-    device = device if isinstance(device, torch.device) else resolve_device(device)
-    if not directory.exists():
-        raise FileNotFoundError(
-            f"No model at {str(directory)!r}. Train one with: flipd train DATA --out {directory}"
-        )
-    if directory.is_file():
-        if directory.suffix.lower() in PICKLE_SUFFIXES:
-            raise ValueError(
-                f"{str(directory)!r} looks like a pickled checkpoint; flipd never unpickles files (it can run "
-                "arbitrary code). Give a flipd checkpoint directory (written by flipd train) or a diffusers folder."
-            )
-        raise ValueError(
-            f"{str(directory)!r} is a file; a model is a directory: a flipd checkpoint (flipd_model.json + "
-            "model.safetensors, written by flipd train) or a diffusers folder."
-        )
-    if (directory / "flipd_model.json").is_file():
-        return _flipd_checkpoint(directory, device)
-    if (directory / "model_index.json").is_file() or (directory / "config.json").is_file():
-        return _diffusers_model(directory, device)
-    raise ValueError(
-        f"{str(directory)!r} is not a flipd checkpoint (no flipd_model.json) nor a diffusers folder "
-        "(no model_index.json or config.json). Train a model with: flipd train DATA --out DIR"
-    )
 
 
 def with_subset(points: PointSet, indices: Sequence[int] | np.ndarray) -> PointSet:

@@ -43,7 +43,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .schedules import Discrete, RectifiedFlow, Schedule
+from ..schedules import Discrete, RectifiedFlow, Schedule
 
 __all__ = [
     "DiffusersModel",
@@ -190,20 +190,19 @@ class DiffusersModel:
         return output.to(device=y.device, dtype=y.dtype)
 
     def encode(self, images: Tensor, *, batch_size: int = 8) -> Tensor:
-        """Latents of ``images`` for a latent model: (VAE mean - shift) · scaling factor.
+        """The model's coordinates of ``images``: for a latent model the latents, (VAE mean -
+        shift) · scaling factor; for a pixel model the images themselves.
 
         Args:
             images: [N, C, H, W] in [-1, 1] (C the VAE's input channels, 3 for RGB).
             batch_size: images per VAE call.
 
         Returns:
-            Latents [N, c, H/f, W/f] (f the VAE's downsampling factor) in ``images``' dtype.
+            Latents [N, c, H/f, W/f] (f the VAE's downsampling factor) in ``images``' dtype,
+            or the images [N, C, H, W] for a pixel model.
         """
-        if self.vae is None:
-            raise ValueError(
-                f"This {self._network_kind} works on pixels, not latents: pass images to "
-                "flipd.flipd directly (or use flipd_images)."
-            )
+        if self.vae is None:  # a pixel model: its coordinates are the images'
+            return images
         if batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer; got {batch_size}.")
         images = _check_images(images, self.vae.config.in_channels, "the VAE")
@@ -217,7 +216,7 @@ class DiffusersModel:
         return torch.cat(chunks).to(device=images.device, dtype=images.dtype)
 
     def flipd_images(self, images: Tensor, *, encode_batch_size: int = 8, **kwargs) -> Tensor:
-        """FLIPD of images: encoded to latents first for a latent model, else used as they are.
+        """FLIPD of images (as ``flipd.flipd(self, images)``, with the VAE batch size given).
 
         Args:
             images: [N, C, H, W] in [-1, 1].
@@ -228,16 +227,12 @@ class DiffusersModel:
         Returns:
             LID estimates [N], in latent dimensions for a latent model (out of c·h·w).
         """
-        from .estimator import flipd
+        from ..estimator import flipd
 
         for name in ("schedule", "prediction"):
             if name in kwargs:
                 raise ValueError(f"{name}= is fixed by the diffusers scheduler; do not pass it to flipd_images.")
-        if self.vae is not None:
-            inputs = self.encode(images, batch_size=encode_batch_size)
-        else:
-            inputs = _check_images(images, self.network.config.in_channels, f"the {self._network_kind}")
-        return flipd(self, inputs, **self.options, **kwargs)
+        return flipd(self, self.encode(images, batch_size=encode_batch_size), encoded=True, **kwargs)
 
     def __repr__(self) -> str:
         return (

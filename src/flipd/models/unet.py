@@ -6,7 +6,7 @@ returns a tensor shaped like ``y`` (the predicted noise, for :func:`flipd.train.
 Inside, the diffusers network is called with ``timestep = time_scale·t`` (1000·t by default, as
 the FLIPD authors' image models), so fractional timesteps reach its sinusoidal embedding.
 
-The network kind ``"unet2d"`` is registered in :mod:`flipd.networks`, so checkpoints written by
+The network kind ``"unet2d"`` is registered in :mod:`flipd.models.registry`, so checkpoints written by
 :meth:`flipd.train.DiffusionModel.save` (safetensors + JSON, no pickle) load back with
 :func:`flipd.train.load`. The wrapped diffusers model is ``network.unet``; it can also be saved
 in diffusers' own format with ``network.unet.save_pretrained(directory)``.
@@ -28,11 +28,11 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .networks import NetworkSpec
+from .spec import NetworkSpec
 
 __all__ = ["UNET_KIND", "ImageUNet", "UNetConfig", "build_unet2d", "unet2d"]
 
-#: Registry kind of :class:`ImageUNet` in :mod:`flipd.networks`.
+#: Registry kind of :class:`ImageUNet` in :mod:`flipd.models.registry`.
 UNET_KIND = "unet2d"
 
 
@@ -114,7 +114,7 @@ class ImageUNet(nn.Module):
     """A diffusers ``UNet2DModel`` called as ``network(y [N, C, H, W], t [N]) -> [N, C, H, W]``.
 
     ``t`` holds diffusion times in [0, 1]; the diffusers model receives ``time_scale·t``.
-    Attributes: ``config`` (:class:`UNetConfig`), ``spec`` (its :class:`flipd.networks.NetworkSpec`)
+    Attributes: ``config`` (:class:`UNetConfig`), ``spec`` (its :class:`flipd.models.NetworkSpec`)
     and ``unet`` (the diffusers model).
     """
 

@@ -1,91 +1,32 @@
-"""Denoising networks for diffusion models, and a registry that rebuilds them from JSON.
+"""The MLP U-net: flipd's denoising network for vectors (tabular or flattened data).
 
 A network is any ``torch.nn.Module`` called as ``network(y, t)`` with ``y`` of shape [N, ...]
 (noised data) and ``t`` a float tensor [N] of diffusion times in [0, 1]; it returns a tensor
 shaped like ``y`` (for :mod:`flipd.train`, the predicted noise epsilon).
 
-Saved checkpoints describe their network by a :class:`NetworkSpec`: a registered ``kind`` and a
-JSON-serialisable dict of options. :func:`build_network` turns a spec back into a module, so
-any architecture whose builder is registered with :func:`register_network` can be saved and
-loaded by :mod:`flipd.train`. The built-in kinds are ``"mlp_unet"`` (:class:`MLPUNet`), a
-fully-connected "U-net" for tabular data, and ``"unet2d"`` (:class:`flipd.unet.ImageUNet`, a
-diffusers ``UNet2DModel`` for images; needs diffusers).
+The network records how to rebuild it as ``network.spec`` (kind ``"mlp_unet"``, see
+:mod:`flipd.models.registry`).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from .spec import NetworkSpec
+
 __all__ = [
     "MLPUNet",
     "MLPUNetConfig",
-    "NetworkSpec",
     "SinusoidalEmbedding",
-    "build_network",
     "count_parameters",
     "mlp_unet",
-    "network_kinds",
-    "register_network",
 ]
-
-
-@dataclass(frozen=True)
-class NetworkSpec:
-    """How to rebuild a network: a registered ``kind`` and its JSON-serialisable ``options``."""
-
-    kind: str
-    options: dict[str, Any] = field(default_factory=dict)
-
-    def to_json(self) -> dict[str, Any]:
-        return {"kind": self.kind, "options": dict(self.options)}
-
-    @classmethod
-    def from_json(cls, value: Mapping[str, Any]) -> "NetworkSpec":
-        if not isinstance(value, Mapping) or "kind" not in value:
-            raise ValueError(f"A network spec needs a 'kind' field; got {value!r}.")
-        return cls(kind=str(value["kind"]), options=dict(value.get("options", {})))
-
-
-_BUILDERS: dict[str, Callable[[dict[str, Any]], nn.Module]] = {}
-
-
-def register_network(kind: str, builder: Callable[[dict[str, Any]], nn.Module], *, overwrite: bool = False) -> None:
-    """Make ``kind`` loadable: ``builder(options)`` must return a freshly initialised network.
-
-    The network built must carry its spec as ``network.spec`` (a :class:`NetworkSpec`) so that
-    checkpoints can record it; :func:`build_network` sets it if the builder did not.
-    """
-    if not isinstance(kind, str) or not kind:
-        raise ValueError(f"kind must be a non-empty string; got {kind!r}.")
-    if kind in _BUILDERS and not overwrite:
-        raise ValueError(f"A network kind {kind!r} is already registered; pass overwrite=True to replace it.")
-    _BUILDERS[kind] = builder
-
-
-def network_kinds() -> list[str]:
-    """The registered network kinds."""
-    return sorted(_BUILDERS)
-
-
-def build_network(spec: NetworkSpec | Mapping[str, Any]) -> nn.Module:
-    """Build a freshly initialised network from a spec (or its JSON form)."""
-    if not isinstance(spec, NetworkSpec):
-        spec = NetworkSpec.from_json(spec)
-    if spec.kind not in _BUILDERS:
-        raise ValueError(
-            f"Unknown network kind {spec.kind!r}; registered kinds: {', '.join(network_kinds())}. "
-            "Register a builder with flipd.networks.register_network before loading."
-        )
-    network = _BUILDERS[spec.kind](dict(spec.options))
-    if getattr(network, "spec", None) is None:
-        network.spec = spec
-    return network
 
 
 # --------------------------------------------------------------------------- time embedding
@@ -250,23 +191,6 @@ class MLPUNet(nn.Module):
         integrated_beta = config.beta_min * t + 0.5 * (config.beta_max - config.beta_min) * t**2
         signal = torch.exp(-integrated_beta)  # psi²
         return torch.rsqrt(signal * config.data_std**2 + (1 - signal))
-
-
-def _build_mlp_unet(options: dict[str, Any]) -> nn.Module:
-    return MLPUNet(MLPUNetConfig(**options))
-
-
-register_network("mlp_unet", _build_mlp_unet)
-
-
-def _build_unet2d(options: dict[str, Any]) -> nn.Module:
-    """Builder of the "unet2d" kind (:class:`flipd.unet.ImageUNet`); imports diffusers only when used."""
-    from .unet import build_unet2d
-
-    return build_unet2d(options)
-
-
-register_network("unet2d", _build_unet2d)
 
 
 def count_parameters(network: nn.Module) -> int:

@@ -1,0 +1,111 @@
+"""What a job records about its run: per-component summaries and the metadata beside a table."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..datasets.sources import PointSet
+from ..metrics import mae, mae_per_component
+from ..runs.environment import environment_info
+from ..runs.files import fingerprint_array
+
+__all__ = ["GroupSummary", "known_columns", "run_record", "summarize_by_component", "summary_record"]
+
+
+def known_columns(points: PointSet) -> dict[str, Any]:
+    """What is known about each point besides its estimate: ground truth, names, labels, sizes."""
+    columns: dict[str, Any] = {}
+    if points.lid_true is not None:
+        columns["lid_true"] = points.lid_true
+    if points.component is not None:
+        columns["component"] = points.component
+    if points.labels is not None:
+        columns["label"] = points.labels
+    if points.png_bytes is not None:
+        columns["png_bytes"] = points.png_bytes
+    return columns
+
+
+@dataclass
+class GroupSummary:
+    """Estimates of one ground-truth component: count, true LID, mean and spread, MAE."""
+
+    component: int | None
+    n: int
+    lid_true: float
+    lid_mean: float
+    lid_std: float
+    mae: float
+
+
+def summarize_by_component(lids: np.ndarray, lid_true: np.ndarray, component: np.ndarray | None = None) -> tuple[list[GroupSummary], float]:
+    """Per-component summaries (grouped by true LID when components are unknown) and the overall MAE."""
+    lids = np.asarray(lids, dtype=np.float64)
+    lid_true = np.asarray(lid_true, dtype=np.float64)
+    groups = np.asarray(component, dtype=np.int64) if component is not None else np.unique(lid_true, return_inverse=True)[1]
+    per_group = mae_per_component(lid_true, lids, groups)
+    summaries = []
+    for value, group_mae in per_group.items():
+        chosen = groups == value
+        estimates = lids[chosen]
+        summaries.append(GroupSummary(
+            component=int(value) if component is not None else None, n=int(chosen.sum()),
+            lid_true=float(np.median(lid_true[chosen])), lid_mean=float(np.mean(estimates)),
+            lid_std=float(np.std(estimates, ddof=1)) if chosen.sum() > 1 else 0.0, mae=group_mae,
+        ))
+    return summaries, mae(lid_true, lids)
+
+
+def summary_record(lids: np.ndarray, points: PointSet) -> dict[str, Any]:
+    """Numbers for the run metadata: mean LID, and MAE per component when the truth is known."""
+    lids = np.asarray(lids, dtype=np.float64)
+    record: dict[str, Any] = {"n": int(lids.size), "lid_mean": float(np.nanmean(lids)), "lid_median": float(np.nanmedian(lids))}
+    if points.lid_true is not None:
+        groups, mae = summarize_by_component(lids, points.lid_true, points.component)
+        record["mae"] = mae
+        record["per_component"] = [group.__dict__ for group in groups]
+    return record
+
+
+def run_record(
+    command: str,
+    *,
+    points: PointSet,
+    data_seed: int,
+    model: Any,
+    settings: dict[str, Any],
+    timings: dict[str, Any],
+    outputs: dict[str, Any],
+    device: Any = "cpu",
+    **extra: Any,
+) -> dict[str, Any]:
+    """The metadata written beside a result table: what ran, on what, how, how long, where.
+
+    Holds the command and its arguments, the data (name, size, seed, fingerprint of the points
+    as the model saw them), the model (path, kind, fingerprint, schedule), the settings, the
+    timings, the outputs, ``extra`` entries, and :func:`flipd.runs.environment_info` (versions,
+    threads, device, machine).
+    """
+    record: dict[str, Any] = {
+        "command": command,
+        "argv": list(sys.argv),
+        "data": {
+            "spec": points.spec, "n_points": points.n, "seed": data_seed, "point_shape": list(points.point_shape),
+            "description": points.description, "fingerprint": fingerprint_array(points.x),
+        },
+        "model": None if model is None else {
+            "path": str(Path(model.path).resolve()), "kind": model.kind, "fingerprint": model.fingerprint,
+            "description": model.description, "schedule": repr(model.schedule), "prediction": model.prediction,
+        },
+        "settings": settings,
+        **extra,
+        "timings": timings,
+        "outputs": outputs,
+    }
+    record.update(environment_info(device))
+    return record

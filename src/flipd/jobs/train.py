@@ -1,0 +1,113 @@
+"""The train job: a diffusion model trained on named data and saved as a flipd checkpoint."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..datasets.sources import PointSet
+from ..models.mlp import MLPUNetConfig
+from ..models.spec import NetworkSpec
+from ..runs.files import current_umask, fingerprint_array
+from ..train import TrainConfig, train_diffusion
+
+__all__ = ["NETWORK_CHOICES", "train_model"]
+
+
+def _replace_directory(source: Path, target: Path) -> None:
+    """Move the finished directory ``source`` onto ``target``, replacing what was there."""
+    if not target.exists():
+        os.replace(source, target)
+        return
+    backup = target.with_name(f".{target.name}.old-{os.getpid()}")
+    os.replace(target, backup)
+    try:
+        os.replace(source, target)
+    except BaseException:
+        os.replace(backup, target)
+        raise
+    shutil.rmtree(backup, ignore_errors=True)
+
+
+#: Networks ``flipd train`` can build: "mlp" for vectors (and flattened images), "unet" for images.
+NETWORK_CHOICES: tuple[str, ...] = ("mlp", "unet")
+
+
+def _training_input(points: PointSet, network: str, widths: tuple[int, ...], channels: tuple[int, ...]) -> tuple[torch.Tensor, Any]:
+    """The training tensor and the network spec for ``network`` on ``points``."""
+    if network == "mlp":
+        x = points.x.reshape(points.n, -1)
+        return x, NetworkSpec("mlp_unet", MLPUNetConfig(data_dim=int(x.shape[1]), widths=tuple(widths)).to_json())
+    if network == "unet":
+        if points.kind != "images":
+            raise ValueError(f"The unet network is for images, but {points.spec!r} holds vectors; use the mlp network.")
+        from ..models.unet import UNET_KIND, UNetConfig
+
+        config = UNetConfig(image_shape=points.point_shape, block_out_channels=tuple(channels))
+        return points.x, NetworkSpec(UNET_KIND, config.to_json())
+    raise ValueError(f"Unknown network {network!r}; use one of {', '.join(NETWORK_CHOICES)}.")
+
+
+def train_model(
+    points: PointSet,
+    out: str | os.PathLike,
+    *,
+    steps: int = 4000,
+    batch_size: int = 512,
+    lr: float = 2e-3,
+    widths: tuple[int, ...] = (256, 256, 256),
+    network: str = "mlp",
+    channels: tuple[int, ...] = (16, 32, 64),
+    standardize: str = "per_coordinate",
+    max_seconds: float | None = None,
+    low_t_fraction: float = 0.5,
+    low_t_max: float = 0.2,
+    seed: int = 0,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+) -> Any:
+    """Train a diffusion model on ``points`` and save it as a flipd checkpoint in ``out``.
+
+    ``network`` "mlp" is an MLP U-net (:class:`flipd.models.MLPUNet`) with hidden
+    ``widths``, for vectors and for images flattened to vectors; "unet" is a convolutional
+    U-net (:class:`flipd.models.unet.ImageUNet`) with ``channels`` per resolution level, for images.
+    ``standardize`` is how the data are rescaled before training: "per_coordinate",
+    "scalar" (one scale for all coordinates: keeps the data's shape) or "none". The checkpoint
+    is written into a temporary directory next to ``out`` and moved into place when complete,
+    so ``out`` never holds a half-written model. The data's name, size and fingerprint are
+    recorded in the checkpoint's metadata under "data".
+
+    ``low_t_fraction`` of every batch draws its times from U(t_min, ``low_t_max``) rather than
+    U(t_min, 1): FLIPD reads the score at small t0 (0.05 by default), where uniform times spend
+    few steps (:class:`flipd.train.TrainConfig`). Pass 0 for the reference uniform sampling.
+
+    Returns:
+        The trained :class:`flipd.train.DiffusionModel`.
+    """
+    x, network_spec = _training_input(points, network, widths, channels)
+    config = TrainConfig(
+        steps=steps, batch_size=batch_size, lr=lr, seed=seed, max_seconds=max_seconds, standardize=standardize,
+        low_t_fraction=low_t_fraction, low_t_max=low_t_max,
+        warmup_steps=min(500, max(1, steps // 10)), eval_every=max(1, min(500, steps // 4)),
+    )
+    model = train_diffusion(x, network=network_spec, config=config, progress=progress, device=device)
+    model.metadata["data"] = {
+        "spec": points.spec, "n_points": points.n, "point_shape": list(points.point_shape),
+        "fingerprint": fingerprint_array(x), "description": points.description,
+    }
+    target = Path(out)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        model.save(staging)
+        os.chmod(staging, 0o777 & ~current_umask())  # mkdtemp makes a private directory
+        _replace_directory(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return model

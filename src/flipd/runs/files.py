@@ -1,0 +1,200 @@
+"""Files a run writes: atomic writes, JSON, result tables, fingerprints. Imports nothing of flipd.
+
+Everything a run writes goes through :func:`atomic_path`: the content is written to a uniquely
+named temporary file in the destination's directory and moved into place with
+:func:`os.replace`, so a reader (or a crash) never sees a half-written file, and two writers
+never share a temporary file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import tempfile
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = [
+    "TABLE_SUFFIXES",
+    "atomic_path",
+    "check_table_path",
+    "chunk_directory_for",
+    "current_umask",
+    "fingerprint_array",
+    "fingerprint_path",
+    "metadata_path_for",
+    "read_table",
+    "to_json_text",
+    "write_json",
+    "write_table",
+    "write_text",
+]
+
+TABLE_SUFFIXES: tuple[str, ...] = (".parquet", ".csv")
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, *, suffix: str | None = None) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; on success move it onto ``path`` atomically.
+
+    The temporary file lives in the destination's directory (so :func:`os.replace` is an atomic
+    rename on the same file system) and keeps the destination's suffix, so writers that pick a
+    format from the suffix (pandas, matplotlib) work. On an exception the temporary file is
+    removed and ``path`` is left as it was.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(
+        prefix=f".{target.name}.", suffix=target.suffix if suffix is None else suffix, dir=target.parent
+    )
+    os.close(handle)
+    temporary_path = Path(temporary)
+    try:
+        yield temporary_path
+        os.chmod(temporary_path, 0o666 & ~current_umask())  # mkstemp makes private files
+        os.replace(temporary_path, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            temporary_path.unlink()
+        raise
+
+
+def current_umask() -> int:
+    """The process's file-creation mask (read by setting it and restoring it)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically."""
+    with atomic_path(path) as temporary:
+        temporary.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.floating,)):
+        return float(value)
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, torch.Tensor):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"Cannot write a {type(value).__name__} to JSON.")
+
+
+def _json_safe(value: Any) -> Any:
+    """Replace non-finite floats by None (JSON has no NaN), recursively."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Mapping):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def write_json(path: str | os.PathLike, value: Mapping[str, Any]) -> Path:
+    """Write ``value`` as indented JSON to ``path`` atomically (NaN and inf become null)."""
+    plain = json.loads(json.dumps(value, default=_json_default))
+    return write_text(path, json.dumps(_json_safe(plain), indent=2, allow_nan=False) + "\n")
+
+
+def check_table_path(path: str | os.PathLike) -> Path:
+    """Return ``path`` as a Path, raising ``ValueError`` unless it ends in .parquet or .csv."""
+    table = Path(path)
+    if table.suffix.lower() not in TABLE_SUFFIXES:
+        raise ValueError(
+            f"Cannot write a table to {str(table)!r}: use a file name ending in .parquet or .csv."
+        )
+    return table
+
+
+def write_table(path: str | os.PathLike, columns: Mapping[str, Any]) -> Path:
+    """Write equal-length columns to a .parquet or .csv file atomically (format from the suffix)."""
+    import pandas as pd
+
+    table = check_table_path(path)
+    frame = pd.DataFrame({name: np.asarray(values) if not isinstance(values, list) else values for name, values in columns.items()})
+    with atomic_path(table) as temporary:
+        if table.suffix.lower() == ".parquet":
+            frame.to_parquet(temporary, index=False)
+        else:
+            frame.to_csv(temporary, index=False)
+    return table
+
+
+def read_table(path: str | os.PathLike):
+    """Read a .parquet or .csv table written by :func:`write_table` as a pandas DataFrame."""
+    import pandas as pd
+
+    table = check_table_path(path)
+    if not table.is_file():
+        raise FileNotFoundError(f"No table at {str(table)!r}.")
+    return pd.read_parquet(table) if table.suffix.lower() == ".parquet" else pd.read_csv(table)
+
+
+def metadata_path_for(table: str | os.PathLike) -> Path:
+    """Where the run metadata of a result table goes: the same name with a .json suffix."""
+    return Path(table).with_suffix(".json")
+
+
+def chunk_directory_for(table: str | os.PathLike) -> Path:
+    """The run directory holding the finished chunks of an estimation writing ``table``."""
+    table = Path(table)
+    return table.with_name(table.name + ".chunks")
+
+
+# --------------------------------------------------------------------------- fingerprints
+
+
+def fingerprint_array(array: np.ndarray | torch.Tensor) -> str:
+    """SHA-256 of an array's dtype, shape and bytes (identifies the data a run was made on)."""
+    values = array.detach().cpu().numpy() if isinstance(array, torch.Tensor) else np.asarray(array)
+    values = np.ascontiguousarray(values)
+    digest = hashlib.sha256(f"{values.dtype.str}{values.shape}".encode())
+    digest.update(values.tobytes())
+    return digest.hexdigest()
+
+
+#: Files larger than this are fingerprinted by size and their first and last MiB only.
+FULL_HASH_LIMIT = 256 * 2**20
+
+
+def _hash_file(digest: Any, file: Path) -> None:
+    size = file.stat().st_size
+    digest.update(f"{size}".encode())
+    with file.open("rb") as stream:
+        if size <= FULL_HASH_LIMIT:
+            for block in iter(lambda: stream.read(2**20), b""):
+                digest.update(block)
+        else:
+            digest.update(stream.read(2**20))
+            stream.seek(-(2**20), os.SEEK_END)
+            digest.update(stream.read(2**20))
+
+
+def fingerprint_path(path: str | os.PathLike) -> str:
+    """SHA-256 over a file, or over the relative names and contents of a directory's files."""
+    root = Path(path)
+    digest = hashlib.sha256()
+    if root.is_file():
+        _hash_file(digest, root)
+        return digest.hexdigest()
+    for file in sorted(p for p in root.rglob("*") if p.is_file()):
+        digest.update(str(file.relative_to(root)).encode())
+        _hash_file(digest, file)
+    return digest.hexdigest()
+
+
