@@ -79,3 +79,47 @@ def test_bad_schedule_parameters():
         VP(beta_min=5, beta_max=1)
     with pytest.raises(ValueError, match="not reached"):
         VP().t_from_sigma(2.0)
+
+
+# --------------------------------------------------------------------------- conformance of every schedule
+
+
+def test_every_schedule_kind_is_in_the_conformance_tests():
+    """A new schedule registered in flipd.schedules.SCHEDULES is tested because it exists."""
+    from flipd.schedules import SCHEDULES
+
+    assert {type(schedule).__name__ for schedule in ALL} == set(SCHEDULES)
+
+
+@pytest.mark.parametrize("schedule", ALL, ids=repr)
+def test_config_round_trip(schedule):
+    import json
+
+    from flipd.schedules import Schedule
+
+    config = json.loads(json.dumps(schedule.to_config()))
+    rebuilt = Schedule.from_config(config)
+    assert type(rebuilt) is type(schedule) and rebuilt == schedule and hash(rebuilt) == hash(schedule)
+    t = torch.linspace(0.1, 0.9, 5, dtype=torch.float64) * schedule.t_max
+    assert torch.equal(rebuilt.psi(t), schedule.psi(t)) and torch.equal(rebuilt.sigma(t), schedule.sigma(t))
+    assert (rebuilt.t_min, rebuilt.t_max) == (schedule.t_min, schedule.t_max)
+
+
+def test_schedules_with_other_arguments_differ():
+    assert VP() != VP(beta_max=10) and VP() != Cosine() and VE() != VE(sigma_max=10)
+
+
+@pytest.mark.parametrize(
+    "config, message",
+    [
+        ({"kind": "Linear"}, "Unknown schedule kind"),
+        ({"beta_min": 0.1}, "needs a 'kind'"),
+        ({"kind": "VP", "beta": 3}, "unknown beta"),
+        ({"kind": "VP", "beta_min": "0.1"}, "must be a number"),
+    ],
+)
+def test_bad_schedule_configs_name_the_field(config, message):
+    from flipd.schedules import Schedule
+
+    with pytest.raises(ValueError, match=message):
+        Schedule.from_config(config)
