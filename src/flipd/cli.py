@@ -1,8 +1,9 @@
 """The ``flipd`` command line: train, estimate, curve, bench, demo, info.
 
-A thin shell over the library: options are parsed here, the work is done by
-:mod:`flipd.sources` (data and models by name), :mod:`flipd.workflows` (training, tables,
-curves, the demo), :mod:`flipd.runs` (files, metadata, resumable runs) and :mod:`flipd.plots`.
+A thin shell over the library: options are parsed here, the work is done by the jobs of
+:mod:`flipd.jobs` (estimate, curve, train, demo), with data from :mod:`flipd.datasets.sources`,
+models from :mod:`flipd.models`, files and resumable runs from :mod:`flipd.runs`, and figures
+from :mod:`flipd.plots`.
 
 User errors (a missing file, an unknown data set, a bad option, a model that does not fit the
 data, a directory that is not a checkpoint) print one line and exit with status 2; ``--debug``
