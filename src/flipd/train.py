@@ -16,7 +16,7 @@ coordinates the model was trained in: inside FLIPD the trace term and the norm t
 differently under a rescaling of the input, so rescaling inside the callable changes the
 estimate. Compute it as
 
-    flipd.flipd(model, model.standardize(x), t0=0.05)   # prediction="epsilon", VP() defaults
+    flipd.flipd(model, x, t0=0.05)   # a flipd.Model: standardises x, brings VP() and "epsilon"
 
 or simply ``model.lid(x, t0=0.05)``. The local intrinsic dimension itself is unchanged by the
 invertible affine map ``x → z``, so the estimate is one of LID(x); only the noise level t0 is
@@ -290,7 +290,7 @@ def train_diffusion(
         The trained :class:`DiffusionModel` (EMA weights; the best by validation loss when
         ``config.restore_best``), in eval mode on ``device``, with its training record in
         ``.metadata``. It works in standardised coordinates: use ``model.lid(x, t0=...)`` or
-        ``flipd.flipd(model, model.standardize(x), t0=...)``.
+        ``flipd.flipd(model, x, t0=...)`` (x in data units).
     """
     config = TrainConfig() if config is None else config
     if not isinstance(config, TrainConfig):

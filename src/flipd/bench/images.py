@@ -391,8 +391,9 @@ def flipd_over_grid(
 ) -> tuple[np.ndarray, np.ndarray, list[float]]:
     """FLIPD of points ``x`` (in the model's input shape) at every t0 of the grid.
 
-    ``model`` is a :class:`flipd.train.DiffusionModel` or a bare network ``network(y, t)``
-    (epsilon prediction, reference VP schedule). Returns ``(lid [N, T], stderr [N, T],
+    ``model`` is a :class:`flipd.train.DiffusionModel` (``x`` in data units: it standardises
+    them itself) or a bare network ``network(y, t)`` (epsilon prediction, reference VP
+    schedule; ``x`` in its coordinates). Returns ``(lid [N, T], stderr [N, T],
     seconds [T])``; the same probes are used at every t0.
     """
     from flipd import estimate
@@ -427,8 +428,7 @@ def run_nb(
     n_copies = max(2, copies_per_dim * dim)
     start = time.perf_counter()
     lid = estimate_nb(
-        model, model.standardize(x), schedule=model.schedule, prediction="epsilon",
-        n_copies=n_copies, rows_per_forward=max(n_copies, 1024), seed=seed, center=center,
+        model, x, n_copies=n_copies, rows_per_forward=max(n_copies, 1024), seed=seed, center=center,
     )
     return np.asarray(lid, dtype=np.float64), time.perf_counter() - start, n_copies
 
@@ -600,7 +600,7 @@ def run_dataset(
         x_eval = _model_input(model_plan.kind, eval_images)
         log(f"  {model_plan.kind}: FLIPD on {len(eval_index)} images at t0 in {list(plan.t0_grid)}")
         lid, stderr, seconds = flipd_over_grid(
-            model, model.standardize(x_eval), plan.t0_grid, n_probes=plan.n_probes, seed=seed,
+            model, x_eval, plan.t0_grid, n_probes=plan.n_probes, seed=seed,
             batch_size=flipd_batch_size,
         )
         t0, rule = choose_t0(lid, plan.t0_grid)

@@ -22,7 +22,7 @@ budget), ``<name>.csv`` (one row per data set and method) and ``<name>.json`` (e
 including per-component MAE and the training record of every model).
 
 FLIPD and the model-based baselines see the points in the model's standardised coordinates
-(``model.standardize(x)``), the coordinates the model was trained in; the classical
+(the model's ``encode``, i.e. ``model.standardize(x)``), the coordinates the model was trained in; the classical
 estimators see the points as the data set gives them. LID is invariant under the affine
 standardisation, so every method estimates the same ground truth.
 
@@ -58,6 +58,7 @@ import torch
 from .. import metrics
 from ..datasets import get_dataset
 from ..models.mlp import MLPUNetConfig
+from ..noise import DEFAULT_REFERENCE_T0
 from ..models.spec import NetworkSpec
 from ..train import CheckpointError, DiffusionModel, TrainConfig, train_diffusion
 from ._report import git_revision, machine_info, markdown_table, package_versions, write_csv, write_text_atomically
@@ -107,7 +108,7 @@ LABELS: dict[str, str] = {
     "twonn": "TwoNN",
 }
 #: Default fixed t0 of FLIPD (reference VP time; sigma ≈ 0.172).
-DEFAULT_T0 = 0.05
+DEFAULT_T0 = DEFAULT_REFERENCE_T0
 #: Which FLIPD variant each suite's targets are judged on, and why (stated in the results).
 PRIMARY_FLIPD: dict[str, tuple[str, str]] = {
     "toy": ("flipd", "fixed t0 = 0.05, the reference setting for synthetic data"),
@@ -253,7 +254,7 @@ def _run_method(method: str, model: DiffusionModel, x: np.ndarray, *, t0: float,
 
         baseline = BASELINES[method]
         if baseline.needs_model:
-            lid = baseline(model.standardize(x), model=model, schedule=model.schedule, prediction="epsilon", seed=seed)
+            lid = baseline(x, model=model, seed=seed)  # a flipd.Model: standardises x itself
         else:
             lid = baseline(x)
         lid = np.asarray(lid, dtype=np.float64)
