@@ -52,6 +52,8 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from ..runs.files import json_default, load_average, write_text
+
 __all__ = [
     "DatasetPlan",
     "ModelPlan",
@@ -735,7 +737,7 @@ def _environment(threads: int) -> dict[str, Any]:
         if not torch.cuda.is_available() else f"{platform.system()} {platform.machine()} with CUDA",
         "processor": platform.processor() or None,
         "torch_threads": threads,
-        "load_average_at_start": _load_average(),
+        "load_average_at_start": load_average(),
         "versions": versions,
     }
 
@@ -766,7 +768,7 @@ def run_study(
             dataset, seed=plan.seed, flipd_batch_size=plan.flipd_batch_size, out=out,
             checkpoints=checkpoints, retrain=retrain, log=log,
         )
-        environment["load_average_at_end"] = _load_average()
+        environment["load_average_at_end"] = load_average()
         record = {
             "command": command, "preset": preset, "seed": plan.seed, "environment": environment,
             "seconds": time.perf_counter() - started,
@@ -774,7 +776,7 @@ def run_study(
             **record,
         }
         path = out / f"images_{dataset.name}.json"
-        path.write_text(json.dumps(record, indent=2, default=_json_default) + "\n")
+        write_text(path, json.dumps(record, indent=2, default=json_default) + "\n")
         log(f"[{dataset.name}] done in {record['seconds']:.0f} s; wrote {path}")
         records.append(record)
     compile_report(out, log=log)
@@ -792,25 +794,11 @@ def compile_report(out: Path, *, log=print) -> list[dict[str, Any]]:
     records.sort(key=lambda record: (order.get(record["dataset"], 99), record["dataset"]))
     if not records:
         raise FileNotFoundError(f"No per-data-set records (images_<name>.json) in {out}.")
-    (out / "images.json").write_text(json.dumps({"datasets": records}, indent=2, default=_json_default) + "\n")
+    write_text(out / "images.json", json.dumps({"datasets": records}, indent=2, default=json_default) + "\n")
     _write_csv(out / "images.csv", records)
-    (out / "images.md").write_text(render_markdown(records))
+    write_text(out / "images.md", render_markdown(records))
     log(f"wrote {out / 'images.md'} from {len(records)} data set(s)")
     return records
-
-
-def _load_average() -> list[float] | None:
-    return [round(v, 2) for v in os.getloadavg()] if hasattr(os, "getloadavg") else None
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, (np.floating, np.integer)):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"Cannot serialise {type(value).__name__}")
 
 
 def _write_csv(path: Path, records: list[dict[str, Any]]) -> None:

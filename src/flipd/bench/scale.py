@@ -36,6 +36,8 @@ from typing import Any
 
 import torch
 
+from ..runs.files import load_average
+
 #: Stable Diffusion v1.5's UNet configuration (860M parameters).
 SD15_UNET_CONFIG: dict[str, Any] = {
     "sample_size": 64,
@@ -284,13 +286,6 @@ def _machine() -> dict[str, Any]:
     }
 
 
-def _load_average() -> list[float] | None:
-    try:
-        return [round(value, 2) for value in os.getloadavg()]
-    except OSError:
-        return None
-
-
 def run_benchmark(config_name: str = "sd15", *, repeats: int = 3, threads: int = 2) -> dict[str, Any]:
     """Measure forward, FLIPD and the normal-bundle slice, each in its own subprocess.
 
@@ -298,12 +293,12 @@ def run_benchmark(config_name: str = "sd15", *, repeats: int = 3, threads: int =
         A JSON-ready dict: machine, settings, raw measurements and derived figures (seconds per
         image, ratios to one forward pass, peak memory, the extrapolated normal-bundle cost).
     """
-    load_before = _load_average()
+    load_before = load_average()
     timing = _run_worker("timing", config_name, repeats, threads)
     forward = _run_worker("forward_memory", config_name, repeats, threads)
     flipd_run = _run_worker("flipd_memory", config_name, repeats, threads)
     nb = _run_worker("nb_slice", config_name, repeats, threads)
-    load_after = _load_average()
+    load_after = load_average()
 
     config = CONFIGS[config_name]
     dim = config["in_channels"] * config["sample_size"] ** 2

@@ -59,6 +59,7 @@ from .. import metrics
 from ..datasets import get_dataset
 from ..models.mlp import MLPUNetConfig
 from ..noise import DEFAULT_REFERENCE_T0
+from ..runs.files import json_default
 from ..models.spec import NetworkSpec
 from ..train import CheckpointError, DiffusionModel, TrainConfig, train_diffusion
 from ._report import git_revision, machine_info, markdown_table, package_versions, write_csv, write_text_atomically
@@ -450,11 +451,11 @@ def _csv_row(suite: str, record: dict[str, Any], method: str) -> dict[str, Any]:
 
 
 def _json_default(value: Any) -> Any:
-    if isinstance(value, (np.floating, np.integer)):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    return str(value)
+    """:func:`flipd.runs.files.json_default`, writing anything else (a schedule, ...) as its text."""
+    try:
+        return json_default(value)
+    except TypeError:
+        return str(value)
 
 
 # --------------------------------------------------------------------------- summary and markdown

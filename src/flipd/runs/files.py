@@ -29,9 +29,10 @@ __all__ = [
     "current_umask",
     "fingerprint_array",
     "fingerprint_path",
+    "load_average",
     "metadata_path_for",
     "read_table",
-    "to_json_text",
+    "json_default",
     "write_json",
     "write_table",
     "write_text",
@@ -66,6 +67,14 @@ def atomic_path(path: str | os.PathLike, *, suffix: str | None = None) -> Iterat
         raise
 
 
+def load_average() -> list[float] | None:
+    """The 1, 5 and 15 minute load averages (None where the system has none)."""
+    try:
+        return [round(value, 2) for value in os.getloadavg()]
+    except (OSError, AttributeError):
+        return None
+
+
 def current_umask() -> int:
     """The process's file-creation mask (read by setting it and restoring it)."""
     mask = os.umask(0o022)
@@ -80,7 +89,9 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
     return Path(path)
 
 
-def _json_default(value: Any) -> Any:
+def json_default(value: Any) -> Any:
+    """The ``default=`` of :func:`json.dumps` for what runs record: numpy scalars and arrays,
+    tensors, paths. Raises ``TypeError`` for anything else."""
     if isinstance(value, (np.integer,)):
         return int(value)
     if isinstance(value, (np.floating,)):
@@ -107,7 +118,7 @@ def _json_safe(value: Any) -> Any:
 
 def write_json(path: str | os.PathLike, value: Mapping[str, Any]) -> Path:
     """Write ``value`` as indented JSON to ``path`` atomically (NaN and inf become null)."""
-    plain = json.loads(json.dumps(value, default=_json_default))
+    plain = json.loads(json.dumps(value, default=json_default))
     return write_text(path, json.dumps(_json_safe(plain), indent=2, allow_nan=False) + "\n")
 
 
