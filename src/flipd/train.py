@@ -70,7 +70,7 @@ from .models.spec import NetworkSpec
 from .runs.environment import package_versions
 from .noise import REFERENCE_SCHEDULE, delta_range, is_reference
 from .parameterization import PREDICTIONS, score_coefficients
-from .schedules import VP, Schedule
+from .schedules import VE, VP, Cosine, RectifiedFlow, Schedule
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -265,7 +265,35 @@ def schedule_times(schedule: Schedule, reference_t: Tensor) -> Tensor:
     if is_reference(schedule):
         return reference_t
     low, high = delta_range(schedule)
-    return schedule.t_from_delta(REFERENCE_SCHEDULE.delta(reference_t).clamp(low, high))
+    delta = REFERENCE_SCHEDULE.delta(reference_t).clamp(low, high)
+    inverse = _DELTA_INVERSES.get(type(schedule))
+    if inverse is None:
+        return schedule.t_from_delta(delta)
+    return inverse(schedule, delta).clamp(schedule.t_min, schedule.t_max)
+
+
+def _vp_t(schedule: VP, delta: Tensor) -> Tensor:
+    # B(t) = log(1 + e^{2 delta}) solved for t, in the form without cancellation at small t.
+    integrated = torch.log1p(torch.exp(2 * delta))
+    slope = schedule.beta_max - schedule.beta_min
+    return 2 * integrated / (schedule.beta_min + torch.sqrt(schedule.beta_min**2 + 2 * slope * integrated))
+
+
+def _cosine_t(schedule: Cosine, delta: Tensor) -> Tensor:
+    # alpha_bar = 1 / (1 + e^{2 delta}) = cos²(angle) / cos²(angle at 0), solved for t.
+    s = schedule.offset
+    cosine = torch.rsqrt(1 + torch.exp(2 * delta)) * math.cos(0.5 * math.pi * s / (1 + s))
+    return torch.acos(cosine) * (1 + s) / (0.5 * math.pi) - s
+
+
+#: Closed forms of ``t_from_delta`` for the time draws of training (every step draws a batch;
+#: the schedules' bisection is exact but slow). Other schedules fall back to the bisection.
+_DELTA_INVERSES: dict[type, Callable[[Any, Tensor], Tensor]] = {
+    VP: _vp_t,
+    Cosine: _cosine_t,
+    VE: lambda schedule, delta: torch.exp(delta),
+    RectifiedFlow: lambda schedule, delta: torch.sigmoid(delta),
+}
 
 
 def _noise_coefficients(prediction: str, schedule: Schedule, t: Tensor) -> tuple[Tensor, Tensor]:
