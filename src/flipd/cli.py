@@ -359,6 +359,12 @@ def train(
         typer.Option("--low-t-fraction", min=0.0, max=1.0,
                      help="Fraction of each batch trained at small times t < 0.2, where FLIPD reads the score (0: uniform times)."),
     ] = 0.5,
+    schedule: Annotated[
+        str, typer.Option("--schedule", help="Noise schedule: vp (the reference VP), cosine, ve or rectified-flow, with default parameters.")
+    ] = "vp",
+    prediction: Annotated[
+        str, typer.Option("--prediction", help="What the network outputs: epsilon, score, sample, v_prediction or flow_velocity.")
+    ] = "epsilon",
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing checkpoint directory.")] = False,
     seed: Seed = 0,
     threads: Threads = None,
@@ -368,16 +374,18 @@ def train(
 ) -> None:
     """Train a diffusion model on DATA and save it as a flipd checkpoint (safetensors + JSON).
 
-    The model learns the noise of standardised points under the reference VP schedule; flipd estimate then works in the same coordinates. The default network is an MLP U-net (images are flattened); --network unet trains a convolutional U-net on images.
+    The model learns the noise of standardised points (by default under the reference VP schedule with the epsilon prediction; see --schedule and --prediction); flipd estimate then works in the same coordinates, with the schedule and prediction saved in the checkpoint. The default network is an MLP U-net (images are flattened); --network unet trains a convolutional U-net on images.
 
     [bold]Examples[/]:
       [cyan]flipd train lollipop --out models/lollipop --steps 3000[/]
       [cyan]flipd train mixture:affine:D=10:dims=2,4,8 -n 50000 --out models/mix10[/]
       [cyan]flipd train points.csv --out models/mine --max-minutes 10[/]
       [cyan]flipd train mnist-subset --network unet --out models/mnist --steps 2000[/]
+      [cyan]flipd train lollipop --schedule ve --prediction sample --out models/lollipop-ve[/]
     """
     from .datasets.sources import load_points
-    from .jobs.train import train_model
+    from .jobs.train import SCHEDULE_CHOICES, train_model
+    from .parameterization import PREDICTIONS
 
     device_used = _setup(threads, device, debug)
     if standardize not in STANDARDIZE_CHOICES:
@@ -390,13 +398,17 @@ def train(
     channel_list = _parse_sizes(channels, "--channels")
     if network not in NETWORK_CHOICES:
         raise OptionError("--network", f"{network!r} is not one of {', '.join(NETWORK_CHOICES)}.")
+    if schedule not in SCHEDULE_CHOICES:
+        raise OptionError("--schedule", f"{schedule!r} is not one of {', '.join(SCHEDULE_CHOICES)}.")
+    if prediction not in PREDICTIONS:
+        raise OptionError("--prediction", f"{prediction!r} is not one of {', '.join(PREDICTIONS)}.")
     points = load_points(data, n=n_points, seed=seed, at_most=True)
     _say(quiet, f"data: {escape(points.description)}")
     trained = train_model(
         points, target, steps=steps, batch_size=batch_size, lr=lr, network=network, widths=width_list,
         channels=channel_list, standardize=standardize,
         max_seconds=None if max_minutes is None else 60.0 * max_minutes, low_t_fraction=low_t_fraction,
-        seed=seed, device=device_used, progress=not quiet,
+        schedule=schedule, prediction=prediction, seed=seed, device=device_used, progress=not quiet,
     )
     if not quiet:
         record = trained.metadata

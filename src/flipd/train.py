@@ -1,10 +1,19 @@
 """Training diffusion models on data arrays, and saving and loading them.
 
 :func:`train_diffusion` fits a denoising network to data of shape [N, D] (tabular) or
-[N, C, H, W] (images) with the reference variance-preserving schedule of the FLIPD paper
-(beta from 0.1 to 20, ``flipd.schedules.VP()``) and the epsilon objective: with
+[N, C, H, W] (images). By default it uses the reference variance-preserving schedule of the
+FLIPD paper (beta from 0.1 to 20, ``flipd.schedules.VP()``) and the epsilon objective: with
 ``y = psi(t)·z + sigma(t)·eps`` and ``t ~ U(t_min, 1)``, minimise the unweighted squared error
 ``‖network(y, t) − eps‖²`` summed over the coordinates of each point and averaged over points.
+
+Any schedule of :mod:`flipd.schedules` and any prediction of :mod:`flipd.parameterization` can
+be trained (``TrainConfig.schedule`` and ``TrainConfig.prediction``), with the same objective in
+noise space: the network output f gives the score ``a·f + b·y`` (:func:`score_coefficients`),
+hence the noise estimate ``eps_hat = −sigma·(a·f + b·y)``, and the loss is ``‖eps_hat − eps‖²``
+(for epsilon, f itself). Times are drawn as reference-VP times and carried to the schedule's
+own times through delta = log(sigma/psi), so every schedule is trained on the same distribution
+of smoothing levels, and the network sees every schedule as the reference VP
+(:func:`flipd.models.checkpoint.reference_inputs`).
 
 Standardisation and where FLIPD is computed
 -------------------------------------------
@@ -53,12 +62,15 @@ from .models.checkpoint import (
     Standardize,
     fit_standardization,
     load,
+    reference_inputs,
 )
 from .models.mlp import MLPUNet, MLPUNetConfig, count_parameters
 from .models.registry import build_network
 from .models.spec import NetworkSpec
 from .runs.environment import package_versions
-from .schedules import VP
+from .noise import REFERENCE_SCHEDULE, delta_range, is_reference
+from .parameterization import PREDICTIONS, score_coefficients
+from .schedules import VE, VP, Cosine, RectifiedFlow, Schedule
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -86,11 +98,12 @@ class TrainConfig:
         ema_decay: decay of the exponential moving average of the weights; the EMA weights
             are the ones evaluated and returned.
         grad_clip: maximum global gradient norm (None: no clipping).
-        t_min: training times are drawn from U(t_min, 1).
+        t_min: training times are drawn from U(t_min, 1) (times of the reference VP schedule;
+            see ``schedule``).
         low_t_fraction: fraction of each batch whose times are drawn from U(t_min, low_t_max)
             instead (0: the reference uniform sampling). Emphasising small times changes the
             weighting of the objective, not its minimiser.
-        low_t_max: upper end of the emphasised times.
+        low_t_max: upper end of the emphasised times (a reference-VP time).
         val_fraction: fraction of the points held out for validation and early stopping.
         max_val_points: cap on the number of held-out points.
         eval_every: steps between validation losses.
@@ -101,7 +114,15 @@ class TrainConfig:
         seed: seed of every random draw of training.
         standardize: "per_coordinate" (mean and std of each coordinate), "scalar" (mean of each
             coordinate, one std for all: keeps the data's shape) or "none".
-        beta_min, beta_max: the VP schedule (defaults: the reference 0.1 and 20).
+        schedule: the noise schedule as a ``Schedule.to_config()`` dict (a Schedule object is
+            accepted and stored as its config); default the reference ``VP()``. Times are drawn
+            as reference-VP times (``t_min``, ``low_t_*``) and carried to the schedule's own
+            times with the same delta = log(sigma/psi), clamped into the schedule's range.
+        prediction: what the network outputs: "epsilon" (default), "score", "sample",
+            "v_prediction" or "flow_velocity" (:mod:`flipd.parameterization`).
+        beta_min, beta_max: the VP schedule's betas, kept for configurations written before
+            ``schedule`` existed (beta fields alone mean ``VP(beta_min, beta_max)``); filled in
+            from ``schedule`` when it is a VP, None otherwise.
     """
 
     steps: int = 20_000
@@ -124,8 +145,10 @@ class TrainConfig:
     max_seconds: float | None = None
     seed: int = 0
     standardize: Standardize = "per_coordinate"
-    beta_min: float = 0.1
-    beta_max: float = 20.0
+    schedule: dict[str, Any] | Schedule | None = None
+    prediction: str = "epsilon"
+    beta_min: float | None = None
+    beta_max: float | None = None
 
     def __post_init__(self) -> None:
         positive_ints = {"steps": self.steps, "batch_size": self.batch_size, "eval_every": self.eval_every}
@@ -150,6 +173,31 @@ class TrainConfig:
             )
         if self.grad_clip is not None and self.grad_clip <= 0:
             raise ValueError(f"TrainConfig.grad_clip must be positive or None; got {self.grad_clip}.")
+        if self.prediction not in PREDICTIONS:
+            raise ValueError(f"TrainConfig.prediction must be one of {', '.join(PREDICTIONS)}; got {self.prediction!r}.")
+        self._resolve_schedule()
+
+    def _resolve_schedule(self) -> None:
+        """Normalise ``schedule`` to a config dict and reconcile it with the legacy beta fields."""
+        betas = {name: value for name, value in (("beta_min", self.beta_min), ("beta_max", self.beta_max)) if value is not None}
+        if self.schedule is None:
+            try:
+                schedule: Schedule = VP(**betas)
+            except (TypeError, ValueError) as error:
+                raise ValueError(f"TrainConfig.beta_min/beta_max: {error}") from None
+        else:
+            try:
+                schedule = self.schedule if isinstance(self.schedule, Schedule) else Schedule.from_config(self.schedule)
+            except (TypeError, ValueError) as error:
+                raise ValueError(f"TrainConfig.schedule: {error}") from None
+            if betas and not (isinstance(schedule, VP) and all(getattr(schedule, k) == v for k, v in betas.items())):
+                raise ValueError(
+                    f"TrainConfig.beta_min/beta_max ({betas}) contradict TrainConfig.schedule {schedule!r}; "
+                    "give the schedule only."
+                )
+        self.schedule = schedule.to_config()
+        if isinstance(schedule, VP):
+            self.beta_min, self.beta_max = schedule.beta_min, schedule.beta_max
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -162,8 +210,9 @@ class TrainConfig:
             raise ValueError(f"Unknown TrainConfig fields: {', '.join(unknown)}.")
         return cls(**value)
 
-    def schedule(self) -> VP:
-        return VP(self.beta_min, self.beta_max)
+    def noise_schedule(self) -> Schedule:
+        """The :class:`~flipd.schedules.Schedule` that ``schedule`` describes."""
+        return Schedule.from_config(self.schedule)
 
 
 # --------------------------------------------------------------------------- training
@@ -197,31 +246,95 @@ def _lr_factor(step: int, config: TrainConfig) -> float:
     return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def _sample_times(n: int, config: TrainConfig, generator: torch.Generator) -> Tensor:
-    """Training times [n] (float64): U(t_min, 1), a fraction of them from U(t_min, low_t_max)."""
+def _sample_times(n: int, config: TrainConfig, generator: torch.Generator, schedule: Schedule) -> Tensor:
+    """Training times [n] (float64) of ``schedule``: reference-VP times U(t_min, 1), a fraction
+    of them from U(t_min, low_t_max), carried to ``schedule`` by :func:`schedule_times`."""
     t = config.t_min + (1 - config.t_min) * torch.rand(n, generator=generator, dtype=torch.float64)
     if config.low_t_fraction > 0:
         low = config.t_min + (config.low_t_max - config.t_min) * torch.rand(n, generator=generator, dtype=torch.float64)
         pick = torch.rand(n, generator=generator) < config.low_t_fraction
         t = torch.where(pick, low, t)
-    return t
+    return schedule_times(schedule, t)
 
 
-def _denoising_loss(network: nn.Module, z: Tensor, t: Tensor, noise: Tensor, schedule: VP) -> Tensor:
-    """Per-point epsilon loss ``‖network(psi·z + sigma·eps, t) − eps‖²`` summed over coordinates, [N]."""
+def schedule_times(schedule: Schedule, reference_t: Tensor) -> Tensor:
+    """Times of ``schedule`` [T] (float64) with the smoothing (delta = log(sigma/psi)) of the
+    reference-VP times ``reference_t`` [T]; levels the schedule does not reach are clamped to
+    its ends (e.g. VE's sigma_max = 80 for reference times above about 0.93). The reference
+    schedule's own times are returned as they are."""
+    if is_reference(schedule):
+        return reference_t
+    low, high = delta_range(schedule)
+    delta = REFERENCE_SCHEDULE.delta(reference_t).clamp(low, high)
+    inverse = _DELTA_INVERSES.get(type(schedule))
+    if inverse is None:
+        return schedule.t_from_delta(delta)
+    return inverse(schedule, delta).clamp(schedule.t_min, schedule.t_max)
+
+
+def _vp_t(schedule: VP, delta: Tensor) -> Tensor:
+    # B(t) = log(1 + e^{2 delta}) solved for t, in the form without cancellation at small t.
+    integrated = torch.log1p(torch.exp(2 * delta))
+    slope = schedule.beta_max - schedule.beta_min
+    return 2 * integrated / (schedule.beta_min + torch.sqrt(schedule.beta_min**2 + 2 * slope * integrated))
+
+
+def _cosine_t(schedule: Cosine, delta: Tensor) -> Tensor:
+    # alpha_bar = 1 / (1 + e^{2 delta}) = cos²(angle) / cos²(angle at 0), solved for t.
+    s = schedule.offset
+    cosine = torch.rsqrt(1 + torch.exp(2 * delta)) * math.cos(0.5 * math.pi * s / (1 + s))
+    return torch.acos(cosine) * (1 + s) / (0.5 * math.pi) - s
+
+
+#: Closed forms of ``t_from_delta`` for the time draws of training (every step draws a batch;
+#: the schedules' bisection is exact but slow). Other schedules fall back to the bisection.
+_DELTA_INVERSES: dict[type, Callable[[Any, Tensor], Tensor]] = {
+    VP: _vp_t,
+    Cosine: _cosine_t,
+    VE: lambda schedule, delta: torch.exp(delta),
+    RectifiedFlow: lambda schedule, delta: torch.sigmoid(delta),
+}
+
+
+def _noise_coefficients(prediction: str, schedule: Schedule, t: Tensor) -> tuple[Tensor, Tensor]:
+    """``(c_f, c_y)`` [N] (float64) with the noise estimate ``eps_hat = c_f·f + c_y·y`` of a
+    network output f: ``−sigma·(a, b)`` for the score coefficients (a, b) of ``prediction``."""
+    sigma = schedule.sigma(t)
+    a, b = score_coefficients(prediction, schedule, t, sigma=sigma)
+    return -sigma * a, -sigma * b
+
+
+def _denoising_loss(
+    network: nn.Module, z: Tensor, t: Tensor, noise: Tensor, schedule: Schedule, prediction: str = "epsilon"
+) -> Tensor:
+    """Per-point noise-space loss ``‖eps_hat − eps‖²`` summed over coordinates, [N].
+
+    ``z`` [N, ...] standardised points, ``t`` [N] float64 times of ``schedule``, ``noise`` like
+    ``z``. The network gets :func:`reference_inputs` of ``y = psi·z + sigma·eps``; for epsilon
+    ``eps_hat`` is its output, otherwise :func:`_noise_coefficients` turn the output into one.
+    """
     shape = (-1,) + (1,) * (z.ndim - 1)
     psi = schedule.psi(t).to(z).reshape(shape)
     sigma = schedule.sigma(t).to(z).reshape(shape)
-    prediction = network(psi * z + sigma * noise, t.to(z))
-    return (prediction - noise).pow(2).flatten(1).sum(1)
+    y = psi * z + sigma * noise
+    y_in, t_in = reference_inputs(schedule, y, t)
+    output = network(y_in, t_in.to(z))
+    if prediction == "epsilon":
+        estimate = output
+    else:
+        c_f, c_y = _noise_coefficients(prediction, schedule, t)
+        estimate = c_f.to(z).reshape(shape) * output + c_y.to(z).reshape(shape) * y
+    return (estimate - noise).pow(2).flatten(1).sum(1)
 
 
 @torch.no_grad()
-def _validation_loss(network: nn.Module, z: Tensor, t: Tensor, noise: Tensor, schedule: VP, batch_size: int) -> float:
+def _validation_loss(
+    network: nn.Module, z: Tensor, t: Tensor, noise: Tensor, schedule: Schedule, prediction: str, batch_size: int
+) -> float:
     total = 0.0
     for start in range(0, z.shape[0], batch_size):
         stop = start + batch_size
-        total += float(_denoising_loss(network, z[start:stop], t[start:stop], noise[start:stop], schedule).sum())
+        total += float(_denoising_loss(network, z[start:stop], t[start:stop], noise[start:stop], schedule, prediction).sum())
     return total / z.shape[0]
 
 
@@ -272,7 +385,7 @@ def train_diffusion(
     device: str | torch.device = "cpu",
     callback: Callable[[dict[str, Any]], None] | None = None,
 ) -> DiffusionModel:
-    """Fit an epsilon-prediction diffusion model to ``data`` with the VP schedule.
+    """Fit a diffusion model to ``data`` (schedule and prediction from ``config``; default VP, epsilon).
 
     Args:
         data: training points, tensor or array [N, D] or [N, C, H, W], in original units.
@@ -312,13 +425,14 @@ def train_diffusion(
     online = _make_network(network, x, config, data_std=float(z_train.std()))
     online.to(device).train()
     ema = copy.deepcopy(online).requires_grad_(False).eval()
-    schedule = config.schedule()
+    schedule = config.noise_schedule()
     optimizer = torch.optim.AdamW(online.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _lr_factor(step, config))
 
     # Validation noise is drawn once, so successive validation losses are comparable.
     val_generator = torch.Generator().manual_seed(config.seed + 1)
     val_t = config.t_min + (1 - config.t_min) * torch.rand(n_val, generator=val_generator, dtype=torch.float64)
+    val_t = schedule_times(schedule, val_t)
     val_noise = torch.randn(z_val.shape, generator=val_generator).to(z_val)
 
     n_train = z_train.shape[0]
@@ -338,9 +452,9 @@ def train_diffusion(
             index = permutation[cursor : cursor + batch_size].to(device)
             cursor += batch_size
             z = z_train[index]
-            t = _sample_times(batch_size, config, generator)
+            t = _sample_times(batch_size, config, generator, schedule)
             noise = torch.randn(z.shape, generator=generator).to(z)
-            loss = _denoising_loss(online, z, t, noise, schedule).mean()
+            loss = _denoising_loss(online, z, t, noise, schedule, config.prediction).mean()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if config.grad_clip is not None:
@@ -362,7 +476,7 @@ def train_diffusion(
                 train_loss = running / running_count
                 running, running_count = 0.0, 0
                 val_loss = (
-                    _validation_loss(ema, z_val, val_t, val_noise, schedule, max(batch_size, 1024))
+                    _validation_loss(ema, z_val, val_t, val_noise, schedule, config.prediction, max(batch_size, 1024))
                     if n_val else math.nan
                 )
                 record = {
@@ -415,7 +529,7 @@ def train_diffusion(
         "versions": package_versions(("torch", "numpy")),
     }
     return DiffusionModel(
-        ema, shift=shift, scale=scale, schedule=schedule, standardize_mode=config.standardize,
+        ema, shift=shift, scale=scale, schedule=schedule, prediction=config.prediction, standardize_mode=config.standardize,
         metadata=metadata, online_network=online,
     ).to(device)
 
@@ -432,8 +546,11 @@ def _make_network(network, x: Tensor, config: TrainConfig, *, data_std: float) -
                     f"The default network is an MLP for [N, D] data; got data of shape {tuple(x.shape)}. "
                     "Pass network= (a module or NetworkSpec) for images."
                 )
+            # The network sees every schedule as the reference VP (reference_inputs), so its
+            # input preconditioning uses the reference betas.
             return MLPUNet(MLPUNetConfig(
-                data_dim=x.shape[1], data_std=data_std, beta_min=config.beta_min, beta_max=config.beta_max,
+                data_dim=x.shape[1], data_std=data_std,
+                beta_min=REFERENCE_SCHEDULE.beta_min, beta_max=REFERENCE_SCHEDULE.beta_max,
             ))
         if isinstance(network, NetworkSpec):
             return build_network(network)

@@ -14,9 +14,22 @@ from ..datasets.sources import PointSet
 from ..models.mlp import MLPUNetConfig
 from ..models.spec import NetworkSpec
 from ..runs.files import current_umask, fingerprint_array
+from ..schedules import VE, VP, Cosine, RectifiedFlow, Schedule
 from ..train import TrainConfig, train_diffusion
 
-__all__ = ["NETWORK_CHOICES", "train_model"]
+__all__ = ["NETWORK_CHOICES", "SCHEDULE_CHOICES", "train_model"]
+
+#: Schedules ``flipd train --schedule`` names, each with its default parameters.
+SCHEDULE_CHOICES: dict[str, type[Schedule]] = {"vp": VP, "cosine": Cosine, "ve": VE, "rectified-flow": RectifiedFlow}
+
+
+def schedule_named(schedule: str | Schedule) -> Schedule:
+    """The schedule for a :data:`SCHEDULE_CHOICES` name (a Schedule is returned as it is)."""
+    if isinstance(schedule, Schedule):
+        return schedule
+    if schedule not in SCHEDULE_CHOICES:
+        raise ValueError(f"Unknown schedule {schedule!r}; use one of {', '.join(SCHEDULE_CHOICES)}.")
+    return SCHEDULE_CHOICES[schedule]()
 
 
 def _replace_directory(source: Path, target: Path) -> None:
@@ -67,6 +80,8 @@ def train_model(
     max_seconds: float | None = None,
     low_t_fraction: float = 0.5,
     low_t_max: float = 0.2,
+    schedule: str | Schedule = "vp",
+    prediction: str = "epsilon",
     seed: int = 0,
     device: str | torch.device = "cpu",
     progress: bool = True,
@@ -85,6 +100,12 @@ def train_model(
     ``low_t_fraction`` of every batch draws its times from U(t_min, ``low_t_max``) rather than
     U(t_min, 1): FLIPD reads the score at small t0 (0.05 by default), where uniform times spend
     few steps (:class:`flipd.train.TrainConfig`). Pass 0 for the reference uniform sampling.
+    Both are reference-VP times, carried to the schedule's own times through delta.
+
+    ``schedule`` is a :data:`SCHEDULE_CHOICES` name ("vp", "cosine", "ve", "rectified-flow",
+    each with its default parameters) or a :class:`flipd.schedules.Schedule`; ``prediction``
+    is what the network outputs ("epsilon", "score", "sample", "v_prediction" or
+    "flow_velocity"). Both are saved in the checkpoint, so ``flipd estimate`` needs neither.
 
     Returns:
         The trained :class:`flipd.train.DiffusionModel`.
@@ -93,6 +114,7 @@ def train_model(
     config = TrainConfig(
         steps=steps, batch_size=batch_size, lr=lr, seed=seed, max_seconds=max_seconds, standardize=standardize,
         low_t_fraction=low_t_fraction, low_t_max=low_t_max,
+        schedule=schedule_named(schedule).to_config(), prediction=prediction,
         warmup_steps=min(500, max(1, steps // 10)), eval_every=max(1, min(500, steps // 4)),
     )
     model = train_diffusion(x, network=network_spec, config=config, progress=progress, device=device)

@@ -1,8 +1,9 @@
 """A trained flipd diffusion model and its checkpoint format (safetensors + JSON, never pickle).
 
-:class:`DiffusionModel` is an epsilon-prediction network in *standardised coordinates*: with
-``z = (x − shift) / scale`` fitted once on the training data, ``model(y, t)`` predicts the noise
-of ``y = psi(t)·z + sigma(t)·eps``. FLIPD must be computed in the coordinates the model was
+:class:`DiffusionModel` is a diffusion network in *standardised coordinates*: with
+``z = (x − shift) / scale`` fitted once on the training data, ``model(y, t)`` gives its
+prediction (the noise by default; any of :data:`flipd.parameterization.PREDICTIONS`) for
+``y = psi(t)·z + sigma(t)·eps`` under its schedule (any :mod:`flipd.schedules` schedule). FLIPD must be computed in the coordinates the model was
 trained in (the trace and norm terms scale differently under a rescaling), so the model carries
 the map from the user's coordinates to its own: :meth:`DiffusionModel.encode` (= standardize).
 :func:`flipd.flipd` applies it itself, so ``flipd.flipd(model, x_raw, t0=0.05)`` is right. The
@@ -25,7 +26,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..schedules import VP
+from ..noise import REFERENCE_SCHEDULE, is_reference, to_reference_time
+from ..parameterization import check_prediction
+from ..schedules import VP, Schedule
 from .registry import build_network
 from .spec import NetworkSpec
 
@@ -37,6 +40,7 @@ __all__ = [
     "DiffusionModel",
     "fit_standardization",
     "load",
+    "reference_inputs",
 ]
 
 Standardize = Literal["per_coordinate", "scalar", "none"]
@@ -53,20 +57,49 @@ class CheckpointError(ValueError):
     """A directory is not a valid flipd checkpoint (the message says what is wrong)."""
 
 
+#: How a :class:`DiffusionModel` feeds its network: "reference" (new models: every schedule is
+#: presented as the reference VP, see :func:`reference_inputs`) or "schedule" (checkpoints
+#: written before schedules other than VP could be trained: ``y`` and ``t`` as they come).
+NETWORK_INPUTS: tuple[str, ...] = ("reference", "schedule")
+
+
+def reference_inputs(schedule: Schedule, y: Tensor, t: Tensor) -> tuple[Tensor, Tensor]:
+    """The network's inputs for ``y`` [N, ...] at times ``t`` [N] of ``schedule``.
+
+    The network sees every schedule as the reference VP (``flipd.noise.REFERENCE_SCHEDULE``):
+    the time is the reference time with the same smoothing, ``u = to_reference_time(schedule,
+    t)`` (in [0, 1] whatever the schedule; VE times run up to 80), and ``y`` is rescaled to the
+    reference signal scale, ``y·psi_ref(u)/psi(t)``, so that the network's input has the
+    distribution of a reference-VP noisy point at ``u`` (a fixed preconditioning; for the VP
+    family psi is fixed by delta and the factor is 1 up to rounding). For the reference
+    schedule itself both are returned unchanged (the same tensors).
+
+    Returns:
+        ``(y_in, u)``: ``y_in`` like ``y`` (its dtype and device); ``u`` float64 [N] on the CPU.
+    """
+    if is_reference(schedule):
+        return y, t
+    u = to_reference_time(schedule, t.detach())
+    gain = (REFERENCE_SCHEDULE.psi(u) / schedule.psi(t.detach())).to(device=y.device, dtype=y.dtype)
+    return y * gain.reshape((-1,) + (1,) * (y.ndim - 1)), u
+
+
 
 
 class DiffusionModel(nn.Module):
-    """A trained epsilon-prediction diffusion model in standardised coordinates.
+    """A trained diffusion model in standardised coordinates.
 
-    ``model(y, t)`` returns the predicted noise for ``y = psi(t)·z + sigma(t)·eps`` where
-    ``z = model.standardize(x)``; it plugs into :func:`flipd.flipd` with the defaults
-    ``prediction="epsilon"`` and ``schedule=model.schedule`` (the reference ``VP()``), given
-    standardised points. :meth:`lid` does exactly that.
+    ``model(y, t)`` returns the network's prediction (``model.prediction``: the noise by
+    default) for ``y = psi(t)·z + sigma(t)·eps`` where ``z = model.standardize(x)`` and ``t``
+    is a time of ``model.schedule``; it is a :class:`flipd.Model`, so :func:`flipd.flipd` takes
+    the schedule, the prediction and the standardisation from it. :meth:`lid` does exactly that.
 
     Attributes:
-        network: the EMA network, called as ``network(y, t)``.
-        schedule: the VP schedule it was trained with.
-        prediction: always "epsilon".
+        network: the EMA network, called as ``network(*reference_inputs(schedule, y, t))``
+            (see :func:`reference_inputs`; with ``network_input="schedule"``, ``network(y, t)``).
+        schedule: the schedule it was trained with (default the reference ``VP()``).
+        prediction: what the network outputs, one of :data:`flipd.parameterization.PREDICTIONS`.
+        network_input: "reference" or "schedule" (:data:`NETWORK_INPUTS`).
         standardize_mode: how the data were standardised.
         shift, scale: the standardisation, tensors shaped like one data point.
         metadata: training record: "train_config", "steps_run", "stopped_early", "stop_reason"
@@ -77,23 +110,29 @@ class DiffusionModel(nn.Module):
         online_network: the raw (non-averaged) weights, kept for saving; may be None.
     """
 
-    prediction = "epsilon"
-
     def __init__(
         self,
         network: nn.Module,
         *,
         shift: Tensor,
         scale: Tensor,
-        schedule: VP | None = None,
+        schedule: Schedule | None = None,
+        prediction: str = "epsilon",
+        network_input: str = "reference",
         standardize_mode: str = "per_coordinate",
         metadata: dict[str, Any] | None = None,
         online_network: nn.Module | None = None,
     ) -> None:
         super().__init__()
+        if schedule is not None and not isinstance(schedule, Schedule):
+            raise TypeError(f"schedule must be a flipd.schedules.Schedule; got {type(schedule).__name__}.")
+        if network_input not in NETWORK_INPUTS:
+            raise ValueError(f"network_input must be one of {', '.join(NETWORK_INPUTS)}; got {network_input!r}.")
         self.network = network
         self.online_network = online_network
         self.schedule = VP() if schedule is None else schedule
+        self.prediction = check_prediction(prediction)
+        self.network_input = network_input
         self.standardize_mode = standardize_mode
         self.register_buffer("shift", shift.detach().clone())
         self.register_buffer("scale", scale.detach().clone())
@@ -109,7 +148,8 @@ class DiffusionModel(nn.Module):
         return tuple(self.shift.shape)
 
     def forward(self, y: Tensor, t: Tensor) -> Tensor:
-        """Predicted noise: ``y`` [N, *data_shape] in standardised coordinates, ``t`` [N] in (0, 1]."""
+        """The network's prediction [N, *data_shape] (``self.prediction``) for ``y`` [N, *data_shape]
+        in standardised coordinates at times ``t`` [N] (or a scalar) of ``self.schedule``."""
         if tuple(y.shape[1:]) != self.data_shape:
             raise ValueError(
                 f"The model was trained on points of shape {self.data_shape}; got a batch of shape "
@@ -117,6 +157,8 @@ class DiffusionModel(nn.Module):
             )
         if t.ndim == 0:
             t = t.expand(y.shape[0])
+        if self.network_input == "reference":
+            y, t = reference_inputs(self.schedule, y, t)
         return self.network(y, t.to(device=y.device, dtype=y.dtype))
 
     def _as_points(self, x) -> Tensor:
@@ -190,7 +232,8 @@ class DiffusionModel(nn.Module):
             "weights": WEIGHTS_FILE,
             "network": spec.to_json(),
             "prediction": self.prediction,
-            "schedule": {"kind": "VP", "beta_min": self.schedule.beta_min, "beta_max": self.schedule.beta_max},
+            "schedule": self.schedule.to_config(),
+            "network_input": self.network_input,
             "standardization": {
                 "mode": self.standardize_mode,
                 "data_shape": list(self.data_shape),
@@ -250,11 +293,7 @@ class DiffusionModel(nn.Module):
         for key in ("network", "schedule", "standardization", "weights"):
             if key not in config:
                 raise CheckpointError(f"{config_path} lacks the required field {key!r}; the checkpoint is damaged.")
-        if config.get("prediction", "epsilon") != "epsilon":
-            raise CheckpointError(f"{config_path} has prediction {config['prediction']!r}; only 'epsilon' is supported.")
-        schedule_config = config["schedule"]
-        if schedule_config.get("kind") != "VP":
-            raise CheckpointError(f"{config_path} has schedule {schedule_config!r}; only VP schedules are supported.")
+        schedule, prediction, network_input = _read_schedule_and_prediction(config, config_path)
         weights_path = directory / config["weights"]
         if not weights_path.is_file():
             raise CheckpointError(f"{directory} is incomplete: the weights file {config['weights']} is missing.")
@@ -281,12 +320,38 @@ class DiffusionModel(nn.Module):
             network,
             shift=tensors["standardization.shift"],
             scale=tensors["standardization.scale"],
-            schedule=VP(schedule_config["beta_min"], schedule_config["beta_max"]),
+            schedule=schedule,
+            prediction=prediction,
+            network_input=network_input,
             standardize_mode=config["standardization"].get("mode", "per_coordinate"),
             metadata=config.get("metadata", {}),
             online_network=online,
         )
         return model.to(device)
+
+
+def _read_schedule_and_prediction(config: dict[str, Any], path: Path) -> tuple[Schedule, str, str]:
+    """The checkpoint's ``schedule``, ``prediction`` and ``network_input``, checked.
+
+    Checkpoints written before other schedules could be trained hold ``{"kind": "VP",
+    "beta_min": ..., "beta_max": ...}``, no prediction (epsilon) and no network_input (the
+    network took the schedule's time as is: "schedule").
+    """
+    try:
+        schedule = Schedule.from_config(config["schedule"])
+    except (TypeError, ValueError) as error:
+        raise CheckpointError(f"{path} has an invalid 'schedule' field {config['schedule']!r}: {error}") from None
+    prediction = config.get("prediction", "epsilon")
+    try:
+        check_prediction(prediction)
+    except (TypeError, ValueError) as error:
+        raise CheckpointError(f"{path} has an invalid 'prediction' field: {error}") from None
+    network_input = config.get("network_input", "schedule")
+    if network_input not in NETWORK_INPUTS:
+        raise CheckpointError(
+            f"{path} has an invalid 'network_input' field {network_input!r}; expected one of {', '.join(NETWORK_INPUTS)}."
+        )
+    return schedule, prediction, network_input
 
 
 def _load_state(network: nn.Module, state: dict[str, Tensor], path: Path) -> None:
