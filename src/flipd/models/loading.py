@@ -18,14 +18,23 @@ from ..devices import resolve_device
 from .base import Model
 from .checkpoint import CONFIG_FILE
 
-__all__ = ["PICKLE_SUFFIXES", "load", "model_kind"]
+__all__ = ["PICKLE_SUFFIXES", "check_safetensors_only", "load", "model_kind"]
 
 #: File suffixes of pickled checkpoints, which flipd never loads.
 PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".pkl", ".pickle", ".joblib")
 
 
-def _check_safetensors_only(directory: Path) -> None:
-    """Refuse a diffusers folder in which some model component has only pickled weights."""
+def check_safetensors_only(directory: str | os.PathLike) -> None:
+    """Refuse a diffusers folder in which some model component has only pickled weights.
+
+    A component is the folder itself or a subfolder with a ``config.json``; one holding pickled
+    weights (.bin, .pt, .ckpt, ...) and no ``.safetensors`` file is refused, naming the files.
+    Where both exist, :func:`flipd.from_diffusers` reads only the safetensors.
+
+    Raises:
+        ValueError: a component has only pickled weights.
+    """
+    directory = Path(directory)
     components = [directory] + [p for p in directory.iterdir() if p.is_dir()]
     for component in components:
         if not (component / "config.json").is_file():
@@ -65,7 +74,7 @@ def model_kind(path: str | os.PathLike) -> Literal["flipd", "diffusers"]:
     if (directory / CONFIG_FILE).is_file():
         return "flipd"
     if (directory / "model_index.json").is_file() or (directory / "config.json").is_file():
-        _check_safetensors_only(directory)
+        check_safetensors_only(directory)
         return "diffusers"
     raise ValueError(
         f"{str(directory)!r} is not a flipd checkpoint (no {CONFIG_FILE}) nor a diffusers folder "

@@ -1,0 +1,105 @@
+"""A catalogue of bad inputs and faults: each is refused with a message that names the problem
+(the file, field, row or fix), and nothing the user had is lost."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import flipd
+from test_cli import PACKAGE_ROOT, TINY_TRAIN, assert_user_error
+from test_cli import flipd as run_flipd
+
+
+class _Tripwire:
+    """Unpickling this creates a file: proof that a pickle was loaded."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.path),))
+
+
+def _write_tripwire(file: Path, tripwire: Path) -> None:
+    file.write_bytes(pickle.dumps(_Tripwire(str(tripwire))))
+
+
+# --------------------------------------------------------------------------- 1. no pickle ever loaded
+
+
+try:
+    from test_diffusers_adapters import ddpm_folder, sd_folder  # noqa: F401  (fixtures)
+except pytest.skip.Exception:  # diffusers is not installed
+
+    @pytest.fixture
+    def ddpm_folder():
+        pytest.skip("needs diffusers")
+
+    sd_folder = ddpm_folder
+
+
+@pytest.fixture
+def no_torch_load(monkeypatch):
+    """Make any call of torch.load fail the test."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"torch.load was called on {args[:1]}")
+
+    monkeypatch.setattr(torch, "load", refuse)
+
+
+def test_pickled_weights_next_to_safetensors_are_never_opened(ddpm_folder, tmp_path, no_torch_load):
+    folder = tmp_path / "ddpm"
+    shutil.copytree(ddpm_folder, folder)
+    tripwire = tmp_path / "unpickled"
+    _write_tripwire(folder / "unet" / "diffusion_pytorch_model.bin", tripwire)
+    for load in (flipd.from_diffusers, flipd.load):
+        model = load(folder)
+        assert type(model.network).__name__ == "UNet2DModel"
+    assert not tripwire.exists()
+
+
+def test_component_with_only_pickled_weights_is_refused(ddpm_folder, tmp_path, no_torch_load):
+    folder = tmp_path / "ddpm"
+    shutil.copytree(ddpm_folder, folder)
+    tripwire = tmp_path / "unpickled"
+    (folder / "unet" / "diffusion_pytorch_model.safetensors").unlink()
+    _write_tripwire(folder / "unet" / "diffusion_pytorch_model.bin", tripwire)
+    for load in (flipd.from_diffusers, flipd.load):
+        with pytest.raises(ValueError, match="diffusion_pytorch_model.bin.*never unpickles"):
+            load(folder)
+    with pytest.raises(ValueError, match=r"model\.ckpt"):  # a model folder given directly
+        (folder / "unet" / "diffusion_pytorch_model.bin").rename(folder / "unet" / "model.ckpt")
+        flipd.from_diffusers(folder / "unet", scheduler=folder / "scheduler")
+    assert not tripwire.exists()
+
+
+def test_every_weight_loading_call_asks_for_safetensors(sd_folder, monkeypatch):
+    diffusers = pytest.importorskip("diffusers")
+    transformers = pytest.importorskip("transformers")
+    calls: list[tuple[str, dict]] = []
+
+    def recording(base):
+        original = base.from_pretrained.__func__
+
+        def from_pretrained(cls, *args, **kwargs):
+            calls.append((cls.__name__, kwargs))
+            return original(cls, *args, **kwargs)
+
+        monkeypatch.setattr(base, "from_pretrained", classmethod(from_pretrained))
+
+    recording(diffusers.ModelMixin)
+    recording(transformers.PreTrainedModel)
+    flipd.from_diffusers(sd_folder, prompt="a cat")  # the UNet, the VAE and the text encoder
+    assert {name for name, _ in calls} >= {"UNet2DConditionModel", "AutoencoderKL", "CLIPTextModel"}
+    assert all(kwargs.get("use_safetensors") is True for _, kwargs in calls), calls
