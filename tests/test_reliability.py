@@ -103,3 +103,86 @@ def test_every_weight_loading_call_asks_for_safetensors(sd_folder, monkeypatch):
     flipd.from_diffusers(sd_folder, prompt="a cat")  # the UNet, the VAE and the text encoder
     assert {name for name, _ in calls} >= {"UNet2DConditionModel", "AutoencoderKL", "CLIPTextModel"}
     assert all(kwargs.get("use_safetensors") is True for _, kwargs in calls), calls
+
+
+# --------------------------------------------------------------------------- 2. checkpoint configs
+
+
+@pytest.fixture
+def checkpoint(tmp_path) -> Path:
+    from flipd.models.checkpoint import DiffusionModel
+    from flipd.models.mlp import MLPUNet, MLPUNetConfig
+
+    torch.manual_seed(0)
+    network = MLPUNet(MLPUNetConfig(data_dim=3, widths=(8, 8)))
+    return DiffusionModel(network, shift=torch.zeros(3), scale=torch.ones(3)).save(tmp_path / "model")
+
+
+def _edit_config(directory: Path, edit) -> None:
+    path = directory / "flipd_model.json"
+    config = json.loads(path.read_text())
+    edit(config)
+    path.write_text(json.dumps(config))
+
+
+@pytest.mark.parametrize(
+    ("field", "edit"),
+    [
+        ("weights", lambda c: c.update(weights="/etc/passwd")),
+        ("weights", lambda c: c.update(weights="../model/model.safetensors")),
+        ("weights", lambda c: c.update(weights="sub/model.safetensors")),
+        ("weights", lambda c: c.update(weights=None)),
+        ("schedule", lambda c: c.update(schedule=None)),
+        ("schedule", lambda c: c.update(schedule="VP")),
+        ("schedule.beta_min", lambda c: c["schedule"].update(beta_min="0.1")),
+        ("schedule.beta_max", lambda c: c["schedule"].pop("beta_max")),
+        ("prediction", lambda c: c.update(prediction=["epsilon"])),
+        ("network", lambda c: c.update(network=[])),
+        ("network.options", lambda c: c["network"].update(options=[1])),
+        ("network.options", lambda c: c["network"]["options"].update(widths="8,8")),
+        ("network.options", lambda c: c["network"]["options"].update(widths=8)),
+        ("network.options", lambda c: c["network"]["options"].update(beta_min="0.1")),
+        ("network.options", lambda c: c["network"]["options"].update(colour="blue")),
+        ("standardization", lambda c: c.update(standardization=None)),
+    ],
+)
+def test_bad_checkpoint_fields_are_named(checkpoint, field, edit):
+    from flipd.models.checkpoint import CheckpointError, DiffusionModel
+
+    _edit_config(checkpoint, edit)
+    with pytest.raises(CheckpointError, match=f"the field '{field}'"):
+        DiffusionModel.load(checkpoint)
+
+
+def test_unknown_and_mistyped_network_options_are_named(checkpoint):
+    from flipd.models.checkpoint import CheckpointError, DiffusionModel
+
+    _edit_config(checkpoint, lambda c: c["network"]["options"].update(colour="blue"))
+    with pytest.raises(CheckpointError, match="unknown option.*colour"):
+        DiffusionModel.load(checkpoint)
+    _edit_config(checkpoint, lambda c: (c["network"]["options"].pop("colour"), c["network"]["options"].update(widths="8,8")))
+    with pytest.raises(CheckpointError, match="option 'widths' is '8,8'"):
+        DiffusionModel.load(checkpoint)
+
+
+def test_bad_checkpoint_field_is_a_user_error_on_the_command_line(checkpoint, tmp_path):
+    _edit_config(checkpoint, lambda c: c.update(weights="../../secret.safetensors"))
+    result = run_flipd("estimate", "lollipop", "-m", checkpoint, "-n", "4", "-o", tmp_path / "x.csv")
+    assert_user_error(result, "'weights'", "inside the checkpoint folder")
+    assert not (tmp_path / "x.csv").exists()
+
+
+def test_checkpoint_files_follow_the_umask(tmp_path):
+    from flipd.models.checkpoint import DiffusionModel
+    from flipd.models.mlp import MLPUNet, MLPUNetConfig
+
+    network = MLPUNet(MLPUNetConfig(data_dim=2, widths=(4,)))
+    model = DiffusionModel(network, shift=torch.zeros(2), scale=torch.ones(2))
+    previous = os.umask(0o027)
+    try:
+        directory = model.save(tmp_path / "model")
+    finally:
+        os.umask(previous)
+    modes = {p.name: p.stat().st_mode & 0o777 for p in directory.iterdir()}
+    assert modes == {"flipd_model.json": 0o640, "model.safetensors": 0o640}
+    assert DiffusionModel.load(directory).data_shape == (2,)

@@ -25,8 +25,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ..runs.files import atomic_path, write_text
 from ..schedules import VP
-from .registry import build_network
+from .registry import build_network, check_network_options
 from .spec import NetworkSpec
 
 __all__ = [
@@ -53,6 +54,48 @@ class CheckpointError(ValueError):
     """A directory is not a valid flipd checkpoint (the message says what is wrong)."""
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_config_fields(config: dict[str, Any], config_path: Path) -> Path:
+    """Check the types of a checkpoint config's fields; return the weights file's path.
+
+    The weights must be a plain file name inside the checkpoint folder (no absolute path, no
+    ``..``, no subfolder); ``schedule`` an object with a string ``kind`` (and numeric betas for
+    VP); ``network`` a spec whose options fit its kind (:func:`check_network_options`).
+
+    Raises:
+        CheckpointError: naming the field that is wrong.
+    """
+    def bad(field: str, problem: str) -> CheckpointError:
+        return CheckpointError(f"{config_path}: the field {field!r} {problem}; the checkpoint is damaged.")
+
+    name = config["weights"]
+    if not isinstance(name, str) or name in ("", ".", "..") or Path(name).name != name or "\\" in name:
+        raise bad("weights", f"is {name!r}; it must be a file name inside the checkpoint folder (e.g. {WEIGHTS_FILE!r})")
+    schedule = config["schedule"]
+    if not isinstance(schedule, dict) or not isinstance(schedule.get("kind"), str):
+        raise bad("schedule", f"is {schedule!r}; expected an object with a 'kind', e.g. {{'kind': 'VP', ...}}")
+    if schedule["kind"] == "VP":
+        for key in ("beta_min", "beta_max"):
+            if not _is_number(schedule.get(key)):
+                raise bad(f"schedule.{key}", f"is {schedule.get(key)!r}; expected a number")
+    if not isinstance(config.get("prediction", "epsilon"), str):
+        raise bad("prediction", f"is {config['prediction']!r}; expected a string such as 'epsilon'")
+    network = config["network"]
+    if not isinstance(network, dict) or not isinstance(network.get("kind"), str):
+        raise bad("network", f"is {network!r}; expected an object with a 'kind' and 'options'")
+    options = network.get("options", {})
+    if not isinstance(options, dict):
+        raise bad("network.options", f"is {options!r}; expected an object")
+    try:
+        check_network_options(network["kind"], options)
+    except ValueError as error:
+        raise bad("network.options", f"is not valid: {error}") from None
+    if not isinstance(config["standardization"], dict):
+        raise bad("standardization", f"is {config['standardization']!r}; expected an object")
+    return config_path.parent / name
 
 
 class DiffusionModel(nn.Module):
@@ -200,8 +243,11 @@ class DiffusionModel(nn.Module):
             "dtype": str(self.shift.dtype).removeprefix("torch."),
             "metadata": self.metadata,
         }
-        save_file(tensors, str(directory / WEIGHTS_FILE), metadata={"format": CHECKPOINT_FORMAT})
-        (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        # Both files are written atomically and get the process umask's permissions (safetensors
+        # alone would leave the weights private to their owner).
+        with atomic_path(directory / WEIGHTS_FILE) as temporary:
+            save_file(tensors, str(temporary), metadata={"format": CHECKPOINT_FORMAT})
+        write_text(directory / CONFIG_FILE, json.dumps(config, indent=2, sort_keys=True) + "\n")
         return directory
 
     @classmethod
@@ -215,7 +261,8 @@ class DiffusionModel(nn.Module):
 
         Raises:
             FileNotFoundError: the directory does not exist.
-            CheckpointError: it is not a flipd checkpoint, or one this version cannot read.
+            CheckpointError: it is not a flipd checkpoint, or one this version cannot read, or a
+                field of its config is wrong (the message names it).
         """
         from safetensors import SafetensorError
         from safetensors.torch import load_file
@@ -250,12 +297,12 @@ class DiffusionModel(nn.Module):
         for key in ("network", "schedule", "standardization", "weights"):
             if key not in config:
                 raise CheckpointError(f"{config_path} lacks the required field {key!r}; the checkpoint is damaged.")
+        weights_path = _check_config_fields(config, config_path)
         if config.get("prediction", "epsilon") != "epsilon":
             raise CheckpointError(f"{config_path} has prediction {config['prediction']!r}; only 'epsilon' is supported.")
         schedule_config = config["schedule"]
         if schedule_config.get("kind") != "VP":
             raise CheckpointError(f"{config_path} has schedule {schedule_config!r}; only VP schedules are supported.")
-        weights_path = directory / config["weights"]
         if not weights_path.is_file():
             raise CheckpointError(f"{directory} is incomplete: the weights file {config['weights']} is missing.")
         try:
