@@ -186,3 +186,99 @@ def test_checkpoint_files_follow_the_umask(tmp_path):
     modes = {p.name: p.stat().st_mode & 0o777 for p in directory.iterdir()}
     assert modes == {"flipd_model.json": 0o640, "model.safetensors": 0o640}
     assert DiffusionModel.load(directory).data_shape == (2,)
+
+
+# --------------------------------------------------------------------------- 3-4. outputs, before the work
+
+
+@pytest.fixture
+def no_training(monkeypatch):
+    """Make training fail the test: the refusals below must come before it."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("training started")
+
+    monkeypatch.setattr("flipd.jobs.train.train_diffusion", refuse)
+
+
+@pytest.fixture
+def no_estimation(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("estimation started")
+
+    monkeypatch.setattr("flipd.runs.estimate_in_chunks", refuse)
+
+
+@pytest.mark.parametrize("force", [False, True])
+def test_train_force_never_replaces_a_folder_that_is_not_a_checkpoint(tmp_path, no_training, force):
+    folder = tmp_path / "thesis"
+    folder.mkdir()
+    (folder / "chapter1.tex").write_text("precious")
+    (folder / "flipd_model.json").write_text(json.dumps({"format": "something-else"}))
+    result = run_flipd("train", "lollipop", "--out", folder, *TINY_TRAIN, *(["--force"] if force else []))
+    assert_user_error(result, str(folder), "not a flipd checkpoint", "choose another --out")
+    assert "pass --force" not in result.stderr
+    assert sorted(p.name for p in folder.iterdir()) == ["chapter1.tex", "flipd_model.json"]
+    assert (folder / "chapter1.tex").read_text() == "precious"
+
+
+def test_train_refuses_a_file_and_suggests_force_only_for_a_checkpoint(tmp_path, checkpoint, no_training):
+    file = tmp_path / "notes.txt"
+    file.write_text("precious")
+    for force in ([], ["--force"]):
+        result = run_flipd("train", "lollipop", "--out", file, *TINY_TRAIN, *force)
+        assert_user_error(result, str(file), "is a file")
+        assert "--force" not in result.stderr and file.read_text() == "precious"
+    result = run_flipd("train", "lollipop", "--out", checkpoint, *TINY_TRAIN)
+    assert_user_error(result, "already exists", "--force")
+
+
+def test_train_force_replaces_a_checkpoint_and_fills_an_empty_folder(tmp_path, checkpoint):
+    before = (checkpoint / "model.safetensors").read_bytes()
+    result = run_flipd("train", "lollipop", "--out", checkpoint, *TINY_TRAIN, "--force")
+    assert result.exit_code == 0, result.output
+    assert (checkpoint / "model.safetensors").read_bytes() != before
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    from flipd.jobs.train import check_checkpoint_target
+
+    assert check_checkpoint_target(empty, force=False) == empty
+
+
+def test_library_training_never_replaces_a_folder_that_is_not_a_checkpoint(tmp_path, no_training):
+    from flipd.datasets.sources import load_points
+    from flipd.jobs.train import train_model
+
+    folder = tmp_path / "data"
+    folder.mkdir()
+    (folder / "keep.csv").write_text("x\n1\n")
+    with pytest.raises(FileExistsError, match="not a flipd checkpoint"):
+        train_model(load_points("lollipop", n=10), folder, steps=1)
+    assert (folder / "keep.csv").read_text() == "x\n1\n"
+
+
+def test_train_into_an_unwritable_place_fails_before_training(tmp_path, no_training):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    result = run_flipd("train", "lollipop", "--out", blocker / "models" / "m", *TINY_TRAIN)
+    assert_user_error(result, str(blocker), "is a file, not a folder")
+    if os.geteuid() != 0:  # root may write anywhere
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o500)
+        result = run_flipd("train", "lollipop", "--out", locked / "m", *TINY_TRAIN)
+        assert_user_error(result, str(locked), "cannot be created")
+    if Path("/proc/self").is_dir():  # a file system where nobody can create files
+        result = run_flipd("train", "lollipop", "--out", "/proc/flipd-model", *TINY_TRAIN)
+        assert_user_error(result, "/proc", "cannot be created")
+
+
+def test_estimate_with_an_unusable_plot_folder_fails_before_estimating(tmp_path, checkpoint, no_estimation):
+    blocker = tmp_path / "plots.png"
+    blocker.write_text("")
+    table = tmp_path / "x.csv"
+    for plot in (blocker, blocker / "sub", *([Path("/proc/flipd-plots")] if Path("/proc/self").is_dir() else [])):
+        result = run_flipd("estimate", "lollipop", "-m", checkpoint, "-n", "4", "-o", table, "--plot", plot)
+        assert_user_error(result, "--plot", str(plot if plot.parent == Path("/proc") else blocker))
+    result = run_flipd("estimate", "lollipop", "-m", checkpoint, "-n", "4", "-o", blocker / "x.csv")
+    assert_user_error(result, "result table", str(blocker))
+    assert not table.exists() and blocker.read_text() == ""

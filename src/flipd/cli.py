@@ -358,7 +358,7 @@ def train(
         typer.Option("--low-t-fraction", min=0.0, max=1.0,
                      help="Fraction of each batch trained at small times t < 0.2, where FLIPD reads the score (0: uniform times)."),
     ] = 0.5,
-    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing checkpoint directory.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing flipd checkpoint (never another folder).")] = False,
     seed: Seed = 0,
     threads: Threads = None,
     device: Device = "auto",
@@ -376,15 +376,12 @@ def train(
       [cyan]flipd train mnist-subset --network unet --out models/mnist --steps 2000[/]
     """
     from .datasets.sources import load_points
-    from .jobs.train import train_model
+    from .jobs.train import check_checkpoint_target, train_model
 
     device_used = _setup(threads, device, debug)
     if standardize not in STANDARDIZE_CHOICES:
         raise OptionError("--standardize", f"{standardize!r} is not one of {', '.join(STANDARDIZE_CHOICES)}.")
-    target = out if out is not None else Path("models") / _slug(data)
-    if target.exists() and not force:
-        if target.is_file() or any(target.iterdir()):
-            raise FileExistsError(f"{str(target)!r} already exists; choose another --out or pass --force to overwrite it.")
+    target = check_checkpoint_target(out if out is not None else Path("models") / _slug(data), force=force)
     width_list = _parse_sizes(widths, "--widths")
     channel_list = _parse_sizes(channels, "--channels")
     if network not in NETWORK_CHOICES:
@@ -496,6 +493,7 @@ def estimate(
     if len(noise_given) > 1:
         raise OptionError("--t0/--sigma/--delta", f"give the noise level once; got {' and '.join(noise_given)}.")
     _check_trace(trace)
+    _check_output_folders(table_path, plot)
     if not _outputs_may_be_written(table_path, run_directory, resume=resume, force=force, quiet=quiet):
         return
 
@@ -562,6 +560,18 @@ def estimate(
         _print_summary(points, columns["lid"], title=f"{'FLIPD' if method == 'flipd' else method} on {data}")
         err_console.print(f"wrote {escape(str(table_path))} and {escape(str(metadata_path))}"
                           + (f"; {len(written_plots)} figures in {escape(str(plot))}" if written_plots else ""), soft_wrap=True)
+
+
+def _check_output_folders(table: Path, plot: Path | None) -> None:
+    """Fail before any work if the table's folder or the --plot folder cannot be written."""
+    from .runs import check_writable_directory
+
+    check_writable_directory(table.parent, "the result table")
+    if plot is not None:
+        try:
+            check_writable_directory(plot, "the figures")
+        except OSError as error:
+            raise OptionError("--plot", str(error)) from None
 
 
 def _outputs_may_be_written(table: Path, run_directory: Path, *, resume: bool, force: bool, quiet: bool) -> bool:
@@ -694,6 +704,7 @@ def curve(
     device_used = _setup(threads, device, debug)
     table_path = check_table_path(out if out is not None else Path(f"{_slug(data)}_curves.parquet"))
     _check_trace(trace)
+    _check_output_folders(table_path, plot)
     if table_path.exists() and not force:
         raise FileExistsError(f"{str(table_path)!r} already exists; pass --force to overwrite it, or choose another --out.")
     timings: dict[str, float] = {}

@@ -14,6 +14,7 @@ from .environment import environment_info
 from .files import (
     atomic_path,
     check_table_path,
+    check_writable_directory,
     chunk_directory_for,
     fingerprint_array,
     fingerprint_path,
@@ -32,6 +33,7 @@ __all__ = [
     "RunSettings",
     "atomic_path",
     "check_table_path",
+    "check_writable_directory",
     "chunk_directory_for",
     "environment_info",
     "estimate_in_chunks",

@@ -25,6 +25,7 @@ __all__ = [
     "TABLE_SUFFIXES",
     "atomic_path",
     "check_table_path",
+    "check_writable_directory",
     "chunk_directory_for",
     "current_umask",
     "fingerprint_array",
@@ -64,6 +65,36 @@ def atomic_path(path: str | os.PathLike, *, suffix: str | None = None) -> Iterat
         with contextlib.suppress(FileNotFoundError):
             temporary_path.unlink()
         raise
+
+
+def check_writable_directory(directory: str | os.PathLike, what: str = "the output") -> Path:
+    """Make sure files can be written in ``directory`` (which may not exist yet), cheaply and
+    before any expensive work: a temporary file is created and removed in it or, if it does not
+    exist, in its nearest existing parent (which :func:`atomic_path` would create it under).
+    Nothing is left behind.
+
+    Raises:
+        NotADirectoryError: ``directory`` or a parent is a file.
+        PermissionError: files cannot be created there (the message names the folder).
+    """
+    directory = Path(directory)
+    existing = directory
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise NotADirectoryError(
+            f"Cannot write {what} in {str(directory)!r}: {str(existing)!r} is a file, not a folder; choose another path."
+        )
+    try:
+        handle, probe = tempfile.mkstemp(prefix=".flipd-write-check.", dir=existing)
+    except OSError as error:
+        raise PermissionError(
+            f"Cannot write {what} in {str(directory)!r}: files cannot be created in {str(existing)!r} "
+            f"({error.strerror or error}); choose a writable place."
+        ) from None
+    os.close(handle)
+    os.unlink(probe)
+    return directory
 
 
 def current_umask() -> int:
