@@ -282,3 +282,64 @@ def test_estimate_with_an_unusable_plot_folder_fails_before_estimating(tmp_path,
     result = run_flipd("estimate", "lollipop", "-m", checkpoint, "-n", "4", "-o", blocker / "x.csv")
     assert_user_error(result, "result table", str(blocker))
     assert not table.exists() and blocker.read_text() == ""
+
+
+# --------------------------------------------------------------------------- 5. one run per output
+
+
+def _dead_pid() -> int:
+    process = subprocess.Popen([sys.executable, "-c", "pass"])
+    process.wait()
+    return process.pid
+
+
+def test_a_second_run_on_the_same_output_is_refused(tmp_path):
+    from flipd.runs.files import lock_path_for
+
+    table = tmp_path / "x.csv"
+    lock = lock_path_for(table)
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        lock.write_text(f"{holder.pid}\n")  # a live run holds the output
+        result = run_flipd("estimate", "lollipop", "--method", "twonn", "-n", "40", "-o", table, "--quiet")
+        assert_user_error(result, str(table), f"process {holder.pid}", str(lock), "choose another --out")
+        assert lock.read_text() == f"{holder.pid}\n" and not table.exists()
+        result = run_flipd("estimate", "lollipop", "--method", "twonn", "-n", "40", "-o", table, "--force", "--quiet")
+        assert_user_error(result, "is being written by")  # --force does not break a live lock either
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_stale_lock_is_taken_over_and_the_lock_is_removed_at_the_end(tmp_path):
+    from flipd.runs.files import lock_path_for, output_lock
+
+    table = tmp_path / "x.csv"
+    lock_path_for(table).write_text(f"{_dead_pid()}\n")
+    result = run_flipd("estimate", "lollipop", "--method", "twonn", "-n", "40", "-o", table, "--quiet")
+    assert result.exit_code == 0, result.output
+    assert table.is_file() and not lock_path_for(table).exists()
+    with output_lock(table) as lock:  # the library helper: held inside, gone after, also on errors
+        assert lock.read_text().strip() == str(os.getpid())
+        with pytest.raises(FileExistsError, match=f"process {os.getpid()}"):
+            with output_lock(table):
+                pass
+    assert not lock.exists()
+    with pytest.raises(RuntimeError), output_lock(table):
+        raise RuntimeError
+    assert not lock.exists()
+
+
+def test_two_concurrent_estimations_one_wins(tmp_path):
+    """Two processes start together on one output: one writes the table, the other is refused."""
+    table = tmp_path / "x.csv"
+    command = [sys.executable, "-c", "from flipd.cli import main; main()", "estimate", "lollipop", "--method", "twonn", "-n", "200",
+               "-o", str(table), "--quiet", "--threads", "1"]
+    environment = {**os.environ, "PYTHONPATH": PACKAGE_ROOT, "OMP_NUM_THREADS": "1"}
+    processes = [subprocess.Popen(command, env=environment, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outcomes = [(p.wait(timeout=300), p.stderr.read()) for p in processes]
+    assert sorted(status for status, _ in outcomes) == [0, 2], outcomes
+    refused = next(err for status, err in outcomes if status == 2)
+    # refused by the lock, or (had the first finished already) by the finished table
+    assert "is being written by" in refused or "already exists" in refused, refused
+    assert table.is_file() and not (tmp_path / "x.csv.lock").exists()
