@@ -343,3 +343,93 @@ def test_two_concurrent_estimations_one_wins(tmp_path):
     # refused by the lock, or (had the first finished already) by the finished table
     assert "is being written by" in refused or "already exists" in refused, refused
     assert table.is_file() and not (tmp_path / "x.csv.lock").exists()
+
+
+# --------------------------------------------------------------------------- 6. data
+
+
+def _estimate_file(file: Path, tmp_path: Path, *extra: str):
+    return run_flipd("estimate", file, "--method", "twonn", "-o", tmp_path / "out.csv", "--quiet", *extra)
+
+
+@pytest.mark.parametrize(
+    ("text", "fragments"),
+    [
+        ("x,y\n1,2\n3,abc\n5,6\n7,8\n", ["column 'y'", "'abc'", "row 1"]),
+        ("x,y\n1,2\n3,4\n5,1e39\n", ["row 2", "float32"]),
+        ("x,y,lid\n1,2,1\n3,4,one\n5,6,1\n", ["column 'lid'", "'one'", "row 1"]),
+        ("x,y,component\n1,2,0\n3,4,\n5,6,1\n", ["column 'component'", "row 1", "missing"]),
+        ("x,y,component\n1,2,0\n3,4,0.5\n5,6,1\n", ["column 'component'", "row 1", "fractional"]),
+        ("x,y,index\n1,2,10\n3,4,\n5,6,12\n", ["column 'index'", "row 1"]),
+        ("x,y\n", ["no rows of data", "data.csv"]),
+    ],
+)
+def test_bad_table_cells_are_named(tmp_path, text, fragments):
+    from flipd.datasets.sources import load_points
+
+    file = tmp_path / "data.csv"
+    file.write_text(text)
+    with pytest.raises(ValueError) as caught:
+        load_points(str(file))
+    assert all(fragment in str(caught.value) for fragment in fragments), str(caught.value)
+    result = _estimate_file(file, tmp_path)
+    assert_user_error(result, *fragments)
+    assert not (tmp_path / "out.csv").exists() and file.read_text() == text
+
+
+def test_explicit_columns_with_text_are_named(tmp_path):
+    from flipd.datasets.sources import load_points
+
+    file = tmp_path / "data.csv"
+    file.write_text("x,y,note\n1,2,a\n3,4,b\n")
+    assert load_points(str(file)).point_shape == (2,)  # a column of text is not a coordinate
+    with pytest.raises(ValueError, match="column 'note'.*'a'.*rows 0, 1"):
+        load_points(f"{file}:columns=x+note")
+
+
+def test_large_but_float32_values_load_and_an_own_index_is_kept(tmp_path):
+    from flipd.datasets.sources import load_points
+
+    file = tmp_path / "data.csv"
+    file.write_text("index,x,y,component\n7,1e30,2,0\n3,3,4,1\n9,5,6,1\n")
+    points = load_points(str(file))
+    assert points.index.tolist() == [7, 3, 9]
+    assert points.component.tolist() == [0, 1, 1] and points.component.dtype == np.int64
+    assert float(points.x[0, 0]) == pytest.approx(1e30, rel=1e-6)
+    assert load_points(str(file), n=2, seed=0).index.tolist()[0] in (7, 3, 9)
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    own = rng.permutation(1000)[:30]
+    pd.DataFrame({"index": own, "x": rng.normal(size=30), "y": rng.normal(size=30)}).to_csv(file, index=False)
+    result = _estimate_file(file, tmp_path)
+    assert result.exit_code == 0, result.output
+    assert pd.read_csv(tmp_path / "out.csv")["index"].tolist() == own.tolist()
+
+
+def test_float32_overflow_in_arrays_is_named(tmp_path):
+    from flipd.datasets.sources import load_points
+
+    file = tmp_path / "data.npy"
+    values = np.ones((5, 2))
+    values[3, 1] = -1e39
+    np.save(file, values)
+    with pytest.raises(ValueError, match="data.npy.*float32.*row 3,"):
+        load_points(str(file))
+
+
+@pytest.mark.parametrize("kind", ["empty", "object", "garbage"])
+def test_unreadable_npy_files_are_named(tmp_path, kind):
+    file = tmp_path / "data.npy"
+    tripwire = tmp_path / "unpickled"
+    if kind == "empty":
+        file.write_bytes(b"")
+    elif kind == "object":
+        np.save(file, np.array([[_Tripwire(str(tripwire)), 1]], dtype=object), allow_pickle=True)
+    else:
+        file.write_bytes(b"\x93NUMPY not really")
+    result = _estimate_file(file, tmp_path)
+    assert_user_error(result, str(file), "Cannot read")
+    if kind == "empty":
+        assert "empty (0 bytes)" in result.stderr
+    assert not tripwire.exists() and not (tmp_path / "out.csv").exists()
