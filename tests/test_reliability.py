@@ -433,3 +433,53 @@ def test_unreadable_npy_files_are_named(tmp_path, kind):
     if kind == "empty":
         assert "empty (0 bytes)" in result.stderr
     assert not tripwire.exists() and not (tmp_path / "out.csv").exists()
+
+
+# --------------------------------------------------------------------------- 7. models without a Jacobian
+
+
+class _Linear(torch.nn.Module):
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.layer = torch.nn.Linear(3, 3)
+        self.how = how
+
+    def forward(self, y, t):
+        if self.how == "no_grad":
+            with torch.no_grad():
+                return self.layer(y)
+        if self.how == "inference_mode":
+            with torch.inference_mode():
+                return self.layer(y)
+        if self.how == "detach":
+            return self.layer(y.detach())
+        return self.layer(y)
+
+
+@pytest.mark.parametrize("how", ["no_grad", "inference_mode", "detach"])
+@pytest.mark.parametrize(
+    "options",
+    [{"trace": "exact"}, {"trace": "hutchinson", "n_probes": 4}, {"trace": "hutchinson", "n_probes": 1},
+     {"trace": "exact", "mode": "forward"}],
+)
+def test_a_model_output_that_ignores_its_input_is_refused(how, options):
+    model = _Linear(how)
+    x = torch.randn(5, 3)
+    if how == "no_grad" and options.get("mode") == "forward":  # forward-mode AD ignores no_grad: right answer
+        expected = flipd.flipd(_Linear("plain"), x, t0=0.05, **options)
+        assert torch.allclose(flipd.flipd(model, x, t0=0.05, **options), expected)
+        return
+    with pytest.raises(ValueError, match="does not depend on its input.*no_grad"):
+        flipd.flipd(model, x, t0=0.05, **options)
+    # with trainable parameters the output still requires grad: the lost input is still found
+    model.requires_grad_(True)
+    with pytest.raises(ValueError, match="does not depend on its input"):
+        flipd.flipd(model, x, t0=0.05, **options)
+
+
+def test_a_model_with_a_zero_jacobian_is_not_refused():
+    x = torch.randn(4, 3)
+    lid = flipd.flipd(lambda y, t: 0.0 * y, x, t0=0.05, trace="exact")
+    assert torch.allclose(lid, torch.full((4,), 3.0), atol=1e-4)
+    assert torch.isfinite(flipd.flipd(_Linear("plain"), x, t0=0.05, trace="hutchinson", n_probes=4)).all()
