@@ -483,3 +483,36 @@ def test_a_model_with_a_zero_jacobian_is_not_refused():
     lid = flipd.flipd(lambda y, t: 0.0 * y, x, t0=0.05, trace="exact")
     assert torch.allclose(lid, torch.full((4,), 3.0), atol=1e-4)
     assert torch.isfinite(flipd.flipd(_Linear("plain"), x, t0=0.05, trace="hutchinson", n_probes=4)).all()
+
+
+# --------------------------------------------------------------------------- 8. results checked
+
+
+def test_non_finite_estimates_are_reported_and_counted(tmp_path, monkeypatch):
+    import pandas as pd
+
+    from flipd.jobs import estimate as job
+
+    original = job.BASELINES["twonn"]
+
+    def with_holes(x, **kwargs):
+        lid = np.array(original(x, **kwargs), dtype=np.float64)
+        lid[[3, 17]] = [np.nan, np.inf]
+        return lid
+
+    monkeypatch.setattr(job, "BASELINES", {**job.BASELINES, "twonn": with_holes})
+    table = tmp_path / "x.csv"
+    result = run_flipd("estimate", "lollipop", "--method", "twonn", "-n", "40", "-o", table, "--quiet")
+    assert result.exit_code == 0, result.output
+    warnings = [line for line in result.stderr.splitlines() if "not finite" in line]
+    assert len(warnings) == 1 and warnings[0].startswith("warning: 2 of 40 LID estimates are not finite"), result.stderr
+    assert "index 3, 17" in warnings[0]
+    rows = pd.read_csv(table)
+    assert len(rows) == 40 and rows["lid"].isna().sum() == 1  # nothing lost: every row is written
+    summary = json.loads(table.with_suffix(".json").read_text())["summary"]
+    assert summary["n_non_finite"] == 2 and summary["non_finite_index"] == [3, 17]
+    assert np.isfinite(summary["lid_mean"])
+    monkeypatch.undo()
+    result = run_flipd("estimate", "lollipop", "--method", "twonn", "-n", "40", "-o", table, "--force", "--quiet")
+    assert result.exit_code == 0 and "not finite" not in result.stderr
+    assert json.loads(table.with_suffix(".json").read_text())["summary"]["n_non_finite"] == 0

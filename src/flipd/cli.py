@@ -478,7 +478,7 @@ def estimate(
                        metadata_path_for, output_lock, remove_run_directory, write_json, write_table)
     from .datasets.sources import load_points
     from .jobs.estimate import estimate_table_columns, plan_estimate
-    from .jobs.records import run_record, summary_record
+    from .jobs.records import non_finite_warning, run_record, summary_record
     from .jobs.inputs import load_model
 
     began = time.perf_counter()
@@ -557,6 +557,9 @@ def estimate(
             outputs={"table": str(table_path), "plots": [str(p) for p in written_plots]}, device=device_used,
         ))
         remove_run_directory(run_directory)
+        warning = non_finite_warning(columns["lid"], points)
+        if warning is not None:  # shown even with --quiet: the results need a look
+            err_console.print(f"[yellow]warning:[/] {escape(warning)}", soft_wrap=True)
         if not quiet:
             _print_summary(points, columns["lid"], title=f"{'FLIPD' if method == 'flipd' else method} on {data}")
             err_console.print(f"wrote {escape(str(table_path))} and {escape(str(metadata_path))}"
