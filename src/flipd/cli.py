@@ -365,7 +365,7 @@ def train(
     prediction: Annotated[
         str, typer.Option("--prediction", help="What the network outputs: epsilon, score, sample, v_prediction or flow_velocity.")
     ] = "epsilon",
-    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing checkpoint directory.")] = False,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing flipd checkpoint (never another folder).")] = False,
     seed: Seed = 0,
     threads: Threads = None,
     device: Device = "auto",
@@ -384,16 +384,13 @@ def train(
       [cyan]flipd train lollipop --schedule ve --prediction sample --out models/lollipop-ve[/]
     """
     from .datasets.sources import load_points
-    from .jobs.train import SCHEDULE_CHOICES, train_model
+    from .jobs.train import SCHEDULE_CHOICES, check_checkpoint_target, train_model
     from .parameterization import PREDICTIONS
 
     device_used = _setup(threads, device, debug)
     if standardize not in STANDARDIZE_CHOICES:
         raise OptionError("--standardize", f"{standardize!r} is not one of {', '.join(STANDARDIZE_CHOICES)}.")
-    target = out if out is not None else Path("models") / _slug(data)
-    if target.exists() and not force:
-        if target.is_file() or any(target.iterdir()):
-            raise FileExistsError(f"{str(target)!r} already exists; choose another --out or pass --force to overwrite it.")
+    target = check_checkpoint_target(out if out is not None else Path("models") / _slug(data), force=force)
     width_list = _parse_sizes(widths, "--widths")
     channel_list = _parse_sizes(channels, "--channels")
     if network not in NETWORK_CHOICES:
@@ -491,10 +488,10 @@ def estimate(
     from .jobs.estimate import METHODS, MODEL_METHODS
     from .noise import NoiseLevelError
     from .runs import (check_table_path, chunk_directory_for, estimate_in_chunks, fingerprint_array,
-                       metadata_path_for, remove_run_directory, write_json, write_table)
+                       metadata_path_for, output_lock, remove_run_directory, write_json, write_table)
     from .datasets.sources import load_points
     from .jobs.estimate import estimate_table_columns, plan_estimate
-    from .jobs.records import run_record, summary_record
+    from .jobs.records import non_finite_warning, run_record, summary_record
     from .jobs.inputs import load_model
 
     began = time.perf_counter()
@@ -509,72 +506,89 @@ def estimate(
     if len(noise_given) > 1:
         raise OptionError("--t0/--sigma/--delta", f"give the noise level once; got {' and '.join(noise_given)}.")
     _check_trace(trace)
-    if not _outputs_may_be_written(table_path, run_directory, resume=resume, force=force, quiet=quiet):
-        return
+    _check_output_folders(table_path, plot)
+    with output_lock(table_path):  # refuses a second run writing the same table
+        if not _outputs_may_be_written(table_path, run_directory, resume=resume, force=force, quiet=quiet):
+            return
 
-    timings: dict[str, float] = {}
-    with _timed(timings, "load_model_s"):
-        loaded = load_model(model, device=device_used) if model is not None else None
-    with _timed(timings, "load_data_s"):
-        points = load_points(data, n=n_points, seed=seed)
-        try:
-            plan = plan_estimate(
-                method, loaded, points, t0=_parse_t0(t0), sigma=sigma, delta=delta, trace=trace, n_probes=probes,
-                seed=seed, batch_size=batch_size, chunk_size=chunk_size, n_neighbors=neighbors,
-            )
-        except NoiseLevelError as error:
-            if error.name is None:
-                raise
-            raise OptionError(f"--{error.name}", str(error)) from None
-    if loaded is not None:
-        _say(quiet, f"model: {escape(loaded.description)}")
-    _say(quiet, f"data: {escape(points.description)}")
-    identity = {
-        "data": {"spec": data, "n_points": points.n, "fingerprint": fingerprint_array(plan.x)},
-        "model": {"fingerprint": loaded.fingerprint if loaded else None},  # not the path: a moved model is the same
-    }
-
-    def stop_hook(done: int, total: int) -> None:  # a test hook that simulates an interruption
-        if stop_after_chunks is not None and done >= stop_after_chunks and done < total:
-            raise KeyboardInterrupt
-
-    with _timed(timings, "estimate_s"):
-        try:
-            with progress_bar(method.upper() if method == "flipd" else method, points.n, enabled=not quiet) as advance:
-                result = estimate_in_chunks(
-                    plan.estimator, plan.x, plan.settings, run_directory, identity=identity, resume=resume,
-                    progress=advance, on_chunk_done=stop_hook,
+        timings: dict[str, float] = {}
+        with _timed(timings, "load_model_s"):
+            loaded = load_model(model, device=device_used) if model is not None else None
+        with _timed(timings, "load_data_s"):
+            points = load_points(data, n=n_points, seed=seed)
+            try:
+                plan = plan_estimate(
+                    method, loaded, points, t0=_parse_t0(t0), sigma=sigma, delta=delta, trace=trace, n_probes=probes,
+                    seed=seed, batch_size=batch_size, chunk_size=chunk_size, n_neighbors=neighbors,
                 )
-        except KeyboardInterrupt:
-            raise Interrupted(
-                f"interrupted; finished chunks are kept in {run_directory}: run the same command with "
-                "--resume to continue"
-            ) from None
-    if result.resumed_chunks:
-        _say(quiet, f"resumed: {result.resumed_chunks} of {result.n_chunks} chunks were already finished")
+            except NoiseLevelError as error:
+                if error.name is None:
+                    raise
+                raise OptionError(f"--{error.name}", str(error)) from None
+        if loaded is not None:
+            _say(quiet, f"model: {escape(loaded.description)}")
+        _say(quiet, f"data: {escape(points.description)}")
+        identity = {
+            "data": {"spec": data, "n_points": points.n, "fingerprint": fingerprint_array(plan.x)},
+            "model": {"fingerprint": loaded.fingerprint if loaded else None},  # not the path: a moved model is the same
+        }
 
-    columns = estimate_table_columns(points, result, method=method)
-    write_table(table_path, columns)
-    written_plots: list[Path] = []
+        def stop_hook(done: int, total: int) -> None:  # a test hook that simulates an interruption
+            if stop_after_chunks is not None and done >= stop_after_chunks and done < total:
+                raise KeyboardInterrupt
+
+        with _timed(timings, "estimate_s"):
+            try:
+                with progress_bar(method.upper() if method == "flipd" else method, points.n, enabled=not quiet) as advance:
+                    result = estimate_in_chunks(
+                        plan.estimator, plan.x, plan.settings, run_directory, identity=identity, resume=resume,
+                        progress=advance, on_chunk_done=stop_hook,
+                    )
+            except KeyboardInterrupt:
+                raise Interrupted(
+                    f"interrupted; finished chunks are kept in {run_directory}: run the same command with "
+                    "--resume to continue"
+                ) from None
+        if result.resumed_chunks:
+            _say(quiet, f"resumed: {result.resumed_chunks} of {result.n_chunks} chunks were already finished")
+
+        columns = estimate_table_columns(points, result, method=method)
+        write_table(table_path, columns)
+        written_plots: list[Path] = []
+        if plot is not None:
+            with _timed(timings, "plots_s"):
+                written_plots = _estimate_plots(plot, points, columns["lid"], _slug(data))
+        timings["compute_chunks_s"] = round(sum(result.chunk_seconds), 4)
+        timings["total_s"] = round(time.perf_counter() - began, 4)
+        metadata_path = metadata_path_for(table_path)
+        write_json(metadata_path, run_record(
+            "estimate", points=points, data_seed=seed, model=loaded, settings=plan.settings.to_json(),
+            resolved={"trace": result.trace, "n_probes": result.n_probes, "mode": result.mode, "noise_level": plan.noise},
+            chunks={"n_chunks": result.n_chunks, "resumed_chunks": result.resumed_chunks,
+                    "seconds": [round(s, 4) for s in result.chunk_seconds]},
+            summary=summary_record(columns["lid"], points), timings=timings,
+            outputs={"table": str(table_path), "plots": [str(p) for p in written_plots]}, device=device_used,
+        ))
+        remove_run_directory(run_directory)
+        warning = non_finite_warning(columns["lid"], points)
+        if warning is not None:  # shown even with --quiet: the results need a look
+            err_console.print(f"[yellow]warning:[/] {escape(warning)}", soft_wrap=True)
+        if not quiet:
+            _print_summary(points, columns["lid"], title=f"{'FLIPD' if method == 'flipd' else method} on {data}")
+            err_console.print(f"wrote {escape(str(table_path))} and {escape(str(metadata_path))}"
+                              + (f"; {len(written_plots)} figures in {escape(str(plot))}" if written_plots else ""), soft_wrap=True)
+
+
+def _check_output_folders(table: Path, plot: Path | None) -> None:
+    """Fail before any work if the table's folder or the --plot folder cannot be written."""
+    from .runs import check_writable_directory
+
+    check_writable_directory(table.parent, "the result table")
     if plot is not None:
-        with _timed(timings, "plots_s"):
-            written_plots = _estimate_plots(plot, points, columns["lid"], _slug(data))
-    timings["compute_chunks_s"] = round(sum(result.chunk_seconds), 4)
-    timings["total_s"] = round(time.perf_counter() - began, 4)
-    metadata_path = metadata_path_for(table_path)
-    write_json(metadata_path, run_record(
-        "estimate", points=points, data_seed=seed, model=loaded, settings=plan.settings.to_json(),
-        resolved={"trace": result.trace, "n_probes": result.n_probes, "mode": result.mode, "noise_level": plan.noise},
-        chunks={"n_chunks": result.n_chunks, "resumed_chunks": result.resumed_chunks,
-                "seconds": [round(s, 4) for s in result.chunk_seconds]},
-        summary=summary_record(columns["lid"], points), timings=timings,
-        outputs={"table": str(table_path), "plots": [str(p) for p in written_plots]}, device=device_used,
-    ))
-    remove_run_directory(run_directory)
-    if not quiet:
-        _print_summary(points, columns["lid"], title=f"{'FLIPD' if method == 'flipd' else method} on {data}")
-        err_console.print(f"wrote {escape(str(table_path))} and {escape(str(metadata_path))}"
-                          + (f"; {len(written_plots)} figures in {escape(str(plot))}" if written_plots else ""), soft_wrap=True)
+        try:
+            check_writable_directory(plot, "the figures")
+        except OSError as error:
+            raise OptionError("--plot", str(error)) from None
 
 
 def _outputs_may_be_written(table: Path, run_directory: Path, *, resume: bool, force: bool, quiet: bool) -> bool:
@@ -707,6 +721,7 @@ def curve(
     device_used = _setup(threads, device, debug)
     table_path = check_table_path(out if out is not None else Path(f"{_slug(data)}_curves.parquet"))
     _check_trace(trace)
+    _check_output_folders(table_path, plot)
     if table_path.exists() and not force:
         raise FileExistsError(f"{str(table_path)!r} already exists; pass --force to overwrite it, or choose another --out.")
     timings: dict[str, float] = {}

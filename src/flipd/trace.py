@@ -187,6 +187,34 @@ def _guarded(fn: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
     return call
 
 
+INDEPENDENT_OUTPUT_MESSAGE = (
+    "The model's output does not depend on its input: its forward pass runs under torch.no_grad() "
+    "(or torch.inference_mode()) or detaches its input, so the Jacobian is lost and the trace, "
+    "hence the LID, cannot be computed (it would come out as the ambient dimension). Remove the "
+    "no_grad/detach from the model's forward; flipd switches gradients off where it can itself."
+)
+
+
+def _independent_output() -> ValueError:
+    return ValueError(INDEPENDENT_OUTPUT_MESSAGE)
+
+
+def _check_depends_on_input(fn: Callable[[Tensor], Tensor], y: Tensor, products: Tensor) -> None:
+    """Raise if ``fn``'s output does not depend on its input, judged when the first products of
+    a call are all exactly zero (they never are for a real network, so the common path pays one
+    count of non-zeros): then one plain autograd pass tells a lost graph from a zero Jacobian."""
+    if torch.count_nonzero(products) > 0:
+        return
+    with torch.enable_grad():
+        leaf = y.detach().requires_grad_()
+        output = fn(leaf)
+        if not output.requires_grad:
+            raise _independent_output()
+        (gradient,) = torch.autograd.grad(output.sum(), leaf, allow_unused=True)
+    if gradient is None:
+        raise _independent_output()
+
+
 def _reverse_one_at_a_time(fn: Callable[[Tensor], Tensor], y: Tensor, probes: Iterable[Tensor], check):
     # Plain autograd for probes that come one at a time outside differentiable mode: with a
     # single probe there is nothing to vectorise, and torch.autograd.grad has less overhead per
@@ -195,6 +223,8 @@ def _reverse_one_at_a_time(fn: Callable[[Tensor], Tensor], y: Tensor, probes: It
         leaf = y.detach().requires_grad_()
         output = _guarded(fn)(leaf)
     check(output)
+    if not output.requires_grad:  # computed under no_grad, or from a detached input
+        raise _independent_output()
     forms = []
     chunk = next(iter_probes := iter(probes), None)
     while chunk is not None:
@@ -204,8 +234,8 @@ def _reverse_one_at_a_time(fn: Callable[[Tensor], Tensor], y: Tensor, probes: It
         (product,) = torch.autograd.grad(
             output, leaf, chunk[0], retain_graph=following is not None, allow_unused=True
         )
-        if product is None:  # the output does not depend on the input
-            product = torch.zeros_like(leaf)
+        if product is None:  # the output does not depend on the input (e.g. it detaches it)
+            raise _independent_output()
         forms.append(_contract(chunk, product[None]))
         chunk = following
     return output.detach(), forms
@@ -239,6 +269,8 @@ def _reverse(fn: Callable[[Tensor], Tensor], y: Tensor, probes: Iterable[Tensor]
                     if len(strategies) == 1:
                         raise
                     strategies.pop(0)
+        if not forms:
+            _check_depends_on_input(fn, y, products)
         forms.append(_contract(chunk, products))
     return output, forms
 
@@ -262,6 +294,8 @@ def _forward(fn: Callable[[Tensor], Tensor], y: Tensor, probes: Iterable[Tensor]
                     vectorise = False
             if not vectorise:
                 products = torch.stack([tangent(probe) for probe in chunk])
+        if not forms:
+            _check_depends_on_input(fn, y, products)
         forms.append(_contract(chunk, products))
     return output, forms
 
@@ -290,6 +324,10 @@ def quadratic_forms(
         with one row per probe, K the total number of probes.
 
     Gradients flow through the result when autograd is enabled and ``y`` requires grad.
+
+    Raises:
+        ValueError: ``fn``'s output does not depend on its input (a forward pass under
+            ``torch.no_grad()`` or one that detaches its input), which would make every form 0.
     """
     if mode not in MODES:
         raise ValueError(f"Unknown differentiation mode {mode!r}; use one of {MODES}.")

@@ -10,8 +10,10 @@ Data (:func:`load_points`) is named by
   4-d: images); a ``.csv`` or ``.parquet`` table. Parameters follow a colon, e.g.
   ``points.csv:columns=x+y+z`` or ``arrays.npz:key=x``.
 
-Tables: every numeric column is a coordinate except ``index``, ``label``, ``lid``/``lid_true``
-(read as the ground-truth LID) and ``component`` (read as the ground-truth component);
+Tables: every numeric column is a coordinate except ``index`` (kept as the points' index),
+``label``, ``lid``/``lid_true`` (read as the ground-truth LID) and ``component`` (read as the
+ground-truth component); a column of numbers with a cell that is not one is refused by name and
+row, and values beyond float32's range are refused by row;
 ``columns=a+b+c`` picks the coordinates explicitly. In a ``.npz`` the points are the array
 ``x`` (or the only 2-d array, or ``key=``), with optional arrays ``lid``/``lid_true`` and
 ``component`` of length N.
@@ -56,7 +58,8 @@ class PointSet:
         x: the points, float32: vectors [N, D] or images [N, C, H, W] in [-1, 1].
         spec: the name or path they were loaded from.
         kind: "vectors" or "images".
-        index: [N] int64 position of each point in its source.
+        index: [N] int64 position of each point in its source (a table's own ``index``
+            column where it has one).
         lid_true: [N] float64 ground-truth LID, or None when unknown.
         component: [N] int64 ground-truth component (submanifold), or None.
         names: N names (image file names), or None.
@@ -146,12 +149,59 @@ def _subset(n_available: int, n: int | None, seed: int, spec: str) -> np.ndarray
     return np.sort(rng.choice(n_available, size=n, replace=False))
 
 
-def _check_finite(values: np.ndarray, spec: str) -> None:
-    finite = np.isfinite(values).all(axis=1)
+def _rows(bad: np.ndarray) -> str:
+    """Row numbers (counted from 0, header excluded) for a message: the first ten and the count."""
+    shown = ", ".join(str(i) for i in bad[:10]) + (", ..." if bad.size > 10 else "")
+    return f"row {shown}" if bad.size == 1 else f"rows {shown} ({bad.size} rows)"
+
+
+def _as_float32(values: np.ndarray, spec: str) -> np.ndarray:
+    """The coordinates as float32, refusing rows that are missing, non-finite or beyond float32's
+    range (checked after the cast: 1e39 is a fine float64 but inf in float32)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        single = np.ascontiguousarray(values, dtype=np.float32)
+    finite = np.isfinite(single).reshape(single.shape[0], -1).all(axis=1)
     if not finite.all():
         bad = np.flatnonzero(~finite)
-        shown = ", ".join(str(i) for i in bad[:10]) + (", ..." if bad.size > 10 else "")
-        raise ValueError(f"{spec!r} has missing or non-finite values in rows {shown} ({bad.size} rows); remove or fill them.")
+        raise ValueError(
+            f"{spec!r} has missing, non-finite or too large values (beyond float32's ±3.4e38) in "
+            f"{_rows(bad)}, counting data rows from 0; remove, fill or rescale them."
+        )
+    return single
+
+
+def _numeric_column(values: Any, name: str, spec: str) -> np.ndarray:
+    """A column of numbers as float64, refusing text cells by column and row."""
+    import pandas as pd
+
+    if isinstance(values, np.ndarray) and values.dtype.kind in "iuf":  # numbers already
+        return values.astype(np.float64)
+    if isinstance(values, pd.Series) and values.dtype.kind in "iuf":  # also nullable integers
+        return values.to_numpy(dtype=np.float64, na_value=np.nan)
+    series = values if isinstance(values, pd.Series) else pd.Series(np.asarray(values, dtype=object))
+    numbers = pd.to_numeric(series, errors="coerce")
+    text = numbers.isna() & series.notna() & ~series.astype(str).str.strip().str.lower().isin(("nan", ""))
+    if text.any():
+        bad = np.flatnonzero(text.to_numpy())
+        raise ValueError(
+            f"{spec!r}: column {name!r} has a value that is not a number, {series.iloc[bad[0]]!r}, in "
+            f"{_rows(bad)} (counting data rows from 0); fix or remove it."
+        )
+    return numbers.to_numpy(dtype=np.float64, na_value=np.nan)
+
+
+def _integer_column(values: Any, name: str, spec: str) -> np.ndarray:
+    """A column of whole numbers as int64, refusing missing or fractional values by row (a
+    missing value must not become -2^63)."""
+    numbers = _numeric_column(values, name, spec)
+    whole = np.isfinite(numbers) & (numbers == np.round(numbers)) & (np.abs(numbers) < 2.0**62)
+    if not whole.all():
+        bad = np.flatnonzero(~whole)
+        raise ValueError(
+            f"{spec!r}: column {name!r} needs a whole number in every row; {_rows(bad)} (counting "
+            "data rows from 0) hold missing or fractional values."
+        )
+    return numbers.astype(np.int64)
 
 
 def _vector_points(
@@ -162,23 +212,28 @@ def _vector_points(
     lid_true: np.ndarray | None = None,
     component: np.ndarray | None = None,
     description: str = "",
+    source_index: np.ndarray | None = None,
 ) -> PointSet:
     if values.ndim != 2 or values.shape[0] == 0 or values.shape[1] == 0:
         raise ValueError(f"{spec!r} must hold points as a 2-d table [N, D] with N, D > 0; got shape {values.shape}.")
     if not (np.issubdtype(values.dtype, np.number) and not np.issubdtype(values.dtype, np.complexfloating)):
         raise ValueError(f"{spec!r} holds {values.dtype} values; the coordinates must be numbers.")
-    _check_finite(values.astype(np.float64, copy=False), spec)
-    for name, array in (("lid", lid_true), ("component", component)):
-        if array is not None and array.shape != (values.shape[0],):
-            raise ValueError(f"{spec!r}: {name} has shape {array.shape}; expected one value per point ({values.shape[0]}).")
+    single = _as_float32(values, spec)
+    for name, array in (("lid", lid_true), ("component", component), ("index", source_index)):
+        if array is not None and np.shape(array) != (values.shape[0],):
+            raise ValueError(f"{spec!r}: {name} has shape {np.shape(array)}; expected one value per point ({values.shape[0]}).")
+    if lid_true is not None:
+        lid_true = _numeric_column(lid_true, "lid", spec)
+    if component is not None:
+        component = _integer_column(component, "component", spec)
     index = _subset(values.shape[0], n, seed, spec)
     return PointSet(
-        x=torch.from_numpy(np.ascontiguousarray(values[index], dtype=np.float32)),
+        x=torch.from_numpy(np.ascontiguousarray(single[index])),
         spec=spec,
         kind="vectors",
-        index=index.astype(np.int64),
-        lid_true=None if lid_true is None else np.asarray(lid_true, dtype=np.float64)[index],
-        component=None if component is None else np.asarray(component, dtype=np.int64)[index],
+        index=index.astype(np.int64) if source_index is None else np.asarray(source_index, dtype=np.int64)[index],
+        lid_true=None if lid_true is None else lid_true[index],
+        component=None if component is None else component[index],
         description=description or f"{values.shape[0]} points in R^{values.shape[1]} from {spec}",
     )
 
@@ -195,6 +250,8 @@ def _load_table_file(file: Path, parameters: str, spec: str, n: int | None, seed
             frame = pd.read_csv(file, sep="\t" if suffix == ".tsv" else ",")
     except Exception as error:  # pandas raises many parser-specific types
         raise ValueError(f"Cannot read {str(file)!r} as a {suffix[1:]} table: {error}") from error
+    if len(frame) == 0:
+        raise ValueError(f"{str(file)!r} has no rows of data (columns: {', '.join(map(str, frame.columns)) or 'none'}).")
     if "columns" in options:
         wanted = [c for c in options["columns"].split("+") if c]
         missing = [c for c in wanted if c not in frame.columns]
@@ -204,8 +261,8 @@ def _load_table_file(file: Path, parameters: str, spec: str, n: int | None, seed
     else:
         coordinates = [
             c for c in frame.columns
-            if str(c) not in NON_COORDINATE_COLUMNS and pd.api.types.is_numeric_dtype(frame[c])
-            and not pd.api.types.is_bool_dtype(frame[c])
+            if str(c) not in NON_COORDINATE_COLUMNS and not pd.api.types.is_bool_dtype(frame[c])
+            and (pd.api.types.is_numeric_dtype(frame[c]) or _mostly_numbers(frame[c]))
         ]
     if not coordinates:
         raise ValueError(
@@ -213,20 +270,52 @@ def _load_table_file(file: Path, parameters: str, spec: str, n: int | None, seed
             "name them with columns=a+b+c."
         )
     truth_column = next((c for c in ("lid_true", "lid") if c in frame.columns and c not in coordinates), None)
-    lid_true = frame[truth_column].to_numpy(dtype=np.float64) if truth_column else None
-    component = frame["component"].to_numpy(dtype=np.int64) if "component" in frame.columns and "component" not in coordinates else None
-    values = frame[coordinates].to_numpy(dtype=np.float64)
+    lid_true = _numeric_column(frame[truth_column], truth_column, spec) if truth_column else None
+    component = frame["component"] if "component" in frame.columns and "component" not in coordinates else None
+    index = (_integer_column(frame["index"], "index", spec)
+             if "index" in frame.columns and "index" not in coordinates else None)
+    values = np.column_stack([_numeric_column(frame[c], str(c), spec) for c in coordinates])
     points = _vector_points(
-        values, spec, n, seed, lid_true, component,
+        values, spec, n, seed, lid_true, component, source_index=index,
         description=f"{len(frame)} points in R^{len(coordinates)} from {file.name} (columns {', '.join(map(str, coordinates))})",
     )
     return points
 
 
+def _mostly_numbers(column: Any) -> bool:
+    """Whether a text column is numbers with a few bad cells (so a coordinate, whose bad cells
+    must be reported) rather than a column of text (names, notes: not a coordinate)."""
+    import pandas as pd
+
+    present = column.dropna()
+    if present.empty:
+        return False
+    return bool(pd.to_numeric(present, errors="coerce").notna().mean() >= 0.5)
+
+
+def _read_array_file(file: Path) -> Any:
+    """``np.load`` of a .npy (memory-mapped) or .npz file, never unpickling; a damaged, empty
+    or object-dtype file is refused naming it."""
+    try:
+        if file.suffix.lower() == ".npy":
+            values = np.load(file, allow_pickle=False, mmap_mode="r")
+            if values.dtype.hasobject or values.dtype.fields is not None:
+                raise ValueError(f"it holds {values.dtype} values, not numbers")
+            return values
+        return np.load(file, allow_pickle=False)
+    except (ValueError, EOFError, OSError) as error:
+        size = file.stat().st_size
+        reason = "it is empty (0 bytes)" if size == 0 else str(error)
+        raise ValueError(
+            f"Cannot read {str(file)!r} as a numpy array: {reason}. Save numbers with numpy.save "
+            "(an object array, which needs unpickling, is never loaded)."
+        ) from None
+
+
 def _npz_points(file: Path, parameters: str, spec: str, n: int | None, seed: int) -> PointSet | None:
     """Points from a .npz table, or None if it holds images (3-d or 4-d arrays)."""
     options = _parse_parameters(parameters, ("key", "layout", "value_range"), spec)
-    with np.load(file, allow_pickle=False) as archive:
+    with _read_array_file(file) as archive:
         keys = list(archive.keys())
         key = options.get("key")
         if key is None:
@@ -329,7 +418,7 @@ def load_points(spec: str, n: int | None = None, seed: int = 0, *, at_most: bool
         if suffix in TABLE_FILE_SUFFIXES:
             return _load_table_file(file, parameters, spec, n, seed)
         if suffix == ".npy":
-            values = np.load(file, allow_pickle=False, mmap_mode="r")
+            values = _read_array_file(file)
             if values.ndim == 2:
                 if parameters:
                     _parse_parameters(parameters, (), spec)

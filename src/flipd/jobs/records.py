@@ -14,7 +14,10 @@ from ..metrics import mae, mae_per_component
 from ..runs.environment import environment_info
 from ..runs.files import fingerprint_array
 
-__all__ = ["GroupSummary", "known_columns", "run_record", "summarize_by_component", "summary_record"]
+__all__ = [
+    "NON_FINITE_SHOWN", "GroupSummary", "known_columns", "non_finite_warning", "run_record", "summarize_by_component",
+    "summary_record",
+]
 
 
 def known_columns(points: PointSet) -> dict[str, Any]:
@@ -61,10 +64,37 @@ def summarize_by_component(lids: np.ndarray, lid_true: np.ndarray, component: np
     return summaries, mae(lid_true, lids)
 
 
+#: Indices of non-finite estimates listed in the metadata and in the warning (the count is total).
+NON_FINITE_SHOWN = 100
+
+
+def non_finite_warning(lids: np.ndarray, points: PointSet) -> str | None:
+    """A one-line warning naming the points whose LID estimate is NaN or infinite, or None."""
+    bad = ~np.isfinite(np.asarray(lids, dtype=np.float64))
+    if not bad.any():
+        return None
+    shown = points.index[bad][:10].tolist()
+    more = ", ..." if bad.sum() > 10 else ""
+    return (
+        f"{int(bad.sum())} of {bad.size} LID estimates are not finite (NaN or inf), at index "
+        f"{', '.join(map(str, shown))}{more}; they are kept in the table as they are and counted in "
+        "the metadata (summary.n_non_finite). Check those points (duplicates, outliers) or the noise level."
+    )
+
+
 def summary_record(lids: np.ndarray, points: PointSet) -> dict[str, Any]:
-    """Numbers for the run metadata: mean LID, and MAE per component when the truth is known."""
+    """Numbers for the run metadata: mean LID (over finite estimates), the count and (first
+    :data:`NON_FINITE_SHOWN`) indices of non-finite estimates, and MAE per component when the
+    truth is known."""
     lids = np.asarray(lids, dtype=np.float64)
-    record: dict[str, Any] = {"n": int(lids.size), "lid_mean": float(np.nanmean(lids)), "lid_median": float(np.nanmedian(lids))}
+    finite = np.isfinite(lids)
+    record: dict[str, Any] = {
+        "n": int(lids.size),
+        "lid_mean": float(np.mean(lids[finite])) if finite.any() else None,
+        "lid_median": float(np.median(lids[finite])) if finite.any() else None,
+        "n_non_finite": int((~finite).sum()),
+        "non_finite_index": points.index[~finite][:NON_FINITE_SHOWN].tolist(),
+    }
     if points.lid_true is not None:
         groups, mae = summarize_by_component(lids, points.lid_true, points.component)
         record["mae"] = mae

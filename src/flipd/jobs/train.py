@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -11,13 +12,14 @@ from typing import Any
 import torch
 
 from ..datasets.sources import PointSet
+from ..models.checkpoint import CHECKPOINT_FORMAT, CONFIG_FILE
 from ..models.mlp import MLPUNetConfig
 from ..models.spec import NetworkSpec
-from ..runs.files import current_umask, fingerprint_array
+from ..runs.files import check_writable_directory, current_umask, fingerprint_array
 from ..schedules import VE, VP, Cosine, RectifiedFlow, Schedule
 from ..train import TrainConfig, train_diffusion
 
-__all__ = ["NETWORK_CHOICES", "SCHEDULE_CHOICES", "train_model"]
+__all__ = ["NETWORK_CHOICES", "SCHEDULE_CHOICES", "check_checkpoint_target", "train_model"]
 
 #: Schedules ``flipd train --schedule`` names, each with its default parameters.
 SCHEDULE_CHOICES: dict[str, type[Schedule]] = {"vp": VP, "cosine": Cosine, "ve": VE, "rectified-flow": RectifiedFlow}
@@ -30,6 +32,41 @@ def schedule_named(schedule: str | Schedule) -> Schedule:
     if schedule not in SCHEDULE_CHOICES:
         raise ValueError(f"Unknown schedule {schedule!r}; use one of {', '.join(SCHEDULE_CHOICES)}.")
     return SCHEDULE_CHOICES[schedule]()
+
+
+def _is_checkpoint(directory: Path) -> bool:
+    """Whether ``directory`` holds a flipd checkpoint (a config with the flipd format)."""
+    try:
+        config = json.loads((directory / CONFIG_FILE).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and config.get("format") == CHECKPOINT_FORMAT
+
+
+def check_checkpoint_target(target: str | os.PathLike, *, force: bool) -> Path:
+    """Check, before training, that a checkpoint can be written to ``target``.
+
+    ``target`` may be missing or an empty folder; an existing flipd checkpoint is replaced only
+    with ``force``; anything else (a file, a folder of other things) is never replaced, with or
+    without ``force``. Its parent must be writable.
+
+    Raises:
+        FileExistsError: ``target`` exists and may not be replaced (the message says why).
+        NotADirectoryError, PermissionError: the checkpoint cannot be written there.
+    """
+    target = Path(target)
+    if target.is_file() or target.is_symlink() and not target.is_dir():
+        raise FileExistsError(f"{str(target)!r} is a file, not a checkpoint folder; choose another --out.")
+    if target.is_dir() and any(target.iterdir()):
+        if not _is_checkpoint(target):
+            raise FileExistsError(
+                f"{str(target)!r} is a folder that is not a flipd checkpoint (no {CONFIG_FILE} of the flipd "
+                "format); flipd train replaces only its own checkpoints or empty folders: choose another --out."
+            )
+        if not force:
+            raise FileExistsError(f"{str(target)!r} already exists; choose another --out or pass --force to overwrite it.")
+    check_writable_directory(target.parent, "the checkpoint")
+    return target
 
 
 def _replace_directory(source: Path, target: Path) -> None:
@@ -94,7 +131,8 @@ def train_model(
     ``standardize`` is how the data are rescaled before training: "per_coordinate",
     "scalar" (one scale for all coordinates: keeps the data's shape) or "none". The checkpoint
     is written into a temporary directory next to ``out`` and moved into place when complete,
-    so ``out`` never holds a half-written model. The data's name, size and fingerprint are
+    so ``out`` never holds a half-written model; ``out`` must be missing, empty or a flipd
+    checkpoint (:func:`check_checkpoint_target`). The data's name, size and fingerprint are
     recorded in the checkpoint's metadata under "data".
 
     ``low_t_fraction`` of every batch draws its times from U(t_min, ``low_t_max``) rather than
@@ -110,6 +148,7 @@ def train_model(
     Returns:
         The trained :class:`flipd.train.DiffusionModel`.
     """
+    check_checkpoint_target(out, force=True)
     x, network_spec = _training_input(points, network, widths, channels)
     config = TrainConfig(
         steps=steps, batch_size=batch_size, lr=lr, seed=seed, max_seconds=max_seconds, standardize=standardize,

@@ -28,8 +28,9 @@ from torch import Tensor, nn
 
 from ..noise import REFERENCE_SCHEDULE, is_reference, to_reference_time
 from ..parameterization import check_prediction
+from ..runs.files import atomic_path, write_text
 from ..schedules import VP, Schedule
-from .registry import build_network
+from .registry import build_network, check_network_options
 from .spec import NetworkSpec
 
 __all__ = [
@@ -82,6 +83,50 @@ def reference_inputs(schedule: Schedule, y: Tensor, t: Tensor) -> tuple[Tensor, 
     u = to_reference_time(schedule, t.detach())
     gain = (REFERENCE_SCHEDULE.psi(u) / schedule.psi(t.detach())).to(device=y.device, dtype=y.dtype)
     return y * gain.reshape((-1,) + (1,) * (y.ndim - 1)), u
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_config_fields(config: dict[str, Any], config_path: Path) -> Path:
+    """Check the types of a checkpoint config's fields; return the weights file's path.
+
+    The weights must be a plain file name inside the checkpoint folder (no absolute path, no
+    ``..``, no subfolder); ``schedule`` an object with a string ``kind`` (and numeric betas for
+    VP); ``network`` a spec whose options fit its kind (:func:`check_network_options`).
+
+    Raises:
+        CheckpointError: naming the field that is wrong.
+    """
+    def bad(field: str, problem: str) -> CheckpointError:
+        return CheckpointError(f"{config_path}: the field {field!r} {problem}; the checkpoint is damaged.")
+
+    name = config["weights"]
+    if not isinstance(name, str) or name in ("", ".", "..") or Path(name).name != name or "\\" in name:
+        raise bad("weights", f"is {name!r}; it must be a file name inside the checkpoint folder (e.g. {WEIGHTS_FILE!r})")
+    schedule = config["schedule"]
+    if not isinstance(schedule, dict) or not isinstance(schedule.get("kind"), str):
+        raise bad("schedule", f"is {schedule!r}; expected an object with a 'kind', e.g. {{'kind': 'VP', ...}}")
+    if schedule["kind"] == "VP":
+        for key in ("beta_min", "beta_max"):
+            if not _is_number(schedule.get(key)):
+                raise bad(f"schedule.{key}", f"is {schedule.get(key)!r}; expected a number")
+    if not isinstance(config.get("prediction", "epsilon"), str):
+        raise bad("prediction", f"is {config['prediction']!r}; expected a string such as 'epsilon'")
+    network = config["network"]
+    if not isinstance(network, dict) or not isinstance(network.get("kind"), str):
+        raise bad("network", f"is {network!r}; expected an object with a 'kind' and 'options'")
+    options = network.get("options", {})
+    if not isinstance(options, dict):
+        raise bad("network.options", f"is {options!r}; expected an object")
+    try:
+        check_network_options(network["kind"], options)
+    except ValueError as error:
+        raise bad("network.options", f"is not valid: {error}") from None
+    if not isinstance(config["standardization"], dict):
+        raise bad("standardization", f"is {config['standardization']!r}; expected an object")
+    return config_path.parent / name
 
 
 
@@ -243,8 +288,11 @@ class DiffusionModel(nn.Module):
             "dtype": str(self.shift.dtype).removeprefix("torch."),
             "metadata": self.metadata,
         }
-        save_file(tensors, str(directory / WEIGHTS_FILE), metadata={"format": CHECKPOINT_FORMAT})
-        (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        # Both files are written atomically and get the process umask's permissions (safetensors
+        # alone would leave the weights private to their owner).
+        with atomic_path(directory / WEIGHTS_FILE) as temporary:
+            save_file(tensors, str(temporary), metadata={"format": CHECKPOINT_FORMAT})
+        write_text(directory / CONFIG_FILE, json.dumps(config, indent=2, sort_keys=True) + "\n")
         return directory
 
     @classmethod
@@ -258,7 +306,8 @@ class DiffusionModel(nn.Module):
 
         Raises:
             FileNotFoundError: the directory does not exist.
-            CheckpointError: it is not a flipd checkpoint, or one this version cannot read.
+            CheckpointError: it is not a flipd checkpoint, or one this version cannot read, or a
+                field of its config is wrong (the message names it).
         """
         from safetensors import SafetensorError
         from safetensors.torch import load_file
@@ -293,8 +342,8 @@ class DiffusionModel(nn.Module):
         for key in ("network", "schedule", "standardization", "weights"):
             if key not in config:
                 raise CheckpointError(f"{config_path} lacks the required field {key!r}; the checkpoint is damaged.")
+        weights_path = _check_config_fields(config, config_path)
         schedule, prediction, network_input = _read_schedule_and_prediction(config, config_path)
-        weights_path = directory / config["weights"]
         if not weights_path.is_file():
             raise CheckpointError(f"{directory} is incomplete: the weights file {config['weights']} is missing.")
         try:

@@ -29,6 +29,9 @@ Either way the noise level can instead be given schedule-free as ``sigma=`` or `
 
 Nothing is downloaded: paths must be local folders (``save_pretrained`` output or a downloaded
 snapshot). diffusers (and, for text prompts, transformers) are imported only when needed.
+Weights are read only from safetensors files (``use_safetensors=True``); a component with only
+pickled weights (``.bin``, ``.pt``, ``.ckpt``) is refused, and pickled files next to safetensors
+ones are never opened.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ import torch
 from torch import Tensor, nn
 
 from ..schedules import Discrete, RectifiedFlow, Schedule
+from .weights import check_safetensors_only
 
 __all__ = [
     "DiffusersModel",
@@ -408,9 +412,13 @@ def _load_component(
             raise FileNotFoundError(f"{where} has no config.json or scheduler_config.json naming a diffusers class.")
         library = "diffusers"
     cls = _class_by_name(library or "diffusers", name)
+    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):  # a scheduler or tokenizer: no weights
+        return cls.from_pretrained(str(where))
+    check_safetensors_only(where)
+    options: dict[str, Any] = {"use_safetensors": True}  # never unpickle, even where .bin files lie too
     if dtype is not None:
-        return cls.from_pretrained(str(where), torch_dtype=dtype)
-    return cls.from_pretrained(str(where))
+        options["torch_dtype"] = dtype
+    return cls.from_pretrained(str(where), **options)
 
 
 def _check_network(network: Any) -> nn.Module:
@@ -475,7 +483,8 @@ def from_diffusers(
     Raises:
         FileNotFoundError: a path or a needed subfolder is missing.
         TypeError: an unsupported denoiser or scheduler.
-        ValueError: an unsupported ``prediction_type``, or inconsistent conditioning arguments.
+        ValueError: an unsupported ``prediction_type``, inconsistent conditioning arguments, or a
+            component with only pickled weights (weights are only ever read from safetensors).
     """
     tokenizer = text_encoder = None
     folder: Path | None = None
@@ -483,6 +492,7 @@ def from_diffusers(
         folder = Path(source)
         if not folder.is_dir():
             raise FileNotFoundError(f"{folder} is not a folder; pass a local diffusers pipeline or model folder.")
+        check_safetensors_only(folder)
         if (folder / "model_index.json").is_file():
             index = _read_json(folder / "model_index.json")
             present = {key for key, value in index.items() if isinstance(value, list) and value[0] is not None}

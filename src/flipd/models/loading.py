@@ -17,28 +17,11 @@ import torch
 from ..devices import resolve_device
 from .base import Model
 from .checkpoint import CONFIG_FILE
+from .weights import PICKLE_SUFFIXES, check_safetensors_only
 
-__all__ = ["PICKLE_SUFFIXES", "load", "model_kind"]
+__all__ = ["PICKLE_SUFFIXES", "check_safetensors_only", "load", "model_kind"]
 
 #: File suffixes of pickled checkpoints, which flipd never loads.
-PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".pkl", ".pickle", ".joblib")
-
-
-def _check_safetensors_only(directory: Path) -> None:
-    """Refuse a diffusers folder in which some model component has only pickled weights."""
-    components = [directory] + [p for p in directory.iterdir() if p.is_dir()]
-    for component in components:
-        if not (component / "config.json").is_file():
-            continue
-        files = [p for p in component.iterdir() if p.is_file()]
-        pickled = [p.name for p in files if p.suffix.lower() in PICKLE_SUFFIXES]
-        if pickled and not any(p.suffix == ".safetensors" for p in files):
-            raise ValueError(
-                f"{str(component)!r} holds only pickled weights ({', '.join(sorted(pickled))}); flipd never unpickles "
-                "files. Convert them to safetensors (diffusers: save_pretrained(..., safe_serialization=True))."
-            )
-
-
 def model_kind(path: str | os.PathLike) -> Literal["flipd", "diffusers"]:
     """What ``path`` holds: "flipd" (a checkpoint directory) or "diffusers" (a local folder).
 
@@ -65,7 +48,7 @@ def model_kind(path: str | os.PathLike) -> Literal["flipd", "diffusers"]:
     if (directory / CONFIG_FILE).is_file():
         return "flipd"
     if (directory / "model_index.json").is_file() or (directory / "config.json").is_file():
-        _check_safetensors_only(directory)
+        check_safetensors_only(directory)
         return "diffusers"
     raise ValueError(
         f"{str(directory)!r} is not a flipd checkpoint (no {CONFIG_FILE}) nor a diffusers folder "

@@ -25,12 +25,15 @@ __all__ = [
     "TABLE_SUFFIXES",
     "atomic_path",
     "check_table_path",
+    "check_writable_directory",
     "chunk_directory_for",
     "current_umask",
     "fingerprint_array",
     "fingerprint_path",
     "load_average",
+    "lock_path_for",
     "metadata_path_for",
+    "output_lock",
     "read_table",
     "json_default",
     "write_json",
@@ -73,6 +76,96 @@ def load_average() -> list[float] | None:
         return [round(value, 2) for value in os.getloadavg()]
     except (OSError, AttributeError):
         return None
+
+
+def check_writable_directory(directory: str | os.PathLike, what: str = "the output") -> Path:
+    """Make sure files can be written in ``directory`` (which may not exist yet), cheaply and
+    before any expensive work: a temporary file is created and removed in it or, if it does not
+    exist, in its nearest existing parent (which :func:`atomic_path` would create it under).
+    Nothing is left behind.
+
+    Raises:
+        NotADirectoryError: ``directory`` or a parent is a file.
+        PermissionError: files cannot be created there (the message names the folder).
+    """
+    directory = Path(directory)
+    existing = directory
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise NotADirectoryError(
+            f"Cannot write {what} in {str(directory)!r}: {str(existing)!r} is a file, not a folder; choose another path."
+        )
+    try:
+        handle, probe = tempfile.mkstemp(prefix=".flipd-write-check.", dir=existing)
+    except OSError as error:
+        raise PermissionError(
+            f"Cannot write {what} in {str(directory)!r}: files cannot be created in {str(existing)!r} "
+            f"({error.strerror or error}); choose a writable place."
+        ) from None
+    os.close(handle)
+    os.unlink(probe)
+    return directory
+
+
+def lock_path_for(output: str | os.PathLike) -> Path:
+    """The lock file that marks ``output`` as being written by a run: the name + ``.lock``."""
+    output = Path(output)
+    return output.with_name(output.name + ".lock")
+
+
+def _process_is_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, but another user's
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def output_lock(output: str | os.PathLike) -> Iterator[Path]:
+    """Hold ``output``'s lock file (:func:`lock_path_for`) for the duration of a run.
+
+    The lock is created atomically (``O_CREAT | O_EXCL``) and holds the process id; it is
+    removed at the end, also on errors and interruptions. A lock left by a process that no
+    longer runs is taken over. (Two runs taking over the same stale lock at the same instant
+    are not told apart: a window of microseconds after a crash.)
+
+    Raises:
+        FileExistsError: another live process holds the lock (the message names it and the fix).
+    """
+    lock = lock_path_for(output)
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    for _ in range(2):
+        try:
+            handle = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
+        except FileExistsError:
+            try:
+                text = lock.read_text().strip()
+            except FileNotFoundError:  # released meanwhile: try again
+                continue
+            if text.isdigit() and not _process_is_alive(int(text)):
+                with contextlib.suppress(FileNotFoundError):
+                    lock.unlink()  # stale: its run is gone
+                continue
+            holder = f"process {text}" if text.isdigit() else "another run"
+            raise FileExistsError(
+                f"{str(Path(output))!r} is being written by {holder} (lock file {str(lock)!r}); wait for "
+                "it to finish or choose another --out. If no run is going on, delete the lock file."
+            ) from None
+        with os.fdopen(handle, "w") as stream:
+            stream.write(f"{os.getpid()}\n")
+        break
+    else:
+        raise FileExistsError(f"Cannot take the lock {str(lock)!r}: other runs keep taking it; try again.")
+    try:
+        yield lock
+    finally:
+        with contextlib.suppress(OSError):
+            if lock.read_text().strip() == str(os.getpid()):
+                lock.unlink()
 
 
 def current_umask() -> int:
