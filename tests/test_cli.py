@@ -478,3 +478,11 @@ def test_train_records_the_small_time_emphasis(lollipop_model, tmp_path):
     assert json.loads((uniform / "flipd_model.json").read_text())["metadata"]["train_config"]["low_t_fraction"] == 0.0
     rejected = flipd("train", "lollipop", "--out", tmp_path / "bad", *TINY_TRAIN, "--low-t-fraction", "2")
     assert rejected.exit_code == 2 and "--low-t-fraction" in rejected.output
+
+
+def test_resume_with_a_truncated_chunk_names_the_file(lollipop_model, tmp_path):
+    table = tmp_path / "truncated.parquet"
+    assert flipd(*_estimate_args(lollipop_model, table, "--stop-after-chunks", "2")).exit_code == 130
+    chunk = table.with_name(table.name + ".chunks") / "chunk-000001.npz"
+    chunk.write_bytes(chunk.read_bytes()[:40])  # a chunk file cut short
+    assert_user_error(flipd(*_estimate_args(lollipop_model, table, "--resume")), "chunk-000001.npz", "delete it")

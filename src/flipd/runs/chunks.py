@@ -13,6 +13,7 @@ import json
 import math
 import os
 import time
+import zipfile
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -183,7 +184,7 @@ def _load_chunk(directory: Path, index: int) -> tuple[dict[str, np.ndarray], dic
         with np.load(path, allow_pickle=False) as archive:
             arrays = {name: archive[name] for name in CHUNK_COLUMNS}
             info = json.loads(str(archive["info"]))
-    except (OSError, KeyError, ValueError) as error:
+    except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as error:
         raise RunConflict(
             f"Cannot read the finished chunk {str(path)!r} ({error}); delete it and resume to recompute it."
         ) from error
