@@ -18,7 +18,8 @@ from flipd.noise import REFERENCE_SCHEDULE, delta_range
 from flipd.schedules import VE, VP, Cosine, RectifiedFlow, Schedule
 from flipd.train import CheckpointError, DiffusionModel, TrainConfig, _denoising_loss, load, schedule_times, train_diffusion
 
-TINY = MLPUNetConfig(data_dim=2, widths=(64, 64), time_embedding_dim=16)
+from test_train import TINY, circle, one_thread, tiny_config  # noqa: F401  (shared helpers; one_thread is an autouse fixture)
+
 SPEC = NetworkSpec("mlp_unet", TINY.to_json())
 
 COMBINATIONS = [
@@ -28,26 +29,6 @@ COMBINATIONS = [
     (RectifiedFlow(), "flow_velocity"),
     (VP(), "score"),
 ]
-
-
-def circle(n: int, seed: int = 0) -> torch.Tensor:
-    """Points on an ellipse in R² (a 1-dimensional manifold), off-centre and anisotropic."""
-    angle = torch.rand(n, generator=torch.Generator().manual_seed(seed)) * 2 * math.pi
-    return torch.stack([3 + 2 * torch.cos(angle), -1 + 0.5 * torch.sin(angle)], dim=1)
-
-
-def tiny_config(**overrides) -> TrainConfig:
-    options = dict(steps=300, batch_size=256, lr=3e-3, warmup_steps=20, eval_every=50, patience=None, seed=0)
-    options.update(overrides)
-    return TrainConfig(**options)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def weights(model: DiffusionModel) -> list[torch.Tensor]:
