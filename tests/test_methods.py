@@ -10,7 +10,6 @@ import warnings
 
 import numpy as np
 import pytest
-import torch
 
 import flipd
 from flipd.analytic import GaussianMixture

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 
 import pandas as pd
 import pytest
@@ -12,7 +11,7 @@ from typer.testing import CliRunner
 
 import flipd
 from flipd.cli import app
-from flipd.models import MLPUNetConfig, NetworkSpec, mlp_unet
+from flipd.models import NetworkSpec, mlp_unet
 from flipd.models.checkpoint import reference_inputs
 from flipd.noise import REFERENCE_SCHEDULE, delta_range
 from flipd.schedules import VE, VP, Cosine, RectifiedFlow, Schedule

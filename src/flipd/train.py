@@ -39,16 +39,12 @@ was.
 from __future__ import annotations
 
 import copy
-import json
 import math
-import platform
-import sys
 import time
 import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
-from typing import Any, Literal
+from dataclasses import asdict, dataclass, fields
+from typing import Any
 
 import numpy as np
 import torch

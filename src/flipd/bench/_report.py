@@ -5,11 +5,8 @@ from __future__ import annotations
 import csv
 import io
 import math
-import os
-import platform
 import subprocess
 from collections.abc import Iterable, Mapping, Sequence
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
