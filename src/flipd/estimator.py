@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
@@ -26,6 +25,7 @@ from .knee import knee
 from .models.base import Model
 from .noise import knee_grid, resolve_times
 from .parameterization import check_prediction, score_coefficients
+from .results import FLIPDResult, LIDResult
 from .schedules import VP, Schedule
 from .trace import MODES, basis_probes, indexed_probes, quadratic_forms
 
@@ -42,33 +42,7 @@ DEFAULT_BATCH_SIZE = 1024
 #: Default cap on (point, probe) pairs differentiated in one vectorised call.
 DEFAULT_CHUNK_ROWS = 4096
 
-__all__ = ["FLIPDResult", "ModelLike", "flipd", "estimate", "flipd_curve", "resolve_model", "resolve_trace"]
-
-
-@dataclass
-class FLIPDResult:
-    """Everything :func:`estimate` measured, one entry per point.
-
-    Attributes:
-        lid: FLIPD estimates, [N] (dimensions).
-        t0: noise level used per point, in the schedule's time units, [N] float64.
-        sigma: noise standard deviation sigma(t0) per point, [N] float64.
-        delta: log(sigma/psi) per point, [N] float64.
-        stderr: standard error of each Hutchinson estimate, [N] (NaN for one probe; zeros
-            for the exact trace).
-        trace: "exact", "hutchinson" (Rademacher probes) or "gaussian".
-        n_probes: probes per point (D for the exact trace).
-        mode: differentiation mode that ran ("reverse" or "forward").
-    """
-
-    lid: Tensor
-    t0: Tensor
-    sigma: Tensor
-    delta: Tensor
-    stderr: Tensor
-    trace: str
-    n_probes: int
-    mode: str
+__all__ = ["FLIPDResult", "LIDResult", "ModelLike", "flipd", "estimate", "flipd_curve", "resolve_model", "resolve_trace"]
 
 
 # --------------------------------------------------------------------------- input checks
@@ -292,7 +266,8 @@ def _flipd_batch(
     return lid.to(x.dtype), stderr.detach(), mode_used
 
 
-def _check_options(seed, batch_size, chunk_rows, mode) -> None:
+def check_options(seed, batch_size, chunk_rows, mode) -> None:
+    """Raise a ValueError or TypeError naming the first invalid common option."""
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
         raise TypeError(f"seed must be an integer; got {seed!r}.")
     if mode not in MODES:
@@ -333,7 +308,7 @@ def estimate(
     """
     x = _as_batch(x)
     fn, x, schedule, prediction = resolve_model(model, x, schedule=schedule, prediction=prediction, encoded=encoded)
-    _check_options(seed, batch_size, chunk_rows, mode)
+    check_options(seed, batch_size, chunk_rows, mode)
     n, dim = x.shape[0], x[0].numel()
     indices = _as_indices(indices, n)
     trace, n_probes = resolve_trace(trace, dim, n_probes)
@@ -379,7 +354,12 @@ def _estimate_fixed(
         sigma=terms[1].expand(n).clone(),
         delta=schedule.delta(distinct).expand(n).clone(),
         stderr=torch.cat(stderrs).cpu(), trace=trace, n_probes=n_probes, mode=mode_used,
+        ambient_dim=x[0].numel(), settings=_settings(trace, n_probes, seed, mode_used),
     )
+
+
+def _settings(trace: str, n_probes: int, seed: int, mode: str) -> dict:
+    return {"trace": trace, "n_probes": n_probes, "seed": seed, "mode": mode}
 
 
 def _curve(fn, x: Tensor, times: Tensor, **options) -> tuple[Tensor, str]:
@@ -484,7 +464,7 @@ def flipd_curve(
     )
     seed, batch_size = kwargs.pop("seed", 0), kwargs.pop("batch_size", None)
     chunk_rows, mode = kwargs.pop("chunk_rows", None), kwargs.pop("mode", "auto")
-    _check_options(seed, batch_size, chunk_rows, mode)
+    check_options(seed, batch_size, chunk_rows, mode)
     trace, n_probes = resolve_trace(kwargs.pop("trace", "auto"), x[0].numel(), kwargs.pop("n_probes", 1))
     options = dict(
         schedule=schedule, prediction=prediction, trace=trace, n_probes=n_probes, seed=int(seed),
@@ -511,5 +491,6 @@ def _estimate_auto(fn, x: Tensor, *, schedule: Schedule, progress, **options) ->
         sigma[found.found], delta[found.found] = schedule.sigma(chosen), schedule.delta(chosen)
     return FLIPDResult(
         lid=found.lid.to(x), t0=t0, sigma=sigma, delta=delta, stderr=torch.full((x.shape[0],), math.nan),
-        trace=options["trace"], n_probes=options["n_probes"], mode=mode_used,
+        trace=options["trace"], n_probes=options["n_probes"], mode=mode_used, ambient_dim=x[0].numel(),
+        knee_found=found.found.clone(), settings=_settings(options["trace"], options["n_probes"], options["seed"], mode_used),
     )

@@ -251,15 +251,12 @@ def _run_method(method: str, model: DiffusionModel, x: np.ndarray, *, t0: float,
         if method == "flipd_knee":
             details["knee_found_fraction"] = float(np.mean(np.isfinite(result.t0.numpy())))
     else:
-        from ..baselines import BASELINES
+        from ..methods import METHODS as REGISTRY
 
-        baseline = BASELINES[method]
-        if baseline.needs_model:
-            lid = baseline(x, model=model, seed=seed)  # a flipd.Model: standardises x itself
-        else:
-            lid = baseline(x)
-        lid = np.asarray(lid, dtype=np.float64)
-        details = {key: (list(value) if isinstance(value, tuple) else value) for key, value in baseline.defaults.items()}
+        registered = REGISTRY[method]
+        result = registered(x, model if registered.needs_model else None, seed=seed)  # a flipd.Model: standardises x itself
+        lid = result.columns()["lid"]
+        details = {key: (list(value) if isinstance(value, tuple) else value) for key, value in result.settings.items()}
     return MethodResult(lid=lid, seconds=time.perf_counter() - start, details=details)
 
 
