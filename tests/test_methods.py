@@ -151,3 +151,23 @@ def test_flipd_through_the_registry_equals_flipd_estimate(setup):
     direct = flipd.estimate(model, x, t0=0.05, trace="hutchinson", n_probes=2, seed=3)
     registered = REGISTRY["flipd"](x, model, t0=0.05, trace="hutchinson", n_probes=2, seed=3)
     assert torch.equal(direct.lid, registered.lid) and registered.settings["n_probes"] == 2
+
+
+@pytest.mark.parametrize("method", ["flipd", "lpca"])
+def test_progress_true_shows_a_bar_and_a_callable_counts_every_point(setup, method, capsys):
+    model, x = setup
+    counted = []
+    quiet = _call(method, model, x, progress=counted.append)
+    assert sum(counted) == N_POINTS
+    shown = _call(method, model, x, progress=True)
+    assert np.array_equal(shown.columns()["lid"], quiet.columns()["lid"])
+    assert "pt" in capsys.readouterr().err  # tqdm writes its bar to stderr
+    with pytest.raises(TypeError, match="progress must be"):
+        _call(method, model, x, progress="yes")
+
+
+def test_flipd_curve_progress_counts_points_times_grid(setup):
+    model, x = setup
+    counted = []
+    flipd.flipd_curve(model, x, [0.02, 0.05, 0.1], progress=counted.append)
+    assert sum(counted) == 3 * N_POINTS

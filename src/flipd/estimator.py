@@ -25,6 +25,7 @@ from .knee import knee
 from .models.base import Model
 from .noise import knee_grid, resolve_times
 from .parameterization import check_prediction, score_coefficients
+from .progress import Progress, progress_callback
 from .results import FLIPDResult, LIDResult
 from .schedules import VP, Schedule
 from .trace import MODES, basis_probes, indexed_probes, quadratic_forms
@@ -296,7 +297,7 @@ def estimate(
     mode: str = "auto",
     differentiable: bool = False,
     encoded: bool = False,
-    progress: Callable[[int], None] | None = None,
+    progress: Progress = None,
 ) -> FLIPDResult:
     """FLIPD estimates with their noise levels and standard errors (see :func:`flipd`).
 
@@ -304,7 +305,8 @@ def estimate(
         chunk_rows: cap on (point, probe) pairs differentiated in one vectorised call; bounds
             memory. Default ``max(4096, points per batch)``.
         mode: "auto" (reverse mode, forward on failure), "reverse" or "forward".
-        progress: called with the number of points finished after each batch.
+        progress: True for a progress bar (terminal or notebook), or a callable called with
+            the number of points finished after each batch.
     """
     x = _as_batch(x)
     fn, x, schedule, prediction = resolve_model(model, x, schedule=schedule, prediction=prediction, encoded=encoded)
@@ -321,8 +323,11 @@ def estimate(
             raise ValueError(f"t0 must be a number, a tensor of shape [N], or 'auto'; got {t0!r}.")
         if sigma is not None or delta is not None:
             raise ValueError("t0='auto' chooses the noise level itself; do not also pass sigma= or delta=.")
-        return _estimate_auto(fn, x, **options)
-    return _estimate_fixed(fn, x, resolve_times(n, schedule, t0=t0, sigma=sigma, delta=delta), **options)
+        with progress_callback(progress, n, "FLIPD (knee)") as options["progress"]:
+            return _estimate_auto(fn, x, **options)
+    times = resolve_times(n, schedule, t0=t0, sigma=sigma, delta=delta)
+    with progress_callback(progress, n, "FLIPD") as options["progress"]:
+        return _estimate_fixed(fn, x, times, **options)
 
 
 def _estimate_fixed(
@@ -474,7 +479,8 @@ def flipd_curve(
     if kwargs:
         raise TypeError(f"flipd_curve got unexpected arguments: {', '.join(sorted(kwargs))}.")
     schedule.check_t(grid, "t_grid")
-    return _curve(fn, x, grid, **options)[0]
+    with progress_callback(options["progress"], x.shape[0] * grid.numel(), "FLIPD curve") as options["progress"]:
+        return _curve(fn, x, grid, **options)[0]
 
 
 def _estimate_auto(fn, x: Tensor, *, schedule: Schedule, progress, **options) -> FLIPDResult:

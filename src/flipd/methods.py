@@ -28,6 +28,7 @@ from .baselines import BASELINES, NB_REFERENCE_DELTA, Baseline
 from .baselines.classical import CLASSICAL_METHODS
 from .estimator import estimate, resolve_model
 from .noise import resolve_time
+from .progress import Progress, progress_callback
 from .results import LIDResult
 from .schedules import Schedule
 
@@ -67,7 +68,7 @@ class Method:
         seed: int = 0,
         indices=None,
         batch_size: int | None = None,
-        progress: Callable[[int], None] | None = None,
+        progress: Progress = None,
         encoded: bool = False,
         **settings: Any,
     ) -> LIDResult:
@@ -83,8 +84,9 @@ class Method:
                 f"The {self.name} method got unknown settings {', '.join(unknown)}; "
                 f"it takes {', '.join(sorted(self.defaults)) or 'none'}."
             )
-        common = {"seed": seed, "indices": indices, "batch_size": batch_size, "progress": progress, "encoded": encoded}
-        return self.run(x, model, noise, common, {**self.defaults, **settings})
+        with progress_callback(progress, len(x), self.name) as report:
+            common = {"seed": seed, "indices": indices, "batch_size": batch_size, "progress": report, "encoded": encoded}
+            return self.run(x, model, noise, common, {**self.defaults, **settings})
 
 
 def _run_flipd(x, model, noise, common, settings) -> LIDResult:
