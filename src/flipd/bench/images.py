@@ -38,21 +38,21 @@ import csv
 import hashlib
 import json
 import math
-import os
-import platform
 import shlex
 import sys
 import time
 import warnings
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import torch
 
+from ..runs.environment import machine_info, package_versions
 from ..runs.files import json_default, load_average, write_text
+from ._report import BENCH_PACKAGES
 
 __all__ = [
     "DatasetPlan",
@@ -716,29 +716,21 @@ def _fmt(value: float) -> str:
 # --------------------------------------------------------------------------- the whole study
 
 
+#: Packages whose versions the study records: the benchmarks' set plus what the study uses.
+STUDY_PACKAGES: tuple[str, ...] = (*BENCH_PACKAGES, "diffusers", "matplotlib", "pillow")
+
+
 def _environment(threads: int) -> dict[str, Any]:
-    import diffusers
-    import scipy
-    import sklearn
-
-    versions = {
-        "python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
-        "scipy": scipy.__version__, "scikit-learn": sklearn.__version__, "diffusers": diffusers.__version__,
-    }
-    try:
-        from importlib.metadata import version
-
-        versions["scikit-dimension"] = version("scikit-dimension")
-        versions["flipd"] = version("flipd")
-    except Exception:  # not installed as distributions
-        pass
+    """The machine, threads, load and versions recorded with a data set (from
+    :mod:`flipd.runs.environment`); ``machine`` is the one line the report prints."""
+    machine = machine_info()
+    accelerator = f"GPU {machine['gpu']}" if machine["gpu"] else "no GPU"
     return {
-        "machine": f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPU cores, no GPU"
-        if not torch.cuda.is_available() else f"{platform.system()} {platform.machine()} with CUDA",
-        "processor": platform.processor() or None,
+        "machine": f"{machine['platform']}, {machine['cores']} CPU cores, {accelerator}",
+        "processor": machine["cpu"],
         "torch_threads": threads,
         "load_average_at_start": load_average(),
-        "versions": versions,
+        "versions": package_versions(STUDY_PACKAGES),
     }
 
 
