@@ -6,7 +6,6 @@ import json
 
 import pytest
 
-from flipd.bench import oracle
 from flipd.bench.__main__ import main as bench_main
 
 MIXTURE = "mixture:affine:D=10:dims=5:latent=normal"
@@ -49,8 +48,3 @@ def test_report_only_rebuilds_the_same_markdown(oracle_run):
     out.with_suffix(".md").unlink()
     assert bench_main(["oracle", "--report-only", "--out", str(out)]) == 0
     assert out.with_suffix(".md").read_text() == markdown
-
-
-def test_report_only_without_a_record_names_it(tmp_path, capsys):
-    assert oracle.main(["--report-only", "--out", str(tmp_path / "missing")]) == 2
-    assert "missing.json" in capsys.readouterr().err

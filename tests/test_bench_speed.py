@@ -31,11 +31,6 @@ def test_tiny_speed_run_writes_its_record_and_report(tmp_path):
     assert out.with_suffix(".md").read_text() == markdown
 
 
-def test_report_only_without_a_record_names_it(tmp_path, capsys):
-    assert speed.main(["--report-only", "--out", str(tmp_path / "missing")]) == 2
-    assert "missing.json" in capsys.readouterr().err
-
-
 @pytest.mark.slow
 def test_peak_memory_is_measured_in_a_fresh_process_of_this_flipd():
     # The child imports flipd.bench.speed from the same source tree and prints one JSON line.

@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 import subprocess
-from collections.abc import Iterable, Mapping, Sequence
+import sys
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from ..runs.files import write_text
 
-__all__ = ["BENCH_PACKAGES", "markdown_table", "write_csv", "git_revision"]
+__all__ = ["BENCH_PACKAGES", "markdown_table", "rewrite_report", "write_csv", "git_revision"]
 
 #: Packages whose versions a benchmark report records (pass to
 #: :func:`flipd.runs.environment.package_versions`; flipd and Python are always included).
@@ -53,6 +55,21 @@ def markdown_table(header: Sequence[str], rows: Iterable[Sequence[Any]], digits:
     for row in rows:
         lines.append("| " + " | ".join(format_number(value, digits) for value in row) + " |")
     return "\n".join(lines)
+
+
+def rewrite_report(record: Path, report: Path, render: Callable[[dict[str, Any]], str]) -> int:
+    """``--report-only``: write ``render(record's JSON)`` to ``report``, measuring nothing.
+
+    Returns the exit status: 0, or 2 (with a message naming ``record`` and the fix on stderr)
+    when there is no such record.
+    """
+    if not record.is_file():
+        print(f"No benchmark record {record}: run the benchmark first, or point --out at the folder or path "
+              "of an earlier run.", file=sys.stderr)
+        return 2
+    write_text(report, render(json.loads(record.read_text())))
+    print(f"wrote {report} from {record}")
+    return 0
 
 
 def write_csv(path: str | Path, rows: Sequence[Mapping[str, Any]]) -> None:

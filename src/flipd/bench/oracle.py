@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 from flipd.analytic import SmoothedEmpirical
-from flipd.bench._report import BENCH_PACKAGES, git_revision, markdown_table
+from flipd.bench._report import BENCH_PACKAGES, git_revision, markdown_table, rewrite_report
 from flipd.datasets import get_dataset, mixture_from_spec
 from flipd.datasets.synthetic import (
     DOUGHNUT_MAJOR_RADIUS,
@@ -281,13 +281,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     json_path, markdown_path = args.out.with_suffix(".json"), args.out.with_suffix(".md")
     if args.report_only:
-        if not json_path.is_file():
-            print(f"No oracle record {json_path}; run the benchmark first or point --out at an existing one.",
-                  file=sys.stderr)
-            return 2
-        write_text(markdown_path, render_markdown(json.loads(json_path.read_text())))
-        print(f"wrote {markdown_path} from {json_path}")
-        return 0
+        return rewrite_report(json_path, markdown_path, render_markdown)
     torch.set_num_threads(args.threads)
     began = time.perf_counter()
     rows = run_oracle(args.datasets, args.t0, args.refinements, n_eval=args.n_eval)

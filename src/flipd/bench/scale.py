@@ -37,7 +37,7 @@ import torch
 
 from ..runs.environment import machine_info, package_versions
 from ..runs.files import load_average, write_text
-from ._report import git_revision
+from ._report import git_revision, rewrite_report
 
 #: Stable Diffusion v1.5's UNet configuration (860M parameters).
 SD15_UNET_CONFIG: dict[str, Any] = {
@@ -434,14 +434,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(json.dumps(_worker(args.worker, args.config, args.repeats, args.threads)))
         return 0
     if args.report_only:
-        record = args.out / "scale.json"
-        if not record.is_file():
-            print(f"No scale record {record}; run the benchmark first or point --out at its folder.", file=sys.stderr)
-            return 2
-        result = json.loads(record.read_text())
-        write_text(args.out / "scale.md", render_markdown(result, result["command"]))
-        print(f"wrote {args.out / 'scale.md'} from {record}")
-        return 0
+        return rewrite_report(args.out / "scale.json", args.out / "scale.md",
+                              lambda result: render_markdown(result, result["command"]))
     command = "python -m flipd.bench scale " + " ".join(
         ["--config", args.config, "--repeats", str(args.repeats), "--threads", str(args.threads), "--out", str(args.out)]
     )

@@ -41,6 +41,7 @@ from torch import nn
 
 import flipd
 from flipd.models import MLPUNet, MLPUNetConfig
+from flipd.bench._report import rewrite_report
 from flipd.runs.files import write_text
 
 #: Where the committed results live, relative to the repository root (the working directory).
@@ -207,6 +208,11 @@ def peak_memory(dim: int, batch: int, chunk_rows: int | None, trace: str) -> flo
 
 def write_markdown(result: dict, path: Path) -> None:
     """Write the markdown report of a speed record ``result`` (as in ``speed.json``) to ``path``."""
+    write_text(path, render_markdown(result))
+
+
+def render_markdown(result: dict) -> str:
+    """The markdown report of a speed record ``result`` (as in ``speed.json``)."""
     lines = [
         "# FLIPD speed and memory",
         "",
@@ -254,7 +260,7 @@ def write_markdown(result: dict, path: Path) -> None:
     ]
     for row in result["memory"]:
         lines.append(f"| {row['D']} | {row['trace']} | {row['chunked_mib']:.0f} | {row['unchunked_mib']:.0f} |")
-    write_text(path, "\n".join(lines) + "\n")
+    return "\n".join(lines) + "\n"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -272,7 +278,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--report-only", action="store_true", help="measure nothing: rewrite OUT.md from OUT.json")
     args = parser.parse_args(argv)
     if args.report_only:
-        return _rewrite_report(args.out)
+        return rewrite_report(args.out.with_suffix(".json"), args.out.with_suffix(".md"), render_markdown)
     torch.set_num_threads(args.threads)
     load_before = os.getloadavg()
     rows = []
@@ -306,18 +312,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     write_text(json_path, json.dumps(result, indent=2) + "\n")
     write_markdown(result, args.out.with_suffix(".md"))
     print(f"wrote {json_path} and {args.out.with_suffix('.md')}")
-    return 0
-
-
-def _rewrite_report(out: Path) -> int:
-    """``--report-only``: rewrite ``out``.md from the record ``out``.json; 2 if there is none."""
-    json_path = out.with_suffix(".json")
-    if not json_path.is_file():
-        print(f"No speed record {json_path}; run the benchmark first or point --out at an existing one.",
-              file=sys.stderr)
-        return 2
-    write_markdown(json.loads(json_path.read_text()), out.with_suffix(".md"))
-    print(f"wrote {out.with_suffix('.md')} from {json_path}")
     return 0
 
 

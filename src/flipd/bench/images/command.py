@@ -46,7 +46,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``python -m flipd.bench images``; returns the exit status."""
     args = _parse(argv)
     if args.report_only:
-        compile_report(args.out)
+        try:
+            compile_report(args.out)
+        except FileNotFoundError as error:
+            print(error, file=sys.stderr)
+            return 2
         return 0
     if args.threads is not None:
         torch.set_num_threads(args.threads)

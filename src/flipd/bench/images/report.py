@@ -27,7 +27,8 @@ def compile_report(out: Path, *, log=print) -> list[dict[str, Any]]:
     order = {"mnist": 0, "patches": 1, "digits8": 2}
     records.sort(key=lambda record: (order.get(record["dataset"], 99), record["dataset"]))
     if not records:
-        raise FileNotFoundError(f"No per-data-set records (images_<name>.json) in {out}.")
+        raise FileNotFoundError(f"No per-data-set records (images_<name>.json) in {out}: run the study first, "
+                                "or point --out at the folder of an earlier run.")
     write_text(out / "images.json", json.dumps({"datasets": records}, indent=2, default=json_default) + "\n")
     _write_csv(out / "images.csv", records)
     write_text(out / "images.md", render_markdown(records))
