@@ -9,7 +9,9 @@ from collections.abc import Sequence
 #: Benchmark name -> module with a ``main(argv) -> int``.
 BENCHMARKS: dict[str, str] = {
     "images": "flipd.bench.images",
+    "oracle": "flipd.bench.oracle",
     "scale": "flipd.bench.scale",
+    "speed": "flipd.bench.speed",
     "synthetic": "flipd.bench.synthetic",
 }
 
