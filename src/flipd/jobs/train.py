@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from ..datasets.sources import PointSet
-from ..models.checkpoint import CHECKPOINT_FORMAT, CONFIG_FILE
+from ..models.checkpoint import CHECKPOINT_FORMAT, CONFIG_FILE, checkpoint_config_path
 from ..models.mlp import MLPUNetConfig
 from ..models.spec import NetworkSpec
 from ..runs.files import check_writable_directory, current_umask, fingerprint_array
@@ -36,8 +36,11 @@ def schedule_named(schedule: str | Schedule) -> Schedule:
 
 def _is_checkpoint(directory: Path) -> bool:
     """Whether ``directory`` holds a flipd checkpoint (a config with the flipd format)."""
+    path = checkpoint_config_path(directory)
+    if path is None:
+        return False
     try:
-        config = json.loads((directory / CONFIG_FILE).read_text())
+        config = json.loads(path.read_text())
     except (OSError, ValueError):
         return False
     return isinstance(config, dict) and config.get("format") == CHECKPOINT_FORMAT
