@@ -765,6 +765,37 @@ def curve(
                           + (f"; figure {escape(str(written[0]))}" if written else ""), soft_wrap=True)
 
 
+# --------------------------------------------------------------------------- export
+
+
+@app.command()
+@handles_errors
+def export(
+    model: Annotated[
+        Path,
+        typer.Argument(metavar="MODEL", help="A flipd checkpoint directory of an image model (flipd train --network unet) or its hub id.", show_default=False),
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The diffusers pipeline folder to write.", show_default=False)],
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing diffusers pipeline folder (never another folder).")] = False,
+    quiet: Quiet = False,
+    debug: Debug = False,
+) -> None:
+    """Write a flipd image model as a diffusers pipeline folder (DDPMPipeline: model_index.json, unet/, scheduler/).
+
+    The U-net's weights go to unet/ as safetensors; scheduler/ holds a DDPMScheduler whose betas reproduce the model's VP schedule at every integer timestep. flipd estimate --model OUT, flipd.from_diffusers(OUT) and diffusers' DDPMPipeline.from_pretrained(OUT) load it. Only convolutional U-nets trained with --standardize none and --prediction epsilon or sample can be exported.
+
+    [bold]Examples[/]:
+      [cyan]flipd train digits8 --network unet --standardize none --out models/digits[/]
+      [cyan]flipd export models/digits --out pipelines/digits[/]
+    """
+    from .jobs.export import export_model
+
+    target, loaded = export_model(model, out, force=force)
+    if not quiet:
+        err_console.print(f"wrote diffusers pipeline [bold]{escape(str(target))}[/] from {escape(loaded.description)}", soft_wrap=True)
+        err_console.print(f"next: flipd estimate DATA --model {escape(str(target))}", soft_wrap=True)
+
+
 # --------------------------------------------------------------------------- bench
 
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +13,7 @@ from ..datasets.sources import PointSet
 from ..models.checkpoint import CHECKPOINT_FORMAT, CONFIG_FILE, checkpoint_config_path
 from ..models.mlp import MLPUNetConfig
 from ..models.spec import NetworkSpec
-from ..runs.files import check_writable_directory, current_umask, fingerprint_array
+from ..runs.files import atomic_directory, check_writable_directory, fingerprint_array
 from ..schedules import VE, VP, Cosine, RectifiedFlow, Schedule
 from ..train import TrainConfig, train_diffusion
 
@@ -70,21 +68,6 @@ def check_checkpoint_target(target: str | os.PathLike, *, force: bool) -> Path:
             raise FileExistsError(f"{str(target)!r} already exists; choose another --out or pass --force to overwrite it.")
     check_writable_directory(target.parent, "the checkpoint")
     return target
-
-
-def _replace_directory(source: Path, target: Path) -> None:
-    """Move the finished directory ``source`` onto ``target``, replacing what was there."""
-    if not target.exists():
-        os.replace(source, target)
-        return
-    backup = target.with_name(f".{target.name}.old-{os.getpid()}")
-    os.replace(target, backup)
-    try:
-        os.replace(source, target)
-    except BaseException:
-        os.replace(backup, target)
-        raise
-    shutil.rmtree(backup, ignore_errors=True)
 
 
 #: Networks ``flipd train`` can build: "mlp" for vectors (and flattened images), "unet" for images.
@@ -164,14 +147,6 @@ def train_model(
         "spec": points.spec, "n_points": points.n, "point_shape": list(points.point_shape),
         "fingerprint": fingerprint_array(x), "description": points.description,
     }
-    target = Path(out)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
+    with atomic_directory(out) as staging:
         model.save(staging)
-        os.chmod(staging, 0o777 & ~current_umask())  # mkdtemp makes a private directory
-        _replace_directory(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return model

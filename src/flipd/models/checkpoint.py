@@ -397,6 +397,23 @@ class DiffusionModel(nn.Module):
             self.save(folder)
             return upload_folder(folder, repo_id, private=private, token=token, commit_message=commit_message)
 
+    def export_diffusers(self, directory: str | Path, *, force: bool = False) -> Path:
+        """Write this image model as a diffusers ``DDPMPipeline`` folder (``model_index.json``,
+        ``unet/``, ``scheduler/``) that :func:`flipd.from_diffusers` and diffusers load.
+
+        Only convolutional U-nets without standardisation predicting epsilon or sample can be
+        exported; the scheduler is a ``DDPMScheduler`` matching the network's VP schedule at
+        every integer timestep (see :mod:`flipd.models.export` for the mapping). ``force``
+        replaces an existing pipeline folder.
+
+        Raises:
+            flipd.models.export.ExportError: the model cannot be exported (the message says why).
+            FileExistsError: ``directory`` holds something that may not be replaced.
+        """
+        from .export import export_diffusers
+
+        return export_diffusers(self, directory, force=force)
+
     @classmethod
     def load(cls, directory: str | Path, *, weights: Literal["ema", "online"] = "ema", device: str | torch.device = "cpu") -> "DiffusionModel":
         """Load a checkpoint written by :meth:`save` (any format version up to
