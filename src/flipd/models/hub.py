@@ -9,7 +9,7 @@ weights inside the components' subfolders are fetched (not the single-file check
 some repositories keep at the top), and precision variants (``*.fp16.safetensors``, ...) are
 skipped, as diffusers loads the plain files.
 
-``HF_HUB_OFFLINE=1`` (read at each call) means the cache only; ``HF_ENDPOINT`` names another
+The cache and ``HF_HUB_OFFLINE=1`` (the cache only) are read from the environment at each call; ``HF_ENDPOINT`` names another
 hub. When the hub cannot be reached and the cache lacks the model, :class:`HubUnavailableError`
 says what failed and how to fix it (download on a machine with internet, then pass the folder,
 or point ``HF_HOME`` at a cache that has it).
@@ -23,6 +23,8 @@ import json
 import os
 import re
 from pathlib import Path
+
+from ..runs.environment import cache_directories
 
 __all__ = [
     "HubUnavailableError",
@@ -65,13 +67,10 @@ def _truthy(value: str | None) -> bool:
     return (value or "").strip().upper() in {"1", "ON", "YES", "TRUE"}
 
 
-def _cache_dir() -> str | None:
-    """The hub cache named by the environment now (HF_HUB_CACHE, else HF_HOME/hub), or None."""
-    if os.environ.get("HF_HUB_CACHE"):
-        return os.path.expanduser(os.environ["HF_HUB_CACHE"])
-    if os.environ.get("HF_HOME"):
-        return os.path.join(os.path.expanduser(os.environ["HF_HOME"]), "hub")
-    return None
+def _cache_dir() -> str:
+    """The hub cache the environment names now (HF_HUB_CACHE, else HF_HOME/hub, else the
+    default under XDG_CACHE_HOME or ~/.cache), as :func:`flipd.runs.environment.cache_directories` reports it."""
+    return cache_directories()["huggingface_hub"]
 
 
 def _fix(repo_id: str) -> str:
@@ -105,7 +104,7 @@ def _download(repo_id: str, patterns: list[str], revision: str | None) -> Path:
             f"hf auth login). Check the id, or train a local model with: flipd train DATA --out {repo_id}"
         ) from error
     except (LocalEntryNotFoundError, HfHubHTTPError, OSError, ConnectionError) as error:
-        cache = _cache_dir() or "the default Hugging Face cache"
+        cache = _cache_dir()
         if offline:
             what = f"HF_HUB_OFFLINE is set and the hub cache ({cache}) does not hold it"
         else:
