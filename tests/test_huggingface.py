@@ -55,8 +55,10 @@ def test_what_reads_as_a_hub_id(tmp_path, monkeypatch):
     assert is_hub_id("google/ddpm-cifar10-32") and is_hub_id(Path("owner/name.v2"))
     for text in ("name", "a/b/c", "/abs/path", "./a", "../a", "a/..", "owner/", "owner/na me"):
         assert not is_hub_id(text), text
-    (tmp_path / "owner" / "name").mkdir(parents=True)
-    assert not is_hub_id("owner/name")  # it names a local folder
+    (tmp_path / "owner").mkdir()
+    assert not is_hub_id("owner/name")  # a mistyped path in a local folder: "No model at ..."
+    with pytest.raises(FileNotFoundError, match="No model at 'owner/name'.*flipd train"):
+        flipd.load("owner/name")
 
 
 @pytest.mark.parametrize("how", ["offline", "unreachable"])

@@ -55,12 +55,13 @@ def is_hub_id(source: str | os.PathLike) -> bool:
     """Whether ``source`` reads as a hub repository id ``owner/name`` and is not a local path.
 
     A string with exactly one ``/``, letters, digits, ``.``, ``_`` and ``-``, not starting with
-    ``.`` and naming nothing on disk. Paths (``Path`` objects included) that exist are local.
+    ``.``, naming nothing on disk, and whose ``owner`` part is not a local folder either
+    (``models/typo`` next to a ``models/`` folder is a mistyped local path, not a hub id).
     """
     text = os.fspath(source)
     if not isinstance(text, str) or _HUB_ID.fullmatch(text) is None or ".." in text:
         return False
-    return not Path(text).exists()
+    return not Path(text).exists() and not Path(text).parent.is_dir()
 
 
 def _truthy(value: str | None) -> bool:
