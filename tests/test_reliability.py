@@ -121,7 +121,7 @@ def checkpoint(tmp_path) -> Path:
 
 
 def _edit_config(directory: Path, edit) -> None:
-    path = directory / "flipd_model.json"
+    path = directory / "config.json"
     config = json.loads(path.read_text())
     edit(config)
     path.write_text(json.dumps(config))
@@ -186,7 +186,7 @@ def test_checkpoint_files_follow_the_umask(tmp_path):
     finally:
         os.umask(previous)
     modes = {p.name: p.stat().st_mode & 0o777 for p in directory.iterdir()}
-    assert modes == {"flipd_model.json": 0o640, "model.safetensors": 0o640}
+    assert modes == {"config.json": 0o640, "model.safetensors": 0o640, "README.md": 0o640}
     assert DiffusionModel.load(directory).data_shape == (2,)
 
 

@@ -165,7 +165,11 @@ DataArgument = Annotated[
 ]
 ModelOption = Annotated[
     Path,
-    typer.Option("--model", "-m", help="A flipd checkpoint directory (from flipd train) or a diffusers folder.", show_default=False),
+    typer.Option("--model", "-m", help="A flipd checkpoint directory (from flipd train), a diffusers folder, or a Hugging Face Hub id owner/name.", show_default=False),
+]
+Prompt = Annotated[
+    Optional[str],
+    typer.Option("--prompt", help="Text conditioning of a text-conditioned diffusers model (default: the empty prompt).", show_default=False),
 ]
 Trace = Annotated[str, typer.Option("--trace", help="auto (exact for D <= 256), exact, hutchinson or gaussian.")]
 Probes = Annotated[int, typer.Option("--probes", min=1, help="Hutchinson probes per point (ignored by the exact trace).")]
@@ -455,8 +459,9 @@ def estimate(
     data: DataArgument,
     model: Annotated[
         Optional[Path],
-        typer.Option("--model", "-m", help="A flipd checkpoint directory (from flipd train) or a diffusers folder; needed by flipd, nb and fpregress.", show_default=False),
+        typer.Option("--model", "-m", help="A flipd checkpoint directory (from flipd train), a diffusers folder or a Hugging Face Hub id owner/name; needed by flipd, nb and fpregress.", show_default=False),
     ] = None,
+    prompt: Prompt = None,
     out: Annotated[
         Optional[Path],
         typer.Option("--out", "-o", help="Result table, .parquet or .csv (default: <data>_lid.parquet); metadata goes to the same name with .json.", show_default=False),
@@ -498,6 +503,7 @@ def estimate(
       [cyan]flipd estimate big.npy -m models/big --trace hutchinson --probes 16 --resume[/]
       [cyan]flipd estimate lollipop -m models/lollipop --method nb -o lollipop_nb.csv[/]
       [cyan]flipd estimate lollipop --method lpca --neighbors 100 -n 2000[/]
+      [cyan]flipd estimate photos/ -m stable-diffusion-v1-5/ --prompt "a photo" --trace hutchinson[/]
     """
     from .jobs.estimate import METHODS, MODEL_METHODS
     from .noise import NoiseLevelError
@@ -514,6 +520,8 @@ def estimate(
         raise OptionError("--method", f"{method!r} is not one of {', '.join(METHODS)}.")
     if method in MODEL_METHODS and model is None:
         raise OptionError("--model", f"the {method} method needs a diffusion model: pass --model DIR (a checkpoint from flipd train).")
+    if prompt is not None and model is None:
+        raise OptionError("--prompt", "a prompt conditions a text-conditioned diffusers model: pass it with --model.")
     table_path = check_table_path(out if out is not None else Path(f"{_slug(data)}_lid.parquet"))
     run_directory = chunk_directory_for(table_path)
     noise_given = [name for name, value in (("--t0", t0), ("--sigma", sigma), ("--delta", delta)) if value is not None]
@@ -527,7 +535,7 @@ def estimate(
 
         timings: dict[str, float] = {}
         with _timed(timings, "load_model_s"):
-            loaded = load_model(model, device=device_used) if model is not None else None
+            loaded = load_model(model, device=device_used, prompt=prompt) if model is not None else None
         with _timed(timings, "load_data_s"):
             points = load_points(data, n=n_points, seed=seed)
             try:
@@ -628,13 +636,13 @@ def _outputs_may_be_written(table: Path, run_directory: Path, *, resume: bool, f
 
 
 def _load_model_and_points(model: Path, data: str, n_points: int | None, seed: int, device: Any,
-                           timings: dict[str, float], quiet: bool) -> tuple[Any, Any, Any]:
+                           timings: dict[str, float], quiet: bool, prompt: str | None = None) -> tuple[Any, Any, Any]:
     """Load the model (first: it is the likelier mistake), the data, and the points as the model takes them."""
     from .datasets.sources import load_points
     from .jobs.inputs import load_model
 
     with _timed(timings, "load_model_s"):
-        loaded = load_model(model, device=device)
+        loaded = load_model(model, device=device, prompt=prompt)
     with _timed(timings, "load_data_s"):
         points = load_points(data, n=n_points, seed=seed)
         x = loaded.prepare(points)
@@ -698,6 +706,7 @@ def _summary_table(groups: list, mae: float, title: str) -> Table:
 def curve(
     data: DataArgument,
     model: ModelOption = ...,
+    prompt: Prompt = None,
     out: Annotated[
         Optional[Path],
         typer.Option("--out", "-o", help="Curve table, .parquet or .csv, one row per point and noise level (default: <data>_curves.parquet).", show_default=False),
@@ -743,7 +752,7 @@ def curve(
     if table_path.exists() and not force:
         raise FileExistsError(f"{str(table_path)!r} already exists; pass --force to overwrite it, or choose another --out.")
     timings: dict[str, float] = {}
-    points, loaded, x = _load_model_and_points(model, data, n_points, seed, device_used, timings, quiet)
+    points, loaded, x = _load_model_and_points(model, data, n_points, seed, device_used, timings, quiet, prompt)
     times = curve_times(loaded.schedule, t_min=t_min, t_max=t_max, steps=steps)
     with _timed(timings, "curves_s"):
         with progress_bar("FLIPD curves", points.n * len(times), enabled=not quiet) as advance:
@@ -772,6 +781,37 @@ def curve(
         _print_summary(points, curves.knee_lid, title=f"FLIPD at the knee on {data} ({found} of {points.n} points have a knee)")
         err_console.print(f"wrote {escape(str(table_path))} and {escape(str(metadata_path))}"
                           + (f"; figure {escape(str(written[0]))}" if written else ""), soft_wrap=True)
+
+
+# --------------------------------------------------------------------------- export
+
+
+@app.command()
+@handles_errors
+def export(
+    model: Annotated[
+        Path,
+        typer.Argument(metavar="MODEL", help="A flipd checkpoint directory of an image model (flipd train --network unet) or its hub id.", show_default=False),
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The diffusers pipeline folder to write.", show_default=False)],
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing diffusers pipeline folder (never another folder).")] = False,
+    quiet: Quiet = False,
+    debug: Debug = False,
+) -> None:
+    """Write a flipd image model as a diffusers pipeline folder (DDPMPipeline: model_index.json, unet/, scheduler/).
+
+    The U-net's weights go to unet/ as safetensors; scheduler/ holds a DDPMScheduler whose betas reproduce the model's VP schedule at every integer timestep. flipd estimate --model OUT, flipd.from_diffusers(OUT) and diffusers' DDPMPipeline.from_pretrained(OUT) load it. Only convolutional U-nets trained with --standardize none and --prediction epsilon or sample can be exported.
+
+    [bold]Examples[/]:
+      [cyan]flipd train digits8 --network unet --standardize none --out models/digits[/]
+      [cyan]flipd export models/digits --out pipelines/digits[/]
+    """
+    from .jobs.export import export_model
+
+    target, loaded = export_model(model, out, force=force)
+    if not quiet:
+        err_console.print(f"wrote diffusers pipeline [bold]{escape(str(target))}[/] from {escape(loaded.description)}", soft_wrap=True)
+        err_console.print(f"next: flipd estimate DATA --model {escape(str(target))}", soft_wrap=True)
 
 
 # --------------------------------------------------------------------------- bench

@@ -25,6 +25,7 @@ from .knee import knee
 from .models.base import Model
 from .noise import knee_grid, resolve_times
 from .parameterization import check_prediction, score_coefficients
+from .pil_images import as_tensor_if_pil
 from .progress import Progress, progress_callback
 from .results import FLIPDResult, LIDResult
 from .schedules import VP, Schedule
@@ -50,6 +51,7 @@ __all__ = ["FLIPDResult", "LIDResult", "ModelLike", "flipd", "estimate", "flipd_
 
 
 def _as_batch(x) -> Tensor:
+    x = as_tensor_if_pil(x)  # PIL images: [N, C, H, W] in [-1, 1]
     if isinstance(x, np.ndarray):
         x = torch.from_numpy(x)
     if not isinstance(x, Tensor):
@@ -406,7 +408,8 @@ def flipd(
             the schedule's time units (wrap other signatures with :class:`flipd.ModelAdapter`).
         x: data points, tensor or array of shape [N, ...] (vectors or images), clean (not
             noised): in the user's units for a :class:`flipd.Model`, in the units the network
-            was trained on for a plain callable.
+            was trained on for a plain callable. PIL images (one, or a list) become [N, C, H, W]
+            in [-1, 1], the convention of diffusers image models (:mod:`flipd.pil_images`).
         t0: noise level as a time of the schedule (float, or tensor [N] for one per point), or
             "auto" for the knee rule (:func:`flipd.knee`). Alternatively ``sigma=`` (the noise
             standard deviation) or ``delta=`` (log sigma/psi): at most one of the three. With
