@@ -14,7 +14,7 @@ The public contract: :func:`flipd`, :func:`estimate`, :func:`flipd_curve`, :func
 from ._version import __version__
 
 from . import schedules
-from .estimator import FLIPDResult, estimate, flipd, flipd_curve
+from .estimator import EstimateWarning, FLIPDResult, NonFiniteOutputError, estimate, flipd, flipd_curve
 from .knee import KneeResult, knee
 from .models import DiffusersModel, DiffusionModel, Model, ModelAdapter, as_model, from_diffusers, load
 from .noise import default_noise_level, knee_grid
@@ -24,10 +24,12 @@ from .train import TrainConfig, train_diffusion
 __all__ = [
     "DiffusersModel",
     "DiffusionModel",
+    "EstimateWarning",
     "FLIPDResult",
     "KneeResult",
     "Model",
     "ModelAdapter",
+    "NonFiniteOutputError",
     "PREDICTIONS",
     "TrainConfig",
     "as_model",
