@@ -112,18 +112,37 @@ def _trained_on(metadata: dict[str, Any]) -> str | None:
     return data.get("spec") if isinstance(data, dict) else None
 
 
-def load_model(path: str | os.PathLike, device: str | torch.device | None = "cpu") -> LoadedModel:
+def load_model(
+    path: str | os.PathLike, device: str | torch.device | None = "cpu", *, scheduler: str | os.PathLike | None = None
+) -> LoadedModel:
     """Load a flipd checkpoint directory or a local diffusers folder (:func:`flipd.load`) with
     its description and fingerprint.
 
+    Args:
+        path: the model's folder.
+        device: where to put it.
+        scheduler: a diffusers scheduler folder (``scheduler_config.json``) for a diffusers model
+            folder that has none (a single model, not a pipeline); part of the fingerprint.
+
     Raises:
-        FileNotFoundError: nothing at ``path``.
-        ValueError: ``path`` is not a model flipd can read (the message says what it expected).
+        FileNotFoundError: nothing at ``path`` (or ``scheduler``).
+        ValueError: ``path`` is not a model flipd can read (the message says what it expected),
+            or ``scheduler`` was given for a flipd checkpoint.
     """
     directory = Path(path)
     device = device if isinstance(device, torch.device) else resolve_device(device)
     kind = model_kind(directory)
-    model = load(directory, device=device)
+    if scheduler is not None and kind == "flipd":
+        raise ValueError(
+            f"a scheduler (--scheduler) applies only to diffusers models; the flipd checkpoint at {str(directory)!r} "
+            "brings its own schedule: drop the scheduler."
+        )
+    if scheduler is not None:
+        from ..models.diffusers import from_diffusers
+
+        model = from_diffusers(directory, scheduler=Path(scheduler), device=device)
+    else:
+        model = load(directory, device=device)
     if kind == "flipd":
         spec_kind = getattr(getattr(model.network, "spec", None), "kind", None)
         architecture = {"mlp_unet": "MLP U-net", "unet2d": "convolutional U-net"}.get(spec_kind, spec_kind or "network")
@@ -133,7 +152,11 @@ def load_model(path: str | os.PathLike, device: str | torch.device | None = "cpu
         metadata = dict(model.metadata)
     else:
         description, metadata = f"diffusers {model!r}", {}
+    fingerprint = fingerprint_path(directory)
+    if scheduler is not None:
+        description += f", scheduler from {scheduler}"
+        fingerprint = f"{fingerprint}+{fingerprint_path(scheduler)}"
     return LoadedModel(
         model=model, kind=kind, path=directory, description=description,
-        fingerprint=fingerprint_path(directory), metadata=metadata,
+        fingerprint=fingerprint, metadata=metadata,
     )
