@@ -393,6 +393,8 @@ def train(
     from .parameterization import PREDICTIONS
 
     device_used = _setup(threads, device, debug)
+    if not lr > 0:
+        raise OptionError("--lr", f"the learning rate must be positive; got {lr}.")
     if standardize not in STANDARDIZE_CHOICES:
         raise OptionError("--standardize", f"{standardize!r} is not one of {', '.join(STANDARDIZE_CHOICES)}.")
     target = check_checkpoint_target(out if out is not None else Path("models") / _slug(data), force=force)

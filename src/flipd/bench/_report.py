@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import csv
 import io
 import math
@@ -12,9 +13,35 @@ from typing import Any
 
 from ..runs import environment
 from ..runs.environment import machine_info
-from ..runs.files import write_text
+from ..runs.files import check_writable_directory, write_text
 
-__all__ = ["machine_info", "package_versions", "markdown_table", "write_csv", "write_text_atomically", "git_revision"]
+__all__ = [
+    "check_output_folders", "git_revision", "machine_info", "markdown_table", "package_versions", "positive_int",
+    "write_csv", "write_text_atomically",
+]
+
+
+def positive_int(text: str) -> int:
+    """An argparse ``type`` for options that must be positive integers (--threads, --n-eval, ...)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive integer")
+    return value
+
+
+def check_output_folders(parser: argparse.ArgumentParser, folders: Mapping[str, str | Path | None]) -> None:
+    """Before any work, exit through ``parser.error`` (status 2, naming the option) if one of the
+    ``{option: folder}`` cannot be written (None: not used)."""
+    for option, folder in folders.items():
+        if folder is None:
+            continue
+        try:
+            check_writable_directory(folder, f"the {option} folder")
+        except OSError as error:
+            parser.error(f"{option}: {error}")
 
 #: Packages whose versions a benchmark report records.
 BENCH_PACKAGES = ("torch", "numpy", "scipy", "scikit-learn", "scikit-dimension", "kneed", "zuko", "safetensors")

@@ -37,6 +37,7 @@ from typing import Any
 import torch
 
 from ..runs.files import load_average
+from ._report import check_output_folders, positive_int, write_text_atomically
 
 #: Stable Diffusion v1.5's UNet configuration (860M parameters).
 SD15_UNET_CONFIG: dict[str, Any] = {
@@ -429,26 +430,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``python -m flipd.bench scale [--config sd15|tiny] [--repeats N] [--threads N] [--out DIR]``."""
     parser = argparse.ArgumentParser(prog="python -m flipd.bench scale", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", choices=sorted(CONFIGS), default="sd15", help="UNet configuration")
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs per measurement (median reported)")
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--repeats", type=positive_int, default=3, help="timed runs per measurement (median reported)")
+    parser.add_argument("--threads", type=positive_int, default=2, help="torch CPU threads")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="folder for scale.json/.md")
     parser.add_argument(
         "--worker", choices=("timing", "forward_memory", "flipd_memory", "nb_slice"), help=argparse.SUPPRESS
     )
     args = parser.parse_args(argv)
-    if args.repeats < 1 or args.threads < 1:
-        parser.error("--repeats and --threads must be positive integers")
     if args.worker:
         print(json.dumps(_worker(args.worker, args.config, args.repeats, args.threads)))
         return 0
     command = "python -m flipd.bench scale " + " ".join(
         ["--config", args.config, "--repeats", str(args.repeats), "--threads", str(args.threads), "--out", str(args.out)]
     )
+    check_output_folders(parser, {"--out": args.out})
     result = run_benchmark(args.config, repeats=args.repeats, threads=args.threads)
     result["command"] = command
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "scale.json").write_text(json.dumps(result, indent=2) + "\n")
-    (args.out / "scale.md").write_text(render_markdown(result, command))
+    write_text_atomically(args.out / "scale.json", json.dumps(result, indent=2) + "\n")
+    write_text_atomically(args.out / "scale.md", render_markdown(result, command))
     d = result["derived"]
     print(
         f"forward {d['forward_seconds']:.2f} s, FLIPD {d['flipd_seconds_per_image']:.2f} s "
