@@ -753,7 +753,7 @@ def curve(
     import numpy as np
 
     from . import plots
-    from .runs import check_table_path, metadata_path_for, write_json, write_table
+    from .runs import check_table_path, metadata_path_for, output_lock, write_json, write_table
     from .estimator import NonFiniteOutputError
     from .jobs.curve import compute_curves, curve_table_columns
     from .jobs.records import non_finite_output_error, run_record, summary_record
@@ -764,51 +764,52 @@ def curve(
     table_path = check_table_path(out if out is not None else Path(f"{_slug(data)}_curves.parquet"))
     _check_trace(trace)
     _check_output_folders(table_path, plot)
-    if table_path.exists() and not force:
-        raise FileExistsError(f"{str(table_path)!r} already exists; pass --force to overwrite it, or choose another --out.")
-    timings: dict[str, float] = {}
+    with output_lock(table_path):  # refuses a second run writing the same table
+        if table_path.exists() and not force:
+            raise FileExistsError(f"{str(table_path)!r} already exists; pass --force to overwrite it, or choose another --out.")
+        timings: dict[str, float] = {}
 
-    def noise_levels(loaded: Any) -> Any:  # checked once the schedule is known, before the data is loaded
-        try:
-            return curve_times(loaded.schedule, t_min=t_min, t_max=t_max, steps=steps)
-        except ValueError as error:
-            raise OptionError("--t-min/--t-max", str(error)) from None
-
-    points, loaded, x, times = _load_model_and_points(
-        model, data, n_points, seed, device_used, timings, quiet, scheduler=scheduler, check_model=noise_levels,
-    )
-    with _timed(timings, "curves_s"):
-        with progress_bar("FLIPD curves", points.n * len(times), enabled=not quiet) as advance:
+        def noise_levels(loaded: Any) -> Any:  # checked once the schedule is known, before the data is loaded
             try:
-                curves = compute_curves(loaded.model, x, times, trace=trace, n_probes=probes, seed=seed,
-                                        batch_size=batch_size, progress=advance)
-            except NonFiniteOutputError as error:  # name the points by the table's index
-                raise non_finite_output_error(error.indices, points, error.time) from None
-    write_table(table_path, curve_table_columns(points, curves))
-    written: list[Path] = []
-    if plot is not None:
-        written.append(plots.plot_curves(
-            curves.times, curves.curves, Path(plot) / f"{_slug(data)}_curves.png", knee_times=curves.knee_t0,
-            knee_lids=curves.knee_lid, ambient_dim=points.ambient_dim, true_lids=points.lid_true,
-            time_label=f"t0 ({loaded.schedule!r} time)", title=f"FLIPD curves on {data}",
+                return curve_times(loaded.schedule, t_min=t_min, t_max=t_max, steps=steps)
+            except ValueError as error:
+                raise OptionError("--t-min/--t-max", str(error)) from None
+
+        points, loaded, x, times = _load_model_and_points(
+            model, data, n_points, seed, device_used, timings, quiet, scheduler=scheduler, check_model=noise_levels,
+        )
+        with _timed(timings, "curves_s"):
+            with progress_bar("FLIPD curves", points.n * len(times), enabled=not quiet) as advance:
+                try:
+                    curves = compute_curves(loaded.model, x, times, trace=trace, n_probes=probes, seed=seed,
+                                            batch_size=batch_size, progress=advance)
+                except NonFiniteOutputError as error:  # name the points by the table's index
+                    raise non_finite_output_error(error.indices, points, error.time) from None
+        write_table(table_path, curve_table_columns(points, curves))
+        written: list[Path] = []
+        if plot is not None:
+            written.append(plots.plot_curves(
+                curves.times, curves.curves, Path(plot) / f"{_slug(data)}_curves.png", knee_times=curves.knee_t0,
+                knee_lids=curves.knee_lid, ambient_dim=points.ambient_dim, true_lids=points.lid_true,
+                time_label=f"t0 ({loaded.schedule!r} time)", title=f"FLIPD curves on {data}",
+            ))
+        timings["total_s"] = round(time.perf_counter() - began, 4)
+        metadata_path = metadata_path_for(table_path)
+        write_json(metadata_path, run_record(
+            "curve", points=points, data_seed=seed, model=loaded,
+            settings={"times": curves.times.tolist(), "trace": curves.trace, "n_probes": curves.n_probes,
+                      "seed": seed, "batch_size": batch_size, "knee_window": curves.window},
+            knees={"found": int(curves.knee_found.sum()),
+                   "median_t0": float(np.nanmedian(curves.knee_t0)) if curves.knee_found.any() else None},
+            summary=summary_record(curves.knee_lid, points),
+            timings=timings, outputs={"table": str(table_path), "plots": [str(p) for p in written]}, device=device_used,
         ))
-    timings["total_s"] = round(time.perf_counter() - began, 4)
-    metadata_path = metadata_path_for(table_path)
-    write_json(metadata_path, run_record(
-        "curve", points=points, data_seed=seed, model=loaded,
-        settings={"times": curves.times.tolist(), "trace": curves.trace, "n_probes": curves.n_probes,
-                  "seed": seed, "batch_size": batch_size, "knee_window": curves.window},
-        knees={"found": int(curves.knee_found.sum()),
-               "median_t0": float(np.nanmedian(curves.knee_t0)) if curves.knee_found.any() else None},
-        summary=summary_record(curves.knee_lid, points),
-        timings=timings, outputs={"table": str(table_path), "plots": [str(p) for p in written]}, device=device_used,
-    ))
-    _warn_about_estimates(curves.knee_lid, None, points)
-    if not quiet:
-        found = int(curves.knee_found.sum())
-        _print_summary(points, curves.knee_lid, title=f"FLIPD at the knee on {data} ({found} of {points.n} points have a knee)")
-        err_console.print(f"wrote {escape(str(table_path))} and {escape(str(metadata_path))}"
-                          + (f"; figure {escape(str(written[0]))}" if written else ""), soft_wrap=True)
+        _warn_about_estimates(curves.knee_lid, None, points)
+        if not quiet:
+            found = int(curves.knee_found.sum())
+            _print_summary(points, curves.knee_lid, title=f"FLIPD at the knee on {data} ({found} of {points.n} points have a knee)")
+            err_console.print(f"wrote {escape(str(table_path))} and {escape(str(metadata_path))}"
+                              + (f"; figure {escape(str(written[0]))}" if written else ""), soft_wrap=True)
 
 
 # --------------------------------------------------------------------------- bench
