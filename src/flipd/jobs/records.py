@@ -95,7 +95,8 @@ def out_of_range_warning(lids: np.ndarray, stderr: np.ndarray | None, points: Po
         f"{int(outside.sum())} of {outside.size} LID estimates lie outside [0, D = {points.ambient_dim}] by more "
         f"than their standard error, at index {_shown(points.index[outside])}; they are kept in the table as they "
         "are and counted in the metadata (summary.n_out_of_range). Check those points (outliers, duplicates), "
-        "the noise level, or (with one Hutchinson probe) use more --probes."
+        "the model and the noise level; estimates without a standard error (exact trace, one probe, "
+        "baselines) are held to [0, D] exactly."
     )
 
 
