@@ -811,8 +811,9 @@ def test_non_finite_outputs_on_the_command_line_name_every_row_by_the_index(chec
     index = [30 + 7 * i for i in range(10)]
     file.write_text("index,a,b,c\n" + "".join(f"{i},{i % 3},{i % 5},{i % 7}\n" for i in index))
     table = tmp_path / "x.csv"
-    result = run_flipd("estimate", file, "-m", checkpoint, "--chunk-size", "4", "--batch-size", "2", "-o", table)
-    assert_user_error(result, "non-finite values", "for 10 of 10 points", ", ".join(map(str, index[:10])))
+    for chunking in (["--chunk-size", "4", "--batch-size", "2"], []):  # later chunks scanned; one chunk
+        result = run_flipd("estimate", file, "-m", checkpoint, *chunking, "-o", table)
+        assert_user_error(result, "non-finite values", "for 10 of 10 points", ", ".join(map(str, index[:10])))
     result = run_flipd("curve", file, "-m", checkpoint, "-n", "10", "-o", table)
     assert_user_error(result, "non-finite values", "for 10 of 10 points", str(index[0]))
     assert not table.exists() and not (tmp_path / "x.csv.chunks").exists()

@@ -43,7 +43,10 @@ DEFAULT_BATCH_SIZE = 1024
 #: Default cap on (point, probe) pairs differentiated in one vectorised call.
 DEFAULT_CHUNK_ROWS = 4096
 
-__all__ = ["EstimateWarning", "FLIPDResult", "ModelLike", "NonFiniteOutputError", "flipd", "non_finite_outputs", "estimate", "flipd_curve", "out_of_range", "resolve_model", "resolve_trace"]
+__all__ = [
+    "EstimateWarning", "FLIPDResult", "ModelLike", "NonFiniteOutputError", "estimate", "flipd", "flipd_curve",
+    "non_finite_outputs", "out_of_range", "resolve_model", "resolve_trace",
+]
 
 
 @dataclass
@@ -470,7 +473,8 @@ def _estimate_fixed(
             except NonFiniteOutputError as error:  # find every such point, not only this batch's
                 psi = terms[0] if len(distinct) == 1 else terms[0][stop:]
                 later = _non_finite_outputs(fn, x[stop:], times[stop:], indices[stop:], psi, batch_size)
-                raise NonFiniteOutputError(error.indices + later, n, float(distinct[0]) if len(distinct) == 1 else None) from None
+                time = float(distinct[0]) if len(distinct) == 1 else None
+                raise NonFiniteOutputError(error.indices + later, n, time) from None
             lids.append(lid if differentiable else lid.detach())
             stderrs.append(stderr)
             if progress is not None:

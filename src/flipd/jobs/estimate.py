@@ -286,8 +286,8 @@ def non_finite_outputs_error(error: NonFiniteOutputError, plan: EstimatePlan, mo
     run at that noise level, named by the table's index column. The points after the failing
     ones are checked with forward passes only (earlier chunks were finished without a fault)."""
     positions = list(error.indices)
-    if error.time is not None and positions:
-        start = max(positions) + 1
+    start = max(positions, default=points.n) + 1
+    if error.time is not None and start < points.n:
         positions += non_finite_outputs(
             model, plan.x[start:], error.time, indices=range(start, points.n),
             batch_size=plan.settings.batch_size, encoded=True,

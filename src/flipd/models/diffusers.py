@@ -474,7 +474,9 @@ def from_diffusers(
             - a loaded ``DiffusionPipeline``;
             - a denoiser module (UNet2DModel, UNet2DConditionModel, SD3Transformer2DModel), with
               ``scheduler=``.
-        scheduler: a diffusers scheduler or its local folder; overrides the pipeline's.
+        scheduler: a diffusers scheduler or its local folder (``scheduler_config.json``);
+            overrides the pipeline's, and is needed with a model folder or a denoiser module
+            (a model folder without one is refused before its weights are read).
         vae: an ``AutoencoderKL`` or its local folder, making the model latent; overrides the
             pipeline's.
         prompt: text for a text-conditioned UNet (default the empty prompt, as Stable Diffusion
