@@ -850,3 +850,31 @@ def test_a_second_curve_run_on_the_same_output_is_refused(tmp_path, checkpoint):
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_points_that_overflow_in_model_coordinates_are_named_by_index(tmp_path):
+    from flipd.models.checkpoint import DiffusionModel
+    from flipd.models.mlp import MLPUNet, MLPUNetConfig
+
+    torch.manual_seed(0)
+    network = MLPUNet(MLPUNetConfig(data_dim=3, widths=(8,)))
+    narrow = DiffusionModel(network, shift=torch.zeros(3), scale=torch.full((3,), 1e-36)).save(tmp_path / "narrow")
+    file = tmp_path / "points.csv"
+    file.write_text("index,a,b,c\n" + "".join(f"{100 + i},{1e3 if i == 4 else 0.5},1,1\n" for i in range(8)))
+    for command in ("estimate", "curve"):  # 1e3 / 1e-36 overflows float32; 0.5 / 1e-36 does not
+        result = run_flipd(command, file, "-m", narrow, "-o", tmp_path / "x.csv")
+        assert_user_error(result, "1 of 8 points", "at index 104", "NaN or inf in the coordinates of the model")
+    assert not (tmp_path / "x.csv").exists()
+
+
+def test_curve_takes_all_points_of_a_file_smaller_than_its_default(checkpoint, tmp_path):
+    import pandas as pd
+
+    file = tmp_path / "points.csv"
+    file.write_text("a,b,c\n" + "".join(f"{i % 3},{i % 5},{i % 7}\n" for i in range(10)))
+    table = tmp_path / "curves.csv"
+    result = run_flipd("curve", file, "-m", checkpoint, "--steps", "4", "--t-min", "0.1", "--t-max", "0.5", "-o", table, "--quiet")
+    assert result.exit_code == 0, result.output
+    assert sorted(set(pd.read_csv(table)["index"])) == list(range(10))
+    result = run_flipd("curve", file, "-m", checkpoint, "-n", "11", "-o", tmp_path / "y.csv")
+    assert_user_error(result, "has only 10 points")  # asked for explicitly: more than there are is refused

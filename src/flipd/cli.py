@@ -426,6 +426,8 @@ def train(
 
 
 STANDARDIZE_CHOICES = ("per_coordinate", "scalar", "none")
+#: Points on the curves of flipd curve unless -n says otherwise.
+CURVE_POINTS = 32
 
 
 def _parse_sizes(text: str, option: str) -> tuple[int, ...]:
@@ -647,10 +649,12 @@ def _outputs_may_be_written(table: Path, run_directory: Path, *, resume: bool, f
 
 def _load_model_and_points(model: Path, data: str, n_points: int | None, seed: int, device: Any,
                            timings: dict[str, float], quiet: bool, *, scheduler: Path | None = None,
-                           check_model: Callable[[Any], Any] = lambda loaded: None) -> tuple[Any, Any, Any, Any]:
+                           check_model: Callable[[Any], Any] = lambda loaded: None,
+                           at_most: bool = False) -> tuple[Any, Any, Any, Any]:
     """Load the model (first: it is the likelier mistake), run ``check_model(loaded)`` (checks
-    that need the model), then load the data; return the points, the model, the points as it
-    takes them, and what ``check_model`` returned."""
+    that need the model), then load the data (``n_points`` of them, or fewer from a smaller
+    file with ``at_most``); return the points, the model, the points as it takes them, and what
+    ``check_model`` returned."""
     from .datasets.sources import load_points
     from .jobs.inputs import load_model
 
@@ -658,7 +662,7 @@ def _load_model_and_points(model: Path, data: str, n_points: int | None, seed: i
         loaded = load_model(model, device=device, scheduler=scheduler)
     checked = check_model(loaded)
     with _timed(timings, "load_data_s"):
-        points = load_points(data, n=n_points, seed=seed)
+        points = load_points(data, n=n_points, seed=seed, at_most=at_most)
         x = loaded.prepare(points)
     _say(quiet, f"model: {escape(loaded.description)}")
     _say(quiet, f"data: {escape(points.description)}")
@@ -725,7 +729,9 @@ def curve(
         typer.Option("--out", "-o", help="Curve table, .parquet or .csv, one row per point and noise level (default: <data>_curves.parquet).", show_default=False),
     ] = None,
     scheduler: SchedulerOption = None,
-    n_points: Annotated[int, typer.Option("--n-points", "-n", min=1, help="Number of points.")] = 32,
+    n_points: Annotated[
+        Optional[int], typer.Option("--n-points", "-n", min=1, help="Number of points (default: 32, or all of a smaller file).", show_default=False)
+    ] = None,
     t_min: Annotated[Optional[float], typer.Option("--t-min", help="Smallest noise level (model time units).", show_default=False)] = None,
     t_max: Annotated[Optional[float], typer.Option("--t-max", help="Largest noise level (model time units).", show_default=False)] = None,
     steps: Annotated[
@@ -776,7 +782,8 @@ def curve(
                 raise OptionError("--t-min/--t-max", str(error)) from None
 
         points, loaded, x, times = _load_model_and_points(
-            model, data, n_points, seed, device_used, timings, quiet, scheduler=scheduler, check_model=noise_levels,
+            model, data, CURVE_POINTS if n_points is None else n_points, seed, device_used, timings, quiet,
+            scheduler=scheduler, check_model=noise_levels, at_most=n_points is None,
         )
         with _timed(timings, "curves_s"):
             with progress_bar("FLIPD curves", points.n * len(times), enabled=not quiet) as advance:

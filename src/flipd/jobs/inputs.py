@@ -59,11 +59,23 @@ class LoadedModel:
         encoded as the model needs): the tensor FLIPD runs on.
 
         Raises:
-            ValueError: the points do not fit the model (the message names both shapes).
+            ValueError: the points do not fit the model (the message names both shapes), or
+                some become non-finite in its coordinates (named by their index).
         """
         if isinstance(self.model, DiffusionModel):
-            return self.model.encode(self._fit_checkpoint(points))
-        return self.model.encode(self._fit_diffusers(points))
+            x = self.model.encode(self._fit_checkpoint(points))
+        else:
+            x = self.model.encode(self._fit_diffusers(points))
+        finite = torch.isfinite(x.reshape(x.shape[0], -1)).all(dim=1).cpu().numpy()
+        if not finite.all():
+            bad = points.index[~finite]
+            shown = ", ".join(map(str, bad[:10].tolist())) + (", ..." if bad.size > 10 else "")
+            raise ValueError(
+                f"{bad.size} of {points.n} points of {points.spec!r} (at index {shown}) become NaN or inf in the "
+                f"coordinates of the model at {str(self.path)!r} (its standardisation or encoder overflows): "
+                "they lie far outside the data it was trained on; remove them or train a model on this data."
+            )
+        return x
 
     def _fit_checkpoint(self, points: PointSet) -> Tensor:
         data_shape = tuple(int(s) for s in self.model.data_shape)
