@@ -142,7 +142,9 @@ def test_estimate_hutchinson_to_csv_with_stderr(lollipop_model, tmp_path):
     result = flipd("estimate", "lollipop", "-m", lollipop_model, "-n", "20", "-o", table, "--trace", "hutchinson",
                    "--probes", "4", "--sigma", "0.1", "--quiet")
     assert result.exit_code == 0, result.output
-    assert result.output == ""
+    # --quiet: no progress or summary; only warnings about the results (this tiny model's
+    # estimates often lie outside [0, D]) are shown
+    assert all(line.startswith("warning: ") for line in result.output.splitlines()), result.output
     frame = pd.read_csv(table)
     assert (frame["trace"] == "hutchinson").all() and (frame["n_probes"] == 4).all()
     assert frame["stderr"].notna().all() and (frame["stderr"] >= 0).all() and (frame["stderr"] > 0).any()

@@ -21,6 +21,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in BENCHMARKS:
         print(f"usage: python -m flipd.bench {{{','.join(sorted(BENCHMARKS))}}} [options]", file=sys.stderr)
+        if argv:
+            print(f"error: unknown benchmark {argv[0]!r}; choose one of {', '.join(sorted(BENCHMARKS))}.", file=sys.stderr)
         return 2
     return importlib.import_module(BENCHMARKS[argv[0]]).main(argv[1:])
 

@@ -60,11 +60,23 @@ class LoadedModel:
         encoded as the model needs): the tensor FLIPD runs on.
 
         Raises:
-            ValueError: the points do not fit the model (the message names both shapes).
+            ValueError: the points do not fit the model (the message names both shapes), or
+                some become non-finite in its coordinates (named by their index).
         """
         if isinstance(self.model, DiffusionModel):
-            return self.model.encode(self._fit_checkpoint(points))
-        return self.model.encode(self._fit_diffusers(points))
+            x = self.model.encode(self._fit_checkpoint(points))
+        else:
+            x = self.model.encode(self._fit_diffusers(points))
+        finite = torch.isfinite(x.reshape(x.shape[0], -1)).all(dim=1).cpu().numpy()
+        if not finite.all():
+            bad = points.index[~finite]
+            shown = ", ".join(map(str, bad[:10].tolist())) + (", ..." if bad.size > 10 else "")
+            raise ValueError(
+                f"{bad.size} of {points.n} points of {points.spec!r} (at index {shown}) become NaN or inf in the "
+                f"coordinates of the model at {str(self.path)!r} (its standardisation or encoder overflows): "
+                "they lie far outside the data it was trained on; remove them or train a model on this data."
+            )
+        return x
 
     def _fit_checkpoint(self, points: PointSet) -> Tensor:
         data_shape = tuple(int(s) for s in self.model.data_shape)
@@ -113,22 +125,42 @@ def _trained_on(metadata: dict[str, Any]) -> str | None:
     return data.get("spec") if isinstance(data, dict) else None
 
 
-def load_model(path: str | os.PathLike, device: str | torch.device | None = "cpu", *,
-               prompt: str | None = None) -> LoadedModel:
+def load_model(
+    path: str | os.PathLike, device: str | torch.device | None = "cpu", *, prompt: str | None = None,
+    scheduler: str | os.PathLike | None = None,
+) -> LoadedModel:
     """Load a flipd checkpoint directory or a diffusers folder (:func:`flipd.load`; either may
     be a Hugging Face Hub id ``owner/name``) with its description and fingerprint.
 
     ``prompt`` is the text of a text-conditioned diffusers model (None: its default, the empty
     prompt); it is part of the fingerprint (another prompt is another model) and the metadata.
 
+    Args:
+        path: the model's folder.
+        device: where to put it.
+        scheduler: a diffusers scheduler folder (``scheduler_config.json``) for a diffusers model
+            folder that has none (a single model, not a pipeline); part of the fingerprint.
+
     Raises:
-        FileNotFoundError: nothing at ``path``.
-        ValueError: ``path`` is not a model flipd can read (the message says what it expected).
+        FileNotFoundError: nothing at ``path`` (or ``scheduler``).
+        ValueError: ``path`` is not a model flipd can read (the message says what it expected),
+            or ``scheduler`` was given for a flipd checkpoint.
     """
     directory = resolve_source(path)
     device = device if isinstance(device, torch.device) else resolve_device(device)
     kind = model_kind(directory)
-    model = load(directory, device=device, prompt=prompt)
+    if scheduler is not None and kind == "flipd":
+        raise ValueError(
+            f"a scheduler (--scheduler) applies only to diffusers models; the flipd checkpoint at {str(directory)!r} "
+            "brings its own schedule: drop the scheduler."
+        )
+    if scheduler is not None:
+        from ..models.diffusers import from_diffusers
+
+        model = from_diffusers(directory, scheduler=Path(scheduler), device=device,
+                               **({} if prompt is None else {"prompt": prompt}))
+    else:
+        model = load(directory, device=device, prompt=prompt)
     if kind == "flipd":
         spec_kind = getattr(getattr(model.network, "spec", None), "kind", None)
         architecture = {"mlp_unet": "MLP U-net", "unet2d": "convolutional U-net"}.get(spec_kind, spec_kind or "network")
@@ -141,6 +173,9 @@ def load_model(path: str | os.PathLike, device: str | torch.device | None = "cpu
     if directory != Path(path):
         description += f" (Hugging Face Hub {os.fspath(path)}, cached in {directory})"
     fingerprint = fingerprint_path(directory)
+    if scheduler is not None:
+        description += f", scheduler from {scheduler}"
+        fingerprint = f"{fingerprint}+{fingerprint_path(scheduler)}"
     if prompt is not None:
         description += f", prompt {prompt!r}"
         metadata["prompt"] = prompt

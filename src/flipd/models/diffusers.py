@@ -427,6 +427,18 @@ def _load_component(
     return cls.from_pretrained(str(where), **options)
 
 
+def _missing_scheduler_message(folder: Path) -> str:
+    """Why a single diffusers model folder cannot be used alone, and the fixes."""
+    pipeline = folder.parent if (folder.parent / "model_index.json").is_file() else None
+    also = f" Or give the whole pipeline folder {str(pipeline)!r}, which has one." if pipeline else ""
+    return (
+        f"{str(folder)!r} holds a single diffusers model without a noise scheduler, which flipd needs for "
+        "the noise schedule. Give its scheduler: on the command line --scheduler DIR, in Python "
+        "from_diffusers(folder, scheduler=DIR), with DIR a folder holding scheduler_config.json (e.g. the "
+        f"scheduler/ folder of the pipeline the model came from, or one written by DDPMScheduler().save_pretrained(DIR)).{also}"
+    )
+
+
 def _check_network(network: Any) -> nn.Module:
     name = type(network).__name__
     if name not in SUPPORTED_NETWORKS:
@@ -469,7 +481,9 @@ def from_diffusers(
             - a loaded ``DiffusionPipeline``;
             - a denoiser module (UNet2DModel, UNet2DConditionModel, SD3Transformer2DModel), with
               ``scheduler=``.
-        scheduler: a diffusers scheduler or its local folder; overrides the pipeline's.
+        scheduler: a diffusers scheduler or its local folder (``scheduler_config.json``);
+            overrides the pipeline's, and is needed with a model folder or a denoiser module
+            (a model folder without one is refused before its weights are read).
         vae: an ``AutoencoderKL`` or its local folder, making the model latent; overrides the
             pipeline's.
         prompt: text for a text-conditioned UNet (default the empty prompt, as Stable Diffusion
@@ -496,11 +510,15 @@ def from_diffusers(
     """
     tokenizer = text_encoder = None
     folder: Path | None = None
+    if isinstance(scheduler, (str, os.PathLike)):  # cheap, so checked before any network is loaded
+        scheduler = _load_component(Path(scheduler), None)
     if isinstance(source, (str, os.PathLike)):
         folder = hub_snapshot(os.fspath(source)) if is_hub_id(source) else Path(source)
         if not folder.is_dir():
             raise FileNotFoundError(f"{folder} is not a folder; pass a local diffusers pipeline or model folder.")
         check_safetensors_only(folder)
+        if scheduler is None and not (folder / "model_index.json").is_file() and (folder / "config.json").is_file():
+            raise ValueError(_missing_scheduler_message(folder))
         if (folder / "model_index.json").is_file():
             index = _read_json(folder / "model_index.json")
             present = {key for key, value in index.items() if isinstance(value, list) and value[0] is not None}
@@ -540,8 +558,6 @@ def from_diffusers(
             "A scheduler is needed for the noise schedule: pass scheduler= (e.g. "
             "DDPMScheduler.from_pretrained(path, subfolder='scheduler'), or its folder)."
         )
-    if isinstance(scheduler, (str, os.PathLike)):
-        scheduler = _load_component(Path(scheduler), None)
     if isinstance(vae, (str, os.PathLike)):
         vae = _load_component(Path(vae), None, dtype=dtype)
     settings = scheduler_settings(scheduler)
