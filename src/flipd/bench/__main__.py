@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 #: Benchmark name -> module with a ``main(argv) -> int``.
 BENCHMARKS: dict[str, str] = {
+    "distributed": "flipd.bench.distributed",
     "images": "flipd.bench.images",
     "scale": "flipd.bench.scale",
     "synthetic": "flipd.bench.synthetic",
