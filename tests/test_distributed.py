@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -49,6 +50,31 @@ def launch_environment() -> dict[str, str]:
 def torchrun(*args: str | Path, processes: int = 2, timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run(torchrun_command(*args, processes=processes), env=launch_environment(),
                           capture_output=True, text=True, timeout=timeout)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def launch_by_hand(*args: str | Path, processes: int = 2, timeout: float = 300) -> list[tuple[int, str]]:
+    """Start the ranks as a launcher without a supervising agent would (the launcher's variables
+    set by hand, as on a cluster scheduler): (exit status, stderr) of each rank, by rank."""
+    port = free_port()
+    ranks = [
+        subprocess.Popen(
+            [sys.executable, "-m", "flipd", *(str(a) for a in args)], stderr=subprocess.PIPE, text=True,
+            env={**launch_environment(), "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(processes),
+                 "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)},
+        )
+        for rank in range(processes)
+    ]
+    return [(process.wait(timeout=timeout), process.stderr.read()) for process in ranks]
+
+
+def error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("error:")]
 
 
 @pytest.fixture(scope="module")
@@ -109,8 +135,10 @@ def test_bad_launcher_variables_are_named(environ, fragment):
         detect_launch(environ)
 
 
-def test_one_process_needs_no_process_group(tmp_path):
-    with rank_group("cpu", environ={}) as group:
+def test_one_process_needs_no_process_group(monkeypatch):
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    with rank_group("cpu") as group:
         assert group.is_main and group.world_size == 1 and group.backend is None
         assert not torch.distributed.is_initialized()
         with pytest.raises(KeyError), group.agree("a step that fails"):
@@ -187,12 +215,54 @@ def test_two_processes_give_the_curves_of_one(model, tmp_path):
 def test_an_error_on_rank_0_stops_every_process(model, tmp_path):
     table = tmp_path / "taken.parquet"
     table.write_text("not ours")
-    completed = torchrun(*estimate_args(model, table), timeout=120)
-    assert completed.returncode != 0
-    errors = [line for line in completed.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 2, completed.stderr  # rank 0's own error, and rank 1 naming it
-    assert any("already exists" in line and "rank 0 of 2 failed" in line for line in errors)
+    (status0, stderr0), (status1, stderr1) = launch_by_hand(*estimate_args(model, table), timeout=120)
+    assert status0 == 2 and error_lines(stderr0) == [
+        f"error: {str(table)!r} already exists; pass --force to overwrite it, or choose another --out."]
+    assert status1 == 1 and len(error_lines(stderr1)) == 1
+    assert "stopped while checking the outputs: rank 0 of 2 failed (FileExistsError" in stderr1
     assert table.read_text() == "not ours" and not table.with_name(table.name + ".chunks").exists()
+
+
+def test_a_rank_whose_partner_never_comes_stops_after_the_timeout(model, tmp_path):
+    port = free_port()
+    environment = {**launch_environment(), "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "2",
+                   "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+    alone = subprocess.run([sys.executable, "-m", "flipd", *map(str, estimate_args(model, tmp_path / "x.parquet")),
+                            "--dist-timeout", "0.05"], env=environment, capture_output=True, text=True, timeout=120)
+    assert alone.returncode == 1 and len(error_lines(alone.stderr)) == 1, alone.stderr
+    assert "rank 0 of 2 could not meet the other processes at 127.0.0.1:" in alone.stderr
+    assert "within 0.05 minutes" in alone.stderr and not (tmp_path / "x.parquet").exists()
+
+
+@pytest.mark.slow
+def test_a_frozen_rank_makes_the_other_stop_after_the_timeout(model, tmp_path):
+    """Rank 1 stops answering (SIGSTOP) after its first chunk: rank 0 does its chunks, waits
+    --dist-timeout at the last meeting point and fails, naming the step."""
+    table = tmp_path / "run.parquet"
+    port = free_port()
+    args = [*map(str, estimate_args(model, table, "-n", "400", "--probes", "64")), "--dist-timeout", "0.1"]
+    ranks = [
+        subprocess.Popen([sys.executable, "-m", "flipd", *args], stderr=subprocess.PIPE, text=True,
+                         env={**launch_environment(), "RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2",
+                              "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)})
+        for rank in range(2)
+    ]
+    try:
+        chunk = table.with_name(table.name + ".chunks") / "chunk-000001.npz"
+        deadline = time.monotonic() + 240
+        while not chunk.exists() and ranks[1].poll() is None and time.monotonic() < deadline:
+            time.sleep(0.005)
+        assert ranks[1].poll() is None, "rank 1 ended before it could be frozen"
+        os.kill(ranks[1].pid, signal.SIGSTOP)
+        status = ranks[0].wait(timeout=240)
+        stderr = ranks[0].stderr.read()
+    finally:
+        for process in ranks:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    assert status == 1 and "did not answer while computing the chunks" in stderr, stderr
+    assert not table.exists()
 
 
 def test_interrupted_processes_then_resume_with_two(model, tmp_path):
@@ -260,3 +330,22 @@ def test_a_killed_rank_then_resume_recomputes_no_finished_chunk(model, tmp_path)
     assert flipd_here(*args, "-o", reference).exit_code == 0
     pd.testing.assert_frame_equal(pd.read_parquet(table), pd.read_parquet(reference))
     assert_chunks_loaded_not_recomputed(table, marks)
+
+
+def test_a_rank_that_fails_mid_run_stops_the_other(model, tmp_path):
+    """Rank 1 cannot save its chunk (a folder is in the way); rank 0 stops with rank 1's message."""
+    table = tmp_path / "run.parquet"
+    assert flipd_here(*estimate_args(model, table, "--stop-after-chunks", "2")).exit_code == 130
+    chunks = table.with_name(table.name + ".chunks")
+    (chunks / "chunk-000003.npz").mkdir()  # left: chunks 2..7; rank 1 takes 3, 5, 7
+    (status0, stderr0), (status1, stderr1) = launch_by_hand(*estimate_args(model, table, "--resume"))
+    assert status1 == 2 and len(error_lines(stderr1)) == 1 and "Is a directory" in stderr1
+    assert status0 == 1 and len(error_lines(stderr0)) == 1, stderr0
+    assert "rank 1 of 2 failed (IsADirectoryError" in stderr0 and "--resume to continue" in stderr0
+    assert not list(chunks.glob("failed-rank-*")) and not table.exists()
+    (chunks / "chunk-000003.npz").rmdir()
+    resumed = torchrun(*estimate_args(model, table, "--resume"))
+    assert resumed.returncode == 0, resumed.stderr
+    reference = tmp_path / "reference.parquet"
+    assert flipd_here(*estimate_args(model, reference)).exit_code == 0
+    pd.testing.assert_frame_equal(pd.read_parquet(table), pd.read_parquet(reference))

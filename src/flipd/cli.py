@@ -609,7 +609,7 @@ def _compute_chunks(group: Any, estimator: Any, x: Any, settings: Any, run_direc
     """Open the chunked run, compute this process's chunks with a progress bar, and return the
     run (:class:`flipd.runs.ChunkedRun`) once every process is done. An interruption becomes
     :class:`Interrupted`, saying how to continue."""
-    from .runs import open_chunked_run
+    from .runs import RankFailed, open_chunked_run
     from .runs.chunks import CHUNK_COLUMNS
 
     def stop_hook(done: int, total: int) -> None:  # a test hook that simulates an interruption
@@ -628,6 +628,9 @@ def _compute_chunks(group: Any, estimator: Any, x: Any, settings: Any, run_direc
             f"interrupted; finished chunks are kept in {run_directory}: run the same command with "
             "--resume to continue"
         ) from None
+    except RankFailed as error:
+        raise RankFailed(f"{error}; finished chunks are kept in {run_directory}: run the same command with --resume "
+                         "to continue") from None
     return run
 
 

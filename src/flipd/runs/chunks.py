@@ -29,8 +29,8 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from .distributed import Launch, RankGroup
-from .files import atomic_path, write_json
+from .distributed import Launch, RankFailed, RankGroup
+from .files import atomic_path, write_json, write_text
 
 __all__ = [
     "CHUNK_COLUMNS",
@@ -49,6 +49,9 @@ MANIFEST_FORMAT = "flipd.estimate_run"
 MANIFEST_VERSION = 2  # 2: per-point seeds (chunk files of version 1 are not resumed)
 MANIFEST_FILE = "manifest.json"
 CHUNK_PATTERN = "chunk-[0-9][0-9][0-9][0-9][0-9][0-9].npz"
+#: A rank that fails while computing chunks leaves this file (its message) for the others,
+#: which look for it before each chunk and stop early.
+FAILURE_PREFIX = "failed-rank-"
 
 
 class RunSettings(Protocol):
@@ -98,7 +101,7 @@ def finished_chunks(directory: str | os.PathLike, n_chunks: int) -> list[int]:
     directory = Path(directory)
     if not directory.is_dir():
         return []
-    found = (int(path.name[6:12]) for path in directory.glob(CHUNK_PATTERN))
+    found = (int(path.name[6:12]) for path in directory.glob(CHUNK_PATTERN) if path.is_file())
     return sorted(index for index in found if index < n_chunks)
 
 
@@ -194,6 +197,7 @@ def prepare_run_directory(
                 "start over with --force."
             )
         _check_manifest(directory, expected)
+        _remove_failure_notes(directory)  # left by ranks of the interrupted run
         return finished_chunks(directory, max(1, math.ceil(n_points / settings.chunk_size)))
     directory.mkdir(parents=True, exist_ok=True)
     write_json(directory / MANIFEST_FILE, expected)
@@ -231,6 +235,21 @@ def _load_chunk(directory: Path, index: int, columns: Sequence[str] = CHUNK_COLU
 #: (trace, n_probes, mode) for the points of one chunk, whose global indices are ``indices``
 #: (int64 [n]).
 ChunkEstimator = Callable[[torch.Tensor, np.ndarray, Callable[[int], None] | None], tuple[dict[str, np.ndarray], dict[str, Any]]]
+
+
+def _remove_failure_notes(directory: Path) -> None:
+    for note in directory.glob(f"{FAILURE_PREFIX}*"):
+        with contextlib.suppress(FileNotFoundError):
+            note.unlink()
+
+
+def _failure_notes(directory: Path) -> list[tuple[int, str]]:
+    """(rank, message) of the failure notes in ``directory``, by rank."""
+    notes = []
+    for note in directory.glob(f"{FAILURE_PREFIX}*.txt"):
+        with contextlib.suppress(OSError, ValueError):
+            notes.append((int(note.name[len(FAILURE_PREFIX):-4]), note.read_text(encoding="utf-8").strip()))
+    return sorted(notes)
 
 
 def single_process() -> RankGroup:
@@ -301,23 +320,45 @@ class ChunkedRun:
         """
         if len(x) != self.n_points:
             raise ValueError(f"The run has {self.n_points} points but {len(x)} were given.")
+        step = "computing the chunks"
         try:
-            with self.group.agree("computing the chunks"):
-                done = len(self.finished)
-                for index in self.owned:
-                    began = time.perf_counter()
-                    start, stop = self.bounds(index)
-                    arrays, info = estimator(x[start:stop], np.arange(start, stop, dtype=np.int64), progress)
-                    missing = [name for name in self.columns if name not in arrays]
-                    if missing:
-                        raise ValueError(f"The chunk estimator returned no {', '.join(missing)}.")
-                    info = {**info, "seconds": time.perf_counter() - began, "rank": self.group.rank}
-                    _save_chunk(self.directory, index, {name: arrays[name] for name in self.columns}, info)
-                    done += 1
-                    if on_chunk_done is not None:
-                        on_chunk_done(done, self.n_chunks)
+            with self.group.agree(step):
+                self._compute_owned(estimator, x, progress, on_chunk_done, step)
         except BaseException:
+            if self.group.is_main:
+                _remove_failure_notes(self.directory)
             self._remove_if_empty()
+            raise
+
+    def _compute_owned(self, estimator: ChunkEstimator, x: Any, progress: Callable[[int], None] | None,
+                       on_chunk_done: Callable[[int, int], None] | None, step: str) -> None:
+        """The chunk loop of :meth:`compute`. Under a launcher, a failure leaves a note for the
+        other ranks, and a note left by another rank stops this one before its next chunk."""
+        distributed = self.group.world_size > 1
+        try:
+            done = len(self.finished)
+            for index in self.owned:
+                if distributed and (notes := _failure_notes(self.directory)):
+                    ranks = ", ".join(str(rank) for rank, _ in notes)
+                    raise RankFailed(f"stopped while {step}: rank {ranks} of {self.group.world_size} failed ({notes[0][1]})")
+                began = time.perf_counter()
+                start, stop = self.bounds(index)
+                arrays, info = estimator(x[start:stop], np.arange(start, stop, dtype=np.int64), progress)
+                missing = [name for name in self.columns if name not in arrays]
+                if missing:
+                    raise ValueError(f"The chunk estimator returned no {', '.join(missing)}.")
+                info = {**info, "seconds": time.perf_counter() - began, "rank": self.group.rank}
+                _save_chunk(self.directory, index, {name: arrays[name] for name in self.columns}, info)
+                done += 1
+                if on_chunk_done is not None:
+                    on_chunk_done(done, self.n_chunks)
+        except RankFailed:
+            raise
+        except BaseException as error:
+            if distributed:
+                with contextlib.suppress(OSError):
+                    text = " ".join(str(error).split()) or type(error).__name__
+                    write_text(self.directory / f"{FAILURE_PREFIX}{self.group.rank}.txt", f"{type(error).__name__}: {text}")
             raise
 
     def collect(self) -> ChunkedEstimate:
@@ -454,7 +495,9 @@ def remove_run_directory(directory: str | os.PathLike) -> None:
     for file in directory.iterdir():
         if file.name == MANIFEST_FILE or (file.name.startswith("chunk-") and file.suffix == ".npz"):
             file.unlink()
-        elif file.name.startswith(".chunk-") or file.name.startswith(f".{MANIFEST_FILE}"):
+        elif file.name.startswith(FAILURE_PREFIX):
+            file.unlink()
+        elif file.name.startswith((".chunk-", f".{MANIFEST_FILE}", f".{FAILURE_PREFIX}")):
             file.unlink()  # temporary files of an interrupted write
     with contextlib.suppress(OSError):
         directory.rmdir()

@@ -143,9 +143,9 @@ class RankGroup:
             operation(*args, group=self._group, **kwargs)
         except RuntimeError as error:  # gloo and NCCL report timeouts and lost peers this way
             raise RankFailed(
-                f"rank {self.rank} of {self.world_size}: the other processes did not answer while {step} "
-                f"({' '.join(str(error).split())[:300]}); one of them may have died, see its output. Finished "
-                "chunks are kept: run the same command with --resume to continue."
+                f"rank {self.rank} of {self.world_size}: the other processes did not answer while {step} within "
+                f"{self.timeout_minutes:g} minutes ({' '.join(str(error).split())[:300]}); one of them may have "
+                "died or hung: see its output (a slow one needs a larger --dist-timeout)"
             ) from None
 
     def _exchange(self, step: str, message: str | None) -> list[str | None]:
@@ -220,15 +220,16 @@ def rank_device(device: torch.device, launch: Launch) -> torch.device:
 
 
 @contextlib.contextmanager
-def rank_group(device: torch.device | str = "cpu", *, timeout_minutes: float = DEFAULT_TIMEOUT_MINUTES,
-               environ: Mapping[str, str] | None = None) -> Iterator[RankGroup]:
+def rank_group(device: torch.device | str = "cpu", *, timeout_minutes: float = DEFAULT_TIMEOUT_MINUTES) -> Iterator[RankGroup]:
     """Join the processes of a launched job for the duration of the block (one process: nothing to join).
 
     Args:
         device: the device asked for; under a launcher CUDA becomes ``cuda:LOCAL_RANK``.
-        timeout_minutes: how long a meeting point (:meth:`RankGroup.agree`) waits for the other
-            processes before this one fails.
-        environ: the launcher's variables (default: the process's environment).
+        timeout_minutes: how long joining the others and each meeting point
+            (:meth:`RankGroup.agree`) wait for the other processes before this one fails.
+
+    The launcher's variables are read from the process's environment (``env://``, which under
+    torchrun also reaches the launcher's own store).
 
     A process group created here is destroyed at the end, also on errors; one that already
     exists (made by the caller, e.g. under accelerate) is used and left as it was.
@@ -236,11 +237,12 @@ def rank_group(device: torch.device | str = "cpu", *, timeout_minutes: float = D
     Raises:
         ValueError: bad launcher variables, a non-positive timeout, or a process group whose
             rank or size disagrees with them.
+        RankFailed: the other processes did not join within the timeout.
     """
     if not timeout_minutes > 0:
         raise ValueError(f"The process timeout must be a positive number of minutes; got {timeout_minutes!r}.")
     device = torch.device(device)
-    launch = detect_launch(environ)
+    launch = detect_launch()
     if not launch.distributed:
         yield RankGroup(launch, device, None, timeout_minutes)
         return
@@ -254,10 +256,18 @@ def rank_group(device: torch.device | str = "cpu", *, timeout_minutes: float = D
         backend = "cpu:gloo,cuda:nccl" if device.type == "cuda" else "gloo"
         if device.type == "cuda":
             torch.cuda.set_device(device)
-        dist.init_process_group(
-            backend=backend, init_method="env://", rank=launch.rank, world_size=launch.world_size,
-            timeout=datetime.timedelta(minutes=timeout_minutes),
-        )
+        try:
+            dist.init_process_group(
+                backend=backend, init_method="env://", rank=launch.rank, world_size=launch.world_size,
+                timeout=datetime.timedelta(minutes=timeout_minutes),
+            )
+        except RuntimeError as error:  # the others did not come (in time), or the address is wrong
+            address = f"{os.environ.get('MASTER_ADDR')}:{os.environ.get('MASTER_PORT')}"
+            raise RankFailed(
+                f"rank {launch.rank} of {launch.world_size} could not meet the other processes at {address} within "
+                f"{timeout_minutes:g} minutes ({' '.join(str(error).split())[:300]}); start all of them, with the same "
+                "MASTER_ADDR and MASTER_PORT."
+            ) from None
     else:
         backend = str(dist.get_backend())
         if dist.get_rank() != launch.rank or dist.get_world_size() != launch.world_size:
