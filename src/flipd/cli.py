@@ -500,7 +500,7 @@ def estimate(
     """
     from .jobs.estimate import METHODS, MODEL_METHODS
     from .noise import NoiseLevelError
-    from .runs import (check_table_path, chunk_directory_for, fingerprint_array, metadata_path_for, rank_group,
+    from .runs import (check_table_path, chunk_directory_for, fingerprint_array, metadata_path_for,
                        remove_run_directory, write_json, write_table)
     from .datasets.sources import load_points
     from .jobs.estimate import estimate_table_columns, plan_estimate
@@ -519,9 +519,9 @@ def estimate(
     if len(noise_given) > 1:
         raise OptionError("--t0/--sigma/--delta", f"give the noise level once; got {' and '.join(noise_given)}.")
     _check_trace(trace)
-    with rank_group(device_used, timeout_minutes=dist_timeout) as group, \
-            _claim_outputs(group, table_path, run_directory, plot, resume=resume, force=force, quiet=quiet) as proceed:
-        if not proceed:
+    with _processes_of_the_run(device_used, dist_timeout, table_path, run_directory, plot, resume=resume, force=force,
+                               quiet=quiet) as group:
+        if group is None:
             return
         quiet = quiet or not group.is_main  # one voice: rank 0's
         device_used = group.device
@@ -556,9 +556,7 @@ def estimate(
         with group.agree("writing the outputs"):
             if not group.is_main:
                 return
-            result = run.collect()
-            if result.resumed_chunks:
-                _say(quiet, f"resumed: {result.resumed_chunks} of {result.n_chunks} chunks were already finished")
+            result = _collect_chunks(run, quiet)
             columns = estimate_table_columns(points, result, method=method)
             write_table(table_path, columns)
             written_plots: list[Path] = []
@@ -586,21 +584,22 @@ def estimate(
 
 
 @contextlib.contextmanager
-def _claim_outputs(group: Any, table: Path, run_directory: Path, plot: Path | None, *, resume: bool, force: bool,
-                   quiet: bool) -> Iterator[bool]:
-    """On rank 0: check the output folders, hold the table's lock for the block and check
-    --resume/--force against what exists. Every process learns whether the job goes on (False:
-    a finished run makes resuming a no-op); an error on rank 0 stops all of them."""
-    from .runs import output_lock
+def _processes_of_the_run(device: Any, dist_timeout: float, table: Path, run_directory: Path, plot: Path | None, *,
+                          resume: bool, force: bool, quiet: bool) -> Iterator[Any]:
+    """The processes of a run writing ``table`` (:func:`flipd.runs.rank_group`: one without a
+    launcher). Rank 0 checks the output folders, holds the table's lock for the block and checks
+    --resume/--force against what exists; an error there stops every process. Yields the
+    :class:`flipd.runs.RankGroup`, or None on every process when a finished run makes --resume a no-op."""
+    from .runs import output_lock, rank_group
 
-    with contextlib.ExitStack() as held:
+    with rank_group(device, timeout_minutes=dist_timeout) as group, contextlib.ExitStack() as held:
         proceed = True
         with group.agree("checking the outputs"):
             if group.is_main:
                 _check_output_folders(table, plot)
                 held.enter_context(output_lock(table))  # refuses a second run writing the same table
                 proceed = _outputs_may_be_written(table, run_directory, resume=resume, force=force, quiet=quiet)
-        yield bool(group.share([int(proceed)] if group.is_main else None, 1)[0])
+        yield group if group.share([int(proceed)] if group.is_main else None, 1)[0] else None
 
 
 def _compute_chunks(group: Any, estimator: Any, x: Any, settings: Any, run_directory: Path, identity: dict[str, Any], *,
@@ -632,6 +631,14 @@ def _compute_chunks(group: Any, estimator: Any, x: Any, settings: Any, run_direc
         raise RankFailed(f"{error}; finished chunks are kept in {run_directory}: run the same command with --resume "
                          "to continue") from None
     return run
+
+
+def _collect_chunks(run: Any, quiet: bool) -> Any:
+    """All chunks of a finished run joined in point order (rank 0), saying how many were resumed."""
+    result = run.collect()
+    if result.resumed_chunks:
+        _say(quiet, f"resumed: {result.resumed_chunks} of {result.n_chunks} chunks were already finished")
+    return result
 
 
 def _chunks_record(result: Any) -> dict[str, Any]:
@@ -778,8 +785,8 @@ def curve(
     import numpy as np
 
     from . import plots
-    from .runs import check_table_path, chunk_directory_for, fingerprint_array, metadata_path_for, rank_group
-    from .runs import remove_run_directory, write_json, write_table
+    from .runs import (check_table_path, chunk_directory_for, fingerprint_array, metadata_path_for,
+                       remove_run_directory, write_json, write_table)
     from .jobs.curve import CURVE_COLUMNS, CurveSettings, curve_chunks, curve_table_columns, curves_from_chunks
     from .jobs.records import run_record
     from .noise import curve_times
@@ -789,9 +796,9 @@ def curve(
     table_path = check_table_path(out if out is not None else Path(f"{_slug(data)}_curves.parquet"))
     run_directory = chunk_directory_for(table_path)
     _check_trace(trace)
-    with rank_group(device_used, timeout_minutes=dist_timeout) as group, \
-            _claim_outputs(group, table_path, run_directory, plot, resume=resume, force=force, quiet=quiet) as proceed:
-        if not proceed:
+    with _processes_of_the_run(device_used, dist_timeout, table_path, run_directory, plot, resume=resume, force=force,
+                               quiet=quiet) as group:
+        if group is None:
             return
         quiet = quiet or not group.is_main  # one voice: rank 0's
         device_used = group.device
@@ -815,9 +822,7 @@ def curve(
         with group.agree("writing the outputs"):
             if not group.is_main:
                 return
-            result = run.collect()
-            if result.resumed_chunks:
-                _say(quiet, f"resumed: {result.resumed_chunks} of {result.n_chunks} chunks were already finished")
+            result = _collect_chunks(run, quiet)
             curves = curves_from_chunks(loaded.schedule, settings, result)
             write_table(table_path, curve_table_columns(points, curves))
             written: list[Path] = []

@@ -180,14 +180,15 @@ class RankGroup:
             yield
         except BaseException as error:
             text = " ".join(str(error).split()) or type(error).__name__
-            self._exchange(step, f"{type(error).__name__}: {text}")
+            with contextlib.suppress(RankFailed):  # the others gone too: this process's own error says more
+                self._exchange(step, f"{type(error).__name__}: {text}")
             raise
         failures = [(rank, message) for rank, message in enumerate(self._exchange(step, None)) if message is not None]
         if failures:
-            ranks = ", ".join(str(rank) for rank, _ in failures)
-            raise RankFailed(
-                f"stopped while {step}: rank {ranks} of {self.world_size} failed ({failures[0][1]})"
-            )
+            # ranks that stopped because of another one (RankFailed) are not the cause
+            causes = [failure for failure in failures if not failure[1].startswith(f"{RankFailed.__name__}:")] or failures
+            ranks = ", ".join(str(rank) for rank, _ in causes)
+            raise RankFailed(f"stopped while {step}: rank {ranks} of {self.world_size} failed ({causes[0][1]})")
 
     def share(self, values: Sequence[int] | None, count: int) -> list[int]:
         """Rank 0's ``count`` integers, on every process (other ranks pass None). One process: ``values``."""
