@@ -211,6 +211,7 @@ def no_estimation(monkeypatch):
         raise AssertionError("estimation started")
 
     monkeypatch.setattr("flipd.runs.estimate_in_chunks", refuse)
+    monkeypatch.setattr("flipd.runs.open_chunked_run", refuse)  # what the command line opens its runs with
 
 
 @pytest.mark.parametrize("force", [False, True])

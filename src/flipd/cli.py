@@ -133,6 +133,10 @@ def handles_errors(command: Callable[..., Any]) -> Callable[..., Any]:
         except Exception as error:  # an unexpected failure: say so, keep the traceback behind --debug
             if debug:
                 traceback.print_exc()
+            from .runs.distributed import RankFailed
+
+            if isinstance(error, RankFailed):  # another process's error, already named in the message
+                raise _fail(_one_line(error), EXIT_FAILURE) from None
             raise _fail(
                 f"{type(error).__name__}: {_one_line(error)} (run again with --debug for the traceback)",
                 EXIT_FAILURE,
@@ -180,6 +184,13 @@ Trace = Annotated[str, typer.Option("--trace", help="auto (exact for D <= 256), 
 Probes = Annotated[int, typer.Option("--probes", min=1, help="Hutchinson probes per point (ignored by the exact trace).")]
 BatchSize = Annotated[int, typer.Option("--batch-size", min=1, help="Points per forward pass.")]
 PlotDir = Annotated[Optional[Path], typer.Option("--plot", help="Write PNG figures into this folder.", show_default=False)]
+DistTimeout = Annotated[
+    float,
+    typer.Option("--dist-timeout", min=0.01, help="Under torchrun or accelerate launch: minutes a process waits for the "
+                 "others at each meeting point (the slowest one's chunks included) before it stops."),
+]
+ChunkSize = Annotated[int, typer.Option("--chunk-size", min=1, help="Points per saved chunk (the unit of --resume and of the work each process takes).")]
+Resume = Annotated[bool, typer.Option("--resume", help="Continue an interrupted run; finished chunks are not computed again.")]
 
 
 def _setup(threads: int | None, device: str, debug: bool = False) -> Any:
@@ -489,26 +500,28 @@ def estimate(
     trace: Trace = "auto",
     probes: Probes = 1,
     batch_size: BatchSize = 256,
-    chunk_size: Annotated[int, typer.Option("--chunk-size", min=1, help="Points per saved chunk (the unit of --resume).")] = 1024,
+    chunk_size: ChunkSize = 1024,
     neighbors: Annotated[
         Optional[int], typer.Option("--neighbors", min=2, help=f"Neighbourhood size of lpca, mle, ess, twonn (default: {_NEIGHBOR_DEFAULTS}; at most the number of points - 1).", show_default=False)
     ] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run from its last finished chunk.")] = False,
+    resume: Resume = False,
     force: Annotated[bool, typer.Option("--force", help="Overwrite existing results and discard an unfinished run.")] = False,
     plot: PlotDir = None,
     seed: Seed = 0,
     threads: Threads = None,
     device: Device = "auto",
+    dist_timeout: DistTimeout = 30.0,
     quiet: Quiet = False,
     debug: Debug = False,
     stop_after_chunks: Annotated[Optional[int], typer.Option("--stop-after-chunks", hidden=True)] = None,
 ) -> None:
     """Estimate the LID of every point of DATA with FLIPD (or a baseline) and write one row per point.
 
-    The table holds index, lid, the noise level used (t0, sigma, delta), method, trace, probes, the Hutchinson standard error where there is one, and the ground truth and component when known. Finished chunks are kept until the table is written, so an interrupted run goes on with [bold]--resume[/].
+    The table holds index, lid, the noise level used (t0, sigma, delta), method, trace, probes, the Hutchinson standard error where there is one, and the ground truth and component when known. Finished chunks are kept until the table is written, so an interrupted run goes on with [bold]--resume[/]. Under torchrun (or accelerate launch) the chunks are split over the processes and rank 0 writes the table.
 
     [bold]Examples[/]:
       [cyan]flipd estimate lollipop --model models/lollipop --out lollipop.parquet --plot plots/[/]
+      [cyan]torchrun --standalone --nproc-per-node=4 -m flipd estimate big.npy -m models/big -o big.parquet[/]
       [cyan]flipd estimate lollipop -m models/lollipop --t0 auto[/]
       [cyan]flipd estimate big.npy -m models/big --trace hutchinson --probes 16 --resume[/]
       [cyan]flipd estimate lollipop -m models/lollipop --method nb -o lollipop_nb.csv[/]
@@ -517,8 +530,8 @@ def estimate(
     """
     from .jobs.estimate import METHODS, MODEL_METHODS, check_method_options
     from .noise import check_noise_level
-    from .runs import (check_table_path, chunk_directory_for, estimate_in_chunks, fingerprint_array,
-                       metadata_path_for, output_lock, remove_run_directory, write_json, write_table)
+    from .runs import (check_table_path, chunk_directory_for, fingerprint_array, metadata_path_for,
+                       remove_run_directory, write_json, write_table)
     from .datasets.sources import load_points
     from .estimator import NonFiniteOutputError
     from .jobs.estimate import estimate_table_columns, non_finite_outputs_error, plan_estimate
@@ -545,74 +558,66 @@ def estimate(
     _check_trace(trace)
     noise = {name: value for name, value in (("t0", _parse_t0(t0)), ("sigma", sigma), ("delta", delta)) if value is not None}
     check_method_options(method, noise=noise, n_neighbors=neighbors, trace=trace, n_probes=probes)
-    _check_output_folders(table_path, plot)
-    with output_lock(table_path):  # refuses a second run writing the same table
-        if not _outputs_may_be_written(table_path, run_directory, resume=resume, force=force, quiet=quiet):
+    with _processes_of_the_run(device_used, dist_timeout, table_path, run_directory, plot, resume=resume, force=force,
+                               quiet=quiet) as group:
+        if group is None:
             return
-
+        quiet = quiet or not group.is_main  # one voice: rank 0's
+        device_used = group.device
         timings: dict[str, float] = {}
-        with _timed(timings, "load_model_s"):
-            loaded = load_model(model, device=device_used, scheduler=scheduler, prompt=prompt) if model is not None else None
-        with _noise_level_options():
-            if loaded is not None and noise:  # a level the model cannot reach, refused before the data is read
-                check_noise_level(loaded.schedule, noise)
-            with _timed(timings, "load_data_s"):
-                points = load_points(data, n=n_points, seed=seed)
-                plan = plan_estimate(
-                    method, loaded, points, **noise, trace=trace, n_probes=probes,
-                    seed=seed, batch_size=batch_size, chunk_size=chunk_size, n_neighbors=neighbors,
-                )
+        with group.agree("loading the model and the data"):
+            with _timed(timings, "load_model_s"):
+                loaded = load_model(model, device=device_used, scheduler=scheduler, prompt=prompt) if model is not None else None
+            with _noise_level_options():
+                if loaded is not None and noise:  # a level the model cannot reach, refused before the data is read
+                    check_noise_level(loaded.schedule, noise)
+                with _timed(timings, "load_data_s"):
+                    points = load_points(data, n=n_points, seed=seed)
+                    plan = plan_estimate(
+                        method, loaded, points, **noise, trace=trace, n_probes=probes,
+                        seed=seed, batch_size=batch_size, chunk_size=chunk_size, n_neighbors=neighbors,
+                    )
+            identity = {
+                "data": {"spec": data, "n_points": points.n, "fingerprint": fingerprint_array(plan.x)},
+                "model": {"fingerprint": loaded.fingerprint if loaded else None},  # not the path: a moved model is the same
+            }
         if loaded is not None:
             _say(quiet, f"model: {escape(loaded.description)}")
         _say(quiet, f"data: {escape(points.description)}")
-        identity = {
-            "data": {"spec": data, "n_points": points.n, "fingerprint": fingerprint_array(plan.x)},
-            "model": {"fingerprint": loaded.fingerprint if loaded else None},  # not the path: a moved model is the same
-        }
-
-        def stop_hook(done: int, total: int) -> None:  # a test hook that simulates an interruption
-            if stop_after_chunks is not None and done >= stop_after_chunks and done < total:
-                raise KeyboardInterrupt
 
         with _timed(timings, "estimate_s"):
             try:
-                with progress_bar(method.upper() if method == "flipd" else method, points.n, enabled=not quiet) as advance:
-                    result = estimate_in_chunks(
-                        plan.estimator, plan.x, plan.settings, run_directory, identity=identity, resume=resume,
-                        progress=advance, on_chunk_done=stop_hook,
-                    )
-            except KeyboardInterrupt:
-                raise Interrupted(
-                    f"interrupted; finished chunks are kept in {run_directory}: run the same command with "
-                    "--resume to continue"
-                ) from None
+                run = _compute_chunks(
+                    group, plan.estimator, plan.x, plan.settings, run_directory, identity, resume=resume,
+                    label=method.upper() if method == "flipd" else method, quiet=quiet, stop_after_chunks=stop_after_chunks,
+                )
             except NonFiniteOutputError as error:  # name every such point, by the table's index
                 raise non_finite_outputs_error(error, plan, loaded.model, points) from None
-        if result.resolved:
-            shown = ", ".join(f"{key}={_short(value)}" for key, value in result.resolved.items())
-            _say(quiet, f"{method} ran with {escape(shown)}")
-        if result.resumed_chunks:
-            _say(quiet, f"resumed: {result.resumed_chunks} of {result.n_chunks} chunks were already finished")
-
-        columns = estimate_table_columns(points, result, method=method, knee_rule=plan.settings.t0 == "auto")
-        write_table(table_path, columns)
-        written_plots: list[Path] = []
-        if plot is not None:
-            with _timed(timings, "plots_s"):
-                written_plots = _estimate_plots(plot, points, columns["lid"], _slug(data))
-        timings["compute_chunks_s"] = round(sum(result.chunk_seconds), 4)
-        timings["total_s"] = round(time.perf_counter() - began, 4)
-        metadata_path = metadata_path_for(table_path)
-        write_json(metadata_path, run_record(
-            "estimate", points=points, data_seed=seed, model=loaded, settings=plan.settings.to_json(),
-            resolved={"trace": result.trace, "n_probes": result.n_probes, "mode": result.mode, "noise_level": plan.noise,
-                      "method": result.resolved},
-            chunks={"n_chunks": result.n_chunks, "resumed_chunks": result.resumed_chunks,
-                    "seconds": [round(s, 4) for s in result.chunk_seconds]},
-            summary=summary_record(columns["lid"], points, columns["stderr"]), timings=timings,
-            outputs={"table": str(table_path), "plots": [str(p) for p in written_plots]}, device=device_used,
-        ))
-        remove_run_directory(run_directory)
+        with group.agree("writing the outputs"):
+            if not group.is_main:
+                return
+            result = _collect_chunks(run, quiet)
+            if result.resolved:
+                shown = ", ".join(f"{key}={_short(value)}" for key, value in result.resolved.items())
+                _say(quiet, f"{method} ran with {escape(shown)}")
+            columns = estimate_table_columns(points, result, method=method, knee_rule=plan.settings.t0 == "auto")
+            write_table(table_path, columns)
+            written_plots: list[Path] = []
+            if plot is not None:
+                with _timed(timings, "plots_s"):
+                    written_plots = _estimate_plots(plot, points, columns["lid"], _slug(data))
+            timings["compute_chunks_s"] = round(sum(result.chunk_seconds), 4)
+            timings["total_s"] = round(time.perf_counter() - began, 4)
+            metadata_path = metadata_path_for(table_path)
+            write_json(metadata_path, run_record(
+                "estimate", points=points, data_seed=seed, model=loaded, settings=plan.settings.to_json(),
+                resolved={"trace": result.trace, "n_probes": result.n_probes, "mode": result.mode, "noise_level": plan.noise,
+                          "method": result.resolved},
+                chunks=_chunks_record(result), processes=group.describe(),
+                summary=summary_record(columns["lid"], points, columns["stderr"]), timings=timings,
+                outputs={"table": str(table_path), "plots": [str(p) for p in written_plots]}, device=device_used,
+            ))
+            remove_run_directory(run_directory)
         _warn_about_estimates(columns["lid"], columns["stderr"], points)
         if not quiet:
             _print_summary(points, columns["lid"], title=f"{'FLIPD' if method == 'flipd' else method} on {data}")
@@ -641,6 +646,70 @@ def _warn_about_estimates(lids: Any, stderr: Any, points: Any) -> None:
     for warning in (non_finite_warning(lids, points), out_of_range_warning(lids, stderr, points)):
         if warning is not None:
             err_console.print(f"[yellow]warning:[/] {escape(warning)}", soft_wrap=True)
+
+
+@contextlib.contextmanager
+def _processes_of_the_run(device: Any, dist_timeout: float, table: Path, run_directory: Path, plot: Path | None, *,
+                          resume: bool, force: bool, quiet: bool) -> Iterator[Any]:
+    """The processes of a run writing ``table`` (:func:`flipd.runs.rank_group`: one without a
+    launcher). Rank 0 checks the output folders, holds the table's lock for the block and checks
+    --resume/--force against what exists; an error there stops every process. Yields the
+    :class:`flipd.runs.RankGroup`, or None on every process when a finished run makes --resume a no-op."""
+    from .runs import output_lock, rank_group
+
+    with rank_group(device, timeout_minutes=dist_timeout) as group, contextlib.ExitStack() as held:
+        proceed = True
+        with group.agree("checking the outputs"):
+            if group.is_main:
+                _check_output_folders(table, plot)
+                held.enter_context(output_lock(table))  # refuses a second run writing the same table
+                proceed = _outputs_may_be_written(table, run_directory, resume=resume, force=force, quiet=quiet)
+        yield group if group.share([int(proceed)] if group.is_main else None, 1)[0] else None
+
+
+def _compute_chunks(group: Any, estimator: Any, x: Any, settings: Any, run_directory: Path, identity: dict[str, Any], *,
+                    resume: bool, label: str, quiet: bool, stop_after_chunks: int | None, columns: Any = None,
+                    steps_per_point: int = 1) -> Any:
+    """Open the chunked run, compute this process's chunks with a progress bar, and return the
+    run (:class:`flipd.runs.ChunkedRun`) once every process is done. An interruption becomes
+    :class:`Interrupted`, saying how to continue."""
+    from .runs import RankFailed, open_chunked_run
+    from .runs.chunks import CHUNK_COLUMNS
+
+    def stop_hook(done: int, total: int) -> None:  # a test hook that simulates an interruption
+        if stop_after_chunks is not None and done >= stop_after_chunks and done < total:
+            raise KeyboardInterrupt
+
+    try:
+        run = open_chunked_run(run_directory, identity, settings, len(x), resume=resume,
+                               columns=CHUNK_COLUMNS if columns is None else columns, group=group)
+        if group.world_size > 1:
+            label = f"{label} (rank {group.rank} of {group.world_size})"
+        with progress_bar(label, run.points_owned * steps_per_point, enabled=not quiet) as advance:
+            run.compute(estimator, x, progress=advance, on_chunk_done=stop_hook)
+    except KeyboardInterrupt:
+        raise Interrupted(
+            f"interrupted; finished chunks are kept in {run_directory}: run the same command with "
+            "--resume to continue"
+        ) from None
+    except RankFailed as error:
+        raise RankFailed(f"{error}; finished chunks are kept in {run_directory}: run the same command with --resume "
+                         "to continue") from None
+    return run
+
+
+def _collect_chunks(run: Any, quiet: bool) -> Any:
+    """All chunks of a finished run joined in point order (rank 0), saying how many were resumed."""
+    result = run.collect()
+    if result.resumed_chunks:
+        _say(quiet, f"resumed: {result.resumed_chunks} of {result.n_chunks} chunks were already finished")
+    return result
+
+
+def _chunks_record(result: Any) -> dict[str, Any]:
+    """What a run's metadata records about its chunks."""
+    return {"n_chunks": result.n_chunks, "resumed_chunks": result.resumed_chunks,
+            "seconds": [round(s, 4) for s in result.chunk_seconds], "ranks": result.chunk_ranks}
 
 
 def _check_output_folders(table: Path, plot: Path | None) -> None:
@@ -768,39 +837,48 @@ def curve(
     trace: Trace = "auto",
     probes: Probes = 1,
     batch_size: BatchSize = 256,
-    force: Annotated[bool, typer.Option("--force", help="Overwrite existing results.")] = False,
+    chunk_size: ChunkSize = 1024,
+    resume: Resume = False,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite existing results and discard an unfinished run.")] = False,
     plot: PlotDir = None,
     seed: Seed = 0,
     threads: Threads = None,
     device: Device = "auto",
+    dist_timeout: DistTimeout = 30.0,
     quiet: Quiet = False,
     debug: Debug = False,
+    stop_after_chunks: Annotated[Optional[int], typer.Option("--stop-after-chunks", hidden=True)] = None,
 ) -> None:
     """FLIPD curves: each point's estimate across noise levels, with the knee that --t0 auto picks.
 
-    Curves start near the ambient dimension at tiny noise, fall, and plateau at the LID; the knee rule of the FLIPD paper picks the noise level at the start of the plateau. The table has one row per point and noise level, with the knee rows flagged.
+    Curves start near the ambient dimension at tiny noise, fall, and plateau at the LID; the knee rule of the FLIPD paper picks the noise level at the start of the plateau. The table has one row per point and noise level, with the knee rows flagged. Points are computed in chunks, as by flipd estimate: --resume continues an interrupted run, and under torchrun the chunks are split over the processes.
 
     [bold]Examples[/]:
       [cyan]flipd curve lollipop --model models/lollipop -n 50 --plot plots/[/]
       [cyan]flipd curve doughnut -m models/doughnut --t-min 0.01 --t-max 0.6 --steps 30 -o curves.csv[/]
+      [cyan]torchrun --standalone --nproc-per-node=2 -m flipd curve lollipop -m models/lollipop -n 2000[/]
     """
     import numpy as np
 
     from . import plots
-    from .runs import check_table_path, metadata_path_for, output_lock, write_json, write_table
+    from .runs import (check_table_path, chunk_directory_for, fingerprint_array, metadata_path_for,
+                       remove_run_directory, write_json, write_table)
     from .estimator import NonFiniteOutputError
-    from .jobs.curve import compute_curves, curve_table_columns
+    from .jobs.curve import CURVE_COLUMNS, CurveSettings, curve_chunks, curve_table_columns, curves_from_chunks
     from .jobs.records import non_finite_output_error, run_record, summary_record
     from .noise import curve_times
 
     began = time.perf_counter()
     device_used = _setup(threads, device, debug)
     table_path = check_table_path(out if out is not None else Path(f"{_slug(data)}_curves.parquet"))
+    run_directory = chunk_directory_for(table_path)
     _check_trace(trace)
-    _check_output_folders(table_path, plot)
-    with output_lock(table_path):  # refuses a second run writing the same table
-        if table_path.exists() and not force:
-            raise FileExistsError(f"{str(table_path)!r} already exists; pass --force to overwrite it, or choose another --out.")
+    with _processes_of_the_run(device_used, dist_timeout, table_path, run_directory, plot, resume=resume, force=force,
+                               quiet=quiet) as group:
+        if group is None:
+            return
+        quiet = quiet or not group.is_main  # one voice: rank 0's
+        device_used = group.device
         timings: dict[str, float] = {}
 
         def noise_levels(loaded: Any) -> Any:  # checked once the schedule is known, before the data is loaded
@@ -809,36 +887,54 @@ def curve(
             except ValueError as error:
                 raise OptionError("--t-min/--t-max", str(error)) from None
 
-        points, loaded, x, times = _load_model_and_points(
-            model, data, CURVE_POINTS if n_points is None else n_points, seed, device_used, timings, quiet,
-            scheduler=scheduler, prompt=prompt, check_model=noise_levels, at_most=n_points is None,
-        )
+        with group.agree("loading the model and the data"):
+            points, loaded, x, times = _load_model_and_points(
+                model, data, CURVE_POINTS if n_points is None else n_points, seed, device_used, timings, quiet,
+                scheduler=scheduler, prompt=prompt, check_model=noise_levels, at_most=n_points is None,
+            )
+            settings = CurveSettings(
+                times=tuple(times.tolist()), trace=trace, n_probes=probes, seed=seed, batch_size=batch_size,
+                chunk_size=chunk_size,
+            )
+            identity = {
+                "job": "curve", "data": {"spec": data, "n_points": points.n, "fingerprint": fingerprint_array(x)},
+                "model": {"fingerprint": loaded.fingerprint},
+            }
         with _timed(timings, "curves_s"):
-            with progress_bar("FLIPD curves", points.n * len(times), enabled=not quiet) as advance:
-                try:
-                    curves = compute_curves(loaded.model, x, times, trace=trace, n_probes=probes, seed=seed,
-                                            batch_size=batch_size, progress=advance)
-                except NonFiniteOutputError as error:  # name the points by the table's index
-                    raise non_finite_output_error(error.indices, points, error.time) from None
-        write_table(table_path, curve_table_columns(points, curves))
-        written: list[Path] = []
-        if plot is not None:
-            written.append(plots.plot_curves(
-                curves.times, curves.curves, Path(plot) / f"{_slug(data)}_curves.png", knee_times=curves.knee_t0,
-                knee_lids=curves.knee_lid, ambient_dim=points.ambient_dim, true_lids=points.lid_true,
-                time_label=f"t0 ({loaded.schedule!r} time)", title=f"FLIPD curves on {data}",
+            try:
+                run = _compute_chunks(
+                    group, curve_chunks(loaded.model, settings), x, settings, run_directory, identity, resume=resume,
+                    label="FLIPD curves", quiet=quiet, stop_after_chunks=stop_after_chunks, columns=CURVE_COLUMNS,
+                    steps_per_point=len(settings.times),
+                )
+            except NonFiniteOutputError as error:  # name the points by the table's index
+                raise non_finite_output_error(error.indices, points, error.time) from None
+        with group.agree("writing the outputs"):
+            if not group.is_main:
+                return
+            result = _collect_chunks(run, quiet)
+            curves = curves_from_chunks(loaded.schedule, settings, result)
+            write_table(table_path, curve_table_columns(points, curves))
+            written: list[Path] = []
+            if plot is not None:
+                written.append(plots.plot_curves(
+                    curves.times, curves.curves, Path(plot) / f"{_slug(data)}_curves.png", knee_times=curves.knee_t0,
+                    knee_lids=curves.knee_lid, ambient_dim=points.ambient_dim, true_lids=points.lid_true,
+                    time_label=f"t0 ({loaded.schedule!r} time)", title=f"FLIPD curves on {data}",
+                ))
+            timings["total_s"] = round(time.perf_counter() - began, 4)
+            metadata_path = metadata_path_for(table_path)
+            write_json(metadata_path, run_record(
+                "curve", points=points, data_seed=seed, model=loaded,
+                settings={"times": curves.times.tolist(), "trace": curves.trace, "n_probes": curves.n_probes,
+                          "seed": seed, "batch_size": batch_size, "chunk_size": chunk_size, "knee_window": curves.window},
+                knees={"found": int(curves.knee_found.sum()),
+                       "median_t0": float(np.nanmedian(curves.knee_t0)) if curves.knee_found.any() else None},
+                summary=summary_record(curves.knee_lid, points),
+                chunks=_chunks_record(result), processes=group.describe(),
+                timings=timings, outputs={"table": str(table_path), "plots": [str(p) for p in written]}, device=device_used,
             ))
-        timings["total_s"] = round(time.perf_counter() - began, 4)
-        metadata_path = metadata_path_for(table_path)
-        write_json(metadata_path, run_record(
-            "curve", points=points, data_seed=seed, model=loaded,
-            settings={"times": curves.times.tolist(), "trace": curves.trace, "n_probes": curves.n_probes,
-                      "seed": seed, "batch_size": batch_size, "knee_window": curves.window},
-            knees={"found": int(curves.knee_found.sum()),
-                   "median_t0": float(np.nanmedian(curves.knee_t0)) if curves.knee_found.any() else None},
-            summary=summary_record(curves.knee_lid, points),
-            timings=timings, outputs={"table": str(table_path), "plots": [str(p) for p in written]}, device=device_used,
-        ))
+            remove_run_directory(run_directory)
         _warn_about_estimates(curves.knee_lid, None, points)
         if not quiet:
             found = int(curves.knee_found.sum())

@@ -1,10 +1,17 @@
-"""The curve job: FLIPD across noise levels for every point, with the knee of each curve."""
+"""The curve job: FLIPD across noise levels for every point, with the knee of each curve.
+
+:func:`compute_curves` computes curves in memory; :class:`CurveSettings` and
+:func:`curve_chunks` run the same computation chunk by chunk through
+:mod:`flipd.runs.chunks` (resumable, and split over the processes of a launched job), and
+:func:`curves_from_chunks` joins the chunks into one :class:`CurveResult`. Each point's curve
+and knee depend only on the settings and its index, so chunking changes no number.
+"""
 
 from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -15,9 +22,22 @@ from ..estimator import EstimateWarning, flipd_curve, resolve_trace
 from ..knee import knee
 from ..models.base import Model
 from ..noise import KNEE_WINDOW, to_reference_time
+from ..runs.chunks import ChunkedEstimate, ChunkEstimator
+from ..schedules import Schedule
 from .records import known_columns
 
-__all__ = ["CurveResult", "compute_curves", "curve_table_columns"]
+__all__ = [
+    "CURVE_COLUMNS",
+    "CurveResult",
+    "CurveSettings",
+    "compute_curves",
+    "curve_chunks",
+    "curve_table_columns",
+    "curves_from_chunks",
+]
+
+#: Per-point arrays saved for every chunk of a curve run: the curve [n, T] and its knee [n].
+CURVE_COLUMNS: tuple[str, ...] = ("curves", "knee_t0", "knee_lid", "knee_found")
 
 
 @dataclass
@@ -73,15 +93,88 @@ def compute_curves(
             model, x, times, trace=trace, n_probes=n_probes, seed=seed, indices=indices,
             batch_size=batch_size, progress=progress, encoded=True,
         ).detach().cpu().to(torch.float64)
-    reference = to_reference_time(model.schedule, times)
-    window: tuple[float, float] | None = KNEE_WINDOW
-    if int(((reference > KNEE_WINDOW[0]) & (reference < KNEE_WINDOW[1])).sum()) < 3:
-        window = None
+    window = knee_window(model.schedule, times)
     found = knee(curves, times, schedule=model.schedule, ambient_dim=dim, window=window)
     return CurveResult(
         times=times.numpy(), sigma=model.schedule.sigma(times).numpy(), delta=model.schedule.delta(times).numpy(),
         curves=curves.numpy(), knee_t0=found.t0.numpy(), knee_lid=found.lid.numpy(),
         knee_found=found.found.numpy(), window=window, trace=resolved_trace, n_probes=resolved_probes,
+    )
+
+
+def knee_window(schedule: Schedule, times: torch.Tensor) -> tuple[float, float] | None:
+    """The window of reference times searched for knees on the curve grid ``times`` [T]: the
+    knee rule's window, or None (the whole grid) when fewer than 3 of ``times`` lie in it."""
+    reference = to_reference_time(schedule, times)
+    if int(((reference > KNEE_WINDOW[0]) & (reference < KNEE_WINDOW[1])).sum()) < 3:
+        return None
+    return KNEE_WINDOW
+
+
+@dataclass(frozen=True)
+class CurveSettings:
+    """The settings of a chunked curve run; a run can only be resumed with equal settings.
+
+    Attributes:
+        times: the T noise levels, increasing, in the model's time units.
+        trace: "auto", "exact", "hutchinson" or "gaussian".
+        n_probes: Hutchinson probes per point.
+        seed: seed of the probes (and of the choice of points).
+        batch_size: points per forward pass.
+        chunk_size: points per saved chunk.
+    """
+
+    times: tuple[float, ...]
+    trace: str = "auto"
+    n_probes: int = 1
+    seed: int = 0
+    batch_size: int = 256
+    chunk_size: int = 1024
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "times", tuple(float(t) for t in self.times))
+        for name in ("n_probes", "batch_size", "chunk_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer; got {value!r}.")
+
+    def time_grid(self) -> torch.Tensor:
+        """The noise levels as a float64 tensor [T]."""
+        return torch.tensor(self.times, dtype=torch.float64)
+
+    def to_json(self) -> dict[str, Any]:
+        record = asdict(self)
+        record["times"] = list(self.times)
+        return record
+
+
+def curve_chunks(model: Model, settings: CurveSettings) -> ChunkEstimator:
+    """A :data:`~flipd.runs.chunks.ChunkEstimator` computing the curves and knees of
+    :func:`compute_curves` (arrays :data:`CURVE_COLUMNS`) on points in the model's coordinates."""
+    times = settings.time_grid()
+
+    def run(x: torch.Tensor, indices: np.ndarray, progress: Callable[[int], None] | None):
+        result = compute_curves(
+            model, x, times, trace=settings.trace, n_probes=settings.n_probes, seed=settings.seed,
+            indices=indices, batch_size=settings.batch_size, progress=progress,
+        )
+        arrays = {"curves": result.curves, "knee_t0": result.knee_t0, "knee_lid": result.knee_lid,
+                  "knee_found": result.knee_found}
+        return arrays, {"trace": result.trace, "n_probes": result.n_probes}
+
+    return run
+
+
+def curves_from_chunks(schedule: Schedule, settings: CurveSettings, result: ChunkedEstimate) -> CurveResult:
+    """The :class:`CurveResult` of a chunked curve run (``result`` from
+    :meth:`flipd.runs.chunks.ChunkedRun.collect` with ``columns=CURVE_COLUMNS``)."""
+    times = settings.time_grid()
+    columns = result.columns
+    return CurveResult(
+        times=times.numpy(), sigma=schedule.sigma(times).numpy(), delta=schedule.delta(times).numpy(),
+        curves=columns["curves"], knee_t0=columns["knee_t0"], knee_lid=columns["knee_lid"],
+        knee_found=columns["knee_found"].astype(bool), window=knee_window(schedule, times),
+        trace=result.trace, n_probes=result.n_probes,
     )
 
 
