@@ -4,8 +4,8 @@
 >>> model = flipd.load("models/lollipop")            # doctest: +SKIP
 >>> lid = flipd.flipd(model, x)                      # doctest: +SKIP
 
-The public contract: :func:`flipd`, :func:`estimate`, :func:`flipd_curve`, :func:`knee` and
-:func:`knee_grid`; the model concept :class:`Model` with :func:`load`, :func:`as_model`,
+The public contract: :func:`flipd`, :func:`estimate`, :func:`flipd_curve`, :func:`knee`,
+:func:`knee_grid`, :func:`plateau` and :func:`plateau_grid`; the model concept :class:`Model` with :func:`load`, :func:`as_model`,
 :class:`ModelAdapter` and :func:`from_diffusers` (needs the ``images`` extra);
 :func:`train_diffusion`; :mod:`flipd.schedules`, :mod:`flipd.analytic`, :mod:`flipd.baselines`,
 :mod:`flipd.datasets`. ``docs/architecture.md`` describes the layers.
@@ -17,7 +17,8 @@ from . import schedules
 from .estimator import FLIPDResult, estimate, flipd, flipd_curve
 from .knee import KneeResult, knee
 from .models import DiffusersModel, DiffusionModel, Model, ModelAdapter, as_model, from_diffusers, load
-from .noise import default_noise_level, knee_grid
+from .noise import default_noise_level, knee_grid, plateau_grid
+from .plateau import PlateauResult, plateau
 from .parameterization import PREDICTIONS
 from .train import TrainConfig, train_diffusion
 
@@ -29,6 +30,7 @@ __all__ = [
     "Model",
     "ModelAdapter",
     "PREDICTIONS",
+    "PlateauResult",
     "TrainConfig",
     "as_model",
     "default_noise_level",
@@ -39,6 +41,8 @@ __all__ = [
     "knee",
     "knee_grid",
     "load",
+    "plateau",
+    "plateau_grid",
     "schedules",
     "train_diffusion",
 ]

@@ -247,12 +247,14 @@ def _slug(spec: str) -> str:
 def _parse_t0(text: str | None) -> float | str | None:
     if text is None:
         return None
-    if text.strip().lower() == "auto":
-        return "auto"
+    from .estimator import AUTO_RULES
+
+    if text.strip().lower() in AUTO_RULES:
+        return text.strip().lower()
     try:
         return float(text)
     except ValueError:
-        raise OptionError("--t0", f"{text!r} is neither a number nor 'auto'.") from None
+        raise OptionError("--t0", f"{text!r} is neither a number nor a rule ({', '.join(AUTO_RULES)}).") from None
 
 
 def _check_trace(trace: str) -> str:
@@ -453,7 +455,7 @@ def estimate(
     n_points: Points = None,
     t0: Annotated[
         Optional[str],
-        typer.Option("--t0", help="Noise level in the model's time units, or 'auto' for the knee rule (default: t0 = 0.05 of the reference VP schedule).", show_default=False),
+        typer.Option("--t0", help="Noise level in the model's time units, or a rule that picks it per point: 'knee' (the reference knee rule), 'plateau' (the flattest stretch of the FLIPD curve where the model denoises reliably) or 'auto' (= knee) (default: t0 = 0.05 of the reference VP schedule).", show_default=False),
     ] = None,
     sigma: Annotated[Optional[float], typer.Option("--sigma", help="Noise level as a noise standard deviation.", show_default=False)] = None,
     delta: Annotated[Optional[float], typer.Option("--delta", help="Noise level as log(sigma/psi), schedule-free.", show_default=False)] = None,
@@ -481,6 +483,7 @@ def estimate(
     [bold]Examples[/]:
       [cyan]flipd estimate lollipop --model models/lollipop --out lollipop.parquet --plot plots/[/]
       [cyan]flipd estimate lollipop -m models/lollipop --t0 auto[/]
+      [cyan]flipd estimate helix -m models/helix --t0 plateau[/]
       [cyan]flipd estimate big.npy -m models/big --trace hutchinson --probes 16 --resume[/]
       [cyan]flipd estimate lollipop -m models/lollipop --method nb -o lollipop_nb.csv[/]
       [cyan]flipd estimate lollipop --method lpca --neighbors 100 -n 2000[/]
@@ -566,7 +569,7 @@ def estimate(
             resolved={"trace": result.trace, "n_probes": result.n_probes, "mode": result.mode, "noise_level": plan.noise},
             chunks={"n_chunks": result.n_chunks, "resumed_chunks": result.resumed_chunks,
                     "seconds": [round(s, 4) for s in result.chunk_seconds]},
-            summary=summary_record(columns["lid"], points), timings=timings,
+            summary=summary_record(columns["lid"], points, columns.get("scale_found")), timings=timings,
             outputs={"table": str(table_path), "plots": [str(p) for p in written_plots]}, device=device_used,
         ))
         remove_run_directory(run_directory)
@@ -690,6 +693,9 @@ def curve(
     steps: Annotated[
         Optional[int], typer.Option("--steps", min=3, help="Noise levels on the curve (default: the knee rule's reference grid).", show_default=False)
     ] = None,
+    rule: Annotated[
+        str, typer.Option("--rule", help="Which rule's choice to mark: knee, or plateau (the flattest stretch where the model denoises reliably; default grid: the plateau rule's own).")
+    ] = "knee",
     trace: Trace = "auto",
     probes: Probes = 1,
     batch_size: BatchSize = 256,
@@ -701,13 +707,14 @@ def curve(
     quiet: Quiet = False,
     debug: Debug = False,
 ) -> None:
-    """FLIPD curves: each point's estimate across noise levels, with the knee that --t0 auto picks.
+    """FLIPD curves: each point's estimate across noise levels, with the knee that --t0 auto picks (or, with --rule plateau, the scale --t0 plateau picks).
 
-    Curves start near the ambient dimension at tiny noise, fall, and plateau at the LID; the knee rule of the FLIPD paper picks the noise level at the start of the plateau. The table has one row per point and noise level, with the knee rows flagged.
+    Curves start near the ambient dimension at tiny noise, fall, and plateau at the LID; the knee rule of the FLIPD paper picks the noise level at the start of the plateau, the plateau rule the flattest stretch in log sigma among the levels where the model denoises the point reliably. The table has one row per point and noise level, with the chosen rows flagged (and, for the plateau rule, each point's flatness and the reliable levels).
 
     [bold]Examples[/]:
       [cyan]flipd curve lollipop --model models/lollipop -n 50 --plot plots/[/]
       [cyan]flipd curve doughnut -m models/doughnut --t-min 0.01 --t-max 0.6 --steps 30 -o curves.csv[/]
+      [cyan]flipd curve helix -m models/helix --rule plateau --plot plots/[/]
     """
     import numpy as np
 
@@ -715,7 +722,7 @@ def curve(
     from .runs import check_table_path, metadata_path_for, write_json, write_table
     from .jobs.curve import compute_curves, curve_table_columns
     from .jobs.records import run_record
-    from .noise import curve_times
+    from .noise import curve_times, plateau_grid
 
     began = time.perf_counter()
     device_used = _setup(threads, device, debug)
@@ -726,18 +733,28 @@ def curve(
         raise FileExistsError(f"{str(table_path)!r} already exists; pass --force to overwrite it, or choose another --out.")
     timings: dict[str, float] = {}
     points, loaded, x = _load_model_and_points(model, data, n_points, seed, device_used, timings, quiet)
-    times = curve_times(loaded.schedule, t_min=t_min, t_max=t_max, steps=steps)
+    if rule not in ("knee", "plateau"):
+        raise OptionError("--rule", f"{rule!r} is not a rule; use knee or plateau.")
+    if rule == "plateau" and t_min is None and t_max is None and steps is None:
+        times = plateau_grid(loaded.schedule)
+    else:
+        times = curve_times(loaded.schedule, t_min=t_min, t_max=t_max, steps=steps)
     with _timed(timings, "curves_s"):
         with progress_bar("FLIPD curves", points.n * len(times), enabled=not quiet) as advance:
             curves = compute_curves(loaded.model, x, times, trace=trace, n_probes=probes, seed=seed,
-                                    batch_size=batch_size, progress=advance)
+                                    batch_size=batch_size, progress=advance, rule=rule)
     write_table(table_path, curve_table_columns(points, curves))
     written: list[Path] = []
     if plot is not None:
+        plateau_rule = curves.plateau_t0 is not None
         written.append(plots.plot_curves(
-            curves.times, curves.curves, Path(plot) / f"{_slug(data)}_curves.png", knee_times=curves.knee_t0,
-            knee_lids=curves.knee_lid, ambient_dim=points.ambient_dim, true_lids=points.lid_true,
-            time_label=f"t0 ({loaded.schedule!r} time)", title=f"FLIPD curves on {data}",
+            curves.times, curves.curves, Path(plot) / f"{_slug(data)}_curves.png",
+            knee_times=curves.plateau_t0 if plateau_rule else curves.knee_t0,
+            knee_lids=curves.plateau_lid if plateau_rule else curves.knee_lid, ambient_dim=points.ambient_dim,
+            true_lids=points.lid_true, time_label=f"t0 ({loaded.schedule!r} time)", chosen_label=rule,
+            title=f"FLIPD curves on {data}" + (
+                f", median flatness {np.nanmedian(curves.plateau_flatness):.3g} per unit log sigma" if plateau_rule else ""
+            ),
         ))
     timings["total_s"] = round(time.perf_counter() - began, 4)
     metadata_path = metadata_path_for(table_path)
@@ -747,11 +764,20 @@ def curve(
                   "seed": seed, "batch_size": batch_size, "knee_window": curves.window},
         knees={"found": int(curves.knee_found.sum()),
                "median_t0": float(np.nanmedian(curves.knee_t0)) if curves.knee_found.any() else None},
+        **({"plateaus": {"found": int(curves.plateau_found.sum()),
+                         "median_t0": float(np.nanmedian(curves.plateau_t0)),
+                         "median_flatness": float(np.nanmedian(curves.plateau_flatness))}}
+           if curves.plateau_t0 is not None else {}),
         timings=timings, outputs={"table": str(table_path), "plots": [str(p) for p in written]}, device=device_used,
     ))
     if not quiet:
-        found = int(curves.knee_found.sum())
-        _print_summary(points, curves.knee_lid, title=f"FLIPD at the knee on {data} ({found} of {points.n} points have a knee)")
+        if curves.plateau_t0 is not None:
+            found = int(curves.plateau_found.sum())
+            _print_summary(points, curves.plateau_lid,
+                           title=f"FLIPD on the plateau on {data} ({found} of {points.n} points have a plateau)")
+        else:
+            found = int(curves.knee_found.sum())
+            _print_summary(points, curves.knee_lid, title=f"FLIPD at the knee on {data} ({found} of {points.n} points have a knee)")
         err_console.print(f"wrote {escape(str(table_path))} and {escape(str(metadata_path))}"
                           + (f"; figure {escape(str(written[0]))}" if written else ""), soft_wrap=True)
 

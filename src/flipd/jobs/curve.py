@@ -1,4 +1,5 @@
-"""The curve job: FLIPD across noise levels for every point, with the knee of each curve."""
+"""The curve job: FLIPD across noise levels for every point, with the knee of each curve (and,
+with ``rule="plateau"``, the flattest stretch the plateau rule picks)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ from ..estimator import flipd_curve, resolve_trace
 from ..knee import knee
 from ..models.base import Model
 from ..noise import KNEE_WINDOW, to_reference_time
+from ..plateau import plateau
+from ..reliability import denoising_calibration, reliable_levels
 from .records import known_columns
 
 __all__ = ["CurveResult", "compute_curves", "curve_table_columns"]
@@ -31,6 +34,10 @@ class CurveResult:
         knee_found: [N] bool.
         window: the window of reference times searched for knees (None: the whole grid).
         trace, n_probes: the trace estimator used.
+        plateau_t0, plateau_lid, plateau_flatness, plateau_found: [N] the plateau rule's
+            choice (:func:`flipd.plateau`) when it was asked for, else None.
+        reliable: [N, T] bool, the levels where the model denoises each point reliably
+            (plateau rule only).
     """
 
     times: np.ndarray
@@ -43,6 +50,11 @@ class CurveResult:
     window: tuple[float, float] | None
     trace: str
     n_probes: int
+    plateau_t0: np.ndarray | None = None
+    plateau_lid: np.ndarray | None = None
+    plateau_flatness: np.ndarray | None = None
+    plateau_found: np.ndarray | None = None
+    reliable: np.ndarray | None = None
 
 
 def compute_curves(
@@ -56,14 +68,19 @@ def compute_curves(
     indices=None,
     batch_size: int | None = None,
     progress: Callable[[int], None] | None = None,
+    rule: str = "knee",
 ) -> CurveResult:
     """FLIPD curves of the points ``x`` (in the model's coordinates) and their knees.
 
     The knees are found by :func:`flipd.knee` on the reference-time axis, as ``t0="auto"``
     finds them; when fewer than 3 of ``times`` lie in the knee rule's window, the whole grid
     is searched. ``progress`` is called with the number of points done after every batch of
-    every noise level (N·T in all).
+    every noise level (N·T in all). With ``rule="plateau"`` the plateau rule is applied too,
+    on the levels where the model denoises each point reliably, as ``t0="plateau"`` does (on
+    its own grid, :func:`flipd.plateau_grid`, when ``times`` is that grid).
     """
+    if rule not in ("knee", "plateau"):
+        raise ValueError(f"rule must be 'knee' or 'plateau'; got {rule!r}.")
     dim = int(x[0].numel())
     resolved_trace, resolved_probes = resolve_trace(trace, dim, n_probes)
     with torch.no_grad():
@@ -76,16 +93,29 @@ def compute_curves(
     if int(((reference > KNEE_WINDOW[0]) & (reference < KNEE_WINDOW[1])).sum()) < 3:
         window = None
     found = knee(curves, times, schedule=model.schedule, ambient_dim=dim, window=window)
-    return CurveResult(
+    result = CurveResult(
         times=times.numpy(), sigma=model.schedule.sigma(times).numpy(), delta=model.schedule.delta(times).numpy(),
         curves=curves.numpy(), knee_t0=found.t0.numpy(), knee_lid=found.lid.numpy(),
         knee_found=found.found.numpy(), window=window, trace=resolved_trace, n_probes=resolved_probes,
     )
+    if rule == "plateau":
+        point_indices = torch.arange(x.shape[0]) if indices is None else torch.as_tensor(np.asarray(indices))
+        calibration = denoising_calibration(
+            model, x, times, schedule=model.schedule, prediction=model.prediction, seed=seed, indices=point_indices,
+            batch_size=batch_size or 1024,
+        )
+        result.reliable = reliable_levels(calibration).numpy()
+        chosen = plateau(curves, times, schedule=model.schedule, reliable=result.reliable)
+        result.plateau_t0, result.plateau_lid = chosen.t0.numpy(), chosen.lid.numpy()
+        result.plateau_flatness, result.plateau_found = chosen.flatness.numpy(), chosen.found.numpy()
+    return result
 
 
 def curve_table_columns(points: PointSet, curves: CurveResult) -> dict[str, Any]:
     """Long format, one row per (point, noise level): index, t0, sigma, delta, lid, knee (True
-    on the row of the point's chosen knee), and ground truth when known."""
+    on the row of the point's chosen knee), with the plateau rule also plateau (True on the
+    middle row of the chosen stretch), flatness (of that stretch, per point) and reliable (the
+    model denoises the point reliably at that level), and ground truth when known."""
     n, t = curves.curves.shape
     knee_rows = np.zeros((n, t), dtype=bool)
     for i in range(n):
@@ -99,6 +129,14 @@ def curve_table_columns(points: PointSet, curves: CurveResult) -> dict[str, Any]
         "lid": curves.curves.reshape(-1),
         "knee": knee_rows.reshape(-1),
     }
+    if curves.plateau_t0 is not None:
+        plateau_rows = np.zeros((n, t), dtype=bool)
+        chosen = np.isfinite(curves.plateau_t0)
+        plateau_rows[np.flatnonzero(chosen), np.argmin(np.abs(curves.times[None] - curves.plateau_t0[chosen, None]), axis=1)] = True
+        columns["plateau"] = plateau_rows.reshape(-1)
+        columns["plateau_found"] = np.repeat(curves.plateau_found, t)
+        columns["flatness"] = np.repeat(curves.plateau_flatness, t)
+        columns["reliable"] = curves.reliable.reshape(-1)
     if points.names is not None:
         columns["name"] = [name for name in points.names for _ in range(t)]
     for name, values in known_columns(points).items():

@@ -16,7 +16,7 @@ import torch
 
 from ..baselines import BASELINES, NB_REFERENCE_DELTA
 from ..datasets.sources import PointSet
-from ..estimator import estimate
+from ..estimator import AUTO_RULES, estimate
 from ..models.base import Model
 from ..noise import check_noise_level, default_noise_level, resolve_time
 from ..runs.chunks import ChunkedEstimate, ChunkEstimator
@@ -47,7 +47,8 @@ class EstimateSettings:
 
     Attributes:
         method: "flipd" or a baseline of :mod:`flipd.baselines` (see :data:`METHODS`).
-        t0: noise level as a time of the model's schedule, or "auto" for the knee rule.
+        t0: noise level as a time of the model's schedule, or a rule of
+            :data:`flipd.estimator.AUTO_RULES` ("auto" and "knee": the knee rule; "plateau").
         sigma: noise level as the noise standard deviation (instead of t0).
         delta: noise level as log(sigma/psi) (instead of t0).
         trace: "auto", "exact", "hutchinson" or "gaussian" (flipd, fpregress).
@@ -81,8 +82,10 @@ class EstimateSettings:
             raise ValueError("FLIPD needs a noise level: give t0, sigma or delta.")
         if given and self.method not in ("flipd", "nb"):
             raise ValueError(f"The {self.method} method takes no noise level; drop --{given[0]}.")
-        if isinstance(self.t0, str) and (self.t0 != "auto" or self.method != "flipd"):
-            raise ValueError(f"t0 must be a number, or 'auto' with the flipd method; got {self.t0!r}.")
+        if isinstance(self.t0, str) and (self.t0 not in AUTO_RULES or self.method != "flipd"):
+            raise ValueError(
+                f"t0 must be a number, or one of {', '.join(AUTO_RULES)} with the flipd method; got {self.t0!r}."
+            )
         if self.n_neighbors is not None and self.method in MODEL_METHODS:
             raise ValueError(f"n_neighbors applies to the classical methods, not {self.method}.")
         for name in ("n_probes", "batch_size", "chunk_size"):
@@ -99,13 +102,18 @@ class EstimateSettings:
 
 
 def _flipd_arrays(result) -> dict[str, np.ndarray]:
-    return {
+    arrays = {
         "lid": result.lid.detach().cpu().to(torch.float64).numpy(),
         "t0": result.t0.cpu().numpy(),
         "sigma": result.sigma.cpu().numpy(),
         "delta": result.delta.cpu().numpy(),
         "stderr": result.stderr.cpu().to(torch.float64).numpy(),
     }
+    if result.found is not None:  # an automatic rule: whether it found a scale, and how flat
+        arrays["scale_found"] = result.found.cpu().numpy().astype(np.float64)
+        flatness = result.flatness if result.flatness is not None else torch.full_like(result.t0, float("nan"))
+        arrays["flatness"] = flatness.cpu().to(torch.float64).numpy()
+    return arrays
 
 
 def flipd_chunks(model: Model, settings: EstimateSettings) -> ChunkEstimator:
@@ -182,6 +190,9 @@ def estimate_table_columns(points: PointSet, result: ChunkedEstimate, method: st
         "n_probes": np.full(n, result.n_probes, dtype=np.int64),
         "stderr": np.where(result.trace == "exact", np.nan, result.columns["stderr"]),
     })
+    if "scale_found" in result.columns:  # t0 chosen by a rule: did it find a scale, how flat there
+        columns["scale_found"] = result.columns["scale_found"] == 1.0
+        columns["flatness"] = result.columns["flatness"]
     columns.update(known_columns(points))
     return columns
 

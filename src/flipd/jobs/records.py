@@ -82,10 +82,11 @@ def non_finite_warning(lids: np.ndarray, points: PointSet) -> str | None:
     )
 
 
-def summary_record(lids: np.ndarray, points: PointSet) -> dict[str, Any]:
+def summary_record(lids: np.ndarray, points: PointSet, scale_found: np.ndarray | None = None) -> dict[str, Any]:
     """Numbers for the run metadata: mean LID (over finite estimates), the count and (first
-    :data:`NON_FINITE_SHOWN`) indices of non-finite estimates, and MAE per component when the
-    truth is known."""
+    :data:`NON_FINITE_SHOWN`) indices of non-finite estimates, MAE per component when the
+    truth is known, and, when a rule chose t0 (``scale_found`` [N] bool), the count and first
+    indices of the points where it found no scale."""
     lids = np.asarray(lids, dtype=np.float64)
     finite = np.isfinite(lids)
     record: dict[str, Any] = {
@@ -95,6 +96,10 @@ def summary_record(lids: np.ndarray, points: PointSet) -> dict[str, Any]:
         "n_non_finite": int((~finite).sum()),
         "non_finite_index": points.index[~finite][:NON_FINITE_SHOWN].tolist(),
     }
+    if scale_found is not None:
+        missing = ~np.asarray(scale_found, dtype=bool)
+        record["n_scale_not_found"] = int(missing.sum())
+        record["scale_not_found_index"] = points.index[missing][:NON_FINITE_SHOWN].tolist()
     if points.lid_true is not None:
         groups, mae = summarize_by_component(lids, points.lid_true, points.component)
         record["mae"] = mae

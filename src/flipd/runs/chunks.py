@@ -35,6 +35,9 @@ __all__ = [
 
 #: Per-point arrays saved for every chunk of an estimation run.
 CHUNK_COLUMNS: tuple[str, ...] = ("lid", "t0", "sigma", "delta", "stderr")
+#: Per-point arrays an estimator may add (an automatic noise-level rule: whether it found a
+#: scale, as 1.0/0.0, and the plateau rule's flatness); kept when every chunk has them.
+OPTIONAL_CHUNK_COLUMNS: tuple[str, ...] = ("scale_found", "flatness")
 MANIFEST_FORMAT = "flipd.estimate_run"
 MANIFEST_VERSION = 2  # 2: per-point seeds (chunk files of version 1 are not resumed)
 MANIFEST_FILE = "manifest.json"
@@ -57,7 +60,8 @@ class ChunkedEstimate:
     """The outcome of :func:`estimate_in_chunks`.
 
     Attributes:
-        columns: per-point arrays named by :data:`CHUNK_COLUMNS`, each [N].
+        columns: per-point arrays named by :data:`CHUNK_COLUMNS` (and those of
+            :data:`OPTIONAL_CHUNK_COLUMNS` that every chunk has), each [N].
         trace: the trace estimator that ran ("exact", "hutchinson" or "gaussian").
         n_probes: probes per point.
         mode: differentiation mode that ran.
@@ -183,6 +187,7 @@ def _load_chunk(directory: Path, index: int) -> tuple[dict[str, np.ndarray], dic
     try:
         with np.load(path, allow_pickle=False) as archive:
             arrays = {name: archive[name] for name in CHUNK_COLUMNS}
+            arrays.update({name: archive[name] for name in OPTIONAL_CHUNK_COLUMNS if name in archive.files})
             info = json.loads(str(archive["info"]))
     except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as error:
         raise RunConflict(
@@ -261,7 +266,8 @@ def estimate_in_chunks(
         if not _chunk_file(directory, 0).is_file():
             remove_run_directory(directory)  # nothing finished: nothing to resume
         raise
-    columns = {name: np.concatenate([part[name] for part in parts]) for name in CHUNK_COLUMNS}
+    names = [*CHUNK_COLUMNS, *(name for name in OPTIONAL_CHUNK_COLUMNS if all(name in part for part in parts))]
+    columns = {name: np.concatenate([part[name] for part in parts]) for name in names}
     last = infos[-1]
     return ChunkedEstimate(
         columns=columns, trace=last["trace"], n_probes=int(last["n_probes"]), mode=last["mode"],
