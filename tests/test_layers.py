@@ -13,7 +13,7 @@ PACKAGE = Path(flipd.__file__).resolve().parent
 LAYERS: list[tuple[str, set[str]]] = [
     ("leaf", {"flipd._version", "flipd.runs.files", "flipd.devices", "flipd.metrics"}),
     ("core", {"flipd.schedules", "flipd.parameterization", "flipd.trace", "flipd.noise", "flipd.knee",
-              "flipd.analytic", "flipd.models.base", "flipd.estimator"}),
+              "flipd.plateau", "flipd.reliability", "flipd.analytic", "flipd.models.base", "flipd.estimator"}),
     ("components", {"flipd.models", "flipd.datasets", "flipd.baselines", "flipd.runs", "flipd.train"}),
     ("jobs", {"flipd.jobs", "flipd.plots"}),
     ("shell", {"flipd", "flipd.cli", "flipd.bench", "flipd.demo", "flipd.__main__"}),

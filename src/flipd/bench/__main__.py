@@ -9,6 +9,7 @@ from collections.abc import Sequence
 #: Benchmark name -> module with a ``main(argv) -> int``.
 BENCHMARKS: dict[str, str] = {
     "images": "flipd.bench.images",
+    "rules": "flipd.bench.rules",
     "scale": "flipd.bench.scale",
     "synthetic": "flipd.bench.synthetic",
 }

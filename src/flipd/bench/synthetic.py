@@ -713,6 +713,22 @@ def _markdown(report: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------- command line
 
 
+def _with_budget(*, steps: int | None, n_train: int | None, widths: Sequence[int] | None) -> Callable[..., Recipe]:
+    """:func:`recipe_for` with the training steps, points and network widths replaced where given."""
+
+    def recipe(spec: str, *, tiny: bool = False, seed: int = 0) -> Recipe:
+        plan = recipe_for(spec, tiny=tiny, seed=seed)
+        if steps is not None:
+            plan = replace(plan, train=replace(plan.train, steps=steps, warmup_steps=min(plan.train.warmup_steps, steps // 10)))
+        if n_train is not None:
+            plan = replace(plan, n_train=n_train)
+        if widths is not None:
+            plan = replace(plan, network={**plan.network, "widths": tuple(widths)})
+        return plan
+
+    return recipe
+
+
 def build_parser() -> argparse.ArgumentParser:
     synthetic = argparse.ArgumentParser(
         prog="python -m flipd.bench synthetic",
@@ -725,6 +741,12 @@ def build_parser() -> argparse.ArgumentParser:
     synthetic.add_argument("--n-eval", type=int, default=None, help="evaluation points per data set (default 4096; 64 with --tiny)")
     synthetic.add_argument("--t0", type=float, default=DEFAULT_T0, help="fixed t0 of FLIPD (default %(default)s)")
     synthetic.add_argument("--tiny", action="store_true", help="a minutes-long smoke configuration (tiny models and data)")
+    synthetic.add_argument("--steps", type=int, default=None,
+                           help="training steps instead of each recipe's (a smaller budget; models are cached per budget)")
+    synthetic.add_argument("--n-train", type=int, default=None,
+                           help="training points instead of each recipe's (a smaller budget)")
+    synthetic.add_argument("--widths", type=int, nargs="+", default=None,
+                           help="hidden widths of the MLP U-net instead of each recipe's, e.g. 128 128 128")
     synthetic.add_argument("--cache-dir", default="cache/models", help="where trained models are kept (default %(default)s)")
     synthetic.add_argument("--out-dir", default="benchmarks/results", help="where result files go (default %(default)s)")
     synthetic.add_argument("--retrain", action="store_true", help="ignore cached models and the saved results of earlier runs")
@@ -740,8 +762,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    for name in ("steps", "n_train"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            build_parser().error(f"--{name.replace('_', '-')} must be a positive integer; got {getattr(args, name)}")
     run_synthetic(
         args.suite,
+        recipe=_with_budget(steps=args.steps, n_train=args.n_train, widths=args.widths),
         datasets=args.datasets,
         methods=args.methods,
         n_eval=args.n_eval,
