@@ -133,8 +133,9 @@ def test_rules_benchmark_with_the_perfect_model(tmp_path):
     """The plateau rule with a closed-form model reads the true LID (within 0.1 of the best fixed t0)."""
     out = tmp_path / "rules"
     assert main(["rules", "--datasets", "mixture:affine:D=10:dims=5:latent=normal", "--n-points", "24",
-                 "--threads", "1", "--out", str(out)]) == 0
-    (row,) = json.loads(out.with_suffix(".json").read_text())["datasets"]
+                 "--curved", "helix", "--atoms", "2000", "--threads", "1", "--out", str(out)]) == 0
+    row, helix = json.loads(out.with_suffix(".json").read_text())["datasets"]
+    assert helix["dataset"] == "helix:D=13:turns=20:tube=0.1" and "2000 atoms" in helix["perfect_model"]
     assert set(row["fixed"]) == {"0.01", "0.02", "0.05", "0.1"}
     assert row["best_fixed_mae"] == min(row["fixed"].values())
     assert row["plateau"]["within_0.1_of_best_fixed"] and row["plateau"]["mae"] < 0.05

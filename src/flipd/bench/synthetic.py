@@ -6,8 +6,9 @@ For every data set of a suite the runner
    :func:`flipd.train.train_diffusion`, or loads it from the cache
    (``<cache_dir>/<data set>-<hash of the training recipe>``);
 2. draws ``n_eval`` held-out points (seed ``seed + 1``; 4096 by default);
-3. estimates their LID with FLIPD at a fixed t0 (0.05), FLIPD with the knee rule
-   (``t0="auto"``), FPRegress and the normal bundle (NB) on the same model, and lPCA, MLE,
+3. estimates their LID with FLIPD at a fixed t0 (0.05, and 0.01, 0.02, 0.1 as methods
+   ``flipd_t0_<t0>``), FLIPD with the knee rule (``t0="knee"``) and with the plateau rule
+   (``t0="plateau"``), FPRegress and the normal bundle (NB) on the same model, and lPCA, MLE,
    ESS and TwoNN from scikit-dimension on the held-out points;
 4. scores each method by MAE, Harrell's concordance index and the all-pairs variant, and
    times it.
@@ -33,6 +34,13 @@ Suites (method notes §8):
   Laplace latents; squiggly with omega = 1 and 5 and RQ-NSF for {2, 4, 8}... and {5} for RQ-NSF.
 - ``medium``: D = 100 mixtures: affine {10, 25, 50} and {10, 30, 90}, squiggly {50} with
   omega = 1, RQ-NSF {10, 25, 50}.
+- ``curved``: strongly curved sets (:mod:`flipd.datasets.curved`): a helix in R^13, a torus
+  {2} in R^12, a 4-sphere in R^20, and squiggly {2} in R^10 with omega = 10; small models
+  (20k points, 2000 steps) so that the suite fits in minutes.
+
+The report compares the automatic rules with the best fixed t0 of {0.01, 0.02, 0.05, 0.1}
+(those run) per data set, and records how often the knee is the first level of its window.
+``--steps``, ``--n-train`` and ``--widths`` replace the recipes' budget (cached per budget).
 """
 
 from __future__ import annotations
@@ -356,7 +364,7 @@ def run_synthetic(
     """Run a synthetic suite and write ``<out_dir>/<name>.{md,csv,json}``.
 
     Args:
-        suite: "toy", "small" or "medium" (see :data:`SUITES`).
+        suite: "toy", "small", "medium" or "curved" (see :data:`SUITES`).
         datasets: data set specs to run instead of the whole suite.
         methods: subset of :data:`METHODS` (default all).
         n_eval: held-out points per data set (default 4096, or 64 with ``tiny``).
@@ -469,7 +477,9 @@ def run_synthetic(
         "versions": package_versions(),
         "seeds": {"training": seed, "training_data": seed, "evaluation_data": seed + 1, "probes_and_nb_noise": seed},
         "flipd": {"t0": t0, "primary": primary, "primary_reason": reason,
-                  "knee_rule": "per point, kneed on reference VP times linspace(0, 1, 50) inside (0.05, 0.5)"},
+                  "knee_rule": "per point, kneed on reference VP times linspace(0, 1, 50) inside (0.05, 0.5)",
+                  "plateau_rule": "per point, the flattest stretch of 5 of 29 levels evenly spaced in log(sigma/psi) "
+                                  "over [-3.5, 0], among levels where the model denoises the point reliably"},
         "methods": methods,
         "datasets": records,
     }
@@ -601,8 +611,9 @@ def _markdown(report: dict[str, Any]) -> str:
         "",
         f"Seeds: {report['seeds']}.",
         "",
-        f"FLIPD: fixed t0 = {report['flipd']['t0']} (reference VP time) and the knee rule "
-        f"({report['flipd']['knee_rule']}). Targets are judged on **{LABELS[report['flipd']['primary']]}** "
+        f"FLIPD: fixed t0 = {report['flipd']['t0']} (reference VP time), the knee rule "
+        f"({report['flipd']['knee_rule']}) and the plateau rule "
+        f"({report['flipd'].get('plateau_rule', 'not recorded')}). Targets are judged on **{LABELS[report['flipd']['primary']]}** "
         f"({report['flipd']['primary_reason']}).",
         "",
     ]
