@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import os
 import pickle
@@ -119,7 +121,7 @@ def checkpoint(tmp_path) -> Path:
 
 
 def _edit_config(directory: Path, edit) -> None:
-    path = directory / "flipd_model.json"
+    path = directory / "config.json"
     config = json.loads(path.read_text())
     edit(config)
     path.write_text(json.dumps(config))
@@ -184,7 +186,7 @@ def test_checkpoint_files_follow_the_umask(tmp_path):
     finally:
         os.umask(previous)
     modes = {p.name: p.stat().st_mode & 0o777 for p in directory.iterdir()}
-    assert modes == {"flipd_model.json": 0o640, "model.safetensors": 0o640}
+    assert modes == {"config.json": 0o640, "model.safetensors": 0o640, "README.md": 0o640}
     assert DiffusionModel.load(directory).data_shape == (2,)
 
 
@@ -493,14 +495,14 @@ def test_non_finite_estimates_are_reported_and_counted(tmp_path, monkeypatch):
 
     from flipd.jobs import estimate as job
 
-    original = job.BASELINES["twonn"]
+    original = job.METHOD_REGISTRY["twonn"]
 
-    def with_holes(x, **kwargs):
-        lid = np.array(original(x, **kwargs), dtype=np.float64)
-        lid[[3, 17]] = [np.nan, np.inf]
-        return lid
+    def with_holes(x, model, noise, common, settings):  # a fault injected into a real estimator's output
+        result = original.run(x, model, noise, common, settings)
+        result.lid[3], result.lid[17] = float("nan"), float("inf")
+        return result
 
-    monkeypatch.setattr(job, "BASELINES", {**job.BASELINES, "twonn": with_holes})
+    monkeypatch.setattr(job, "METHOD_REGISTRY", {**job.METHOD_REGISTRY, "twonn": dataclasses.replace(original, run=with_holes)})
     table = tmp_path / "x.csv"
     result = run_flipd("estimate", "lollipop", "--method", "twonn", "-n", "40", "-o", table, "--quiet")
     assert result.exit_code == 0, result.output

@@ -30,6 +30,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from .baselines.classical import DEFAULT_NEIGHBORS
 from .jobs.train import NETWORK_CHOICES
 from .runs.environment import DEMO_DEFAULT_OUT
 
@@ -164,7 +165,11 @@ DataArgument = Annotated[
 ]
 ModelOption = Annotated[
     Path,
-    typer.Option("--model", "-m", help="A flipd checkpoint directory (from flipd train) or a diffusers folder.", show_default=False),
+    typer.Option("--model", "-m", help="A flipd checkpoint directory (from flipd train), a diffusers folder, or a Hugging Face Hub id owner/name.", show_default=False),
+]
+Prompt = Annotated[
+    Optional[str],
+    typer.Option("--prompt", help="Text conditioning of a text-conditioned diffusers model (default: the empty prompt).", show_default=False),
 ]
 Trace = Annotated[str, typer.Option("--trace", help="auto (exact for D <= 256), exact, hutchinson or gaussian.")]
 Probes = Annotated[int, typer.Option("--probes", min=1, help="Hutchinson probes per point (ignored by the exact trace).")]
@@ -236,6 +241,19 @@ def _timed(timings: dict[str, float], name: str) -> contextlib.AbstractContextMa
             timings[name] = round(time.perf_counter() - began, 4)
 
     return timer()
+
+
+_NEIGHBOR_DEFAULTS = ", ".join(f"{name} {k}" for name, k in DEFAULT_NEIGHBORS.items())
+
+
+def _short(value) -> str:
+    """A setting as a short string: floats to 4 significant digits, long sequences abridged."""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, (list, tuple)):
+        items = [_short(item) for item in value]
+        return "[" + ", ".join(items if len(items) <= 4 else [*items[:2], "...", items[-1]]) + "]"
+    return str(value)
 
 
 def _slug(spec: str) -> str:
@@ -443,8 +461,9 @@ def estimate(
     data: DataArgument,
     model: Annotated[
         Optional[Path],
-        typer.Option("--model", "-m", help="A flipd checkpoint directory (from flipd train) or a diffusers folder; needed by flipd, nb and fpregress.", show_default=False),
+        typer.Option("--model", "-m", help="A flipd checkpoint directory (from flipd train), a diffusers folder or a Hugging Face Hub id owner/name; needed by flipd, nb and fpregress.", show_default=False),
     ] = None,
+    prompt: Prompt = None,
     out: Annotated[
         Optional[Path],
         typer.Option("--out", "-o", help="Result table, .parquet or .csv (default: <data>_lid.parquet); metadata goes to the same name with .json.", show_default=False),
@@ -464,7 +483,7 @@ def estimate(
     batch_size: BatchSize = 256,
     chunk_size: Annotated[int, typer.Option("--chunk-size", min=1, help="Points per saved chunk (the unit of --resume).")] = 1024,
     neighbors: Annotated[
-        Optional[int], typer.Option("--neighbors", min=2, help="Neighbourhood size of lpca, mle, ess, twonn (default: theirs).", show_default=False)
+        Optional[int], typer.Option("--neighbors", min=2, help=f"Neighbourhood size of lpca, mle, ess, twonn (default: {_NEIGHBOR_DEFAULTS}; at most the number of points - 1).", show_default=False)
     ] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run from its last finished chunk.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Overwrite existing results and discard an unfinished run.")] = False,
@@ -487,6 +506,7 @@ def estimate(
       [cyan]flipd estimate big.npy -m models/big --trace hutchinson --probes 16 --resume[/]
       [cyan]flipd estimate lollipop -m models/lollipop --method nb -o lollipop_nb.csv[/]
       [cyan]flipd estimate lollipop --method lpca --neighbors 100 -n 2000[/]
+      [cyan]flipd estimate photos/ -m stable-diffusion-v1-5/ --prompt "a photo" --trace hutchinson[/]
     """
     from .jobs.estimate import METHODS, MODEL_METHODS
     from .noise import NoiseLevelError
@@ -503,6 +523,8 @@ def estimate(
         raise OptionError("--method", f"{method!r} is not one of {', '.join(METHODS)}.")
     if method in MODEL_METHODS and model is None:
         raise OptionError("--model", f"the {method} method needs a diffusion model: pass --model DIR (a checkpoint from flipd train).")
+    if prompt is not None and model is None:
+        raise OptionError("--prompt", "a prompt conditions a text-conditioned diffusers model: pass it with --model.")
     table_path = check_table_path(out if out is not None else Path(f"{_slug(data)}_lid.parquet"))
     run_directory = chunk_directory_for(table_path)
     noise_given = [name for name, value in (("--t0", t0), ("--sigma", sigma), ("--delta", delta)) if value is not None]
@@ -516,7 +538,7 @@ def estimate(
 
         timings: dict[str, float] = {}
         with _timed(timings, "load_model_s"):
-            loaded = load_model(model, device=device_used) if model is not None else None
+            loaded = load_model(model, device=device_used, prompt=prompt) if model is not None else None
         with _timed(timings, "load_data_s"):
             points = load_points(data, n=n_points, seed=seed)
             try:
@@ -552,10 +574,13 @@ def estimate(
                     f"interrupted; finished chunks are kept in {run_directory}: run the same command with "
                     "--resume to continue"
                 ) from None
+        if result.resolved:
+            shown = ", ".join(f"{key}={_short(value)}" for key, value in result.resolved.items())
+            _say(quiet, f"{method} ran with {escape(shown)}")
         if result.resumed_chunks:
             _say(quiet, f"resumed: {result.resumed_chunks} of {result.n_chunks} chunks were already finished")
 
-        columns = estimate_table_columns(points, result, method=method)
+        columns = estimate_table_columns(points, result, method=method, knee_rule=plan.settings.t0 in ("auto", "knee"))
         write_table(table_path, columns)
         written_plots: list[Path] = []
         if plot is not None:
@@ -566,10 +591,12 @@ def estimate(
         metadata_path = metadata_path_for(table_path)
         write_json(metadata_path, run_record(
             "estimate", points=points, data_seed=seed, model=loaded, settings=plan.settings.to_json(),
-            resolved={"trace": result.trace, "n_probes": result.n_probes, "mode": result.mode, "noise_level": plan.noise},
+            resolved={"trace": result.trace, "n_probes": result.n_probes, "mode": result.mode, "noise_level": plan.noise,
+                      "method": result.resolved},
             chunks={"n_chunks": result.n_chunks, "resumed_chunks": result.resumed_chunks,
                     "seconds": [round(s, 4) for s in result.chunk_seconds]},
-            summary=summary_record(columns["lid"], points, columns.get("scale_found")), timings=timings,
+            summary=summary_record(columns["lid"], points, columns.get("knee_found", columns.get("plateau_found"))),
+            timings=timings,
             outputs={"table": str(table_path), "plots": [str(p) for p in written_plots]}, device=device_used,
         ))
         remove_run_directory(run_directory)
@@ -613,13 +640,13 @@ def _outputs_may_be_written(table: Path, run_directory: Path, *, resume: bool, f
 
 
 def _load_model_and_points(model: Path, data: str, n_points: int | None, seed: int, device: Any,
-                           timings: dict[str, float], quiet: bool) -> tuple[Any, Any, Any]:
+                           timings: dict[str, float], quiet: bool, prompt: str | None = None) -> tuple[Any, Any, Any]:
     """Load the model (first: it is the likelier mistake), the data, and the points as the model takes them."""
     from .datasets.sources import load_points
     from .jobs.inputs import load_model
 
     with _timed(timings, "load_model_s"):
-        loaded = load_model(model, device=device)
+        loaded = load_model(model, device=device, prompt=prompt)
     with _timed(timings, "load_data_s"):
         points = load_points(data, n=n_points, seed=seed)
         x = loaded.prepare(points)
@@ -683,6 +710,7 @@ def _summary_table(groups: list, mae: float, title: str) -> Table:
 def curve(
     data: DataArgument,
     model: ModelOption = ...,
+    prompt: Prompt = None,
     out: Annotated[
         Optional[Path],
         typer.Option("--out", "-o", help="Curve table, .parquet or .csv, one row per point and noise level (default: <data>_curves.parquet).", show_default=False),
@@ -732,7 +760,7 @@ def curve(
     if table_path.exists() and not force:
         raise FileExistsError(f"{str(table_path)!r} already exists; pass --force to overwrite it, or choose another --out.")
     timings: dict[str, float] = {}
-    points, loaded, x = _load_model_and_points(model, data, n_points, seed, device_used, timings, quiet)
+    points, loaded, x = _load_model_and_points(model, data, n_points, seed, device_used, timings, quiet, prompt)
     if rule not in ("knee", "plateau"):
         raise OptionError("--rule", f"{rule!r} is not a rule; use knee or plateau.")
     if rule == "plateau" and t_min is None and t_max is None and steps is None:
@@ -780,6 +808,37 @@ def curve(
             _print_summary(points, curves.knee_lid, title=f"FLIPD at the knee on {data} ({found} of {points.n} points have a knee)")
         err_console.print(f"wrote {escape(str(table_path))} and {escape(str(metadata_path))}"
                           + (f"; figure {escape(str(written[0]))}" if written else ""), soft_wrap=True)
+
+
+# --------------------------------------------------------------------------- export
+
+
+@app.command()
+@handles_errors
+def export(
+    model: Annotated[
+        Path,
+        typer.Argument(metavar="MODEL", help="A flipd checkpoint directory of an image model (flipd train --network unet) or its hub id.", show_default=False),
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The diffusers pipeline folder to write.", show_default=False)],
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing diffusers pipeline folder (never another folder).")] = False,
+    quiet: Quiet = False,
+    debug: Debug = False,
+) -> None:
+    """Write a flipd image model as a diffusers pipeline folder (DDPMPipeline: model_index.json, unet/, scheduler/).
+
+    The U-net's weights go to unet/ as safetensors; scheduler/ holds a DDPMScheduler whose betas reproduce the model's VP schedule at every integer timestep. flipd estimate --model OUT, flipd.from_diffusers(OUT) and diffusers' DDPMPipeline.from_pretrained(OUT) load it. Only convolutional U-nets trained with --standardize none and --prediction epsilon or sample can be exported.
+
+    [bold]Examples[/]:
+      [cyan]flipd train digits8 --network unet --standardize none --out models/digits[/]
+      [cyan]flipd export models/digits --out pipelines/digits[/]
+    """
+    from .jobs.export import export_model
+
+    target, loaded = export_model(model, out, force=force)
+    if not quiet:
+        err_console.print(f"wrote diffusers pipeline [bold]{escape(str(target))}[/] from {escape(loaded.description)}", soft_wrap=True)
+        err_console.print(f"next: flipd estimate DATA --model {escape(str(target))}", soft_wrap=True)
 
 
 # --------------------------------------------------------------------------- bench

@@ -16,7 +16,6 @@ import contextlib
 import math
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
@@ -29,6 +28,9 @@ from .noise import knee_grid, plateau_grid, resolve_times
 from .parameterization import check_prediction, score_coefficients
 from .plateau import plateau
 from .reliability import denoising_calibration, reliable_levels
+from .pil_images import as_tensor_if_pil
+from .progress import Progress, progress_callback
+from .results import FLIPDResult, LIDResult
 from .schedules import VP, Schedule
 from .trace import MODES, basis_probes, indexed_probes, quadratic_forms
 
@@ -48,46 +50,14 @@ DEFAULT_BATCH_SIZE = 1024
 #: Default cap on (point, probe) pairs differentiated in one vectorised call.
 DEFAULT_CHUNK_ROWS = 4096
 
-__all__ = ["FLIPDResult", "ModelLike", "flipd", "estimate", "flipd_curve", "resolve_model", "resolve_trace"]
-
-
-@dataclass
-class FLIPDResult:
-    """Everything :func:`estimate` measured, one entry per point.
-
-    Attributes:
-        lid: FLIPD estimates, [N] (dimensions).
-        t0: noise level used per point, in the schedule's time units, [N] float64.
-        sigma: noise standard deviation sigma(t0) per point, [N] float64.
-        delta: log(sigma/psi) per point, [N] float64.
-        stderr: standard error of each Hutchinson estimate, [N] (NaN for one probe; zeros
-            for the exact trace).
-        trace: "exact", "hutchinson" (Rademacher probes) or "gaussian".
-        n_probes: probes per point (D for the exact trace).
-        mode: differentiation mode that ran ("reverse" or "forward").
-        found: for an automatic rule, whether it found a scale for each point, [N] bool (None
-            for a fixed noise level). Points without one are counted in a warning.
-        flatness: for the plateau rule, how much FLIPD changes per unit of log sigma relative
-            to its level, over the chosen stretch, [N] float64 (:func:`flipd.plateau`; None
-            otherwise).
-    """
-
-    lid: Tensor
-    t0: Tensor
-    sigma: Tensor
-    delta: Tensor
-    stderr: Tensor
-    trace: str
-    n_probes: int
-    mode: str
-    found: Tensor | None = None
-    flatness: Tensor | None = None
+__all__ = ["FLIPDResult", "LIDResult", "ModelLike", "flipd", "estimate", "flipd_curve", "resolve_model", "resolve_trace"]
 
 
 # --------------------------------------------------------------------------- input checks
 
 
 def _as_batch(x) -> Tensor:
+    x = as_tensor_if_pil(x)  # PIL images: [N, C, H, W] in [-1, 1]
     if isinstance(x, np.ndarray):
         x = torch.from_numpy(x)
     if not isinstance(x, Tensor):
@@ -305,7 +275,8 @@ def _flipd_batch(
     return lid.to(x.dtype), stderr.detach(), mode_used
 
 
-def _check_options(seed, batch_size, chunk_rows, mode) -> None:
+def check_options(seed, batch_size, chunk_rows, mode) -> None:
+    """Raise a ValueError or TypeError naming the first invalid common option."""
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
         raise TypeError(f"seed must be an integer; got {seed!r}.")
     if mode not in MODES:
@@ -334,7 +305,7 @@ def estimate(
     mode: str = "auto",
     differentiable: bool = False,
     encoded: bool = False,
-    progress: Callable[[int], None] | None = None,
+    progress: Progress = None,
 ) -> FLIPDResult:
     """FLIPD estimates with their noise levels and standard errors (see :func:`flipd`).
 
@@ -342,11 +313,12 @@ def estimate(
         chunk_rows: cap on (point, probe) pairs differentiated in one vectorised call; bounds
             memory. Default ``max(4096, points per batch)``.
         mode: "auto" (reverse mode, forward on failure), "reverse" or "forward".
-        progress: called with the number of points finished after each batch.
+        progress: True for a progress bar (terminal or notebook), or a callable called with
+            the number of points finished after each batch.
     """
     x = _as_batch(x)
     fn, x, schedule, prediction = resolve_model(model, x, schedule=schedule, prediction=prediction, encoded=encoded)
-    _check_options(seed, batch_size, chunk_rows, mode)
+    check_options(seed, batch_size, chunk_rows, mode)
     n, dim = x.shape[0], x[0].numel()
     indices = _as_indices(indices, n)
     trace, n_probes = resolve_trace(trace, dim, n_probes)
@@ -361,8 +333,12 @@ def estimate(
             )
         if sigma is not None or delta is not None:
             raise ValueError(f"t0={t0!r} chooses the noise level itself; do not also pass sigma= or delta=.")
-        return (_estimate_plateau if t0 == "plateau" else _estimate_auto)(fn, x, **options)
-    return _estimate_fixed(fn, x, resolve_times(n, schedule, t0=t0, sigma=sigma, delta=delta), **options)
+        rule, label = (_estimate_plateau, "FLIPD (plateau)") if t0 == "plateau" else (_estimate_auto, "FLIPD (knee)")
+        with progress_callback(progress, n, label) as options["progress"]:
+            return rule(fn, x, **options)
+    times = resolve_times(n, schedule, t0=t0, sigma=sigma, delta=delta)
+    with progress_callback(progress, n, "FLIPD") as options["progress"]:
+        return _estimate_fixed(fn, x, times, **options)
 
 
 def _estimate_fixed(
@@ -394,7 +370,12 @@ def _estimate_fixed(
         sigma=terms[1].expand(n).clone(),
         delta=schedule.delta(distinct).expand(n).clone(),
         stderr=torch.cat(stderrs).cpu(), trace=trace, n_probes=n_probes, mode=mode_used,
+        ambient_dim=x[0].numel(), settings=_settings(trace, n_probes, seed, mode_used),
     )
+
+
+def _settings(trace: str, n_probes: int, seed: int, mode: str) -> dict:
+    return {"trace": trace, "n_probes": n_probes, "seed": seed, "mode": mode}
 
 
 def _curve(fn, x: Tensor, times: Tensor, **options) -> tuple[Tensor, str]:
@@ -436,7 +417,8 @@ def flipd(
             the schedule's time units (wrap other signatures with :class:`flipd.ModelAdapter`).
         x: data points, tensor or array of shape [N, ...] (vectors or images), clean (not
             noised): in the user's units for a :class:`flipd.Model`, in the units the network
-            was trained on for a plain callable.
+            was trained on for a plain callable. PIL images (one, or a list) become [N, C, H, W]
+            in [-1, 1], the convention of diffusers image models (:mod:`flipd.pil_images`).
         t0: noise level as a time of the schedule (float, or tensor [N] for one per point), or
             a rule that chooses it per point: "knee" (the reference knee rule,
             :func:`flipd.knee`), "plateau" (the flattest stretch of the FLIPD curve in log
@@ -502,7 +484,7 @@ def flipd_curve(
     )
     seed, batch_size = kwargs.pop("seed", 0), kwargs.pop("batch_size", None)
     chunk_rows, mode = kwargs.pop("chunk_rows", None), kwargs.pop("mode", "auto")
-    _check_options(seed, batch_size, chunk_rows, mode)
+    check_options(seed, batch_size, chunk_rows, mode)
     trace, n_probes = resolve_trace(kwargs.pop("trace", "auto"), x[0].numel(), kwargs.pop("n_probes", 1))
     options = dict(
         schedule=schedule, prediction=prediction, trace=trace, n_probes=n_probes, seed=int(seed),
@@ -512,7 +494,8 @@ def flipd_curve(
     if kwargs:
         raise TypeError(f"flipd_curve got unexpected arguments: {', '.join(sorted(kwargs))}.")
     schedule.check_t(grid, "t_grid")
-    return _curve(fn, x, grid, **options)[0]
+    with progress_callback(options["progress"], x.shape[0] * grid.numel(), "FLIPD curve") as options["progress"]:
+        return _curve(fn, x, grid, **options)[0]
 
 
 def _warn_unfound(found: Tensor, rule: str, consequence: str) -> None:
@@ -547,7 +530,8 @@ def _estimate_auto(fn, x: Tensor, *, schedule: Schedule, progress, **options) ->
     sigma, delta = _chosen_levels(schedule, t0)
     return FLIPDResult(
         lid=found.lid.to(x), t0=t0, sigma=sigma, delta=delta, stderr=torch.full((x.shape[0],), math.nan),
-        trace=options["trace"], n_probes=options["n_probes"], mode=mode_used, found=found.found,
+        trace=options["trace"], n_probes=options["n_probes"], mode=mode_used, ambient_dim=x[0].numel(),
+        knee_found=found.found.clone(), settings=_settings(options["trace"], options["n_probes"], options["seed"], mode_used),
     )
 
 
@@ -568,6 +552,7 @@ def _estimate_plateau(fn, x: Tensor, *, schedule: Schedule, progress, **options)
     sigma, delta = _chosen_levels(schedule, t0)
     return FLIPDResult(
         lid=found.lid.to(x), t0=t0, sigma=sigma, delta=delta, stderr=torch.full((x.shape[0],), math.nan),
-        trace=options["trace"], n_probes=options["n_probes"], mode=mode_used, found=found.found,
-        flatness=found.flatness,
+        trace=options["trace"], n_probes=options["n_probes"], mode=mode_used, ambient_dim=x[0].numel(),
+        plateau_found=found.found.clone(), flatness=found.flatness,
+        settings=_settings(options["trace"], options["n_probes"], options["seed"], mode_used),
     )

@@ -8,9 +8,12 @@ from collections.abc import Sequence
 
 #: Benchmark name -> module with a ``main(argv) -> int``.
 BENCHMARKS: dict[str, str] = {
+    "export": "flipd.bench.export",
     "images": "flipd.bench.images",
+    "oracle": "flipd.bench.oracle",
     "rules": "flipd.bench.rules",
     "scale": "flipd.bench.scale",
+    "speed": "flipd.bench.speed",
     "synthetic": "flipd.bench.synthetic",
 }
 

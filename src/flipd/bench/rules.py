@@ -45,7 +45,9 @@ from ..noise import knee_grid, plateau_grid
 from ..plateau import plateau
 from ..reliability import denoising_calibration, reliable_levels
 from ..schedules import VP
-from ._report import git_revision, machine_info, markdown_table, package_versions, write_text_atomically
+from ..runs.environment import machine_info, package_versions
+from ..runs.files import write_text
+from ._report import BENCH_PACKAGES, git_revision, markdown_table
 
 __all__ = ["CURVED_DATASETS", "DATASETS", "FIXED_T0", "run_curved", "run_rules"]
 
@@ -97,7 +99,7 @@ def _report(rows: list[dict[str, Any]], *, seed: int, command: str) -> dict[str,
         "finished_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "git_revision": git_revision(Path(__file__).parent),
         "machine": machine_info(),
-        "versions": package_versions(),
+        "versions": package_versions(BENCH_PACKAGES),
         "seed": seed,
         "datasets": rows,
     }
@@ -224,7 +226,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     report = _report(rows, seed=args.seed, command="python -m flipd.bench rules " + shlex.join(argv))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomically(out.with_suffix(".json"), json.dumps(report, indent=2) + "\n")
-    write_text_atomically(out.with_suffix(".md"), _markdown(report))
+    write_text(out.with_suffix(".json"), json.dumps(report, indent=2) + "\n")
+    write_text(out.with_suffix(".md"), _markdown(report))
     print(f"wrote {out.with_suffix('.md')} and .json")
     return 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -16,7 +17,7 @@ from ..datasets.sources import PointSet
 from ..devices import resolve_device
 from ..models.base import Model
 from ..models.checkpoint import DiffusionModel
-from ..models.loading import load, model_kind
+from ..models.loading import load, model_kind, resolve_source
 from ..runs.files import fingerprint_path
 
 __all__ = ["LoadedModel", "load_model"]
@@ -112,18 +113,22 @@ def _trained_on(metadata: dict[str, Any]) -> str | None:
     return data.get("spec") if isinstance(data, dict) else None
 
 
-def load_model(path: str | os.PathLike, device: str | torch.device | None = "cpu") -> LoadedModel:
-    """Load a flipd checkpoint directory or a local diffusers folder (:func:`flipd.load`) with
-    its description and fingerprint.
+def load_model(path: str | os.PathLike, device: str | torch.device | None = "cpu", *,
+               prompt: str | None = None) -> LoadedModel:
+    """Load a flipd checkpoint directory or a diffusers folder (:func:`flipd.load`; either may
+    be a Hugging Face Hub id ``owner/name``) with its description and fingerprint.
+
+    ``prompt`` is the text of a text-conditioned diffusers model (None: its default, the empty
+    prompt); it is part of the fingerprint (another prompt is another model) and the metadata.
 
     Raises:
         FileNotFoundError: nothing at ``path``.
         ValueError: ``path`` is not a model flipd can read (the message says what it expected).
     """
-    directory = Path(path)
+    directory = resolve_source(path)
     device = device if isinstance(device, torch.device) else resolve_device(device)
     kind = model_kind(directory)
-    model = load(directory, device=device)
+    model = load(directory, device=device, prompt=prompt)
     if kind == "flipd":
         spec_kind = getattr(getattr(model.network, "spec", None), "kind", None)
         architecture = {"mlp_unet": "MLP U-net", "unet2d": "convolutional U-net"}.get(spec_kind, spec_kind or "network")
@@ -133,7 +138,14 @@ def load_model(path: str | os.PathLike, device: str | torch.device | None = "cpu
         metadata = dict(model.metadata)
     else:
         description, metadata = f"diffusers {model!r}", {}
+    if directory != Path(path):
+        description += f" (Hugging Face Hub {os.fspath(path)}, cached in {directory})"
+    fingerprint = fingerprint_path(directory)
+    if prompt is not None:
+        description += f", prompt {prompt!r}"
+        metadata["prompt"] = prompt
+        fingerprint = hashlib.sha256(f"{fingerprint}\0prompt\0{prompt}".encode()).hexdigest()
     return LoadedModel(
         model=model, kind=kind, path=directory, description=description,
-        fingerprint=fingerprint_path(directory), metadata=metadata,
+        fingerprint=fingerprint, metadata=metadata,
     )

@@ -35,9 +35,9 @@ __all__ = [
 
 #: Per-point arrays saved for every chunk of an estimation run.
 CHUNK_COLUMNS: tuple[str, ...] = ("lid", "t0", "sigma", "delta", "stderr")
-#: Per-point arrays an estimator may add (an automatic noise-level rule: whether it found a
-#: scale, as 1.0/0.0, and the plateau rule's flatness); kept when every chunk has them.
-OPTIONAL_CHUNK_COLUMNS: tuple[str, ...] = ("scale_found", "flatness")
+#: Per-point arrays an estimator may add (the plateau rule: whether it found a plateau, as
+#: 1.0/0.0, and its flatness); kept when every chunk has them.
+OPTIONAL_CHUNK_COLUMNS: tuple[str, ...] = ("plateau_found", "flatness")
 MANIFEST_FORMAT = "flipd.estimate_run"
 MANIFEST_VERSION = 2  # 2: per-point seeds (chunk files of version 1 are not resumed)
 MANIFEST_FILE = "manifest.json"
@@ -68,6 +68,7 @@ class ChunkedEstimate:
         chunk_seconds: compute time of every chunk (including those finished before a resume).
         resumed_chunks: chunks found finished when this call started.
         n_chunks: chunks in all.
+        resolved: the method's resolved settings (defaults filled in), as the estimator reported.
     """
 
     columns: dict[str, np.ndarray]
@@ -77,6 +78,7 @@ class ChunkedEstimate:
     chunk_seconds: list[float] = field(default_factory=list)
     resumed_chunks: int = 0
     n_chunks: int = 0
+    resolved: dict[str, Any] = field(default_factory=dict)
 
 
 def _chunk_file(directory: Path, index: int) -> Path:
@@ -216,7 +218,7 @@ def estimate_in_chunks(
     """Run ``estimator`` on ``x`` chunk by chunk, saving each finished chunk.
 
     Args:
-        estimator: a :data:`ChunkEstimator` (e.g. :func:`flipd.jobs.estimate.flipd_chunks`).
+        estimator: a :data:`ChunkEstimator` (e.g. :func:`flipd.jobs.estimate.method_chunks`).
         x: points [N, ...] as the estimator takes them.
         settings: the run's settings (their ``chunk_size`` splits the points; ``to_json()`` is recorded).
         directory: run directory for the manifest and chunk files (created).
@@ -272,6 +274,7 @@ def estimate_in_chunks(
     return ChunkedEstimate(
         columns=columns, trace=last["trace"], n_probes=int(last["n_probes"]), mode=last["mode"],
         chunk_seconds=[float(info["seconds"]) for info in infos], resumed_chunks=finished, n_chunks=n_chunks,
+        resolved=dict(last.get("resolved", {})),
     )
 
 
