@@ -503,7 +503,7 @@ def _warn_unfound(found: Tensor, rule: str, consequence: str) -> None:
     if missing:
         warnings.warn(
             f"The {rule} rule found no scale for {missing} of {found.numel()} points; {consequence} "
-            "(FLIPDResult.found is False there).",
+            "(the result's found is False there).",
             RuntimeWarning,
             stacklevel=4,
         )
