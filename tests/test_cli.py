@@ -160,6 +160,26 @@ def test_estimate_auto_t0_reports_the_knee(lollipop_model, tmp_path):
     assert ((chosen > 0.05) & (chosen < 0.5)).all()
 
 
+def test_estimate_plateau_reports_the_scale_and_its_flatness(lollipop_model, tmp_path):
+    table = tmp_path / "plateau.csv"
+    result = flipd("estimate", "lollipop", "-m", lollipop_model, "-n", "8", "-o", table, "--t0", "plateau", "--quiet")
+    assert result.exit_code == 0, result.output
+    frame = pd.read_csv(table)
+    assert {"plateau_found", "flatness"} <= set(frame.columns)
+    from flipd.noise import plateau_grid
+
+    grid = plateau_grid().numpy()
+    assert np.isin(frame["t0"].dropna().round(12), grid.round(12)).all()
+    assert (frame["flatness"] >= 0).all()
+    summary = json.loads(table.with_suffix(".json").read_text())["summary"]
+    assert summary["n_scale_not_found"] == int((~frame["plateau_found"]).sum())
+
+
+def test_estimate_rejects_an_unknown_rule(lollipop_model, tmp_path):
+    result = flipd("estimate", "lollipop", "-m", lollipop_model, "-n", "4", "-o", tmp_path / "x.csv", "--t0", "flat")
+    assert_user_error(result, "--t0", "plateau")
+
+
 def test_estimate_from_table_files(lollipop_model, tmp_path):
     rng = np.random.default_rng(0)
     points = rng.normal(size=(30, 2))
@@ -187,6 +207,25 @@ def test_curve_writes_long_table_and_figure(lollipop_model, tmp_path):
     assert (plots / "lollipop_curves.png").read_bytes()[:4] == b"\x89PNG"
     metadata = json.loads(table.with_suffix(".json").read_text())
     assert len(metadata["settings"]["times"]) == levels
+
+
+def test_curve_marks_the_plateau(lollipop_model, tmp_path):
+    table = tmp_path / "curves.parquet"
+    plots = tmp_path / "plots"
+    result = flipd("curve", "lollipop", "-m", lollipop_model, "-n", "5", "-o", table, "--rule", "plateau",
+                   "--plot", plots, "--quiet")
+    assert result.exit_code == 0, result.output
+    frame = pd.read_parquet(table)
+    from flipd.noise import plateau_grid
+
+    assert frame["t0"].nunique() == plateau_grid().numel()  # the plateau rule's own grid
+    assert frame.groupby("index")["plateau"].sum().eq(1).all()
+    assert {"flatness", "reliable", "plateau_found"} <= set(frame.columns)
+    assert (plots / "lollipop_curves.png").read_bytes()[:4] == b"\x89PNG"
+    metadata = json.loads(table.with_suffix(".json").read_text())
+    assert metadata["plateaus"]["found"] == int(frame.groupby("index")["plateau_found"].first().sum())
+    bad = flipd("curve", "lollipop", "-m", lollipop_model, "-n", "2", "-o", tmp_path / "c.csv", "--rule", "elbow")
+    assert_user_error(bad, "--rule")
 
 
 def test_curve_with_explicit_grid(lollipop_model, tmp_path):

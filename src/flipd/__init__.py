@@ -4,8 +4,8 @@
 >>> model = flipd.load("models/lollipop")            # doctest: +SKIP
 >>> lid = flipd.flipd(model, x)                      # doctest: +SKIP
 
-The public contract: :func:`flipd`, :func:`estimate`, :func:`flipd_curve`, :func:`knee` and
-:func:`knee_grid`; one result type :class:`LIDResult` (``to_pandas()``) and one registry of every
+The public contract: :func:`flipd`, :func:`estimate`, :func:`flipd_curve`, :func:`knee`,
+:func:`knee_grid`, :func:`plateau` and :func:`plateau_grid`; one result type :class:`LIDResult` (``to_pandas()``) and one registry of every
 estimator, :data:`METHODS` (FLIPD and the baselines, one calling convention); the model concept :class:`Model` with :func:`load`, :func:`as_model`,
 :class:`ModelAdapter` and :func:`from_diffusers` (needs the ``images`` extra);
 :func:`train_diffusion`; :mod:`flipd.schedules`, :mod:`flipd.analytic`, :mod:`flipd.baselines`,
@@ -19,7 +19,8 @@ from .estimator import EstimateWarning, NonFiniteOutputError, estimate, flipd, f
 from .methods import METHODS
 from .knee import KneeResult, knee
 from .models import DiffusersModel, DiffusionModel, Model, ModelAdapter, as_model, from_diffusers, load
-from .noise import default_noise_level, knee_grid
+from .noise import default_noise_level, knee_grid, plateau_grid
+from .plateau import PlateauResult, plateau
 from .parameterization import PREDICTIONS
 from .results import FLIPDResult, LIDResult
 from .train import TrainConfig, train_diffusion
@@ -36,6 +37,7 @@ __all__ = [
     "ModelAdapter",
     "NonFiniteOutputError",
     "PREDICTIONS",
+    "PlateauResult",
     "TrainConfig",
     "as_model",
     "default_noise_level",
@@ -46,6 +48,8 @@ __all__ = [
     "knee",
     "knee_grid",
     "load",
+    "plateau",
+    "plateau_grid",
     "schedules",
     "train_diffusion",
 ]

@@ -281,12 +281,14 @@ def _slug(spec: str) -> str:
 def _parse_t0(text: str | None) -> float | str | None:
     if text is None:
         return None
-    if text.strip().lower() == "auto":
-        return "auto"
+    from .estimator import AUTO_RULES
+
+    if text.strip().lower() in AUTO_RULES:
+        return text.strip().lower()
     try:
         return float(text)
     except ValueError:
-        raise OptionError("--t0", f"{text!r} is neither a number nor 'auto'.") from None
+        raise OptionError("--t0", f"{text!r} is neither a number nor a rule ({', '.join(AUTO_RULES)}).") from None
 
 
 def _check_trace(trace: str) -> str:
@@ -493,7 +495,7 @@ def estimate(
     n_points: Points = None,
     t0: Annotated[
         Optional[str],
-        typer.Option("--t0", help="Noise level in the model's time units, or 'auto' for the knee rule (default: t0 = 0.05 of the reference VP schedule).", show_default=False),
+        typer.Option("--t0", help="Noise level in the model's time units, or a rule that picks it per point: 'knee' (the reference knee rule), 'plateau' (the flattest stretch of the FLIPD curve where the model denoises reliably) or 'auto' (= knee) (default: t0 = 0.05 of the reference VP schedule).", show_default=False),
     ] = None,
     sigma: Annotated[Optional[float], typer.Option("--sigma", help="Noise level as a noise standard deviation.", show_default=False)] = None,
     delta: Annotated[Optional[float], typer.Option("--delta", help="Noise level as log(sigma/psi), schedule-free.", show_default=False)] = None,
@@ -523,6 +525,7 @@ def estimate(
       [cyan]flipd estimate lollipop --model models/lollipop --out lollipop.parquet --plot plots/[/]
       [cyan]torchrun --standalone --nproc-per-node=4 -m flipd estimate big.npy -m models/big -o big.parquet[/]
       [cyan]flipd estimate lollipop -m models/lollipop --t0 auto[/]
+      [cyan]flipd estimate helix -m models/helix --t0 plateau[/]
       [cyan]flipd estimate big.npy -m models/big --trace hutchinson --probes 16 --resume[/]
       [cyan]flipd estimate lollipop -m models/lollipop --method nb -o lollipop_nb.csv[/]
       [cyan]flipd estimate lollipop --method lpca --neighbors 100 -n 2000[/]
@@ -600,7 +603,7 @@ def estimate(
             if result.resolved:
                 shown = ", ".join(f"{key}={_short(value)}" for key, value in result.resolved.items())
                 _say(quiet, f"{method} ran with {escape(shown)}")
-            columns = estimate_table_columns(points, result, method=method, knee_rule=plan.settings.t0 == "auto")
+            columns = estimate_table_columns(points, result, method=method, knee_rule=plan.settings.t0 in ("auto", "knee"))
             write_table(table_path, columns)
             written_plots: list[Path] = []
             if plot is not None:
@@ -614,7 +617,8 @@ def estimate(
                 resolved={"trace": result.trace, "n_probes": result.n_probes, "mode": result.mode, "noise_level": plan.noise,
                           "method": result.resolved},
                 chunks=_chunks_record(result), processes=group.describe(),
-                summary=summary_record(columns["lid"], points, columns["stderr"]), timings=timings,
+                summary=summary_record(columns["lid"], points, columns["stderr"],
+                                       columns.get("knee_found", columns.get("plateau_found"))), timings=timings,
                 outputs={"table": str(table_path), "plots": [str(p) for p in written_plots]}, device=device_used,
             ))
             remove_run_directory(run_directory)
@@ -834,6 +838,9 @@ def curve(
     steps: Annotated[
         Optional[int], typer.Option("--steps", min=3, help="Noise levels on the curve (default: the knee rule's reference grid).", show_default=False)
     ] = None,
+    rule: Annotated[
+        str, typer.Option("--rule", help="Which rule's choice to mark: knee, or plateau (the flattest stretch where the model denoises reliably; default grid: the plateau rule's own).")
+    ] = "knee",
     trace: Trace = "auto",
     probes: Probes = 1,
     batch_size: BatchSize = 256,
@@ -849,14 +856,15 @@ def curve(
     debug: Debug = False,
     stop_after_chunks: Annotated[Optional[int], typer.Option("--stop-after-chunks", hidden=True)] = None,
 ) -> None:
-    """FLIPD curves: each point's estimate across noise levels, with the knee that --t0 auto picks.
+    """FLIPD curves: each point's estimate across noise levels, with the knee that --t0 auto picks (or, with --rule plateau, the scale --t0 plateau picks).
 
-    Curves start near the ambient dimension at tiny noise, fall, and plateau at the LID; the knee rule of the FLIPD paper picks the noise level at the start of the plateau. The table has one row per point and noise level, with the knee rows flagged. Points are computed in chunks, as by flipd estimate: --resume continues an interrupted run, and under torchrun the chunks are split over the processes.
+    Curves start near the ambient dimension at tiny noise, fall, and plateau at the LID; the knee rule of the FLIPD paper picks the noise level at the start of the plateau, the plateau rule the flattest stretch in log sigma among the levels where the model denoises the point reliably. The table has one row per point and noise level, with the chosen rows flagged (and, for the plateau rule, each point's flatness and the reliable levels). Points are computed in chunks, as by flipd estimate: --resume continues an interrupted run, and under torchrun the chunks are split over the processes.
 
     [bold]Examples[/]:
       [cyan]flipd curve lollipop --model models/lollipop -n 50 --plot plots/[/]
       [cyan]flipd curve doughnut -m models/doughnut --t-min 0.01 --t-max 0.6 --steps 30 -o curves.csv[/]
       [cyan]torchrun --standalone --nproc-per-node=2 -m flipd curve lollipop -m models/lollipop -n 2000[/]
+      [cyan]flipd curve helix -m models/helix --rule plateau --plot plots/[/]
     """
     import numpy as np
 
@@ -864,15 +872,17 @@ def curve(
     from .runs import (check_table_path, chunk_directory_for, fingerprint_array, metadata_path_for,
                        remove_run_directory, write_json, write_table)
     from .estimator import NonFiniteOutputError
-    from .jobs.curve import CURVE_COLUMNS, CurveSettings, curve_chunks, curve_table_columns, curves_from_chunks
+    from .jobs.curve import CurveSettings, curve_chunks, curve_table_columns, curves_from_chunks
     from .jobs.records import non_finite_output_error, run_record, summary_record
-    from .noise import curve_times
+    from .noise import curve_times, plateau_grid
 
     began = time.perf_counter()
     device_used = _setup(threads, device, debug)
     table_path = check_table_path(out if out is not None else Path(f"{_slug(data)}_curves.parquet"))
     run_directory = chunk_directory_for(table_path)
     _check_trace(trace)
+    if rule not in ("knee", "plateau"):
+        raise OptionError("--rule", f"{rule!r} is not a rule; use knee or plateau.")
     with _processes_of_the_run(device_used, dist_timeout, table_path, run_directory, plot, resume=resume, force=force,
                                quiet=quiet) as group:
         if group is None:
@@ -882,6 +892,8 @@ def curve(
         timings: dict[str, float] = {}
 
         def noise_levels(loaded: Any) -> Any:  # checked once the schedule is known, before the data is loaded
+            if rule == "plateau" and t_min is None and t_max is None and steps is None:
+                return plateau_grid(loaded.schedule)
             try:
                 return curve_times(loaded.schedule, t_min=t_min, t_max=t_max, steps=steps)
             except ValueError as error:
@@ -894,7 +906,7 @@ def curve(
             )
             settings = CurveSettings(
                 times=tuple(times.tolist()), trace=trace, n_probes=probes, seed=seed, batch_size=batch_size,
-                chunk_size=chunk_size,
+                chunk_size=chunk_size, rule=rule,
             )
             identity = {
                 "job": "curve", "data": {"spec": data, "n_points": points.n, "fingerprint": fingerprint_array(x)},
@@ -904,7 +916,7 @@ def curve(
             try:
                 run = _compute_chunks(
                     group, curve_chunks(loaded.model, settings), x, settings, run_directory, identity, resume=resume,
-                    label="FLIPD curves", quiet=quiet, stop_after_chunks=stop_after_chunks, columns=CURVE_COLUMNS,
+                    label="FLIPD curves", quiet=quiet, stop_after_chunks=stop_after_chunks, columns=settings.columns(),
                     steps_per_point=len(settings.times),
                 )
             except NonFiniteOutputError as error:  # name the points by the table's index
@@ -914,31 +926,49 @@ def curve(
                 return
             result = _collect_chunks(run, quiet)
             curves = curves_from_chunks(loaded.schedule, settings, result)
+            plateau_rule = curves.plateau_t0 is not None
             write_table(table_path, curve_table_columns(points, curves))
             written: list[Path] = []
             if plot is not None:
                 written.append(plots.plot_curves(
-                    curves.times, curves.curves, Path(plot) / f"{_slug(data)}_curves.png", knee_times=curves.knee_t0,
-                    knee_lids=curves.knee_lid, ambient_dim=points.ambient_dim, true_lids=points.lid_true,
-                    time_label=f"t0 ({loaded.schedule!r} time)", title=f"FLIPD curves on {data}",
+                    curves.times, curves.curves, Path(plot) / f"{_slug(data)}_curves.png",
+                    knee_times=curves.plateau_t0 if plateau_rule else curves.knee_t0,
+                    knee_lids=curves.plateau_lid if plateau_rule else curves.knee_lid, ambient_dim=points.ambient_dim,
+                    true_lids=points.lid_true, time_label=f"t0 ({loaded.schedule!r} time)", chosen_label=rule,
+                    title=f"FLIPD curves on {data}" + (
+                        f", median flatness {np.nanmedian(curves.plateau_flatness):.3g} per unit log sigma"
+                        if plateau_rule else ""
+                    ),
                 ))
+            chosen_lid = curves.plateau_lid if plateau_rule else curves.knee_lid
             timings["total_s"] = round(time.perf_counter() - began, 4)
             metadata_path = metadata_path_for(table_path)
             write_json(metadata_path, run_record(
                 "curve", points=points, data_seed=seed, model=loaded,
                 settings={"times": curves.times.tolist(), "trace": curves.trace, "n_probes": curves.n_probes,
-                          "seed": seed, "batch_size": batch_size, "chunk_size": chunk_size, "knee_window": curves.window},
+                          "seed": seed, "batch_size": batch_size, "chunk_size": chunk_size, "rule": rule,
+                          "knee_window": curves.window},
                 knees={"found": int(curves.knee_found.sum()),
                        "median_t0": float(np.nanmedian(curves.knee_t0)) if curves.knee_found.any() else None},
-                summary=summary_record(curves.knee_lid, points),
+                **({"plateaus": {"found": int(curves.plateau_found.sum()),
+                                 "median_t0": float(np.nanmedian(curves.plateau_t0)),
+                                 "median_flatness": float(np.nanmedian(curves.plateau_flatness))}}
+                   if plateau_rule else {}),
+                summary=summary_record(chosen_lid, points,
+                                       scale_found=curves.plateau_found if plateau_rule else curves.knee_found),
                 chunks=_chunks_record(result), processes=group.describe(),
                 timings=timings, outputs={"table": str(table_path), "plots": [str(p) for p in written]}, device=device_used,
             ))
             remove_run_directory(run_directory)
-        _warn_about_estimates(curves.knee_lid, None, points)
+        _warn_about_estimates(chosen_lid, None, points)
         if not quiet:
-            found = int(curves.knee_found.sum())
-            _print_summary(points, curves.knee_lid, title=f"FLIPD at the knee on {data} ({found} of {points.n} points have a knee)")
+            if plateau_rule:
+                found = int(curves.plateau_found.sum())
+                _print_summary(points, curves.plateau_lid,
+                               title=f"FLIPD on the plateau on {data} ({found} of {points.n} points have a plateau)")
+            else:
+                found = int(curves.knee_found.sum())
+                _print_summary(points, curves.knee_lid, title=f"FLIPD at the knee on {data} ({found} of {points.n} points have a knee)")
             err_console.print(f"wrote {escape(str(table_path))} and {escape(str(metadata_path))}"
                               + (f"; figure {escape(str(written[0]))}" if written else ""), soft_wrap=True)
 

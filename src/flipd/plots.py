@@ -70,6 +70,7 @@ def plot_curves(
     time_label: str = "t0",
     max_lines: int = 60,
     title: str = "FLIPD curves",
+    chosen_label: str = "knee",
 ) -> Path:
     """FLIPD against noise level: one thin line per point, the mean in black, knees marked.
 
@@ -82,6 +83,7 @@ def plot_curves(
         true_lids: [N] ground truth; lines are coloured by it when given.
         time_label: name of the x axis.
         max_lines: draw at most this many individual curves (evenly spread over the points).
+        chosen_label: what chose ``knee_times`` ("knee", or e.g. "plateau" for the plateau rule).
     """
     plt = _pyplot()
     times = np.asarray(times, dtype=np.float64)
@@ -107,10 +109,10 @@ def plot_curves(
         found = np.isfinite(knee_times)
         chosen = np.intersect1d(shown, np.flatnonzero(found))
         if chosen.size:
-            axis.scatter(knee_times[chosen], knee_lids[chosen], s=18, color="tab:red", zorder=3, label="knee (chosen t0)")
+            axis.scatter(knee_times[chosen], knee_lids[chosen], s=18, color="tab:red", zorder=3, label=f"{chosen_label} (chosen t0)")
         if found.any():
             median_time = float(np.median(knee_times[found]))
-            axis.axvline(median_time, color="tab:red", linestyle=":", linewidth=1, label=f"median knee t0 = {median_time:.3g}")
+            axis.axvline(median_time, color="tab:red", linestyle=":", linewidth=1, label=f"median {chosen_label} t0 = {median_time:.3g}")
     if ambient_dim is not None:
         axis.axhline(ambient_dim, color="grey", linestyle="--", linewidth=1, label=f"ambient D = {ambient_dim}")
     axis.set_xlabel(time_label)

@@ -12,6 +12,7 @@ BENCHMARKS: dict[str, str] = {
     "export": "flipd.bench.export",
     "images": "flipd.bench.images",
     "oracle": "flipd.bench.oracle",
+    "rules": "flipd.bench.rules",
     "scale": "flipd.bench.scale",
     "speed": "flipd.bench.speed",
     "synthetic": "flipd.bench.synthetic",

@@ -45,6 +45,9 @@ __all__ = [
 
 #: Per-point arrays saved for every chunk of an estimation run.
 CHUNK_COLUMNS: tuple[str, ...] = ("lid", "t0", "sigma", "delta", "stderr")
+#: Per-point arrays an estimator may add (the plateau rule: whether it found a plateau, as
+#: 1.0/0.0, and its flatness); kept when every chunk has them.
+OPTIONAL_CHUNK_COLUMNS: tuple[str, ...] = ("plateau_found", "flatness")
 MANIFEST_FORMAT = "flipd.estimate_run"
 MANIFEST_VERSION = 2  # 2: per-point seeds (chunk files of version 1 are not resumed)
 MANIFEST_FILE = "manifest.json"
@@ -71,8 +74,9 @@ class ChunkedEstimate:
     """The outcome of a chunked run (:meth:`ChunkedRun.collect`, :func:`estimate_in_chunks`).
 
     Attributes:
-        columns: the per-point arrays of the run (:data:`CHUNK_COLUMNS` for an estimation),
-            each with N rows in point order.
+        columns: the per-point arrays of the run (:data:`CHUNK_COLUMNS` for an estimation, and
+            those of :data:`OPTIONAL_CHUNK_COLUMNS` that every chunk has), each with N rows in
+            point order.
         trace: the trace estimator that ran ("exact", "hutchinson", "gaussian", "none").
         n_probes: probes per point.
         mode: differentiation mode that ran ("" where the chunks do not record one).
@@ -220,6 +224,8 @@ def _load_chunk(directory: Path, index: int, columns: Sequence[str] = CHUNK_COLU
     try:
         with np.load(path, allow_pickle=False) as archive:
             arrays = {name: archive[name] for name in columns}
+            arrays.update({name: archive[name] for name in OPTIONAL_CHUNK_COLUMNS
+                           if name in archive.files and name not in arrays})
             info = json.loads(str(archive["info"]))
     except (OSError, KeyError, ValueError, EOFError, zipfile.BadZipFile) as error:
         raise RunConflict(
@@ -350,7 +356,8 @@ class ChunkedRun:
                 if missing:
                     raise ValueError(f"The chunk estimator returned no {', '.join(missing)}.")
                 info = {**info, "seconds": time.perf_counter() - began, "rank": self.group.rank}
-                _save_chunk(self.directory, index, {name: arrays[name] for name in self.columns}, info)
+                kept = [*self.columns, *(name for name in OPTIONAL_CHUNK_COLUMNS if name in arrays and name not in self.columns)]
+                _save_chunk(self.directory, index, {name: arrays[name] for name in kept}, info)
                 done += 1
                 if on_chunk_done is not None:
                     on_chunk_done(done, self.n_chunks)
@@ -382,8 +389,10 @@ class ChunkedRun:
             parts.append(arrays)
             infos.append(info)
         last = infos[-1]
+        names = [*self.columns, *(name for name in OPTIONAL_CHUNK_COLUMNS
+                                  if name not in self.columns and all(name in part for part in parts))]
         return ChunkedEstimate(
-            columns={name: np.concatenate([part[name] for part in parts]) for name in self.columns},
+            columns={name: np.concatenate([part[name] for part in parts]) for name in names},
             trace=str(last.get("trace", "")), n_probes=int(last.get("n_probes", 0)), mode=str(last.get("mode", "")),
             chunk_seconds=[float(info["seconds"]) for info in infos], resumed_chunks=len(self.finished),
             n_chunks=self.n_chunks, chunk_ranks=[int(info.get("rank", 0)) for info in infos],
