@@ -574,7 +574,7 @@ def estimate(
         written_plots: list[Path] = []
         if plot is not None:
             with _timed(timings, "plots_s"):
-                written_plots = _estimate_plots(plot, points, columns["lid"], _slug(data))
+                written_plots = _estimate_plots(plot, points, columns, _slug(data), method=method, noise=plan.noise)
         timings["compute_chunks_s"] = round(sum(result.chunk_seconds), 4)
         timings["total_s"] = round(time.perf_counter() - began, 4)
         metadata_path = metadata_path_for(table_path)
@@ -643,14 +643,22 @@ def _load_model_and_points(model: Path, data: str, n_points: int | None, seed: i
     return points, loaded, x
 
 
-def _estimate_plots(directory: Path, points: Any, lids: Any, prefix: str) -> list[Path]:
+def _estimate_plots(directory: Path, points: Any, columns: dict[str, Any], prefix: str, *, method: str,
+                    noise: dict[str, Any]) -> list[Path]:
+    """The figures of an estimate run, named and titled by data, method and noise level (the level
+    the method used when none was given, e.g. NB's default)."""
+    import numpy as np
+
     from . import plots
 
+    if not noise and np.isfinite(columns["t0"]).all() and np.unique(columns["t0"]).size == 1:
+        noise = {"t0": float(columns["t0"][0])}
     return plots.plot_estimates(
-        directory, lids=lids, x=points.x.numpy() if points.kind == "vectors" else None,
+        directory, lids=columns["lid"], x=points.x.numpy() if points.kind == "vectors" else None,
         lid_true=points.lid_true, component=points.component, labels=points.labels,
         label_names=points.label_names, images_uint8=points.images_uint8() if points.kind == "images" else None,
-        png_bytes=points.png_bytes, prefix=f"{prefix}_", title=prefix,
+        png_bytes=points.png_bytes, ambient_dim=points.ambient_dim, method=method, noise_level=noise,
+        prefix=f"{prefix}_", title=prefix,
     )
 
 
@@ -752,11 +760,12 @@ def curve(
     write_table(table_path, curve_table_columns(points, curves))
     written: list[Path] = []
     if plot is not None:
-        written.append(plots.plot_curves(
-            curves.times, curves.curves, Path(plot) / f"{_slug(data)}_curves.png", knee_times=curves.knee_t0,
+        figure = plots.plot_curves(
+            curves.times, curves.curves, knee_times=curves.knee_t0,
             knee_lids=curves.knee_lid, ambient_dim=points.ambient_dim, true_lids=points.lid_true,
             time_label=f"t0 ({loaded.schedule!r} time)", title=f"FLIPD curves on {data}",
-        ))
+        )
+        written.append(plots.save_figure(figure, Path(plot) / f"{_slug(data)}_curves.png"))
     timings["total_s"] = round(time.perf_counter() - began, 4)
     metadata_path = metadata_path_for(table_path)
     write_json(metadata_path, run_record(
