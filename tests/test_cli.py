@@ -22,7 +22,7 @@ from flipd.cli import app
 runner = CliRunner()
 #: The folder holding the flipd package under test, for subprocesses.
 PACKAGE_ROOT = str(Path(flipd.__file__).resolve().parents[1])
-COMMANDS = ("info", "train", "estimate", "curve", "bench", "demo")
+COMMANDS = ("info", "train", "estimate", "curve", "sample", "bench", "demo")
 #: A deliberately tiny training run: enough for a valid checkpoint, not for good estimates.
 TINY_TRAIN = ("-n", "1500", "--steps", "40", "--batch-size", "256", "--widths", "32,32", "--threads", "1", "--quiet")
 

@@ -1,4 +1,4 @@
-"""The ``flipd`` command line: train, estimate, curve, bench, demo, info.
+"""The ``flipd`` command line: train, estimate, curve, sample, bench, demo, info.
 
 A thin shell over the library: options are parsed here, the work is done by the jobs of
 :mod:`flipd.jobs` (estimate, curve, train, demo), with data from :mod:`flipd.datasets.sources`,
@@ -781,6 +781,95 @@ def curve(
         _print_summary(points, curves.knee_lid, title=f"FLIPD at the knee on {data} ({found} of {points.n} points have a knee)")
         err_console.print(f"wrote {escape(str(table_path))} and {escape(str(metadata_path))}"
                           + (f"; figure {escape(str(written[0]))}" if written else ""), soft_wrap=True)
+
+
+# --------------------------------------------------------------------------- sample
+
+
+@app.command()
+@handles_errors
+def sample(
+    model: Annotated[Path, typer.Argument(metavar="MODEL", help="A flipd checkpoint directory (from flipd train).", show_default=False)],
+    n_points: Annotated[int, typer.Option("--n-points", "-n", min=1, help="Number of samples.")] = 1000,
+    out: Annotated[
+        Optional[Path],
+        typer.Option("--out", "-o", help="Where to write them: .npy (points in data units), or .png (a grid, image models); default <model>_samples.npy.", show_default=False),
+    ] = None,
+    steps: Annotated[int, typer.Option("--steps", min=1, max=1000, help="Denoising steps.")] = 50,
+    sampler: Annotated[str, typer.Option("--sampler", help="ddim (diffusers DDIMScheduler) or ddpm (DDPMScheduler).")] = "ddim",
+    eta: Annotated[float, typer.Option("--eta", min=0.0, help="DDIM noise (0: deterministic given the seed).")] = 0.0,
+    plot: Annotated[
+        Optional[Path], typer.Option("--plot", help="Write a figure of the samples beside the training data into this folder.", show_default=False)
+    ] = None,
+    data: Annotated[
+        Optional[str],
+        typer.Option("--data", help="Data to show beside the samples with --plot (default: the data the checkpoint was trained on).", show_default=False),
+    ] = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", min=1, help="Samples denoised together (default: all).", show_default=False)] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing output file.")] = False,
+    seed: Seed = 0,
+    threads: Threads = None,
+    device: Device = "auto",
+    quiet: Quiet = False,
+    debug: Debug = False,
+) -> None:
+    """Draw samples from a flipd checkpoint, to see whether it learnt its data before trusting its LID.
+
+    The model is sampled through a diffusers scheduler (DDIM or DDPM steps) under its own schedule and prediction; the samples are in the data's own units (the standardisation is undone). --plot shows them beside the training data the checkpoint records (or --data).
+
+    [bold]Examples[/]:
+      [cyan]flipd sample models/lollipop -n 2000 --out lollipop_samples.npy --plot plots/[/]
+      [cyan]flipd sample models/mnist -n 64 --out mnist_samples.png --sampler ddpm --steps 250[/]
+    """
+    from . import plots
+    from .jobs.inputs import load_model
+    from .jobs.sample import SAMPLE_SUFFIXES, check_samples_path, draw_samples, point_shape, training_points, write_samples
+    from .models.sampling import SAMPLERS
+    from .runs import check_writable_directory, write_json
+
+    device_used = _setup(threads, device, debug)
+    if sampler not in SAMPLERS:
+        raise OptionError("--sampler", f"{sampler!r} is not one of {', '.join(SAMPLERS)}.")
+    if eta and sampler != "ddim":
+        raise OptionError("--eta", "applies to the ddim sampler only.")
+    target = Path(out) if out is not None else Path(f"{_slug(str(model))}_samples.npy")
+    if target.suffix.lower() not in SAMPLE_SUFFIXES:
+        raise OptionError("--out", f"{str(target)!r} must end in {' or '.join(SAMPLE_SUFFIXES)}.")
+    if target.exists() and not force:
+        raise FileExistsError(f"{str(target)!r} already exists; pass --force to overwrite it, or choose another --out.")
+    _check_output_folders(target, plot)
+    check_writable_directory(target.parent, "the samples")
+    loaded = load_model(model, device=device_used)
+    try:
+        check_samples_path(target, images=len(point_shape(loaded)) == 3)
+    except ValueError as error:
+        raise OptionError("--out", str(error)) from None
+    _say(quiet, f"model: {escape(loaded.description)}")
+    with progress_bar(f"sampling ({sampler})", n_points * steps, enabled=not quiet) as advance:
+        drawn = draw_samples(loaded, n_points, steps=steps, sampler=sampler, eta=eta, seed=seed,
+                             batch_size=batch_size, progress=advance)
+    title = f"Samples of {model.name} ({sampler}, {steps} steps)"
+    write_samples(target, drawn, title=title)
+    written = [str(target)]
+    if plot is not None:
+        try:
+            reference = training_points(loaded, data, n_points, seed=seed)
+        except (ValueError, FileNotFoundError) as error:
+            raise OptionError("--data", str(error)) from None
+        shown = reference.x.numpy()
+        if drawn.kind == "vectors":
+            shown = shown.reshape(reference.n, -1)
+        if shown.shape[1:] != drawn.values.shape[1:]:
+            raise OptionError("--data", f"{reference.spec!r} has points of shape {list(shown.shape[1:])}, "
+                                        f"the samples {list(drawn.values.shape[1:])}; give the model's own data.")
+        figure = plots.plot_samples(drawn.values, shown, title=f"{title} beside {reference.spec}")
+        written.append(str(plots.save_figure(figure, Path(plot) / f"{_slug(model.name)}_samples_{sampler}.png")))
+    write_json(target.with_suffix(".json"), {
+        "command": "sample", "model": {"path": str(model.resolve()), "fingerprint": loaded.fingerprint,
+                                       "schedule": repr(loaded.schedule), "prediction": loaded.prediction},
+        "settings": drawn.settings, "shape": list(drawn.values.shape), "outputs": written,
+    })
+    _say(quiet, f"wrote {escape(', '.join(written))}")
 
 
 # --------------------------------------------------------------------------- bench

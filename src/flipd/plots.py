@@ -441,9 +441,18 @@ def plot_samples(
     per_panel = 1 if dims == 2 else 2
     figure = _new_figure((5.2 if dims == 2 else 5.0) * per_panel * len(panels), 5.0)
     shown = "" if samples.shape[1] <= 3 else f" (first 2 of {samples.shape[1]} coordinates)"
+    drawn = []
     for slot, ((name, values), colour) in enumerate(zip(panels, ("tab:orange", "tab:blue"))):
-        _scatter_panels(figure, np.asarray(values, dtype=np.float64)[:, :dims], columns=per_panel * len(panels),
-                        column=1 + slot * per_panel, title=f"{name} ({len(values)})", color=colour)
+        drawn += _scatter_panels(figure, np.asarray(values, dtype=np.float64)[:, :dims], columns=per_panel * len(panels),
+                                 column=1 + slot * per_panel, title=f"{name} ({len(values)})", color=colour)
+    if dims == 2:  # the same limits on both panels, so they compare at a glance
+        every = np.concatenate([np.asarray(values, dtype=np.float64)[:, :2] for _, values in panels])
+        low, high = every.min(axis=0), every.max(axis=0)
+        margin = 0.05 * np.maximum(high - low, 1e-9)
+        for axis, _ in drawn:
+            axis.set_aspect("equal", adjustable="box")
+            axis.set_xlim(low[0] - margin[0], high[0] + margin[0])
+            axis.set_ylim(low[1] - margin[1], high[1] + margin[1])
     figure.suptitle(title + shown)
     return _finish(figure, path)
 
