@@ -823,7 +823,8 @@ def sample(
     """
     from . import plots
     from .jobs.inputs import load_model
-    from .jobs.sample import SAMPLE_SUFFIXES, check_samples_path, draw_samples, point_shape, training_points, write_samples
+    from .jobs.sample import (SAMPLE_SUFFIXES, check_sampleable, check_samples_path, draw_samples, point_shape,
+                              training_points, write_samples)
     from .models.sampling import SAMPLERS
     from .runs import check_writable_directory, write_json
 
@@ -840,6 +841,7 @@ def sample(
     _check_output_folders(target, plot)
     check_writable_directory(target.parent, "the samples")
     loaded = load_model(model, device=device_used)
+    check_sampleable(loaded)
     try:
         check_samples_path(target, images=len(point_shape(loaded)) == 3)
     except ValueError as error:

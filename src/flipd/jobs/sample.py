@@ -17,7 +17,7 @@ from ..models.sampling import SAMPLERS
 from ..runs.files import atomic_path
 from .inputs import LoadedModel
 
-__all__ = ["SAMPLE_SUFFIXES", "Samples", "check_samples_path", "draw_samples", "point_shape", "training_points", "write_samples"]
+__all__ = ["SAMPLE_SUFFIXES", "Samples", "check_sampleable", "check_samples_path", "draw_samples", "point_shape", "training_points", "write_samples"]
 
 #: What ``flipd sample --out`` writes: an array of points, or (image models) a PNG grid.
 SAMPLE_SUFFIXES: tuple[str, ...] = (".npy", ".png")
@@ -64,6 +64,20 @@ def check_samples_path(path: str | os.PathLike, *, images: bool) -> Path:
     return target
 
 
+def check_sampleable(loaded: LoadedModel) -> DiffusionModel:
+    """The model of ``loaded`` if it is a flipd checkpoint (the models ``flipd sample`` draws from).
+
+    Raises:
+        ValueError: another kind of model (a diffusers folder), naming what to use instead.
+    """
+    if not isinstance(loaded.model, DiffusionModel):
+        raise ValueError(
+            f"{str(loaded.path)!r} is a {loaded.kind} model; flipd sample draws from flipd checkpoints "
+            "(from flipd train). Use the diffusers pipeline itself to sample it."
+        )
+    return loaded.model
+
+
 def draw_samples(
     loaded: LoadedModel,
     n: int,
@@ -80,12 +94,7 @@ def draw_samples(
     Raises:
         ValueError: the model is not a flipd checkpoint, or a setting is invalid.
     """
-    model = loaded.model
-    if not isinstance(model, DiffusionModel):
-        raise ValueError(
-            f"{str(loaded.path)!r} is a {loaded.kind} model; flipd sample draws from flipd checkpoints "
-            "(from flipd train). Use the diffusers pipeline itself to sample it."
-        )
+    model = check_sampleable(loaded)
     if sampler not in SAMPLERS:
         raise ValueError(f"Unknown sampler {sampler!r}; use one of {', '.join(SAMPLERS)}.")
     drawn = model.sample(n, steps=steps, sampler=sampler, eta=eta, seed=seed, batch_size=batch_size, progress=progress)
