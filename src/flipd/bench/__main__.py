@@ -10,6 +10,7 @@ from collections.abc import Sequence
 BENCHMARKS: dict[str, str] = {
     "images": "flipd.bench.images",
     "oracle": "flipd.bench.oracle",
+    "sampling": "flipd.bench.sampling",
     "scale": "flipd.bench.scale",
     "speed": "flipd.bench.speed",
     "synthetic": "flipd.bench.synthetic",
