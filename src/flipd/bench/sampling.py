@@ -71,7 +71,7 @@ def render_markdown(result: dict[str, Any]) -> str:
         ["sampler", "steps", "variance 0.25 (sample / true)", "variance 4 (sample / true)"],
         [[r["sampler"], r["steps"], r["minor_ratio"], r["major_ratio"]] for r in result["records"]],
     )
-    return (f"# Sampling a closed-form Gaussian\n\n`{result['command']}` ({result['n']} samples per seed, "
+    return (f"# Sampling a closed-form Gaussian\n\n`{result['command'].strip()}` ({result['n']} samples per seed, "
             f"seeds 0-{result['seeds'] - 1}, mean over seeds; git {result['git']})\n\n{table}\n")
 
 
