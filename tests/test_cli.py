@@ -22,7 +22,7 @@ from flipd.cli import app
 runner = CliRunner()
 #: The folder holding the flipd package under test, for subprocesses.
 PACKAGE_ROOT = str(Path(flipd.__file__).resolve().parents[1])
-COMMANDS = ("info", "train", "estimate", "curve", "bench", "demo")
+COMMANDS = ("info", "train", "estimate", "curve", "sample", "bench", "demo")
 #: A deliberately tiny training run: enough for a valid checkpoint, not for good estimates.
 TINY_TRAIN = ("-n", "1500", "--steps", "40", "--batch-size", "256", "--widths", "32,32", "--threads", "1", "--quiet")
 
@@ -128,7 +128,7 @@ def test_estimate_writes_table_metadata_and_plots(lollipop_model, tmp_path):
     assert not table.with_name(table.name + ".chunks").exists()
     assert not [p for p in table.parent.iterdir() if p.name.startswith(".")]  # no temporary files
     figures = sorted(p.name for p in plots.iterdir())
-    assert figures == ["lollipop_lid_histogram.png", "lollipop_lid_scatter.png"]
+    assert figures == ["lollipop_flipd_t0_0.05_lid_histogram.png", "lollipop_flipd_t0_0.05_lid_scatter.png"]
     for figure in plots.iterdir():
         assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         from PIL import Image
@@ -449,7 +449,7 @@ def test_images_train_estimate_and_figures(tmp_path):
     frame = pd.read_parquet(table)
     assert {"name", "label", "png_bytes"} <= set(frame.columns) and len(frame) == 40
     assert {p.name for p in plots.iterdir()} == {
-        "digits8_lid_histogram.png", "digits8_images_by_lid.png", "digits8_lid_vs_png_size.png",
+        f"digits8_flipd_t0_0.05_{figure}.png" for figure in ("lid_histogram", "images_by_lid", "lid_vs_png_size")
     }
 
 
@@ -462,7 +462,7 @@ def test_demo_on_a_tiny_budget(tmp_path):
     for name in ("lollipop", "doughnut"):
         frame = pd.read_parquet(out / f"{name}_lid.parquet")
         assert len(frame) == 60 and {"lid", "lid_true", "component"} <= set(frame.columns)
-        for figure in ("lid_histogram", "lid_scatter", "curves"):
+        for figure in ("flipd_t0_0.05_lid_histogram", "flipd_t0_0.05_lid_scatter", "curves"):
             assert (out / "plots" / f"{name}_{figure}.png").is_file()
     again = flipd("demo", "--out", out, "--n-eval", "60", "--threads", "1", "--quiet")
     assert again.exit_code == 0 and again.output == ""
@@ -527,3 +527,15 @@ def test_resume_with_a_truncated_chunk_names_the_file(lollipop_model, tmp_path):
     chunk = table.with_name(table.name + ".chunks") / "chunk-000001.npz"
     chunk.write_bytes(chunk.read_bytes()[:40])  # a chunk file cut short
     assert_user_error(flipd(*_estimate_args(lollipop_model, table, "--resume")), "chunk-000001.npz", "delete it")
+
+
+def test_figures_of_flipd_and_nb_on_the_same_data_do_not_overwrite_each_other(lollipop_model, tmp_path):
+    plots = tmp_path / "plots"
+    for method in ("flipd", "nb"):
+        result = flipd("estimate", "lollipop", "-m", lollipop_model, "-n", "40", "--method", method,
+                       "-o", tmp_path / f"{method}.csv", "--plot", plots, "--quiet", "--threads", "1")
+        assert result.exit_code == 0, result.output
+    names = sorted(p.name for p in plots.iterdir())
+    histograms = [name for name in names if name.endswith("lid_histogram.png")]
+    assert len(histograms) == 2 and histograms[0].startswith("lollipop_flipd_t0_0.05_")
+    assert histograms[1].startswith("lollipop_nb_t0_")  # NB's own default level, named by its time

@@ -16,7 +16,7 @@ LAYERS: list[tuple[str, set[str]]] = [
               "flipd.plateau", "flipd.reliability", "flipd.analytic", "flipd.models.base", "flipd.results",
               "flipd.estimator"}),
     ("components", {"flipd.models", "flipd.datasets", "flipd.baselines", "flipd.methods", "flipd.runs", "flipd.train"}),
-    ("jobs", {"flipd.jobs", "flipd.plots"}),
+    ("jobs", {"flipd.jobs", "flipd.plots", "flipd.sklearn"}),
     ("shell", {"flipd", "flipd.cli", "flipd.bench", "flipd.demo", "flipd.__main__"}),
 ]
 

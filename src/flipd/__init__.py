@@ -8,7 +8,8 @@ The public contract: :func:`flipd`, :func:`estimate`, :func:`flipd_curve`, :func
 :func:`knee_grid`, :func:`plateau` and :func:`plateau_grid`; one result type :class:`LIDResult` (``to_pandas()``) and one registry of every
 estimator, :data:`METHODS` (FLIPD and the baselines, one calling convention); the model concept :class:`Model` with :func:`load`, :func:`as_model`,
 :class:`ModelAdapter` and :func:`from_diffusers` (needs the ``images`` extra);
-:func:`train_diffusion`; :mod:`flipd.schedules`, :mod:`flipd.analytic`, :mod:`flipd.baselines`,
+:func:`train_diffusion`; :class:`FLIPD`, the scikit-learn estimator (needs scikit-learn; imported on
+first use); :mod:`flipd.schedules`, :mod:`flipd.analytic`, :mod:`flipd.baselines`,
 :mod:`flipd.datasets`. ``docs/architecture.md`` describes the layers.
 """
 
@@ -27,6 +28,7 @@ from .train import TrainConfig, train_diffusion
 
 __all__ = [
     "DiffusersModel",
+    "FLIPD",
     "DiffusionModel",
     "EstimateWarning",
     "FLIPDResult",
@@ -53,3 +55,12 @@ __all__ = [
     "schedules",
     "train_diffusion",
 ]
+
+
+def __getattr__(name: str):
+    # The scikit-learn estimator is imported on first use: scikit-learn is optional and slow to import.
+    if name == "FLIPD":
+        from .sklearn import FLIPD
+
+        return FLIPD
+    raise AttributeError(f"module 'flipd' has no attribute {name!r}")

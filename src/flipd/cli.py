@@ -1,4 +1,4 @@
-"""The ``flipd`` command line: train, estimate, curve, bench, demo, info.
+"""The ``flipd`` command line: train, estimate, curve, sample, bench, demo, info.
 
 A thin shell over the library: options are parsed here, the work is done by the jobs of
 :mod:`flipd.jobs` (estimate, curve, train, demo), with data from :mod:`flipd.datasets.sources`,
@@ -608,7 +608,7 @@ def estimate(
             written_plots: list[Path] = []
             if plot is not None:
                 with _timed(timings, "plots_s"):
-                    written_plots = _estimate_plots(plot, points, columns["lid"], _slug(data))
+                    written_plots = _estimate_plots(plot, points, columns, _slug(data), method=method, noise=plan.noise)
             timings["compute_chunks_s"] = round(sum(result.chunk_seconds), 4)
             timings["total_s"] = round(time.perf_counter() - began, 4)
             metadata_path = metadata_path_for(table_path)
@@ -769,14 +769,22 @@ def _load_model_and_points(model: Path, data: str, n_points: int | None, seed: i
     return points, loaded, x, checked
 
 
-def _estimate_plots(directory: Path, points: Any, lids: Any, prefix: str) -> list[Path]:
+def _estimate_plots(directory: Path, points: Any, columns: dict[str, Any], prefix: str, *, method: str,
+                    noise: dict[str, Any]) -> list[Path]:
+    """The figures of an estimate run, named and titled by data, method and noise level (the level
+    the method used when none was given, e.g. NB's default)."""
+    import numpy as np
+
     from . import plots
 
+    if not noise and np.isfinite(columns["t0"]).all() and np.unique(columns["t0"]).size == 1:
+        noise = {"t0": float(columns["t0"][0])}
     return plots.plot_estimates(
-        directory, lids=lids, x=points.x.numpy() if points.kind == "vectors" else None,
+        directory, lids=columns["lid"], x=points.x.numpy() if points.kind == "vectors" else None,
         lid_true=points.lid_true, component=points.component, labels=points.labels,
         label_names=points.label_names, images_uint8=points.images_uint8() if points.kind == "images" else None,
-        png_bytes=points.png_bytes, prefix=f"{prefix}_", title=prefix,
+        png_bytes=points.png_bytes, ambient_dim=points.ambient_dim, method=method, noise_level=noise,
+        prefix=f"{prefix}_", title=prefix,
     )
 
 
@@ -930,8 +938,9 @@ def curve(
             write_table(table_path, curve_table_columns(points, curves))
             written: list[Path] = []
             if plot is not None:
-                written.append(plots.plot_curves(
-                    curves.times, curves.curves, Path(plot) / f"{_slug(data)}_curves.png",
+                curve_figure = Path(plot) / f"{_slug(data)}_curves.png"
+                plots.plot_curves(
+                    curves.times, curves.curves, curve_figure,
                     knee_times=curves.plateau_t0 if plateau_rule else curves.knee_t0,
                     knee_lids=curves.plateau_lid if plateau_rule else curves.knee_lid, ambient_dim=points.ambient_dim,
                     true_lids=points.lid_true, time_label=f"t0 ({loaded.schedule!r} time)", chosen_label=rule,
@@ -939,7 +948,8 @@ def curve(
                         f", median flatness {np.nanmedian(curves.plateau_flatness):.3g} per unit log sigma"
                         if plateau_rule else ""
                     ),
-                ))
+                )
+                written.append(curve_figure)
             chosen_lid = curves.plateau_lid if plateau_rule else curves.knee_lid
             timings["total_s"] = round(time.perf_counter() - began, 4)
             metadata_path = metadata_path_for(table_path)
@@ -1002,6 +1012,97 @@ def export(
     if not quiet:
         err_console.print(f"wrote diffusers pipeline [bold]{escape(str(target))}[/] from {escape(loaded.description)}", soft_wrap=True)
         err_console.print(f"next: flipd estimate DATA --model {escape(str(target))}", soft_wrap=True)
+
+
+# --------------------------------------------------------------------------- sample
+
+
+@app.command()
+@handles_errors
+def sample(
+    model: Annotated[Path, typer.Argument(metavar="MODEL", help="A flipd checkpoint directory (from flipd train).", show_default=False)],
+    n_points: Annotated[int, typer.Option("--n-points", "-n", min=1, help="Number of samples.")] = 1000,
+    out: Annotated[
+        Optional[Path],
+        typer.Option("--out", "-o", help="Where to write them: .npy (points in data units), or .png (a grid, image models); default <model>_samples.npy.", show_default=False),
+    ] = None,
+    steps: Annotated[int, typer.Option("--steps", min=1, max=1000, help="Denoising steps.")] = 50,
+    sampler: Annotated[str, typer.Option("--sampler", help="ddim (diffusers DDIMScheduler) or ddpm (DDPMScheduler).")] = "ddim",
+    eta: Annotated[float, typer.Option("--eta", min=0.0, help="DDIM noise (0: deterministic given the seed).")] = 0.0,
+    plot: Annotated[
+        Optional[Path], typer.Option("--plot", help="Write a figure of the samples beside the training data into this folder.", show_default=False)
+    ] = None,
+    data: Annotated[
+        Optional[str],
+        typer.Option("--data", help="Data to show beside the samples with --plot (default: the data the checkpoint was trained on).", show_default=False),
+    ] = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", min=1, help="Samples denoised together (default: all).", show_default=False)] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing output file.")] = False,
+    seed: Seed = 0,
+    threads: Threads = None,
+    device: Device = "auto",
+    quiet: Quiet = False,
+    debug: Debug = False,
+) -> None:
+    """Draw samples from a flipd checkpoint, to see whether it learnt its data before trusting its LID.
+
+    The model is sampled through a diffusers scheduler (DDIM or DDPM steps) under its own schedule and prediction; the samples are in the data's own units (the standardisation is undone). --plot shows them beside the training data the checkpoint records (or --data).
+
+    [bold]Examples[/]:
+      [cyan]flipd sample models/lollipop -n 2000 --out lollipop_samples.npy --plot plots/[/]
+      [cyan]flipd sample models/mnist -n 64 --out mnist_samples.png --sampler ddpm --steps 250[/]
+    """
+    from . import plots
+    from .jobs.inputs import load_model
+    from .jobs.sample import (SAMPLE_SUFFIXES, check_sampleable, check_samples_path, draw_samples, point_shape,
+                              training_points, write_samples)
+    from .models.sampling import SAMPLERS
+    from .runs import check_writable_directory, write_json
+
+    device_used = _setup(threads, device, debug)
+    if sampler not in SAMPLERS:
+        raise OptionError("--sampler", f"{sampler!r} is not one of {', '.join(SAMPLERS)}.")
+    if eta and sampler != "ddim":
+        raise OptionError("--eta", "applies to the ddim sampler only.")
+    target = Path(out) if out is not None else Path(f"{_slug(str(model))}_samples.npy")
+    if target.suffix.lower() not in SAMPLE_SUFFIXES:
+        raise OptionError("--out", f"{str(target)!r} must end in {' or '.join(SAMPLE_SUFFIXES)}.")
+    if target.exists() and not force:
+        raise FileExistsError(f"{str(target)!r} already exists; pass --force to overwrite it, or choose another --out.")
+    _check_output_folders(target, plot)
+    check_writable_directory(target.parent, "the samples")
+    loaded = load_model(model, device=device_used)
+    check_sampleable(loaded)
+    try:
+        check_samples_path(target, images=len(point_shape(loaded)) == 3)
+    except ValueError as error:
+        raise OptionError("--out", str(error)) from None
+    _say(quiet, f"model: {escape(loaded.description)}")
+    with progress_bar(f"sampling ({sampler})", n_points * steps, enabled=not quiet) as advance:
+        drawn = draw_samples(loaded, n_points, steps=steps, sampler=sampler, eta=eta, seed=seed,
+                             batch_size=batch_size, progress=advance)
+    title = f"Samples of {model.name} ({sampler}, {steps} steps)"
+    write_samples(target, drawn, title=title)
+    written = [str(target)]
+    if plot is not None:
+        try:
+            reference = training_points(loaded, data, n_points, seed=seed)
+        except (ValueError, FileNotFoundError) as error:
+            raise OptionError("--data", str(error)) from None
+        shown = reference.x.numpy()
+        if drawn.kind == "vectors":
+            shown = shown.reshape(reference.n, -1)
+        if shown.shape[1:] != drawn.values.shape[1:]:
+            raise OptionError("--data", f"{reference.spec!r} has points of shape {list(shown.shape[1:])}, "
+                                        f"the samples {list(drawn.values.shape[1:])}; give the model's own data.")
+        figure = plots.plot_samples(drawn.values, shown, title=f"{title} beside {reference.spec}")
+        written.append(str(plots.save_figure(figure, Path(plot) / f"{_slug(model.name)}_samples_{sampler}.png")))
+    write_json(target.with_suffix(".json"), {
+        "command": "sample", "model": {"path": str(model.resolve()), "fingerprint": loaded.fingerprint,
+                                       "schedule": repr(loaded.schedule), "prediction": loaded.prediction},
+        "settings": drawn.settings, "shape": list(drawn.values.shape), "outputs": written,
+    })
+    _say(quiet, f"wrote {escape(', '.join(written))}")
 
 
 # --------------------------------------------------------------------------- bench

@@ -13,6 +13,7 @@ BENCHMARKS: dict[str, str] = {
     "images": "flipd.bench.images",
     "oracle": "flipd.bench.oracle",
     "rules": "flipd.bench.rules",
+    "sampling": "flipd.bench.sampling",
     "scale": "flipd.bench.scale",
     "speed": "flipd.bench.speed",
     "synthetic": "flipd.bench.synthetic",
