@@ -328,7 +328,11 @@ def estimate(
     Extra arguments beyond :func:`flipd`:
         chunk_rows: cap on (point, probe) pairs differentiated in one vectorised call; bounds
             memory. Default ``max(4096, points per batch)``.
-        mode: "auto" (reverse mode, forward on failure), "reverse" or "forward".
+        mode: "auto" (reverse mode; forward mode where reverse mode is unsupported; plain
+            autograd for a model that differentiates by itself), "reverse", "forward" or
+            "autograd" (plain ``torch.autograd``: for models that compute their output with
+            ``torch.autograd.grad(..., create_graph=True)``, e.g. an energy-based model's
+            score ``-∇E(y)``; see :mod:`flipd.trace`).
         progress: called with the number of points finished after each batch.
     """
     x = _as_batch(x)
