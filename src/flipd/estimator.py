@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from .knee import knee
-from .models.base import Model
+from .models.base import Model, warn_if_training
 from .noise import knee_grid, resolve_times
 from .parameterization import check_prediction, score_coefficients
 from .schedules import VP, Schedule
@@ -128,8 +128,10 @@ def resolve_model(
     A :class:`flipd.Model` brings its own schedule, prediction and coordinate map (applied to
     ``x`` unless ``encoded``); a ``schedule=`` or ``prediction=`` that contradicts it raises. A
     plain callable gets ``schedule`` (default the reference ``VP()``) and ``prediction``
-    (default "epsilon"), and ``x`` is used as it is.
+    (default "epsilon"), and ``x`` is used as it is. A model whose torch modules have dropout
+    or batch norm in training mode gets a ``RuntimeWarning`` (:func:`flipd.models.base.warn_if_training`).
     """
+    warn_if_training(model)
     if isinstance(model, Model):
         if schedule is not None and schedule != model.schedule:
             raise ValueError(
