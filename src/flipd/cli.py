@@ -166,7 +166,7 @@ ModelOption = Annotated[
     Path,
     typer.Option("--model", "-m", help="A flipd checkpoint directory (from flipd train) or a diffusers folder.", show_default=False),
 ]
-Trace = Annotated[str, typer.Option("--trace", help="auto (exact for D <= 256), exact, hutchinson or gaussian.")]
+Trace = Annotated[str, typer.Option("--trace", help="auto (exact for vectors with D <= 256, Hutchinson for images and larger D), exact, hutchinson or gaussian.")]
 Probes = Annotated[int, typer.Option("--probes", min=1, help="Hutchinson probes per point (ignored by the exact trace).")]
 BatchSize = Annotated[int, typer.Option("--batch-size", min=1, help="Points per forward pass.")]
 PlotDir = Annotated[Optional[Path], typer.Option("--plot", help="Write PNG figures into this folder.", show_default=False)]

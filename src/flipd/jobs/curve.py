@@ -65,7 +65,7 @@ def compute_curves(
     every noise level (N·T in all).
     """
     dim = int(x[0].numel())
-    resolved_trace, resolved_probes = resolve_trace(trace, dim, n_probes)
+    resolved_trace, resolved_probes = resolve_trace(trace, x.shape[1:], n_probes)
     with torch.no_grad():
         curves = flipd_curve(
             model, x, times, trace=trace, n_probes=n_probes, seed=seed, indices=indices,
