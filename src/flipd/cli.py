@@ -30,7 +30,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from .jobs.train import NETWORK_CHOICES
+from .jobs.train import NETWORK_CHOICES, SCALING_CHOICES
 from .runs.environment import DEMO_DEFAULT_OUT
 
 __all__ = ["app", "main"]
@@ -349,8 +349,8 @@ def train(
     widths: Annotated[str, typer.Option("--widths", help="Hidden widths of the MLP U-net, comma-separated.")] = "256,256,256",
     channels: Annotated[str, typer.Option("--channels", help="Channels per resolution level of the unet, comma-separated.")] = "16,32,64",
     standardize: Annotated[
-        str, typer.Option("--standardize", help="Rescale the data before training: per_coordinate, scalar (one scale, keeps the shape) or none.")
-    ] = "per_coordinate",
+        str, typer.Option("--standardize", help="Rescale the data before training: auto (scalar for tables, none for images in [-1, 1]), scalar (one scale, keeps the shape), per_coordinate (for coordinates in different units) or none.")
+    ] = "auto",
     max_minutes: Annotated[
         Optional[float], typer.Option("--max-minutes", min=0.0, help="Stop training after this many minutes.", show_default=False)
     ] = None,
@@ -374,7 +374,7 @@ def train(
 ) -> None:
     """Train a diffusion model on DATA and save it as a flipd checkpoint (safetensors + JSON).
 
-    The model learns the noise of standardised points (by default under the reference VP schedule with the epsilon prediction; see --schedule and --prediction); flipd estimate then works in the same coordinates, with the schedule and prediction saved in the checkpoint. The default network is an MLP U-net (images are flattened); --network unet trains a convolutional U-net on images.
+    The model learns the noise of standardised points (tables centred and divided by one common scale, so their shape is kept; images in [-1, 1] as they are; see --standardize; by default under the reference VP schedule with the epsilon prediction; see --schedule and --prediction); flipd estimate then works in the same coordinates, with the schedule and prediction saved in the checkpoint. The default network is an MLP U-net (images are flattened); --network unet trains a convolutional U-net on images.
 
     [bold]Examples[/]:
       [cyan]flipd train lollipop --out models/lollipop --steps 3000[/]
@@ -418,7 +418,7 @@ def train(
             err_console.print(line, soft_wrap=True)
 
 
-STANDARDIZE_CHOICES = ("per_coordinate", "scalar", "none")
+STANDARDIZE_CHOICES = SCALING_CHOICES
 
 
 def _parse_sizes(text: str, option: str) -> tuple[int, ...]:
