@@ -27,7 +27,6 @@ before its failure is reported.
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import math
 import warnings
@@ -163,13 +162,13 @@ def _contract(probes: Tensor, products: Tensor) -> Tensor:
 
 class _RejectedOutput(Exception):
     """Carries an error raised by ``check_output`` or by the model itself: bad input, never a
-    reason to fall back to another ``torch.func`` mode. ``model_failed`` says the model raised
-    (under "auto" it is then tried once more with plain autograd)."""
+    reason to fall back to another ``torch.func`` mode. ``in_transform`` says the model raised
+    inside a ``torch.func`` transform (under "auto" it is then tried once more with plain autograd)."""
 
-    def __init__(self, error: Exception, *, model_failed: bool = False) -> None:
+    def __init__(self, error: Exception, *, in_transform: bool = False) -> None:
         super().__init__(str(error))
         self.error = error
-        self.model_failed = model_failed
+        self.in_transform = in_transform
 
 
 # Errors that mean "this differentiation strategy is unsupported here", as opposed to bad input.
@@ -203,7 +202,7 @@ def _guarded(fn: Callable[[Tensor], Tensor], *, transformed: bool) -> Callable[[
                     "It ran inside a torch.func transform; a model that differentiates by itself "
                     "(torch.autograd.grad, y.requires_grad_()) needs mode='autograd' (or 'auto')."
                 )
-            raise _RejectedOutput(error, model_failed=True) from None
+            raise _RejectedOutput(error, in_transform=transformed) from None
 
     return call
 
@@ -248,8 +247,8 @@ def _autograd_products(output: Tensor, leaf: Tensor, chunk: Tensor, *, keep_grap
     options = dict(create_graph=differentiable, allow_unused=True)
     if len(chunk) > 1 and batched[0]:
         try:
-            (products,) = grad(output, leaf, chunk, retain_graph=True if keep_graph else None,
-                               is_grads_batched=True, **options)
+            # The graph is kept: should the batched pass fail half-way, the loop needs it.
+            (products,) = grad(output, leaf, chunk, retain_graph=True, is_grads_batched=True, **options)
         except _UNSUPPORTED:
             batched[0] = False
         else:
@@ -278,17 +277,16 @@ def _autograd(fn: Callable[[Tensor], Tensor], y: Tensor, probes: Iterable[Tensor
         raise _independent_output()
     forms, batched = [], [True]
     chunk = next(iter_probes := iter(probes), None)
-    with torch.enable_grad() if differentiable else contextlib.nullcontext():
-        while chunk is not None:
-            following = next(iter_probes, None)
-            # Keep the graph only while probes remain: a freed graph lets the backward pass reuse
-            # the memory of the activations it no longer needs.
-            products = _autograd_products(
-                output, leaf, chunk, keep_graph=following is not None or differentiable,
-                differentiable=differentiable, batched=batched,
-            )
-            forms.append(_contract(chunk, products))
-            chunk = following
+    while chunk is not None:
+        following = next(iter_probes, None)
+        # Keep the graph only while probes remain (or gradients must flow back through it): a
+        # freed graph lets the backward pass reuse the memory of the activations it no longer needs.
+        products = _autograd_products(
+            output, leaf, chunk, keep_graph=following is not None or differentiable,
+            differentiable=differentiable, batched=batched,
+        )
+        forms.append(_contract(chunk, products))
+        chunk = following
     return (output if differentiable else output.detach()), forms
 
 
@@ -403,7 +401,7 @@ def quadratic_forms(
             output, forms = runners[attempt](fn, y, probes(), check)
             return output, torch.cat(forms, dim=0), attempt
         except _RejectedOutput as rejected:
-            if not (rejected.model_failed and mode == "auto" and attempt == "reverse"):
+            if not (rejected.in_transform and mode == "auto"):
                 raise rejected.error from None
             # The model fails inside torch.func.vjp: it may differentiate by itself, which
             # plain autograd allows. If it fails there too, that failure is the model's own.
