@@ -186,9 +186,9 @@ def resolve_trace(trace: str, point_shape: int | Sequence[int], n_probes: int) -
     of any size, and vectors with D > 256. The exact trace costs D vector-Jacobian products per
     point: for an MLP each costs about one forward pass (README, Speed) and removes the probe
     noise, which is worth it at small D; for a convolutional U-net on a 16×16 image (D = 256)
-    it took 53 times as long per image as 4 Hutchinson probes (one thread, ``python
-    benchmarks/trace_cost.py --points 8 --repeats 3``), so image inputs get Hutchinson probes
-    (``n_probes`` of them, with a standard error).
+    it took 53–71 times as long per image as 4 Hutchinson probes (one thread, ``python
+    benchmarks/trace_cost.py``), so image inputs get Hutchinson probes (``n_probes`` of them,
+    with a standard error).
     """
     if trace not in TRACES:
         raise ValueError(f"Unknown trace {trace!r}; use one of {', '.join(TRACES)}.")
