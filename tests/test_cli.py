@@ -442,6 +442,8 @@ def test_images_train_estimate_and_figures(tmp_path):
     model = tmp_path / "digits"
     result = flipd("train", "digits8", "--out", model, "-n", "400", "--steps", "30", "--widths", "64,64", "--quiet")
     assert result.exit_code == 0, result.output
+    # Flattened for the MLP, they are still images: no scaling under the default.
+    assert json.loads((model / "config.json").read_text())["standardization"]["mode"] == "none"
     table, plots = tmp_path / "digits.parquet", tmp_path / "plots"
     result = flipd("estimate", "digits8", "-m", model, "-n", "40", "-o", table, "--plot", plots, "--trace",
                    "hutchinson", "--probes", "2", "--quiet")
@@ -468,6 +470,18 @@ def test_demo_on_a_tiny_budget(tmp_path):
     assert again.exit_code == 0 and again.output == ""
 
 
+def test_tables_keep_their_shape_and_uneven_spreads_are_warned_about(tmp_path):
+    angle = np.random.default_rng(0).uniform(0, 2 * np.pi, 1500)
+    jitter = 0.001 * np.random.default_rng(1).standard_normal(1500)
+    np.save(tmp_path / "circle.npy", np.stack([np.cos(angle), np.sin(angle), jitter], 1))
+    result = flipd("train", tmp_path / "circle.npy", "--out", tmp_path / "model", *TINY_TRAIN)
+    assert result.exit_code == 0, result.output
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "spreads differ by a factor" in warnings[0] and "per_coordinate" in warnings[0]
+    config = json.loads((tmp_path / "model" / "config.json").read_text())
+    assert config["standardization"]["mode"] == "scalar"
+
+
 def test_convolutional_unet_on_images(tmp_path):
     model = tmp_path / "unet"
     result = flipd("train", "digits8", "--network", "unet", "--channels", "8,16", "-n", "200", "--steps", "5",
@@ -475,6 +489,7 @@ def test_convolutional_unet_on_images(tmp_path):
     assert result.exit_code == 0, result.output
     config = json.loads((model / "config.json").read_text())
     assert config["network"]["kind"] == "unet2d"
+    assert config["standardization"]["mode"] == "none"  # images in [-1, 1] are left as they are
     table = tmp_path / "unet.csv"
     result = flipd("estimate", "digits8", "-m", model, "-n", "4", "-o", table, "--trace", "hutchinson", "--quiet")
     assert result.exit_code == 0, result.output

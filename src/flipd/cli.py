@@ -31,7 +31,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from .baselines.classical import DEFAULT_NEIGHBORS
-from .jobs.train import NETWORK_CHOICES
+from .jobs.train import NETWORK_CHOICES, SCALING_CHOICES
 from .runs.environment import DEMO_DEFAULT_OUT
 
 __all__ = ["app", "main"]
@@ -180,7 +180,7 @@ SchedulerOption = Annotated[
     typer.Option("--scheduler", help="Noise scheduler of a diffusers model folder that has none (a single UNet, not a pipeline): "
                  "a folder with scheduler_config.json, e.g. the pipeline's scheduler/.", show_default=False),
 ]
-Trace = Annotated[str, typer.Option("--trace", help="auto (exact for D <= 256), exact, hutchinson or gaussian.")]
+Trace = Annotated[str, typer.Option("--trace", help="auto (exact for vectors with D <= 256, Hutchinson for images and larger D), exact, hutchinson or gaussian.")]
 Probes = Annotated[int, typer.Option("--probes", min=1, help="Hutchinson probes per point (ignored by the exact trace).")]
 BatchSize = Annotated[int, typer.Option("--batch-size", min=1, help="Points per forward pass.")]
 PlotDir = Annotated[Optional[Path], typer.Option("--plot", help="Write PNG figures into this folder.", show_default=False)]
@@ -385,8 +385,8 @@ def train(
     widths: Annotated[str, typer.Option("--widths", help="Hidden widths of the MLP U-net, comma-separated.")] = "256,256,256",
     channels: Annotated[str, typer.Option("--channels", help="Channels per resolution level of the unet, comma-separated.")] = "16,32,64",
     standardize: Annotated[
-        str, typer.Option("--standardize", help="Rescale the data before training: per_coordinate, scalar (one scale, keeps the shape) or none.")
-    ] = "per_coordinate",
+        str, typer.Option("--standardize", help="Rescale the data before training: auto (scalar for tables, none for images in [-1, 1]), scalar (one scale, keeps the shape), per_coordinate (for coordinates in different units) or none.")
+    ] = "auto",
     max_minutes: Annotated[
         Optional[float], typer.Option("--max-minutes", min=0.0, help="Stop training after this many minutes.", show_default=False)
     ] = None,
@@ -410,7 +410,7 @@ def train(
 ) -> None:
     """Train a diffusion model on DATA and save it as a flipd checkpoint (safetensors + JSON).
 
-    The model learns the noise of standardised points (by default under the reference VP schedule with the epsilon prediction; see --schedule and --prediction); flipd estimate then works in the same coordinates, with the schedule and prediction saved in the checkpoint. The default network is an MLP U-net (images are flattened); --network unet trains a convolutional U-net on images.
+    The model learns the noise of standardised points (tables centred and divided by one common scale, so their shape is kept; images in [-1, 1] as they are; see --standardize; by default under the reference VP schedule with the epsilon prediction; see --schedule and --prediction); flipd estimate then works in the same coordinates, with the schedule and prediction saved in the checkpoint. The default network is an MLP U-net (images are flattened); --network unet trains a convolutional U-net on images.
 
     [bold]Examples[/]:
       [cyan]flipd train lollipop --out models/lollipop --steps 3000[/]
@@ -456,7 +456,7 @@ def train(
             err_console.print(line, soft_wrap=True)
 
 
-STANDARDIZE_CHOICES = ("per_coordinate", "scalar", "none")
+STANDARDIZE_CHOICES = SCALING_CHOICES
 #: Points on the curves of flipd curve unless -n says otherwise.
 CURVE_POINTS = 32
 

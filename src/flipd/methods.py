@@ -136,7 +136,7 @@ def _run_model_baseline(baseline: Baseline) -> Callable[..., LIDResult]:
         if trace == "auto":
             from .estimator import resolve_trace
 
-            trace, n_probes = resolve_trace(trace, _ambient_dim(x), n_probes)
+            trace, n_probes = resolve_trace(trace, tuple(x.shape[1:]), n_probes)
         return LIDResult.from_arrays(
             lid, method=baseline.name, ambient_dim=_ambient_dim(x), settings={**resolved, **levels},
             trace=trace, n_probes=n_probes, **levels,

@@ -6,12 +6,23 @@ form ``vᵀ J_n v`` (J_n the Jacobian of point n's output with respect to its in
 forms over the D basis probes gives the exact trace; averaging them over random Rademacher or
 Gaussian probes gives Hutchinson's unbiased estimate.
 
-Two differentiation modes exist. Reverse mode runs one forward pass and then one
-vector-Jacobian product per probe (vectorised over a chunk of probes with ``torch.vmap``);
-forward mode runs Jacobian-vector products (``torch.func.jvp``). On CPUs reverse mode is the
-faster of the two, and some layers (e.g. CPU attention kernels) have no forward-mode rule, so
-"auto" uses reverse mode and falls back to forward mode only if reverse mode fails. Where a
-model cannot be vectorised with ``torch.vmap``, probes are looped over instead.
+Three differentiation modes exist. Reverse mode runs one forward pass and then one
+vector-Jacobian product per probe (``torch.func.vjp``, vectorised over a chunk of probes with
+``torch.vmap``); forward mode runs Jacobian-vector products (``torch.func.jvp``). On CPUs
+reverse mode is the faster of the two, and some layers (e.g. CPU attention kernels) have no
+forward-mode rule, so "auto" uses reverse mode and falls back to forward mode only if reverse
+mode fails. Where a model cannot be vectorised with ``torch.vmap``, probes are looped over
+instead.
+
+The third, "autograd", uses plain ``torch.autograd`` instead of the ``torch.func`` transforms:
+the model runs on a leaf tensor that requires grad, and each product is a
+``torch.autograd.grad`` of its output. It exists for models that compute their output by
+autograd themselves (an energy-based model or an analytic log-density whose score is
+``-∇E(y)`` by ``torch.autograd.grad(..., create_graph=True)``): calls such as
+``y.requires_grad_()`` or ``torch.autograd.grad`` are refused inside ``torch.func``
+transforms, while plain autograd differentiates through the model's own backward pass (a
+double backward). Under "auto", a model that fails inside ``torch.func.vjp`` is run this way
+before its failure is reported.
 """
 
 from __future__ import annotations
@@ -25,8 +36,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-Mode = Literal["auto", "reverse", "forward"]
-MODES: tuple[str, ...] = ("auto", "reverse", "forward")
+Mode = Literal["auto", "reverse", "forward", "autograd"]
+MODES: tuple[str, ...] = ("auto", "reverse", "forward", "autograd")
 
 __all__ = ["Mode", "MODES", "basis_probes", "indexed_probes", "mix64", "quadratic_forms"]
 
@@ -150,11 +161,14 @@ def _contract(probes: Tensor, products: Tensor) -> Tensor:
 
 
 class _RejectedOutput(Exception):
-    """Carries an error raised by ``check_output``: bad input, never a reason to fall back."""
+    """Carries an error raised by ``check_output`` or by the model itself: bad input, never a
+    reason to fall back to another ``torch.func`` mode. ``in_transform`` says the model raised
+    inside a ``torch.func`` transform (under "auto" it is then tried once more with plain autograd)."""
 
-    def __init__(self, error: Exception) -> None:
+    def __init__(self, error: Exception, *, in_transform: bool = False) -> None:
         super().__init__(str(error))
         self.error = error
+        self.in_transform = in_transform
 
 
 # Errors that mean "this differentiation strategy is unsupported here", as opposed to bad input.
@@ -191,8 +205,9 @@ def _left_torch(error: BaseException) -> ValueError | None:
     return None
 
 
-def _guarded(fn: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
-    """``fn`` whose own failures are marked as bad input: no other mode could help."""
+def _guarded(fn: Callable[[Tensor], Tensor], *, transformed: bool) -> Callable[[Tensor], Tensor]:
+    """``fn`` whose own failures are marked as bad input: no other ``torch.func`` mode could
+    help. ``transformed`` says ``fn`` runs inside a ``torch.func`` transform."""
 
     def call(inputs: Tensor) -> Tensor:
         try:
@@ -204,7 +219,12 @@ def _guarded(fn: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
                 f"The model failed on a batch of shape {tuple(inputs.shape)}; check that x has the "
                 "shape and dtype the model expects and that it accepts model(y, t) with t of shape [N]."
             )
-            raise _RejectedOutput(error) from None
+            if transformed:
+                error.add_note(
+                    "It ran inside a torch.func transform; a model that differentiates by itself "
+                    "(torch.autograd.grad, y.requires_grad_()) needs mode='autograd' (or 'auto')."
+                )
+            raise _RejectedOutput(error, in_transform=transformed) from None
 
     return call
 
@@ -214,7 +234,9 @@ INDEPENDENT_OUTPUT_MESSAGE = (
     "(or torch.inference_mode()), detaches its input or takes it out of torch (.numpy(), .tolist()), "
     "so the Jacobian is lost and the trace, hence the LID, cannot be computed (it would come out "
     "as the ambient dimension). Remove the no_grad/detach from the model's forward and keep it in "
-    "differentiable torch operations; flipd switches gradients off where it can itself."
+    "differentiable torch operations; flipd switches gradients off where it can itself. "
+    "A model that computes its output with torch.autograd.grad must pass create_graph=True and "
+    "differentiate with respect to the y it is given (not y.detach())."
 )
 
 
@@ -238,30 +260,57 @@ def _check_depends_on_input(fn: Callable[[Tensor], Tensor], y: Tensor, products:
         raise _independent_output()
 
 
-def _reverse_one_at_a_time(fn: Callable[[Tensor], Tensor], y: Tensor, probes: Iterable[Tensor], check):
-    # Plain autograd for probes that come one at a time outside differentiable mode: with a
-    # single probe there is nothing to vectorise, and torch.autograd.grad has less overhead per
-    # product than torch.func.vjp (compare the "autograd floor" of flipd.bench.speed).
+def _autograd_products(output: Tensor, leaf: Tensor, chunk: Tensor, *, keep_graph: bool, differentiable: bool,
+                       batched: list[bool]) -> Tensor:
+    """Vector-Jacobian products [k, N, ...] of a probe chunk [k, N, ...] by plain autograd.
+
+    A chunk of several probes is pulled back in one batched call (``is_grads_batched``) while
+    ``batched[0]`` holds; a graph without batching rules turns it off for good (a loop)."""
+    grad = torch.autograd.grad
+    options = dict(create_graph=differentiable, allow_unused=True)
+    if len(chunk) > 1 and batched[0]:
+        try:
+            # The graph is kept: should the batched pass fail half-way, the loop needs it.
+            (products,) = grad(output, leaf, chunk, retain_graph=True, is_grads_batched=True, **options)
+        except _UNSUPPORTED:
+            batched[0] = False
+        else:
+            if products is None:
+                raise _independent_output()
+            return products
+    rows = []
+    for j, probe in enumerate(chunk):
+        (product,) = grad(output, leaf, probe, retain_graph=keep_graph or j + 1 < len(chunk), **options)
+        if product is None:  # the output does not depend on the input (e.g. it detaches it)
+            raise _independent_output()
+        rows.append(product)
+    return torch.stack(rows)
+
+
+def _autograd(fn: Callable[[Tensor], Tensor], y: Tensor, probes: Iterable[Tensor], check):
+    """Quadratic forms by plain torch.autograd: the model runs once on a leaf that requires
+    grad (or on ``y`` itself when gradients flow to it) and each probe is one
+    ``torch.autograd.grad`` of its output, so a model may call autograd inside (double backward)."""
+    differentiable = torch.is_grad_enabled()
     with torch.enable_grad():
-        leaf = y.detach().requires_grad_()
-        output = _guarded(fn)(leaf)
+        leaf = y if differentiable and y.requires_grad else y.detach().requires_grad_()
+        output = _guarded(fn, transformed=False)(leaf)
     check(output)
     if not output.requires_grad:  # computed under no_grad, or from a detached input
         raise _independent_output()
-    forms = []
+    forms, batched = [], [True]
     chunk = next(iter_probes := iter(probes), None)
     while chunk is not None:
         following = next(iter_probes, None)
-        # Keep the graph only while probes remain: a freed graph lets the backward pass reuse
-        # the memory of the activations it no longer needs.
-        (product,) = torch.autograd.grad(
-            output, leaf, chunk[0], retain_graph=following is not None, allow_unused=True
+        # Keep the graph only while probes remain (or gradients must flow back through it): a
+        # freed graph lets the backward pass reuse the memory of the activations it no longer needs.
+        products = _autograd_products(
+            output, leaf, chunk, keep_graph=following is not None or differentiable,
+            differentiable=differentiable, batched=batched,
         )
-        if product is None:  # the output does not depend on the input (e.g. it detaches it)
-            raise _independent_output()
-        forms.append(_contract(chunk, product[None]))
+        forms.append(_contract(chunk, products))
         chunk = following
-    return output.detach(), forms
+    return (output if differentiable else output.detach()), forms
 
 
 def _reverse(fn: Callable[[Tensor], Tensor], y: Tensor, probes: Iterable[Tensor], check):
@@ -269,10 +318,13 @@ def _reverse(fn: Callable[[Tensor], Tensor], y: Tensor, probes: Iterable[Tensor]
     first = next(probes, None)
     probes = itertools.chain([] if first is None else [first], probes)
     if first is not None and len(first) == 1 and not torch.is_grad_enabled():
-        return _reverse_one_at_a_time(fn, y, probes, check)
+        # Plain autograd for probes that come one at a time outside differentiable mode: with a
+        # single probe there is nothing to vectorise, and torch.autograd.grad has less overhead
+        # per product than torch.func.vjp (compare the "autograd floor" of flipd.bench.speed).
+        return _autograd(fn, y, probes, check)
     # One forward pass, then one vector-Jacobian product per probe; only input gradients are
     # formed. Under torch.no_grad the products build no graph.
-    output, vjp_fn = torch.func.vjp(_guarded(fn), y)
+    output, vjp_fn = torch.func.vjp(_guarded(fn, transformed=True), y)
     check(output)
     # Strategies for a chunk of probes, tried in order; a failed one is not tried again. Some
     # backward kernels (e.g. GroupNorm's, in every diffusers UNet) have no batching rule when
@@ -299,7 +351,7 @@ def _reverse(fn: Callable[[Tensor], Tensor], y: Tensor, probes: Iterable[Tensor]
 
 
 def _forward(fn: Callable[[Tensor], Tensor], y: Tensor, probes: Iterable[Tensor], check):
-    output = _guarded(fn)(y)
+    output = _guarded(fn, transformed=False)(y)
     check(output)
 
     def tangent(probe: Tensor) -> Tensor:
@@ -343,7 +395,10 @@ def quadratic_forms(
         y: input batch [N, ...].
         probes: a callable returning a fresh iterable of probe chunks [k, N, ...] (called again
             if a mode fails and the next one is tried).
-        mode: "reverse", "forward", or "auto" (reverse, then forward on failure).
+        mode: "reverse", "forward", "autograd" (plain torch.autograd, for models that call
+            autograd themselves), or "auto": reverse, then forward if reverse mode is
+            unsupported; a model that fails inside reverse mode's ``torch.func.vjp`` is run
+            with "autograd" before its failure is reported.
         check_output: called on fn(y) before any probe is used; errors it raises (e.g. a
             ``ValueError`` for a wrongly shaped output) propagate without a fallback.
 
@@ -359,7 +414,8 @@ def quadratic_forms(
     """
     if mode not in MODES:
         raise ValueError(f"Unknown differentiation mode {mode!r}; use one of {MODES}.")
-    order = {"auto": ("reverse", "forward"), "reverse": ("reverse",), "forward": ("forward",)}
+    order = {"auto": ("reverse", "forward"), "reverse": ("reverse",), "forward": ("forward",), "autograd": ("autograd",)}
+    runners = {"reverse": _reverse, "forward": _forward, "autograd": _autograd}
     def check(output: Tensor) -> None:
         if check_output is not None:
             try:
@@ -370,11 +426,18 @@ def quadratic_forms(
     first_error: Exception | None = None
     for attempt in order[mode]:
         try:
-            runner = _reverse if attempt == "reverse" else _forward
-            output, forms = runner(fn, y, probes(), check)
+            output, forms = runners[attempt](fn, y, probes(), check)
             return output, torch.cat(forms, dim=0), attempt
         except _RejectedOutput as rejected:
-            raise rejected.error from None
+            if not (rejected.in_transform and mode == "auto"):
+                raise rejected.error from None
+            # The model fails inside torch.func.vjp: it may differentiate by itself, which
+            # plain autograd allows. If it fails there too, that failure is the model's own.
+            try:
+                output, forms = _autograd(fn, y, probes(), check)
+            except _RejectedOutput as again:
+                raise again.error from None
+            return output, torch.cat(forms, dim=0), "autograd"
         except _UNSUPPORTED as error:
             if first_error is None:
                 first_error = error

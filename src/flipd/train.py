@@ -17,9 +17,12 @@ of smoothing levels, and the network sees every schedule as the reference VP
 
 Standardisation and where FLIPD is computed
 -------------------------------------------
-Before training, the data are standardised once, ``z = (x − shift) / scale`` (by default the
-per-coordinate mean and standard deviation of the training split), and the network learns the
-noise of ``z``. The returned :class:`DiffusionModel` therefore works in *standardised
+Before training, the data are standardised once, ``z = (x − shift) / scale``, and the network
+learns the noise of ``z``. By default (``standardize="auto"``, :mod:`flipd.models.scaling`)
+tables are centred and divided by one common scale, which keeps their shape, and images in
+[-1, 1] are left as they are; ``"per_coordinate"`` divides each coordinate by its own
+standard deviation (for coordinates in different units). Tables whose coordinate spreads
+differ by more than 100× get a warning. The returned :class:`DiffusionModel` therefore works in *standardised
 coordinates*: ``model(y, t)`` expects ``y = psi·z + sigma·eps``. FLIPD must be computed in the
 coordinates the model was trained in: inside FLIPD the trace term and the norm term scale
 differently under a rescaling of the input, so rescaling inside the callable changes the
@@ -39,6 +42,7 @@ was.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import time
 import warnings
@@ -52,15 +56,14 @@ from torch import Tensor, nn
 
 from .models.checkpoint import (
     CHECKPOINT_FORMAT,
-    STANDARDIZE_MODES,
     CheckpointError,
     DiffusionModel,
-    Standardize,
     fit_standardization,
     load,
     reference_inputs,
 )
 from .models.mlp import MLPUNet, MLPUNetConfig, count_parameters
+from .models.scaling import SCALING_CHOICES, resolve_scaling, warn_uneven_spreads
 from .models.registry import build_network
 from .models.spec import NetworkSpec
 from .runs.environment import package_versions
@@ -108,8 +111,11 @@ class TrainConfig:
         restore_best: return the EMA weights with the lowest validation loss.
         max_seconds: stop training after this much wall-clock time (None: no limit).
         seed: seed of every random draw of training.
-        standardize: "per_coordinate" (mean and std of each coordinate), "scalar" (mean of each
-            coordinate, one std for all: keeps the data's shape) or "none".
+        standardize: "auto" (default: "scalar" for tables [N, D], "none" for images with
+            values in [-1, 1], "scalar" for other images; :mod:`flipd.models.scaling`),
+            "scalar" (mean of each coordinate, one std for all: keeps the data's shape),
+            "per_coordinate" (mean and std of each coordinate: for coordinates in different
+            units) or "none". The trained model records the mode it resolved to.
         schedule: the noise schedule as a ``Schedule.to_config()`` dict (a Schedule object is
             accepted and stored as its config); default the reference ``VP()``. Times are drawn
             as reference-VP times (``t_min``, ``low_t_*``) and carried to the schedule's own
@@ -140,7 +146,7 @@ class TrainConfig:
     restore_best: bool = True
     max_seconds: float | None = None
     seed: int = 0
-    standardize: Standardize = "per_coordinate"
+    standardize: str = "auto"
     schedule: dict[str, Any] | Schedule | None = None
     prediction: str = "epsilon"
     beta_min: float | None = None
@@ -163,9 +169,9 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.val_fraction must be in [0, 1); got {self.val_fraction}.")
         if self.patience is not None and self.patience < 1:
             raise ValueError(f"TrainConfig.patience must be a positive integer or None; got {self.patience}.")
-        if self.standardize not in STANDARDIZE_MODES:
+        if self.standardize not in SCALING_CHOICES:
             raise ValueError(
-                f"TrainConfig.standardize must be one of {', '.join(STANDARDIZE_MODES)}; got {self.standardize!r}."
+                f"TrainConfig.standardize must be one of {', '.join(SCALING_CHOICES)}; got {self.standardize!r}."
             )
         if self.grad_clip is not None and self.grad_clip <= 0:
             raise ValueError(f"TrainConfig.grad_clip must be positive or None; got {self.grad_clip}.")
@@ -414,6 +420,8 @@ def train_diffusion(
     if n - n_val < 1:
         raise ValueError(f"No training points left after holding out {n_val} of {n}; lower val_fraction.")
     train_x, val_x = x[order[n_val:]], x[order[:n_val]]
+    config = dataclasses.replace(config, standardize=resolve_scaling(train_x, config.standardize))
+    warn_uneven_spreads(train_x, config.standardize)
     shift, scale = fit_standardization(train_x, config.standardize)
     z_train = ((train_x - shift) / scale).to(device)
     z_val = ((val_x - shift) / scale).to(device)

@@ -15,8 +15,10 @@ BENCHMARKS: dict[str, str] = {
     "rules": "flipd.bench.rules",
     "sampling": "flipd.bench.sampling",
     "scale": "flipd.bench.scale",
+    "scaling": "flipd.bench.scaling",
     "speed": "flipd.bench.speed",
     "synthetic": "flipd.bench.synthetic",
+    "trace_cost": "flipd.bench.trace_cost",
 }
 
 

@@ -105,7 +105,7 @@ def compute_curves(
     if rule not in ("knee", "plateau"):
         raise ValueError(f"rule must be 'knee' or 'plateau'; got {rule!r}.")
     dim = int(x[0].numel())
-    resolved_trace, resolved_probes = resolve_trace(trace, dim, n_probes)
+    resolved_trace, resolved_probes = resolve_trace(trace, x.shape[1:], n_probes)
     with torch.no_grad(), warnings.catch_warnings():  # the caller reports results by the table's index
         warnings.simplefilter("ignore", EstimateWarning)
         curves = flipd_curve(

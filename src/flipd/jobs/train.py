@@ -12,12 +12,13 @@ import torch
 from ..datasets.sources import PointSet
 from ..models.checkpoint import CHECKPOINT_FORMAT, CONFIG_FILE, checkpoint_config_path
 from ..models.mlp import MLPUNetConfig
+from ..models.scaling import SCALING_CHOICES, resolve_scaling
 from ..models.spec import NetworkSpec
 from ..runs.files import atomic_directory, check_writable_directory, fingerprint_array
 from ..schedules import VE, VP, Cosine, RectifiedFlow, Schedule
 from ..train import TrainConfig, train_diffusion
 
-__all__ = ["NETWORK_CHOICES", "SCHEDULE_CHOICES", "check_checkpoint_target", "train_model"]
+__all__ = ["NETWORK_CHOICES", "SCALING_CHOICES", "SCHEDULE_CHOICES", "check_checkpoint_target", "train_model"]
 
 #: Schedules ``flipd train --schedule`` names, each with its default parameters.
 SCHEDULE_CHOICES: dict[str, type[Schedule]] = {"vp": VP, "cosine": Cosine, "ve": VE, "rectified-flow": RectifiedFlow}
@@ -99,7 +100,7 @@ def train_model(
     widths: tuple[int, ...] = (256, 256, 256),
     network: str = "mlp",
     channels: tuple[int, ...] = (16, 32, 64),
-    standardize: str = "per_coordinate",
+    standardize: str = "auto",
     max_seconds: float | None = None,
     low_t_fraction: float = 0.5,
     low_t_max: float = 0.2,
@@ -114,8 +115,11 @@ def train_model(
     ``network`` "mlp" is an MLP U-net (:class:`flipd.models.MLPUNet`) with hidden
     ``widths``, for vectors and for images flattened to vectors; "unet" is a convolutional
     U-net (:class:`flipd.models.unet.ImageUNet`) with ``channels`` per resolution level, for images.
-    ``standardize`` is how the data are rescaled before training: "per_coordinate",
-    "scalar" (one scale for all coordinates: keeps the data's shape) or "none". The checkpoint
+    ``standardize`` is how the data are rescaled before training: "auto" (the default:
+    "scalar" for tables, "none" for images in [-1, 1], also when the MLP sees them flattened;
+    :mod:`flipd.models.scaling`), "scalar"
+    (one scale for all coordinates: keeps the data's shape), "per_coordinate" (for coordinates
+    in different units) or "none". The checkpoint
     is written into a temporary directory next to ``out`` and moved into place when complete,
     so ``out`` never holds a half-written model; ``out`` must be missing, empty or a flipd
     checkpoint (:func:`check_checkpoint_target`). The data's name, size and fingerprint are
@@ -136,6 +140,8 @@ def train_model(
     """
     check_checkpoint_target(out, force=True)
     x, network_spec = _training_input(points, network, widths, channels)
+    if points.kind == "images":  # images flattened for the MLP are still images under "auto"
+        standardize = resolve_scaling(points.x, standardize)
     config = TrainConfig(
         steps=steps, batch_size=batch_size, lr=lr, seed=seed, max_seconds=max_seconds, standardize=standardize,
         low_t_fraction=low_t_fraction, low_t_max=low_t_max,
