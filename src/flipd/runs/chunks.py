@@ -160,7 +160,8 @@ def _check_manifest(directory: Path, expected: Mapping[str, Any], *, by: str = "
         raise RunConflict(
             f"Cannot resume: the settings differ from {by} ("
             + "; ".join(differences)
-            + "). Rerun with the original settings, or start over with --force."
+            + "). Rerun with the original settings, or start over (--force on the command line; "
+            + f"in Python, remove {str(directory)!r} with remove_run_directory)."
         )
 
 
@@ -199,8 +200,8 @@ def prepare_run_directory(
     if (directory / MANIFEST_FILE).exists():
         if not resume:
             raise RunConflict(
-                f"An unfinished run exists in {str(directory)!r}; continue it with --resume, or "
-                "start over with --force."
+                f"An unfinished run exists in {str(directory)!r}; continue it with --resume "
+                "(resume=True in Python), or start over with --force (in Python, remove it with remove_run_directory)."
             )
         _check_manifest(directory, expected)
         _remove_failure_notes(directory)  # left by ranks of the interrupted run
@@ -383,7 +384,7 @@ class ChunkedRun:
             if not _chunk_file(self.directory, index).is_file():
                 raise RunConflict(
                     f"The chunk {str(_chunk_file(self.directory, index))!r} is missing; run the same command "
-                    "with --resume to compute it."
+                    "with --resume (resume=True in Python) to compute it."
                 )
             arrays, info = _load_chunk(self.directory, index, self.columns, rows=stop - start)
             parts.append(arrays)
