@@ -149,6 +149,21 @@ Threads = Annotated[
     Optional[int], typer.Option("--threads", min=1, help="CPU threads for torch (default: torch's choice).")
 ]
 Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")]
+RunDevice = Annotated[
+    str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps: where the network, the VAE, the prepared points and the probes live.")
+]
+Workers = Annotated[
+    int, typer.Option("--workers", min=0, help="DataLoader worker processes that read and decode the data files (0: read in the main process).")
+]
+DType = Annotated[
+    str, typer.Option("--dtype", help="Precision of the network and VAE: float32, bfloat16 or float16 (traces, norms and sums stay float32).")
+]
+Resize = Annotated[
+    Optional[int], typer.Option("--resize", min=1, help="Image folders: scale each image's shorter side to this many pixels.", show_default=False)
+]
+CenterCrop = Annotated[
+    Optional[int], typer.Option("--center-crop", min=1, help="Image folders: keep the central N x N pixels (after --resize).", show_default=False)
+]
 Points = Annotated[
     Optional[int],
     typer.Option("--n-points", "-n", min=1, help="Number of points (default: all of a file; 4096 of a synthetic set)."),
@@ -253,6 +268,15 @@ def _parse_t0(text: str | None) -> float | str | None:
         return float(text)
     except ValueError:
         raise OptionError("--t0", f"{text!r} is neither a number nor 'auto'.") from None
+
+
+def _check_dtype(dtype: str) -> Any:
+    from .devices import resolve_dtype
+
+    try:
+        return resolve_dtype(dtype)
+    except ValueError as error:
+        raise OptionError("--dtype", str(error)) from None
 
 
 def _check_trace(trace: str) -> str:
@@ -467,9 +491,13 @@ def estimate(
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run from its last finished chunk.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Overwrite existing results and discard an unfinished run.")] = False,
     plot: PlotDir = None,
+    workers: Workers = 0,
+    dtype: DType = "float32",
+    resize: Resize = None,
+    center_crop: CenterCrop = None,
     seed: Seed = 0,
     threads: Threads = None,
-    device: Device = "auto",
+    device: RunDevice = "auto",
     quiet: Quiet = False,
     debug: Debug = False,
     stop_after_chunks: Annotated[Optional[int], typer.Option("--stop-after-chunks", hidden=True)] = None,
@@ -484,6 +512,7 @@ def estimate(
       [cyan]flipd estimate big.npy -m models/big --trace hutchinson --probes 16 --resume[/]
       [cyan]flipd estimate lollipop -m models/lollipop --method nb -o lollipop_nb.csv[/]
       [cyan]flipd estimate lollipop --method lpca --neighbors 100 -n 2000[/]
+      [cyan]flipd estimate photos/ -m sd15/ --resize 512 --center-crop 512 --workers 8 --device cuda --dtype bfloat16[/]
     """
     from .jobs.estimate import METHODS, MODEL_METHODS
     from .noise import NoiseLevelError
@@ -496,6 +525,7 @@ def estimate(
 
     began = time.perf_counter()
     device_used = _setup(threads, device, debug)
+    precision = _check_dtype(dtype)
     if method not in METHODS:
         raise OptionError("--method", f"{method!r} is not one of {', '.join(METHODS)}.")
     if method in MODEL_METHODS and model is None:
@@ -513,9 +543,10 @@ def estimate(
 
         timings: dict[str, float] = {}
         with _timed(timings, "load_model_s"):
-            loaded = load_model(model, device=device_used) if model is not None else None
+            loaded = load_model(model, device=device_used, dtype=precision) if model is not None else None
         with _timed(timings, "load_data_s"):
-            points = load_points(data, n=n_points, seed=seed)
+            points = load_points(data, n=n_points, seed=seed, stream=True, workers=workers, resize=resize,
+                                 center_crop=center_crop)
             try:
                 plan = plan_estimate(
                     method, loaded, points, t0=_parse_t0(t0), sigma=sigma, delta=delta, trace=trace, n_probes=probes,
@@ -529,9 +560,12 @@ def estimate(
             _say(quiet, f"model: {escape(loaded.description)}")
         _say(quiet, f"data: {escape(points.description)}")
         identity = {
-            "data": {"spec": data, "n_points": points.n, "fingerprint": fingerprint_array(plan.x)},
+            "data": {"spec": data, "n_points": points.n,
+                     "fingerprint": points.fingerprint() if points.streamed else fingerprint_array(plan.x)},
             "model": {"fingerprint": loaded.fingerprint if loaded else None},  # not the path: a moved model is the same
         }
+        if loaded is not None and loaded.dtype != "float32":
+            identity["model"]["dtype"] = loaded.dtype
 
         def stop_hook(done: int, total: int) -> None:  # a test hook that simulates an interruption
             if stop_after_chunks is not None and done >= stop_after_chunks and done < total:
@@ -563,7 +597,9 @@ def estimate(
         metadata_path = metadata_path_for(table_path)
         write_json(metadata_path, run_record(
             "estimate", points=points, data_seed=seed, model=loaded, settings=plan.settings.to_json(),
-            resolved={"trace": result.trace, "n_probes": result.n_probes, "mode": result.mode, "noise_level": plan.noise},
+            resolved={"trace": result.trace, "n_probes": result.n_probes, "mode": result.mode, "noise_level": plan.noise,
+                      "batch_size": plan.batch.get("used", batch_size), "dtype": loaded.dtype if loaded else None,
+                      "workers": workers, "streamed": points.streamed},
             chunks={"n_chunks": result.n_chunks, "resumed_chunks": result.resumed_chunks,
                     "seconds": [round(s, 4) for s in result.chunk_seconds]},
             summary=summary_record(columns["lid"], points), timings=timings,
@@ -610,15 +646,17 @@ def _outputs_may_be_written(table: Path, run_directory: Path, *, resume: bool, f
 
 
 def _load_model_and_points(model: Path, data: str, n_points: int | None, seed: int, device: Any,
-                           timings: dict[str, float], quiet: bool) -> tuple[Any, Any, Any]:
-    """Load the model (first: it is the likelier mistake), the data, and the points as the model takes them."""
+                           timings: dict[str, float], quiet: bool, *, dtype: Any = None,
+                           reading: dict[str, Any] | None = None) -> tuple[Any, Any, Any]:
+    """Load the model (first: it is the likelier mistake), the data (streamed from files, with
+    ``reading``: workers, resize, center_crop), and the points as the model takes them."""
     from .datasets.sources import load_points
     from .jobs.inputs import load_model
 
     with _timed(timings, "load_model_s"):
-        loaded = load_model(model, device=device)
+        loaded = load_model(model, device=device, dtype=dtype)
     with _timed(timings, "load_data_s"):
-        points = load_points(data, n=n_points, seed=seed)
+        points = load_points(data, n=n_points, seed=seed, stream=True, **(reading or {}))
         x = loaded.prepare(points)
     _say(quiet, f"model: {escape(loaded.description)}")
     _say(quiet, f"data: {escape(points.description)}")
@@ -628,11 +666,16 @@ def _load_model_and_points(model: Path, data: str, n_points: int | None, seed: i
 def _estimate_plots(directory: Path, points: Any, lids: Any, prefix: str) -> list[Path]:
     from . import plots
 
+    import numpy as np
+
+    lids = np.asarray(lids, dtype=np.float64)
+    scatter = points.kind == "vectors" and points.ambient_dim in (2, 3)
+    shown = plots.image_grid_picks(lids) if points.kind == "images" else None  # read only the images shown
     return plots.plot_estimates(
-        directory, lids=lids, x=points.x.numpy() if points.kind == "vectors" else None,
+        directory, lids=lids, x=points.tensor().numpy() if scatter else None,
         lid_true=points.lid_true, component=points.component, labels=points.labels,
-        label_names=points.label_names, images_uint8=points.images_uint8() if points.kind == "images" else None,
-        png_bytes=points.png_bytes, prefix=f"{prefix}_", title=prefix,
+        label_names=points.label_names, images_uint8=None if shown is None else points.images_uint8(shown),
+        image_lids=None if shown is None else lids[shown], png_bytes=points.png_bytes, prefix=f"{prefix}_", title=prefix,
     )
 
 
@@ -695,9 +738,13 @@ def curve(
     batch_size: BatchSize = 256,
     force: Annotated[bool, typer.Option("--force", help="Overwrite existing results.")] = False,
     plot: PlotDir = None,
+    workers: Workers = 0,
+    dtype: DType = "float32",
+    resize: Resize = None,
+    center_crop: CenterCrop = None,
     seed: Seed = 0,
     threads: Threads = None,
-    device: Device = "auto",
+    device: RunDevice = "auto",
     quiet: Quiet = False,
     debug: Debug = False,
 ) -> None:
@@ -719,13 +766,17 @@ def curve(
 
     began = time.perf_counter()
     device_used = _setup(threads, device, debug)
+    precision = _check_dtype(dtype)
     table_path = check_table_path(out if out is not None else Path(f"{_slug(data)}_curves.parquet"))
     _check_trace(trace)
     _check_output_folders(table_path, plot)
     if table_path.exists() and not force:
         raise FileExistsError(f"{str(table_path)!r} already exists; pass --force to overwrite it, or choose another --out.")
     timings: dict[str, float] = {}
-    points, loaded, x = _load_model_and_points(model, data, n_points, seed, device_used, timings, quiet)
+    points, loaded, x = _load_model_and_points(
+        model, data, n_points, seed, device_used, timings, quiet, dtype=precision,
+        reading={"workers": workers, "resize": resize, "center_crop": center_crop},
+    )
     times = curve_times(loaded.schedule, t_min=t_min, t_max=t_max, steps=steps)
     with _timed(timings, "curves_s"):
         with progress_bar("FLIPD curves", points.n * len(times), enabled=not quiet) as advance:
@@ -744,7 +795,8 @@ def curve(
     write_json(metadata_path, run_record(
         "curve", points=points, data_seed=seed, model=loaded,
         settings={"times": curves.times.tolist(), "trace": curves.trace, "n_probes": curves.n_probes,
-                  "seed": seed, "batch_size": batch_size, "knee_window": curves.window},
+                  "seed": seed, "batch_size": batch_size, "knee_window": curves.window, "dtype": loaded.dtype,
+                  "workers": workers},
         knees={"found": int(curves.knee_found.sum()),
                "median_t0": float(np.nanmedian(curves.knee_t0)) if curves.knee_found.any() else None},
         timings=timings, outputs={"table": str(table_path), "plots": [str(p) for p in written]}, device=device_used,

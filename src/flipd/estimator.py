@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -42,7 +43,7 @@ DEFAULT_BATCH_SIZE = 1024
 #: Default cap on (point, probe) pairs differentiated in one vectorised call.
 DEFAULT_CHUNK_ROWS = 4096
 
-__all__ = ["FLIPDResult", "ModelLike", "flipd", "estimate", "flipd_curve", "resolve_model", "resolve_trace"]
+__all__ = ["FLIPDResult", "ModelLike", "flipd", "estimate", "flipd_curve", "is_point_stream", "resolve_model", "resolve_trace"]
 
 
 @dataclass
@@ -59,6 +60,9 @@ class FLIPDResult:
         trace: "exact", "hutchinson" (Rademacher probes) or "gaussian".
         n_probes: probes per point (D for the exact trace).
         mode: differentiation mode that ran ("reverse" or "forward").
+        batch_size: points per forward pass at the end of the run (smaller than asked for
+            when a batch ran out of GPU memory and was halved).
+        chunk_rows: (point, probe) pairs per vectorised call at the end of the run.
     """
 
     lid: Tensor
@@ -69,6 +73,8 @@ class FLIPDResult:
     trace: str
     n_probes: int
     mode: str
+    batch_size: int | None = None
+    chunk_rows: int | None = None
 
 
 # --------------------------------------------------------------------------- input checks
@@ -331,6 +337,12 @@ def estimate(
         mode: "auto" (reverse mode, forward on failure), "reverse" or "forward".
         progress: called with the number of points finished after each batch.
     """
+    if is_point_stream(x):
+        return _estimate_stream(
+            model, x, t0=t0, sigma=sigma, delta=delta, schedule=schedule, prediction=prediction, trace=trace,
+            n_probes=n_probes, seed=seed, indices=indices, batch_size=batch_size, chunk_rows=chunk_rows, mode=mode,
+            differentiable=differentiable, encoded=encoded, progress=progress,
+        )
     x = _as_batch(x)
     fn, x, schedule, prediction = resolve_model(model, x, schedule=schedule, prediction=prediction, encoded=encoded)
     _check_options(seed, batch_size, chunk_rows, mode)
@@ -362,34 +374,59 @@ def _estimate_fixed(
     distinct = _distinct_times(times)  # [1] when all points share a time, else [n]
     terms = _noise_terms(schedule, prediction, distinct)
     lids, stderrs, mode_used = [], [], mode
+    start = 0
     with grad_context:
-        for start in range(0, n, batch_size):
+        while start < n:
             stop = min(n, start + batch_size)
             batch_terms = terms if len(distinct) == 1 else tuple(value[start:stop] for value in terms)
-            lid, stderr, mode_used = _flipd_batch(
-                fn, x[start:stop], times[start:stop], indices=indices[start:stop], terms=batch_terms,
-                trace=trace, n_probes=n_probes, seed=seed, chunk_rows=rows, mode=mode,
-            )
+            try:
+                lid, stderr, mode_used = _flipd_batch(
+                    fn, x[start:stop], times[start:stop], indices=indices[start:stop], terms=batch_terms,
+                    trace=trace, n_probes=n_probes, seed=seed, chunk_rows=rows, mode=mode,
+                )
+            except torch.cuda.OutOfMemoryError:
+                if batch_size == 1 and rows == 1:
+                    raise
+                batch_size, rows = _halved(batch_size, rows)
+                continue
             lids.append(lid if differentiable else lid.detach())
             stderrs.append(stderr)
             if progress is not None:
                 progress(stop - start)
+            start = stop
     return FLIPDResult(
         lid=torch.cat(lids), t0=times,
         sigma=terms[1].expand(n).clone(),
         delta=schedule.delta(distinct).expand(n).clone(),
         stderr=torch.cat(stderrs).cpu(), trace=trace, n_probes=n_probes, mode=mode_used,
+        batch_size=batch_size, chunk_rows=rows,
     )
+
+
+def _halved(batch_size: int, rows: int) -> tuple[int, int]:
+    """Batch size and (point, probe) rows per call after a batch ran out of GPU memory: both
+    halved (the rows bound the vectorised products, so halving the batch alone would not
+    shrink them), the cached blocks freed, and the new size reported as a warning."""
+    smaller = max(1, batch_size // 2), max(1, rows // 2)
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    warnings.warn(
+        f"a batch of {batch_size} points ran out of GPU memory; continuing with batches of {smaller[0]} "
+        f"points ({smaller[1]} point-probe rows per call)", RuntimeWarning, stacklevel=3,
+    )
+    return smaller
 
 
 def _curve(fn, x: Tensor, times: Tensor, **options) -> tuple[Tensor, str]:
     """FLIPD [N, T] at each of the times [T] for every point, and the differentiation mode used."""
     n = x.shape[0]
     columns, mode_used = [], options["mode"]
+    options = dict(options)
     for t in times:
         result = _estimate_fixed(fn, x, torch.full((n,), float(t), dtype=torch.float64), **options)
         columns.append(result.lid)
         mode_used = result.mode
+        options.update(batch_size=result.batch_size, chunk_rows=result.chunk_rows)  # a halved size stays
     return torch.stack(columns, dim=1), mode_used
 
 
@@ -477,6 +514,13 @@ def flipd_curve(
     grid = torch.as_tensor(t_grid, dtype=torch.float64).flatten()
     if grid.numel() == 0:
         raise ValueError("t_grid is empty; pass at least one time.")
+    if is_point_stream(x):
+        indices = kwargs.pop("indices", None)
+        parts = [flipd_curve(model, batch, grid, indices=batch_indices, **kwargs)
+                 for batch, batch_indices in _stream_batches(x, indices, kwargs.get("batch_size"))]
+        if not parts:
+            raise ValueError("x yielded no points; pass at least one point.")
+        return torch.cat(parts)
     x = _as_batch(x)
     fn, x, schedule, prediction = resolve_model(
         model, x, schedule=kwargs.pop("schedule", None), prediction=kwargs.pop("prediction", None),
@@ -495,6 +539,99 @@ def flipd_curve(
         raise TypeError(f"flipd_curve got unexpected arguments: {', '.join(sorted(kwargs))}.")
     schedule.check_t(grid, "t_grid")
     return _curve(fn, x, grid, **options)[0]
+
+
+# --------------------------------------------------------------------------- streams of points
+
+
+def is_point_stream(x: object) -> bool:
+    """Whether ``x`` is points read batch by batch rather than one tensor: a torch
+    ``DataLoader``, ``Dataset`` or ``IterableDataset``, or a lazy stream with a
+    ``batches(start, stop)`` method (:class:`flipd.datasets.streaming.PointStream`)."""
+    from torch.utils.data import DataLoader, Dataset, IterableDataset
+
+    if isinstance(x, (Tensor, np.ndarray)):
+        return False
+    return isinstance(x, (DataLoader, Dataset, IterableDataset)) or callable(getattr(x, "batches", None))
+
+
+def _points_of(item: object) -> Tensor:
+    """The points [b, ...] of one batch: a tensor or array, or the first entry of a tuple or
+    list (``(images, labels)``, as DataLoaders collate ``(image, label)`` items)."""
+    while isinstance(item, (tuple, list)) and item:
+        item = item[0]
+    if isinstance(item, np.ndarray):
+        item = torch.from_numpy(item)
+    if not isinstance(item, Tensor):
+        raise TypeError(
+            f"a batch of the data is a {type(item).__name__}; the data must yield tensors (or tuples whose "
+            "first entry is the points), e.g. a Dataset whose items are tensors or (tensor, label) pairs."
+        )
+    return item
+
+
+def _stream_batches(x, indices, batch_size: int | None):
+    """``(points [b, ...], their global indices)`` for consecutive batches of a point stream.
+
+    A map-style ``Dataset`` or an ``IterableDataset`` is read by a DataLoader in this process
+    (``batch_size`` items at a time; pass your own DataLoader for worker processes); an
+    IterableDataset's length need not be known: it is read to its end. Indices count the
+    points in the order they come, unless ``indices`` (one per point) are given.
+    """
+    from torch.utils.data import DataLoader, Dataset, IterableDataset
+
+    if callable(getattr(x, "batches", None)):
+        batches = x.batches(0, len(x))
+    elif isinstance(x, DataLoader):
+        batches = (_points_of(item) for item in x)
+    else:
+        assert isinstance(x, (Dataset, IterableDataset))
+        loader = DataLoader(x, batch_size=batch_size or DEFAULT_BATCH_SIZE, num_workers=0)
+        batches = (_points_of(item) for item in loader)
+    given = None if indices is None else np.asarray(list(indices) if isinstance(indices, range) else indices)
+    offset = 0
+    for batch in batches:
+        n = int(batch.shape[0])
+        if n == 0:
+            continue
+        chosen = range(offset, offset + n) if given is None else given[offset:offset + n]
+        if given is not None and len(chosen) != n:
+            raise ValueError(f"indices has {len(given)} entries, fewer than the points the data yield.")
+        yield batch, chosen
+        offset += n
+    if given is not None and offset != len(given):
+        raise ValueError(f"indices has {len(given)} entries but the data yield {offset} points.")
+
+
+def _per_point(value, start: int, stop: int):
+    """A per-point noise level [N] sliced to ``start:stop`` (a scalar level as it is)."""
+    if isinstance(value, (Tensor, np.ndarray)) and np.ndim(value) > 0 and np.size(value) > 1:
+        return value[start:stop]
+    return value
+
+
+def _estimate_stream(model, x, *, t0, sigma, delta, indices, progress, batch_size, chunk_rows, **options) -> FLIPDResult:
+    """:func:`estimate` batch by batch over a point stream; a halved batch size stays halved."""
+    results: list[FLIPDResult] = []
+    offset = 0
+    for batch, batch_indices in _stream_batches(x, indices, batch_size):
+        stop = offset + batch.shape[0]
+        result = estimate(
+            model, batch, t0=_per_point(t0, offset, stop), sigma=_per_point(sigma, offset, stop),
+            delta=_per_point(delta, offset, stop), indices=batch_indices, progress=progress,
+            batch_size=batch_size, chunk_rows=chunk_rows, **options,
+        )
+        batch_size = result.batch_size or batch_size
+        chunk_rows = result.chunk_rows or chunk_rows
+        results.append(result)
+        offset = stop
+    if not results:
+        raise ValueError("x yielded no points; pass at least one point.")
+    first = results[0]
+    return FLIPDResult(
+        **{name: torch.cat([getattr(r, name) for r in results]) for name in ("lid", "t0", "sigma", "delta", "stderr")},
+        trace=first.trace, n_probes=first.n_probes, mode=results[-1].mode, batch_size=batch_size, chunk_rows=chunk_rows,
+    )
 
 
 def _estimate_auto(fn, x: Tensor, *, schedule: Schedule, progress, **options) -> FLIPDResult:

@@ -24,6 +24,7 @@ import numpy as np
 from .runs.files import atomic_path
 
 __all__ = [
+    "image_grid_picks",
     "plot_curves",
     "plot_estimates",
     "plot_image_grid",
@@ -194,6 +195,16 @@ def plot_lid_scatter(x: np.ndarray, lids: np.ndarray, path: str | Path, *, title
     return _save(figure, path)
 
 
+def image_grid_picks(lids: np.ndarray, count: int = 60) -> np.ndarray:
+    """Positions of the at most ``count`` images a LID-sorted grid shows, in increasing LID,
+    evenly spread over the sorted set (non-finite estimates last). A grid of only these
+    images (with their LIDs) shows the same images as a grid of all of them."""
+    lids = np.asarray(lids, dtype=np.float64)
+    order = np.argsort(np.where(np.isfinite(lids), lids, np.inf), kind="stable")
+    count = min(len(order), count)
+    return order[np.unique(np.linspace(0, len(order) - 1, count).round().astype(int))]
+
+
 def plot_image_grid(
     images: np.ndarray,
     lids: np.ndarray,
@@ -213,9 +224,7 @@ def plot_image_grid(
     plt = _pyplot()
     images = np.asarray(images)
     lids = np.asarray(lids, dtype=np.float64)
-    order = np.argsort(np.where(np.isfinite(lids), lids, np.inf), kind="stable")
-    count = min(len(order), per_row * rows)
-    picked = order[np.unique(np.linspace(0, len(order) - 1, count).round().astype(int))]
+    picked = image_grid_picks(lids, per_row * rows)
     rows = math.ceil(len(picked) / per_row)
     columns = min(per_row, len(picked))
     figure, axes = plt.subplots(rows, columns, figsize=(1.25 * columns, 1.45 * rows), squeeze=False)
@@ -270,12 +279,14 @@ def plot_estimates(
     png_bytes: np.ndarray | None = None,
     prefix: str = "",
     title: str = "",
+    image_lids: np.ndarray | None = None,
 ) -> list[Path]:
     """Write every figure that suits the data into ``directory``; return the files written.
 
     Always a LID histogram (one panel per ground-truth component when known, else per image
     label, else one); a scatter when ``x`` is 2-d or 3-d vectors; an image grid sorted by LID
-    and a LID-vs-PNG-size scatter for images.
+    and a LID-vs-PNG-size scatter for images. ``images_uint8`` may hold only the images the
+    grid shows (:func:`image_grid_picks`), with their estimates in ``image_lids``.
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -305,7 +316,7 @@ def plot_estimates(
     if x is not None and np.asarray(x).ndim == 2 and np.asarray(x).shape[1] in (2, 3):
         written.append(plot_lid_scatter(x, lids, directory / f"{prefix}lid_scatter.png", title=f"{caption}points coloured by estimated LID"))
     if images_uint8 is not None:
-        written.append(plot_image_grid(images_uint8, lids, directory / f"{prefix}images_by_lid.png", title=f"{caption}images sorted by LID"))
+        written.append(plot_image_grid(images_uint8, lids if image_lids is None else image_lids, directory / f"{prefix}images_by_lid.png", title=f"{caption}images sorted by LID"))
     if png_bytes is not None:
         written.append(plot_lid_vs_png_size(lids, png_bytes, directory / f"{prefix}lid_vs_png_size.png", title=f"{caption}LID vs PNG size"))
     return written

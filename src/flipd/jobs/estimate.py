@@ -8,7 +8,7 @@ columns come from :func:`estimate_table_columns`.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -108,18 +108,24 @@ def _flipd_arrays(result) -> dict[str, np.ndarray]:
     }
 
 
-def flipd_chunks(model: Model, settings: EstimateSettings) -> ChunkEstimator:
+def flipd_chunks(model: Model, settings: EstimateSettings, batch: dict[str, int] | None = None) -> ChunkEstimator:
     """A :data:`~flipd.runs.chunks.ChunkEstimator` running :func:`flipd.estimate` with ``settings``
     on points already in the model's coordinates. Probes depend on the seed and each point's
-    global index, so a chunk's result does not depend on the chunking or on other chunks."""
+    global index, so a chunk's result does not depend on the chunking or on other chunks.
+
+    ``batch`` (``{"used": ...}``) is updated with the batch size that ran: when a batch runs
+    out of GPU memory the estimator halves it, and later chunks start from the halved size."""
+    batch = {"used": settings.batch_size} if batch is None else batch
 
     def run(x: torch.Tensor, indices: np.ndarray, progress: Callable[[int], None] | None):
         result = estimate(
             model, x, **settings.noise_level(), trace=settings.trace, n_probes=settings.n_probes,
-            seed=settings.seed, indices=indices, batch_size=settings.batch_size, mode=settings.mode,
+            seed=settings.seed, indices=indices, batch_size=batch["used"], mode=settings.mode,
             progress=progress, encoded=True,
         )
-        return _flipd_arrays(result), {"trace": result.trace, "n_probes": result.n_probes, "mode": result.mode}
+        batch["used"] = result.batch_size or batch["used"]
+        info = {"trace": result.trace, "n_probes": result.n_probes, "mode": result.mode, "batch_size": batch["used"]}
+        return _flipd_arrays(result), info
 
     return run
 
@@ -188,12 +194,21 @@ def estimate_table_columns(points: PointSet, result: ChunkedEstimate, method: st
 
 @dataclass
 class EstimatePlan:
-    """What an estimation run will do: its settings, the chunk estimator, and its input."""
+    """What an estimation run will do: its settings, the chunk estimator, and its input.
+
+    Attributes:
+        x: the points in the model's coordinates: a tensor, or streamed points
+            (:class:`~flipd.datasets.streaming.PreparedPoints`) read by ``len(x)`` and
+            ``x[start:stop]`` only.
+        batch: ``{"used": batch size}``, updated as chunks run (smaller than
+            ``settings.batch_size`` after a batch ran out of GPU memory).
+    """
 
     settings: Any
     estimator: Callable
-    x: torch.Tensor
+    x: Any
     noise: dict[str, Any]
+    batch: dict[str, int] = field(default_factory=dict)
 
 
 def plan_estimate(
@@ -231,16 +246,17 @@ def plan_estimate(
             check_noise_level(model.schedule, noise)
         x = model.prepare(points)
     else:
-        x = points.x.reshape(points.n, -1)
+        x = points.tensor().reshape(points.n, -1)  # neighbours are searched among all points
         chunk_size = max(1, points.n)
     settings = EstimateSettings(
         method=method, **noise, trace=trace, n_probes=n_probes, seed=seed, batch_size=batch_size,
         chunk_size=chunk_size, n_neighbors=n_neighbors,
     )
+    batch = {"used": batch_size}
     if method == "flipd":
-        estimator = flipd_chunks(model.model, settings)
+        estimator = flipd_chunks(model.model, settings, batch)
     elif method in MODEL_METHODS:
         estimator = baseline_chunks(settings, model=model.model)
     else:
         estimator = baseline_chunks(settings)
-    return EstimatePlan(settings=settings, estimator=estimator, x=x, noise=noise)
+    return EstimatePlan(settings=settings, estimator=estimator, x=x, noise=noise, batch=batch)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,7 +13,8 @@ import torch
 from torch import Tensor
 
 from ..datasets.sources import PointSet
-from ..devices import resolve_device
+from ..datasets.streaming import PointStream, PreparedPoints
+from ..devices import resolve_device, resolve_dtype
 from ..models.base import Model
 from ..models.checkpoint import DiffusionModel
 from ..models.loading import load, model_kind
@@ -37,6 +38,7 @@ class LoadedModel:
         description: one line saying what the model is.
         fingerprint: hash of the model's files (to refuse resuming a run with another model).
         metadata: what the model records about itself (training settings, data, ...).
+        dtype: the precision its network and VAE run in ("float32", "bfloat16", "float16").
     """
 
     model: Model
@@ -45,6 +47,7 @@ class LoadedModel:
     description: str
     fingerprint: str
     metadata: dict[str, Any] = field(default_factory=dict)
+    dtype: str = "float32"
 
     @property
     def schedule(self) -> Any:
@@ -54,23 +57,36 @@ class LoadedModel:
     def prediction(self) -> str:
         return self.model.prediction
 
-    def prepare(self, points: PointSet) -> Tensor:
+    @property
+    def device(self) -> torch.device:
+        """Where the model runs (its points are prepared there too)."""
+        if isinstance(self.model, DiffusionModel):
+            return self.model.shift.device
+        network = getattr(self.model, "network", None)
+        parameter = next(network.parameters(), None) if isinstance(network, torch.nn.Module) else None
+        return torch.device("cpu") if parameter is None else parameter.device
+
+    def prepare(self, points: PointSet) -> Tensor | PreparedPoints:
         """The points in the model's coordinates (shape-checked, flattened, standardised or
-        encoded as the model needs): the tensor FLIPD runs on.
+        encoded as the model needs), on the model's device: the tensor FLIPD runs on, or for
+        streamed points a :class:`~flipd.datasets.streaming.PreparedPoints` whose slices are
+        read and prepared (e.g. VAE-encoded) batch by batch on the device.
 
         Raises:
             ValueError: the points do not fit the model (the message names both shapes).
         """
-        if isinstance(self.model, DiffusionModel):
-            return self.model.encode(self._fit_checkpoint(points))
-        return self.model.encode(self._fit_diffusers(points))
+        transform = self._fit_checkpoint(points) if isinstance(self.model, DiffusionModel) else self._fit_diffusers(points)
+        if isinstance(points.x, PointStream):
+            return PreparedPoints(points.x, transform, self.device)
+        with torch.no_grad():
+            return transform(points.x.to(self.device))
 
-    def _fit_checkpoint(self, points: PointSet) -> Tensor:
+    def _fit_checkpoint(self, points: PointSet) -> Callable[[Tensor], Tensor]:
         data_shape = tuple(int(s) for s in self.model.data_shape)
-        x = points.x
+        flatten = False
         if points.point_shape != data_shape:
             if len(data_shape) == 1 and points.ambient_dim == data_shape[0]:
-                x = x.reshape(points.n, -1)  # images flattened, as the model was trained
+                flatten = True  # images flattened, as the model was trained
             else:
                 trained_on = _trained_on(self.metadata)
                 trained = f" (it was trained on {trained_on!r})" if trained_on else ""
@@ -80,17 +96,21 @@ class LoadedModel:
                     f"{_shape_text(points.point_shape)} (D = {points.ambient_dim}). Use a model trained on "
                     f"this data: flipd train {points.spec} --out MODEL_DIR."
                 )
-        return x.to(self.model.shift.device)
+        model = self.model
 
-    def _fit_diffusers(self, points: PointSet) -> Tensor:
+        def transform(batch: Tensor) -> Tensor:
+            return model.encode(batch.reshape(batch.shape[0], -1) if flatten else batch)
+
+        return transform
+
+    def _fit_diffusers(self, points: PointSet) -> Callable[[Tensor], Tensor]:
         if points.kind != "images":
             raise ValueError(
                 f"The diffusers model at {str(self.path)!r} takes images, but {points.spec!r} holds "
                 f"vectors of dimension {points.ambient_dim}; give an image data set or folder."
             )
-        images = points.x
         if self.model.is_latent:
-            return images
+            return self.model.encode
         config = getattr(self.model.network, "config", {})
         channels, size = getattr(config, "in_channels", None), getattr(config, "sample_size", None)
         c, h, w = points.point_shape
@@ -102,9 +122,9 @@ class LoadedModel:
         if isinstance(size, int) and (h, w) != (size, size):
             raise ValueError(
                 f"The diffusers model at {str(self.path)!r} takes {size}x{size} images, but {points.spec!r} "
-                f"has {h}x{w}; resize them (e.g. an image folder with size={size})."
+                f"has {h}x{w}; resize them (--resize {size} --center-crop {size} for an image folder)."
             )
-        return images
+        return self.model.encode
 
 
 def _trained_on(metadata: dict[str, Any]) -> str | None:
@@ -112,9 +132,11 @@ def _trained_on(metadata: dict[str, Any]) -> str | None:
     return data.get("spec") if isinstance(data, dict) else None
 
 
-def load_model(path: str | os.PathLike, device: str | torch.device | None = "cpu") -> LoadedModel:
+def load_model(path: str | os.PathLike, device: str | torch.device | None = "cpu",
+               dtype: str | torch.dtype | None = None) -> LoadedModel:
     """Load a flipd checkpoint directory or a local diffusers folder (:func:`flipd.load`) with
-    its description and fingerprint.
+    its description and fingerprint, on ``device``, the network and VAE in ``dtype``
+    ("float32", "bfloat16" or "float16"; see :func:`flipd.load`).
 
     Raises:
         FileNotFoundError: nothing at ``path``.
@@ -123,7 +145,8 @@ def load_model(path: str | os.PathLike, device: str | torch.device | None = "cpu
     directory = Path(path)
     device = device if isinstance(device, torch.device) else resolve_device(device)
     kind = model_kind(directory)
-    model = load(directory, device=device)
+    precision = resolve_dtype(dtype)
+    model = load(directory, device=device, dtype=precision)
     if kind == "flipd":
         spec_kind = getattr(getattr(model.network, "spec", None), "kind", None)
         architecture = {"mlp_unet": "MLP U-net", "unet2d": "convolutional U-net"}.get(spec_kind, spec_kind or "network")
@@ -133,7 +156,9 @@ def load_model(path: str | os.PathLike, device: str | torch.device | None = "cpu
         metadata = dict(model.metadata)
     else:
         description, metadata = f"diffusers {model!r}", {}
+    if precision != torch.float32:
+        description += f", in {str(precision).removeprefix('torch.')}"
     return LoadedModel(
         model=model, kind=kind, path=directory, description=description,
-        fingerprint=fingerprint_path(directory), metadata=metadata,
+        fingerprint=fingerprint_path(directory), metadata=metadata, dtype=str(precision).removeprefix("torch."),
     )

@@ -56,11 +56,18 @@ def model_kind(path: str | os.PathLike) -> Literal["flipd", "diffusers"]:
     )
 
 
-def load(path: str | os.PathLike, *, device: str | torch.device | None = "cpu") -> Model:
+def load(path: str | os.PathLike, *, device: str | torch.device | None = "cpu", dtype: torch.dtype | None = None) -> Model:
     """Load a flipd checkpoint directory or a local diffusers folder as a :class:`Model`.
 
     The result carries its schedule, prediction type and coordinate map, so
     ``flipd.flipd(flipd.load(path), x)`` takes ``x`` in the units of the data it was trained on.
+
+    Args:
+        path: the checkpoint directory or diffusers folder.
+        device: where the network (and VAE) run.
+        dtype: torch.bfloat16 or torch.float16 to run the network and VAE in reduced precision
+            (a flipd checkpoint under ``torch.autocast``, a diffusers network and VAE cast to
+            it); None or torch.float32 for full precision. Traces and norms stay float32.
 
     Raises:
         FileNotFoundError: nothing at ``path``.
@@ -70,7 +77,7 @@ def load(path: str | os.PathLike, *, device: str | torch.device | None = "cpu") 
     if model_kind(path) == "flipd":
         from .checkpoint import DiffusionModel
 
-        return DiffusionModel.load(path, device=device)
+        return DiffusionModel.load(path, device=device).with_compute_dtype(dtype)
     from .diffusers import from_diffusers
 
-    return from_diffusers(Path(path), device=device)
+    return from_diffusers(Path(path), device=device, dtype=None if dtype == torch.float32 else dtype)
