@@ -411,8 +411,8 @@ def _halved(batch_size: int, rows: int) -> tuple[int, int]:
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     warnings.warn(
-        f"a batch of {batch_size} points ran out of GPU memory; continuing with batches of {smaller[0]} "
-        f"points ({smaller[1]} point-probe rows per call)", RuntimeWarning, stacklevel=3,
+        f"ran out of GPU memory with batches of {batch_size} points ({rows} point-probe rows per call); "
+        f"continuing with batches of {smaller[0]} points ({smaller[1]} rows per call)", RuntimeWarning, stacklevel=3,
     )
     return smaller
 
