@@ -229,10 +229,13 @@ def test_bfloat16_and_float16_on_cpu_agree_with_float32(tmp_path):
 # --------------------------------------------------------------------------- the command line
 
 
-def _run(*arguments: str, cwd: Path) -> subprocess.CompletedProcess:
-    environment = {**os.environ, "PYTHONPATH": str(SOURCE), "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "flipd", *arguments], cwd=cwd, env=environment,
-                          capture_output=True, text=True, timeout=600)
+def _cli(*arguments: str | Path):
+    """The command line, in this process."""
+    from typer.testing import CliRunner
+
+    from flipd.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in arguments], catch_exceptions=False)
 
 
 def test_estimate_streams_a_folder_with_workers_and_gives_the_in_process_table(tmp_path):
@@ -240,16 +243,23 @@ def test_estimate_streams_a_folder_with_workers_and_gives_the_in_process_table(t
 
     root = _image_folder(tmp_path / "images", 30)
     model = _tiny_checkpoint(tmp_path / "model", 64)
-    common = ("-m", str(model), "--trace", "hutchinson", "--quiet", "--threads", "1")
-    first = _run("estimate", f"{root}:channels=1", *common, "--workers", "2", "--chunk-size", "8", "-o", "a.csv", cwd=tmp_path)
-    second = _run("estimate", f"{root}:channels=1", *common, "--chunk-size", "13", "-o", "b.csv", cwd=tmp_path)
-    assert first.returncode == 0 and second.returncode == 0, first.stderr + second.stderr
+    common = ("-m", model, "--trace", "hutchinson", "--quiet", "--threads", "1")
+    first = _cli("estimate", f"{root}:channels=1", *common, "--workers", "2", "--chunk-size", "8", "-o", tmp_path / "a.csv")
+    second = _cli("estimate", f"{root}:channels=1", *common, "--chunk-size", "13", "-o", tmp_path / "b.csv")
+    assert first.exit_code == 0 and second.exit_code == 0, first.output + second.output
     a, b = pd.read_csv(tmp_path / "a.csv"), pd.read_csv(tmp_path / "b.csv")
     assert a.equals(b) and len(a) == 30 and "sub/im0001.png" in a["name"].tolist()
     record = json.loads((tmp_path / "a.json").read_text())
     assert record["resolved"]["streamed"] is True and record["resolved"]["workers"] == 2
-    bad = _run("estimate", f"{root}:channels=1", *common, "--dtype", "float8", "-o", "c.csv", cwd=tmp_path)
-    assert bad.returncode == 2 and "--dtype" in bad.stderr and "Traceback" not in bad.stderr
+    assert record["resolved"]["batch_size"] == 256 and record["resolved"]["dtype"] == "float32"
+    low = _cli("estimate", f"{root}:channels=1", *common, "--dtype", "bfloat16", "-o", tmp_path / "c.csv")
+    assert low.exit_code == 0 and json.loads((tmp_path / "c.json").read_text())["resolved"]["dtype"] == "bfloat16"
+    assert np.abs(pd.read_csv(tmp_path / "c.csv")["lid"] - a["lid"]).max() < 0.5
+    np.save(tmp_path / "x.npy", np.ones((3, 64)))
+    for option, value, fragment in (("--dtype", "float8", "--dtype"), ("--resize", "8", "image folders")):
+        bad = _cli("estimate", tmp_path / "x.npy" if option == "--resize" else f"{root}:channels=1", *common,
+                   option, value, "-o", tmp_path / "d.csv")
+        assert bad.exit_code == 2 and fragment in bad.stderr and "Traceback" not in bad.output, bad.output
 
 
 _MEASURE_PEAK_RSS = """

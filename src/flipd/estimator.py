@@ -368,7 +368,8 @@ def _estimate_fixed(
 ) -> FLIPDResult:
     """FLIPD at the times [N] (float64) of ``schedule``; ``x`` in model coordinates."""
     n = x.shape[0]
-    batch_size = min(n, batch_size or DEFAULT_BATCH_SIZE)
+    asked = batch_size or DEFAULT_BATCH_SIZE  # what later calls start from (halved on running out of memory)
+    batch_size = min(n, asked)
     rows = chunk_rows or max(DEFAULT_CHUNK_ROWS, batch_size)
     grad_context = contextlib.nullcontext() if differentiable else torch.no_grad()
     distinct = _distinct_times(times)  # [1] when all points share a time, else [n]
@@ -388,6 +389,7 @@ def _estimate_fixed(
                 if batch_size == 1 and rows == 1:
                     raise
                 batch_size, rows = _halved(batch_size, rows)
+                asked = batch_size
                 continue
             lids.append(lid if differentiable else lid.detach())
             stderrs.append(stderr)
@@ -399,7 +401,7 @@ def _estimate_fixed(
         sigma=terms[1].expand(n).clone(),
         delta=schedule.delta(distinct).expand(n).clone(),
         stderr=torch.cat(stderrs).cpu(), trace=trace, n_probes=n_probes, mode=mode_used,
-        batch_size=batch_size, chunk_rows=rows,
+        batch_size=asked, chunk_rows=rows,
     )
 
 
