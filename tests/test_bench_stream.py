@@ -19,7 +19,6 @@ def _script(name: str):
 
 
 @pytest.mark.slow
-@pytest.mark.slow
 def test_sd_scale_gpu_script_runs_tiny_on_the_cpu(tmp_path):
     pytest.importorskip("diffusers")
     script = _script("sd_scale_gpu")
