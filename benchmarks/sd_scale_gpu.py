@@ -134,9 +134,6 @@ def measure(config: str, device: torch.device, dtype: torch.dtype, *, max_batch:
         "flipd_in_forward_passes": statistics.median(ratios), "ratio_per_repeat": ratios,
         "peak_gpu_memory_gib": peak,
     }
-    del model
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
     return record, values
 
 
@@ -197,6 +194,8 @@ def main(argv: list[str] | None = None) -> int:
         record, values[record_name := str(dtype).removeprefix("torch.")] = measure(
             config, device, dtype, max_batch=max_batch, repeats=args.repeats, agreement_x=agreement_x)
         runs.append(record)
+        if device.type == "cuda":
+            torch.cuda.empty_cache()  # the last precision's model is gone with its measure() call
         print(f"{record_name}: batch {record['batch']}, FLIPD {record['flipd_seconds_per_image']:.4f} s/image, "
               f"{record['flipd_in_forward_passes']:.2f} forwards", file=sys.stderr)
     size = CONFIGS[config]["sample_size"]

@@ -242,8 +242,14 @@ def _score_norm_sq(output: Tensor, y: Tensor, a: Tensor, b: Tensor) -> Tensor:
     """
     if not bool((b == 0).all()):
         score = torch.addcmul(b.to(output)[:, None] * y, a.to(output)[:, None], output)
-        return torch.linalg.vecdot(score, score).to(torch.float64)
-    return a**2 * torch.linalg.vecdot(output, output).to(torch.float64)
+        return _float64(torch.linalg.vecdot(score, score))
+    return a**2 * _float64(torch.linalg.vecdot(output, output))
+
+
+def _float64(values: Tensor) -> Tensor:
+    """``values`` in float64 for the sums: on their device, or on the CPU for MPS (which has no
+    float64)."""
+    return (values.cpu() if values.device.type == "mps" else values).to(torch.float64)
 
 
 def _flipd_batch(
@@ -284,7 +290,7 @@ def _flipd_batch(
         lambda inputs: model(inputs, t_model), y, probes, mode=mode,
         check_output=_output_checker(y.shape, indices),
     )
-    forms = forms.to(torch.float64)
+    forms = _float64(forms)
     trace_estimate = forms.sum(0) if trace == "exact" else forms.mean(0)
     a, b, sigma = (value.to(forms.device) for value in (a, b, sigma))
     score_sq = _score_norm_sq(output.flatten(1), y.flatten(1), a, b)
@@ -460,7 +466,11 @@ def flipd(
             the schedule's time units (wrap other signatures with :class:`flipd.ModelAdapter`).
         x: data points, tensor or array of shape [N, ...] (vectors or images), clean (not
             noised): in the user's units for a :class:`flipd.Model`, in the units the network
-            was trained on for a plain callable.
+            was trained on for a plain callable. Or points read batch by batch: a torch
+            ``DataLoader``, ``Dataset`` or ``IterableDataset`` yielding tensors (or tuples
+            whose first entry is the points), or a :class:`flipd.datasets.streaming.PointStream`;
+            an ``IterableDataset`` is read to its end (its length need not be known), point
+            ``i`` in the order they come gets index ``i``, and a model's ``encode`` runs per batch.
         t0: noise level as a time of the schedule (float, or tensor [N] for one per point), or
             "auto" for the knee rule (:func:`flipd.knee`). Alternatively ``sigma=`` (the noise
             standard deviation) or ``delta=`` (log sigma/psi): at most one of the three. With

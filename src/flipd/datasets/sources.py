@@ -17,6 +17,11 @@ row, and values beyond float32's range are refused by row;
 ``columns=a+b+c`` picks the coordinates explicitly. In a ``.npz`` the points are the array
 ``x`` (or the only 2-d array, or ``key=``), with optional arrays ``lid``/``lid_true`` and
 ``component`` of length N.
+
+With ``stream=True`` (what ``flipd estimate`` and ``flipd curve`` use), image folders, 2-d
+``.npy`` arrays and CSV/parquet tables are checked up front but not loaded: ``PointSet.x`` is
+a :class:`~flipd.datasets.streaming.PointStream` whose slices are read on demand, and only one
+small value per point (index, ground truth, PNG size, name) is kept.
 """
 
 from __future__ import annotations
