@@ -27,7 +27,7 @@ test-fast: $(STAMP)
 	$(PY) -m pytest -q -n 2 -m "not slow"
 
 bench: $(STAMP)
-	$(PY) benchmarks/speed.py
+	$(PY) -m flipd.bench speed
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import os
 import pickle
@@ -493,14 +495,14 @@ def test_non_finite_estimates_are_reported_and_counted(tmp_path, monkeypatch):
 
     from flipd.jobs import estimate as job
 
-    original = job.BASELINES["twonn"]
+    original = job.METHOD_REGISTRY["twonn"]
 
-    def with_holes(x, **kwargs):
-        lid = np.array(original(x, **kwargs), dtype=np.float64)
-        lid[[3, 17]] = [np.nan, np.inf]
-        return lid
+    def with_holes(x, model, noise, common, settings):  # a fault injected into a real estimator's output
+        result = original.run(x, model, noise, common, settings)
+        result.lid[3], result.lid[17] = float("nan"), float("inf")
+        return result
 
-    monkeypatch.setattr(job, "BASELINES", {**job.BASELINES, "twonn": with_holes})
+    monkeypatch.setattr(job, "METHOD_REGISTRY", {**job.METHOD_REGISTRY, "twonn": dataclasses.replace(original, run=with_holes)})
     table = tmp_path / "x.csv"
     result = run_flipd("estimate", "lollipop", "--method", "twonn", "-n", "40", "-o", table, "--quiet")
     assert result.exit_code == 0, result.output

@@ -5,7 +5,8 @@
 >>> lid = flipd.flipd(model, x)                      # doctest: +SKIP
 
 The public contract: :func:`flipd`, :func:`estimate`, :func:`flipd_curve`, :func:`knee` and
-:func:`knee_grid`; the model concept :class:`Model` with :func:`load`, :func:`as_model`,
+:func:`knee_grid`; one result type :class:`LIDResult` (``to_pandas()``) and one registry of every
+estimator, :data:`METHODS` (FLIPD and the baselines, one calling convention); the model concept :class:`Model` with :func:`load`, :func:`as_model`,
 :class:`ModelAdapter` and :func:`from_diffusers` (needs the ``images`` extra);
 :func:`train_diffusion`; :mod:`flipd.schedules`, :mod:`flipd.analytic`, :mod:`flipd.baselines`,
 :mod:`flipd.datasets`. ``docs/architecture.md`` describes the layers.
@@ -14,11 +15,13 @@ The public contract: :func:`flipd`, :func:`estimate`, :func:`flipd_curve`, :func
 from ._version import __version__
 
 from . import schedules
-from .estimator import FLIPDResult, estimate, flipd, flipd_curve
+from .estimator import estimate, flipd, flipd_curve
+from .methods import METHODS
 from .knee import KneeResult, knee
 from .models import DiffusersModel, DiffusionModel, Model, ModelAdapter, as_model, from_diffusers, load
 from .noise import default_noise_level, knee_grid
 from .parameterization import PREDICTIONS
+from .results import FLIPDResult, LIDResult
 from .train import TrainConfig, train_diffusion
 
 __all__ = [
@@ -26,6 +29,8 @@ __all__ = [
     "DiffusionModel",
     "FLIPDResult",
     "KneeResult",
+    "LIDResult",
+    "METHODS",
     "Model",
     "ModelAdapter",
     "PREDICTIONS",

@@ -30,6 +30,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from .baselines.classical import DEFAULT_NEIGHBORS
 from .jobs.train import NETWORK_CHOICES
 from .runs.environment import DEMO_DEFAULT_OUT
 
@@ -251,6 +252,19 @@ def _timed(timings: dict[str, float], name: str) -> contextlib.AbstractContextMa
             timings[name] = round(time.perf_counter() - began, 4)
 
     return timer()
+
+
+_NEIGHBOR_DEFAULTS = ", ".join(f"{name} {k}" for name, k in DEFAULT_NEIGHBORS.items())
+
+
+def _short(value) -> str:
+    """A setting as a short string: floats to 4 significant digits, long sequences abridged."""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, (list, tuple)):
+        items = [_short(item) for item in value]
+        return "[" + ", ".join(items if len(items) <= 4 else [*items[:2], "...", items[-1]]) + "]"
+    return str(value)
 
 
 def _slug(spec: str) -> str:
@@ -486,7 +500,7 @@ def estimate(
     batch_size: BatchSize = 256,
     chunk_size: Annotated[int, typer.Option("--chunk-size", min=1, help="Points per saved chunk (the unit of --resume).")] = 1024,
     neighbors: Annotated[
-        Optional[int], typer.Option("--neighbors", min=2, help="Neighbourhood size of lpca, mle, ess, twonn (default: theirs).", show_default=False)
+        Optional[int], typer.Option("--neighbors", min=2, help=f"Neighbourhood size of lpca, mle, ess, twonn (default: {_NEIGHBOR_DEFAULTS}; at most the number of points - 1).", show_default=False)
     ] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run from its last finished chunk.")] = False,
     force: Annotated[bool, typer.Option("--force", help="Overwrite existing results and discard an unfinished run.")] = False,
@@ -583,10 +597,13 @@ def estimate(
                     f"interrupted; finished chunks are kept in {run_directory}: run the same command with "
                     "--resume to continue"
                 ) from None
+        if result.resolved:
+            shown = ", ".join(f"{key}={_short(value)}" for key, value in result.resolved.items())
+            _say(quiet, f"{method} ran with {escape(shown)}")
         if result.resumed_chunks:
             _say(quiet, f"resumed: {result.resumed_chunks} of {result.n_chunks} chunks were already finished")
 
-        columns = estimate_table_columns(points, result, method=method)
+        columns = estimate_table_columns(points, result, method=method, knee_rule=plan.settings.t0 == "auto")
         write_table(table_path, columns)
         written_plots: list[Path] = []
         if plot is not None:
@@ -598,8 +615,8 @@ def estimate(
         write_json(metadata_path, run_record(
             "estimate", points=points, data_seed=seed, model=loaded, settings=plan.settings.to_json(),
             resolved={"trace": result.trace, "n_probes": result.n_probes, "mode": result.mode, "noise_level": plan.noise,
-                      "batch_size": plan.batch.get("used", batch_size), "dtype": loaded.dtype if loaded else None,
-                      "workers": workers, "streamed": points.streamed},
+                      "method": result.resolved, "batch_size": plan.batch.get("used", batch_size),
+                      "dtype": loaded.dtype if loaded else None, "workers": workers, "streamed": points.streamed},
             chunks={"n_chunks": result.n_chunks, "resumed_chunks": result.resumed_chunks,
                     "seconds": [round(s, 4) for s in result.chunk_seconds]},
             summary=summary_record(columns["lid"], points), timings=timings,

@@ -16,7 +16,6 @@ import contextlib
 import math
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
@@ -27,6 +26,8 @@ from .knee import knee
 from .models.base import Model
 from .noise import knee_grid, resolve_times
 from .parameterization import check_prediction, score_coefficients
+from .progress import Progress, progress_callback
+from .results import FLIPDResult, LIDResult
 from .schedules import VP, Schedule
 from .trace import MODES, basis_probes, indexed_probes, quadratic_forms
 
@@ -43,38 +44,8 @@ DEFAULT_BATCH_SIZE = 1024
 #: Default cap on (point, probe) pairs differentiated in one vectorised call.
 DEFAULT_CHUNK_ROWS = 4096
 
-__all__ = ["FLIPDResult", "ModelLike", "flipd", "estimate", "flipd_curve", "is_point_stream", "resolve_model", "resolve_trace"]
-
-
-@dataclass
-class FLIPDResult:
-    """Everything :func:`estimate` measured, one entry per point.
-
-    Attributes:
-        lid: FLIPD estimates, [N] (dimensions).
-        t0: noise level used per point, in the schedule's time units, [N] float64.
-        sigma: noise standard deviation sigma(t0) per point, [N] float64.
-        delta: log(sigma/psi) per point, [N] float64.
-        stderr: standard error of each Hutchinson estimate, [N] (NaN for one probe; zeros
-            for the exact trace).
-        trace: "exact", "hutchinson" (Rademacher probes) or "gaussian".
-        n_probes: probes per point (D for the exact trace).
-        mode: differentiation mode that ran ("reverse" or "forward").
-        batch_size: points per forward pass at the end of the run (smaller than asked for
-            when a batch ran out of GPU memory and was halved).
-        chunk_rows: (point, probe) pairs per vectorised call at the end of the run.
-    """
-
-    lid: Tensor
-    t0: Tensor
-    sigma: Tensor
-    delta: Tensor
-    stderr: Tensor
-    trace: str
-    n_probes: int
-    mode: str
-    batch_size: int | None = None
-    chunk_rows: int | None = None
+__all__ = ["FLIPDResult", "LIDResult", "ModelLike", "flipd", "estimate", "flipd_curve", "is_point_stream",
+           "resolve_model", "resolve_trace"]
 
 
 # --------------------------------------------------------------------------- input checks
@@ -304,7 +275,8 @@ def _flipd_batch(
     return lid.to(x.dtype), stderr.detach(), mode_used
 
 
-def _check_options(seed, batch_size, chunk_rows, mode) -> None:
+def check_options(seed, batch_size, chunk_rows, mode) -> None:
+    """Raise a ValueError or TypeError naming the first invalid common option."""
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
         raise TypeError(f"seed must be an integer; got {seed!r}.")
     if mode not in MODES:
@@ -333,7 +305,7 @@ def estimate(
     mode: str = "auto",
     differentiable: bool = False,
     encoded: bool = False,
-    progress: Callable[[int], None] | None = None,
+    progress: Progress = None,
 ) -> FLIPDResult:
     """FLIPD estimates with their noise levels and standard errors (see :func:`flipd`).
 
@@ -341,7 +313,8 @@ def estimate(
         chunk_rows: cap on (point, probe) pairs differentiated in one vectorised call; bounds
             memory. Default ``max(4096, points per batch)``.
         mode: "auto" (reverse mode, forward on failure), "reverse" or "forward".
-        progress: called with the number of points finished after each batch.
+        progress: True for a progress bar (terminal or notebook), or a callable called with
+            the number of points finished after each batch.
     """
     if is_point_stream(x):
         return _estimate_stream(
@@ -351,7 +324,7 @@ def estimate(
         )
     x = _as_batch(x)
     fn, x, schedule, prediction = resolve_model(model, x, schedule=schedule, prediction=prediction, encoded=encoded)
-    _check_options(seed, batch_size, chunk_rows, mode)
+    check_options(seed, batch_size, chunk_rows, mode)
     n, dim = x.shape[0], x[0].numel()
     indices = _as_indices(indices, n)
     trace, n_probes = resolve_trace(trace, dim, n_probes)
@@ -364,8 +337,11 @@ def estimate(
             raise ValueError(f"t0 must be a number, a tensor of shape [N], or 'auto'; got {t0!r}.")
         if sigma is not None or delta is not None:
             raise ValueError("t0='auto' chooses the noise level itself; do not also pass sigma= or delta=.")
-        return _estimate_auto(fn, x, **options)
-    return _estimate_fixed(fn, x, resolve_times(n, schedule, t0=t0, sigma=sigma, delta=delta), **options)
+        with progress_callback(progress, n, "FLIPD (knee)") as options["progress"]:
+            return _estimate_auto(fn, x, **options)
+    times = resolve_times(n, schedule, t0=t0, sigma=sigma, delta=delta)
+    with progress_callback(progress, n, "FLIPD") as options["progress"]:
+        return _estimate_fixed(fn, x, times, **options)
 
 
 def _estimate_fixed(
@@ -407,6 +383,7 @@ def _estimate_fixed(
         sigma=terms[1].expand(n).clone(),
         delta=schedule.delta(distinct).expand(n).clone(),
         stderr=torch.cat(stderrs).cpu(), trace=trace, n_probes=n_probes, mode=mode_used,
+        ambient_dim=x[0].numel(), settings=_settings(trace, n_probes, seed, mode_used),
         batch_size=asked, chunk_rows=rows,
     )
 
@@ -423,6 +400,10 @@ def _halved(batch_size: int, rows: int) -> tuple[int, int]:
         f"continuing with batches of {smaller[0]} points ({smaller[1]} rows per call)", RuntimeWarning, stacklevel=3,
     )
     return smaller
+
+
+def _settings(trace: str, n_probes: int, seed: int, mode: str) -> dict:
+    return {"trace": trace, "n_probes": n_probes, "seed": seed, "mode": mode}
 
 
 def _curve(fn, x: Tensor, times: Tensor, **options) -> tuple[Tensor, str]:
@@ -540,7 +521,7 @@ def flipd_curve(
     )
     seed, batch_size = kwargs.pop("seed", 0), kwargs.pop("batch_size", None)
     chunk_rows, mode = kwargs.pop("chunk_rows", None), kwargs.pop("mode", "auto")
-    _check_options(seed, batch_size, chunk_rows, mode)
+    check_options(seed, batch_size, chunk_rows, mode)
     trace, n_probes = resolve_trace(kwargs.pop("trace", "auto"), x[0].numel(), kwargs.pop("n_probes", 1))
     options = dict(
         schedule=schedule, prediction=prediction, trace=trace, n_probes=n_probes, seed=int(seed),
@@ -550,7 +531,8 @@ def flipd_curve(
     if kwargs:
         raise TypeError(f"flipd_curve got unexpected arguments: {', '.join(sorted(kwargs))}.")
     schedule.check_t(grid, "t_grid")
-    return _curve(fn, x, grid, **options)[0]
+    with progress_callback(options["progress"], x.shape[0] * grid.numel(), "FLIPD curve") as options["progress"]:
+        return _curve(fn, x, grid, **options)[0]
 
 
 # --------------------------------------------------------------------------- streams of points
@@ -622,27 +604,45 @@ def _per_point(value, start: int, stop: int):
     return value
 
 
+def _stream_length(x) -> int | None:
+    """The number of points a stream will yield, where it says (None: an IterableDataset)."""
+    from torch.utils.data import DataLoader, IterableDataset
+
+    if isinstance(x, DataLoader):
+        x = x.dataset
+    if isinstance(x, IterableDataset) and not callable(getattr(type(x), "__len__", None)):
+        return None
+    try:
+        return len(x)
+    except TypeError:
+        return None
+
+
 def _estimate_stream(model, x, *, t0, sigma, delta, indices, progress, batch_size, chunk_rows, **options) -> FLIPDResult:
     """:func:`estimate` batch by batch over a point stream; a halved batch size stays halved."""
     results: list[FLIPDResult] = []
     offset = 0
-    for batch, batch_indices in _stream_batches(x, indices, batch_size):
-        stop = offset + batch.shape[0]
-        result = estimate(
-            model, batch, t0=_per_point(t0, offset, stop), sigma=_per_point(sigma, offset, stop),
-            delta=_per_point(delta, offset, stop), indices=batch_indices, progress=progress,
-            batch_size=batch_size, chunk_rows=chunk_rows, **options,
-        )
-        batch_size = result.batch_size or batch_size
-        chunk_rows = result.chunk_rows or chunk_rows
-        results.append(result)
-        offset = stop
+    with progress_callback(progress, _stream_length(x) or 0, "FLIPD") as report:
+        for batch, batch_indices in _stream_batches(x, indices, batch_size):
+            stop = offset + batch.shape[0]
+            result = estimate(
+                model, batch, t0=_per_point(t0, offset, stop), sigma=_per_point(sigma, offset, stop),
+                delta=_per_point(delta, offset, stop), indices=batch_indices, progress=report,
+                batch_size=batch_size, chunk_rows=chunk_rows, **options,
+            )
+            batch_size = result.batch_size or batch_size
+            chunk_rows = result.chunk_rows or chunk_rows
+            results.append(result)
+            offset = stop
     if not results:
         raise ValueError("x yielded no points; pass at least one point.")
-    first = results[0]
+    first, last = results[0], results[-1]
+    knees = None if first.knee_found is None else torch.cat([r.knee_found for r in results])
     return FLIPDResult(
         **{name: torch.cat([getattr(r, name) for r in results]) for name in ("lid", "t0", "sigma", "delta", "stderr")},
-        trace=first.trace, n_probes=first.n_probes, mode=results[-1].mode, batch_size=batch_size, chunk_rows=chunk_rows,
+        trace=first.trace, n_probes=first.n_probes, mode=last.mode, method=first.method,
+        ambient_dim=first.ambient_dim, knee_found=knees, settings=last.settings,
+        batch_size=batch_size, chunk_rows=chunk_rows,
     )
 
 
@@ -660,5 +660,6 @@ def _estimate_auto(fn, x: Tensor, *, schedule: Schedule, progress, **options) ->
         sigma[found.found], delta[found.found] = schedule.sigma(chosen), schedule.delta(chosen)
     return FLIPDResult(
         lid=found.lid.to(x), t0=t0, sigma=sigma, delta=delta, stderr=torch.full((x.shape[0],), math.nan),
-        trace=options["trace"], n_probes=options["n_probes"], mode=mode_used,
+        trace=options["trace"], n_probes=options["n_probes"], mode=mode_used, ambient_dim=x[0].numel(),
+        knee_found=found.found.clone(), settings=_settings(options["trace"], options["n_probes"], options["seed"], mode_used),
     )

@@ -218,7 +218,7 @@ def _check_depends_on_input(fn: Callable[[Tensor], Tensor], y: Tensor, products:
 def _reverse_one_at_a_time(fn: Callable[[Tensor], Tensor], y: Tensor, probes: Iterable[Tensor], check):
     # Plain autograd for probes that come one at a time outside differentiable mode: with a
     # single probe there is nothing to vectorise, and torch.autograd.grad has less overhead per
-    # product than torch.func.vjp (compare the "autograd floor" of benchmarks/speed.py).
+    # product than torch.func.vjp (compare the "autograd floor" of flipd.bench.speed).
     with torch.enable_grad():
         leaf = y.detach().requires_grad_()
         output = _guarded(fn)(leaf)

@@ -11,6 +11,8 @@ Model-free, from scikit-dimension (``pip install flipd[bench]``):
 
 :data:`BASELINES` lists them all with their default settings; every entry is callable as
 ``BASELINES[name](x, model=..., schedule=..., prediction=...) -> np.ndarray [N]``.
+:data:`flipd.methods.METHODS` puts FLIPD and these behind one calling convention returning one
+result type (:class:`flipd.LIDResult`, with the resolved settings): use that to compare methods.
 """
 
 from .classical import CLASSICAL_METHODS, DEFAULT_NEIGHBORS, estimate_classical

@@ -9,7 +9,11 @@ from collections.abc import Sequence
 #: Benchmark name -> module with a ``main(argv) -> int``.
 BENCHMARKS: dict[str, str] = {
     "images": "flipd.bench.images",
+    "oracle": "flipd.bench.oracle",
     "scale": "flipd.bench.scale",
+    "sd_scale_gpu": "flipd.bench.sd_scale_gpu",
+    "speed": "flipd.bench.speed",
+    "stream_memory": "flipd.bench.stream_memory",
     "synthetic": "flipd.bench.synthetic",
 }
 

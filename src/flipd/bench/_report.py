@@ -1,28 +1,29 @@
-"""Shared pieces of the benchmark runners: machine description, versions, result tables."""
+"""Shared pieces of the benchmark reports: markdown tables, CSV rows, the git revision.
+
+The machine and package versions a benchmark records come from :mod:`flipd.runs.environment`
+(``machine_info``, ``package_versions``), the same record every run writes; files are written
+atomically with :func:`flipd.runs.files.write_text`.
+"""
 
 from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 import subprocess
-from collections.abc import Iterable, Mapping, Sequence
+import sys
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..runs import environment
-from ..runs.environment import machine_info
 from ..runs.files import write_text
 
-__all__ = ["machine_info", "package_versions", "markdown_table", "write_csv", "write_text_atomically", "git_revision"]
+__all__ = ["BENCH_PACKAGES", "markdown_table", "rewrite_report", "write_csv", "git_revision"]
 
-#: Packages whose versions a benchmark report records.
+#: Packages whose versions a benchmark report records (pass to
+#: :func:`flipd.runs.environment.package_versions`; flipd and Python are always included).
 BENCH_PACKAGES = ("torch", "numpy", "scipy", "scikit-learn", "scikit-dimension", "kneed", "zuko", "safetensors")
-
-
-def package_versions(names: Sequence[str] = BENCH_PACKAGES) -> dict[str, str | None]:
-    """Versions of flipd, Python and ``names`` (see :func:`flipd.runs.environment.package_versions`)."""
-    return environment.package_versions(names)
 
 
 def git_revision(directory: str | Path = ".") -> str | None:
@@ -40,6 +41,7 @@ def git_revision(directory: str | Path = ".") -> str | None:
 
 
 def format_number(value: Any, digits: int = 3) -> str:
+    """A table cell: floats with ``digits`` decimals, None and NaN as "–", anything else as text."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
     if isinstance(value, float):
@@ -55,17 +57,26 @@ def markdown_table(header: Sequence[str], rows: Iterable[Sequence[Any]], digits:
     return "\n".join(lines)
 
 
-def write_text_atomically(path: str | Path, text: str) -> None:
-    """Write ``text`` to ``path`` atomically through a uniquely named temporary file
-    (:func:`flipd.runs.files.write_text`); the parent folder is created if needed."""
-    write_text(path, text)
+def rewrite_report(record: Path, report: Path, render: Callable[[dict[str, Any]], str]) -> int:
+    """``--report-only``: write ``render(record's JSON)`` to ``report``, measuring nothing.
+
+    Returns the exit status: 0, or 2 (with a message naming ``record`` and the fix on stderr)
+    when there is no such record.
+    """
+    if not record.is_file():
+        print(f"No benchmark record {record}: run the benchmark first, or point --out at the folder or path "
+              "of an earlier run.", file=sys.stderr)
+        return 2
+    write_text(report, render(json.loads(record.read_text())))
+    print(f"wrote {report} from {record}")
+    return 0
 
 
 def write_csv(path: str | Path, rows: Sequence[Mapping[str, Any]]) -> None:
-    """Write dict rows (all with the same keys) as CSV, atomically (see :func:`write_text_atomically`)."""
+    """Write dict rows (all with the same keys) as CSV, atomically (:func:`flipd.runs.files.write_text`)."""
     buffer = io.StringIO(newline="")
     if rows:
         writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    write_text_atomically(path, buffer.getvalue())
+    write_text(path, buffer.getvalue())

@@ -23,7 +23,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import re
 import resource
 import statistics
@@ -36,7 +35,9 @@ from typing import Any
 
 import torch
 
-from ..runs.files import load_average
+from ..runs.environment import machine_info, package_versions
+from ..runs.files import load_average, write_text
+from ._report import git_revision, rewrite_report
 
 #: Stable Diffusion v1.5's UNet configuration (860M parameters).
 SD15_UNET_CONFIG: dict[str, Any] = {
@@ -259,30 +260,19 @@ def _run_worker(task: str, config_name: str, repeats: int, threads: int) -> dict
 
 
 def _machine() -> dict[str, Any]:
-    import diffusers
-
-    cpu = platform.processor() or ""
-    try:
-        names = re.findall(r"^model name\s*:\s*(.+)$", Path("/proc/cpuinfo").read_text(), flags=re.MULTILINE)
-        cpu = names[0] if names else cpu
-    except OSError:
-        pass
+    """CPU, cores, memory (GiB), OS, Python, torch and diffusers versions and the commit
+    (from :mod:`flipd.runs.environment` and :func:`flipd.bench._report.git_revision`)."""
+    machine = machine_info()
+    versions = package_versions(("torch", "diffusers"))
     try:
         memory_kib = int(re.search(r"MemTotal:\s+(\d+)", Path("/proc/meminfo").read_text()).group(1))
         memory_gib = round(memory_kib / 2**20, 1)
     except (OSError, AttributeError):
         memory_gib = None
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True,
-            cwd=Path(__file__).resolve().parent,
-        ).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        commit = None
     return {
-        "cpu": cpu, "cores": os.cpu_count(), "memory_gib": memory_gib, "os": platform.platform(),
-        "python": platform.python_version(), "torch": torch.__version__, "diffusers": diffusers.__version__,
-        "commit": commit,
+        "cpu": machine["cpu"], "cores": machine["cores"], "memory_gib": memory_gib, "os": machine["platform"],
+        "python": machine["python"], "torch": versions["torch"], "diffusers": versions["diffusers"],
+        "commit": git_revision(Path(__file__).resolve().parent),
     }
 
 
@@ -426,12 +416,14 @@ def render_markdown(result: dict[str, Any], command: str) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m flipd.bench scale [--config sd15|tiny] [--repeats N] [--threads N] [--out DIR]``."""
+    """``python -m flipd.bench scale [--config sd15|tiny] [--repeats N] [--threads N] [--out DIR] [--report-only]``."""
     parser = argparse.ArgumentParser(prog="python -m flipd.bench scale", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", choices=sorted(CONFIGS), default="sd15", help="UNet configuration")
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per measurement (median reported)")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="folder for scale.json/.md")
+    parser.add_argument("--report-only", action="store_true",
+                        help="measure nothing: rewrite scale.md from the scale.json in --out")
     parser.add_argument(
         "--worker", choices=("timing", "forward_memory", "flipd_memory", "nb_slice"), help=argparse.SUPPRESS
     )
@@ -441,14 +433,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.worker:
         print(json.dumps(_worker(args.worker, args.config, args.repeats, args.threads)))
         return 0
+    if args.report_only:
+        return rewrite_report(args.out / "scale.json", args.out / "scale.md",
+                              lambda result: render_markdown(result, result["command"]))
     command = "python -m flipd.bench scale " + " ".join(
         ["--config", args.config, "--repeats", str(args.repeats), "--threads", str(args.threads), "--out", str(args.out)]
     )
     result = run_benchmark(args.config, repeats=args.repeats, threads=args.threads)
     result["command"] = command
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "scale.json").write_text(json.dumps(result, indent=2) + "\n")
-    (args.out / "scale.md").write_text(render_markdown(result, command))
+    write_text(args.out / "scale.json", json.dumps(result, indent=2) + "\n")
+    write_text(args.out / "scale.md", render_markdown(result, command))
     d = result["derived"]
     print(
         f"forward {d['forward_seconds']:.2f} s, FLIPD {d['flipd_seconds_per_image']:.2f} s "

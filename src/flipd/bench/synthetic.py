@@ -47,7 +47,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -59,10 +59,11 @@ from .. import metrics
 from ..datasets import get_dataset
 from ..models.mlp import MLPUNetConfig
 from ..noise import DEFAULT_REFERENCE_T0
-from ..runs.files import json_default
+from ..runs.environment import machine_info, package_versions
+from ..runs.files import json_default, write_text
 from ..models.spec import NetworkSpec
 from ..train import CheckpointError, DiffusionModel, TrainConfig, train_diffusion
-from ._report import git_revision, machine_info, markdown_table, package_versions, write_csv, write_text_atomically
+from ._report import BENCH_PACKAGES, git_revision, markdown_table, write_csv
 
 __all__ = ["SUITES", "METHODS", "MODEL_METHODS", "Recipe", "recipe_for", "run_synthetic", "DEFAULT_T0"]
 
@@ -251,15 +252,12 @@ def _run_method(method: str, model: DiffusionModel, x: np.ndarray, *, t0: float,
         if method == "flipd_knee":
             details["knee_found_fraction"] = float(np.mean(np.isfinite(result.t0.numpy())))
     else:
-        from ..baselines import BASELINES
+        from ..methods import METHODS as REGISTRY
 
-        baseline = BASELINES[method]
-        if baseline.needs_model:
-            lid = baseline(x, model=model, seed=seed)  # a flipd.Model: standardises x itself
-        else:
-            lid = baseline(x)
-        lid = np.asarray(lid, dtype=np.float64)
-        details = {key: (list(value) if isinstance(value, tuple) else value) for key, value in baseline.defaults.items()}
+        registered = REGISTRY[method]
+        result = registered(x, model if registered.needs_model else None, seed=seed)  # a flipd.Model: standardises x itself
+        lid = result.columns()["lid"]
+        details = {key: (list(value) if isinstance(value, tuple) else value) for key, value in result.settings.items()}
     return MethodResult(lid=lid, seconds=time.perf_counter() - start, details=details)
 
 
@@ -399,7 +397,7 @@ def run_synthetic(
                 "warnings": sorted({str(w.message)[:200] for w in caught}),
                 "evaluated_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             }
-            write_text_atomically(saved, json.dumps(record, indent=2, default=_json_default) + "\n")
+            write_text(saved, json.dumps(record, indent=2, default=_json_default) + "\n")
         records.append(record)
     if report_only:  # report every method any saved run measured, in table order
         methods = [m for m in METHODS if any(m in record["methods"] for record in records)]
@@ -415,7 +413,7 @@ def run_synthetic(
         "git_revision": git_revision(Path(__file__).parent),
         "machine_at_start": machine_start,
         "machine_at_end": machine_info(),
-        "versions": package_versions(),
+        "versions": package_versions(BENCH_PACKAGES),
         "seeds": {"training": seed, "training_data": seed, "evaluation_data": seed + 1, "probes_and_nb_noise": seed},
         "flipd": {"t0": t0, "primary": primary, "primary_reason": reason,
                   "knee_rule": "per point, kneed on reference VP times linspace(0, 1, 50) inside (0.05, 0.5)"},
@@ -423,9 +421,9 @@ def run_synthetic(
         "datasets": records,
     }
     report["summary"] = _summary(records, methods, primary)
-    write_text_atomically(out_dir / f"{name}.json", json.dumps(report, indent=2, default=_json_default) + "\n")
+    write_text(out_dir / f"{name}.json", json.dumps(report, indent=2, default=_json_default) + "\n")
     write_csv(out_dir / f"{name}.csv", rows)
-    write_text_atomically(out_dir / f"{name}.md", _markdown(report))
+    write_text(out_dir / f"{name}.md", _markdown(report))
     say(f"wrote {out_dir / name}.md, .csv and .json", flush=True)
     return report
 

@@ -14,11 +14,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..baselines import BASELINES, NB_REFERENCE_DELTA
 from ..datasets.sources import PointSet
-from ..estimator import estimate
+from ..estimator import check_options, resolve_trace
+from ..methods import METHODS as METHOD_REGISTRY
+from ..methods import MODEL_METHODS
 from ..models.base import Model
-from ..noise import check_noise_level, default_noise_level, resolve_time
+from ..noise import check_noise_level, default_noise_level
 from ..runs.chunks import ChunkedEstimate, ChunkEstimator
 from .inputs import LoadedModel
 from .records import known_columns
@@ -28,17 +29,15 @@ __all__ = [
     "MODEL_METHODS",
     "EstimatePlan",
     "EstimateSettings",
-    "baseline_chunks",
     "estimate_table_columns",
     "flipd_chunks",
+    "method_chunks",
     "plan_estimate",
 ]
 
 
-#: LID estimators ``flipd estimate --method`` runs: FLIPD and the baselines of :mod:`flipd.baselines`.
-METHODS: tuple[str, ...] = ("flipd", *BASELINES)
-#: Methods that need a diffusion model.
-MODEL_METHODS: tuple[str, ...] = ("flipd", *(name for name, baseline in BASELINES.items() if baseline.needs_model))
+#: LID estimators ``flipd estimate --method`` runs: the names of :data:`flipd.methods.METHODS`.
+METHODS: tuple[str, ...] = tuple(METHOD_REGISTRY)
 
 
 @dataclass(frozen=True)
@@ -72,108 +71,82 @@ class EstimateSettings:
     n_neighbors: int | None = None
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
+        if self.method not in METHOD_REGISTRY:
             raise ValueError(f"Unknown method {self.method!r}; use one of {', '.join(METHODS)}.")
+        method = METHOD_REGISTRY[self.method]
         given = [name for name in ("t0", "sigma", "delta") if getattr(self, name) is not None]
         if len(given) > 1:
             raise ValueError(f"Give the noise level once (t0, sigma or delta); got {', '.join(given)}.")
         if self.method == "flipd" and not given:
             raise ValueError("FLIPD needs a noise level: give t0, sigma or delta.")
-        if given and self.method not in ("flipd", "nb"):
-            raise ValueError(f"The {self.method} method takes no noise level; drop --{given[0]}.")
+        if given and not method.reads_noise_level:
+            raise ValueError(f"The {self.method} method takes no noise level; drop {given[0]}.")
         if isinstance(self.t0, str) and (self.t0 != "auto" or self.method != "flipd"):
             raise ValueError(f"t0 must be a number, or 'auto' with the flipd method; got {self.t0!r}.")
-        if self.n_neighbors is not None and self.method in MODEL_METHODS:
+        if self.n_neighbors is not None and "n_neighbors" not in method.defaults:
             raise ValueError(f"n_neighbors applies to the classical methods, not {self.method}.")
-        for name in ("n_probes", "batch_size", "chunk_size"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer; got {value!r}.")
+        check_options(self.seed, self.batch_size, None, self.mode)
+        resolve_trace(self.trace, 1, self.n_probes)
+        if isinstance(self.chunk_size, bool) or not isinstance(self.chunk_size, int) or self.chunk_size < 1:
+            raise ValueError(f"chunk_size must be a positive integer; got {self.chunk_size!r}.")
 
     def noise_level(self) -> dict[str, Any]:
         """The noise level as a keyword argument (``{"t0": ...}``, ...), or {} when none is set."""
         return {name: getattr(self, name) for name in ("t0", "sigma", "delta") if getattr(self, name) is not None}
 
+    def method_settings(self) -> dict[str, Any]:
+        """The method's own settings among these (trace and probes for FLIPD, k for lPCA, ...)."""
+        own = {"trace": self.trace, "n_probes": self.n_probes, "mode": self.mode, "n_neighbors": self.n_neighbors}
+        defaults = METHOD_REGISTRY[self.method].defaults
+        return {name: value for name, value in own.items() if name in defaults and value is not None}
+
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
 
-def _flipd_arrays(result) -> dict[str, np.ndarray]:
-    return {
-        "lid": result.lid.detach().cpu().to(torch.float64).numpy(),
-        "t0": result.t0.cpu().numpy(),
-        "sigma": result.sigma.cpu().numpy(),
-        "delta": result.delta.cpu().numpy(),
-        "stderr": result.stderr.cpu().to(torch.float64).numpy(),
-    }
+def method_chunks(settings: EstimateSettings, model: Model | None = None, batch: dict[str, int] | None = None) -> ChunkEstimator:
+    """A :data:`~flipd.runs.chunks.ChunkEstimator` running ``METHODS[settings.method]`` (FLIPD or a
+    baseline, one calling convention) on points already in the model's coordinates.
 
+    Probes and noisy copies depend on the seed and each point's global index, so a chunk's
+    result does not depend on the chunking or on other chunks. The facts returned beside the
+    arrays are the result's trace, probes and mode, and the method's resolved settings.
+    Classical estimators find each point's neighbours among the points of its chunk: give them
+    one chunk for all points.
 
-def flipd_chunks(model: Model, settings: EstimateSettings, batch: dict[str, int] | None = None) -> ChunkEstimator:
-    """A :data:`~flipd.runs.chunks.ChunkEstimator` running :func:`flipd.estimate` with ``settings``
-    on points already in the model's coordinates. Probes depend on the seed and each point's
-    global index, so a chunk's result does not depend on the chunking or on other chunks.
-
-    ``batch`` (``{"used": ...}``) is updated with the batch size that ran: when a batch runs
-    out of GPU memory the estimator halves it, and later chunks start from the halved size."""
+    ``batch`` (``{"used": ...}``) is updated with the batch size that ran: when a FLIPD batch
+    runs out of GPU memory the estimator halves it, and later chunks start from the halved size.
+    """
+    method = METHOD_REGISTRY[settings.method]
     batch = {"used": settings.batch_size} if batch is None else batch
 
     def run(x: torch.Tensor, indices: np.ndarray, progress: Callable[[int], None] | None):
-        result = estimate(
-            model, x, **settings.noise_level(), trace=settings.trace, n_probes=settings.n_probes,
-            seed=settings.seed, indices=indices, batch_size=batch["used"], mode=settings.mode,
-            progress=progress, encoded=True,
+        result = method(
+            x, model, **settings.noise_level(), seed=settings.seed, indices=indices, batch_size=batch["used"],
+            progress=progress, encoded=True, **settings.method_settings(),
         )
         batch["used"] = result.batch_size or batch["used"]
-        info = {"trace": result.trace, "n_probes": result.n_probes, "mode": result.mode, "batch_size": batch["used"]}
-        return _flipd_arrays(result), info
+        info = {"trace": result.trace, "n_probes": result.n_probes, "mode": result.mode,
+                "resolved": dict(result.settings), "batch_size": batch["used"]}
+        return result.columns(), info
 
     return run
 
 
-def baseline_chunks(settings: EstimateSettings, *, model: Model | None = None) -> ChunkEstimator:
-    """A :data:`~flipd.runs.chunks.ChunkEstimator` running the baseline ``settings.method`` of
-    :mod:`flipd.baselines` (on points in the model's coordinates for model-based baselines).
-
-    The noise level columns hold the level the normal bundle used (NaN for the other
-    baselines, which use several or none); stderr is NaN. Classical estimators find each
-    point's neighbours among the points of its chunk: give them one chunk for all points.
-    """
-    baseline = BASELINES[settings.method]
-
-    def run(x: torch.Tensor, indices: np.ndarray, progress: Callable[[int], None] | None):
-        overrides: dict[str, Any] = {}
-        if settings.method == "nb":
-            noise = settings.noise_level()
-            overrides = {"seed": settings.seed, "indices": indices, "encoded": True,
-                         **({"t": noise["t0"]} if "t0" in noise else noise)}
-        elif settings.method == "fpregress":
-            overrides = {"seed": settings.seed, "indices": indices, "encoded": True, "trace": settings.trace,
-                         "n_probes": settings.n_probes, "batch_size": settings.batch_size}
-        elif settings.n_neighbors is not None:
-            overrides = {"n_neighbors": settings.n_neighbors}
-        with torch.no_grad():
-            lid = np.asarray(baseline(x, model=model, **overrides), dtype=np.float64)
-        n = lid.shape[0]
-        levels = {name: np.full(n, np.nan) for name in ("t0", "sigma", "delta")}
-        if settings.method == "nb":
-            noise = settings.noise_level()
-            time = resolve_time(model.schedule, **noise, default_delta=NB_REFERENCE_DELTA)
-            time64 = torch.tensor(time, dtype=torch.float64)
-            levels = {"t0": np.full(n, time), "sigma": np.full(n, float(model.schedule.sigma(time64))),
-                      "delta": np.full(n, float(model.schedule.delta(time64)))}
-        if progress is not None:
-            progress(n)
-        trace = settings.trace if settings.method == "fpregress" else "none"
-        probes = settings.n_probes if settings.method == "fpregress" else 0
-        return {"lid": lid, **levels, "stderr": np.full(n, np.nan)}, {"trace": trace, "n_probes": probes, "mode": "none"}
-
-    return run
+def flipd_chunks(model: Model, settings: EstimateSettings) -> ChunkEstimator:
+    """:func:`method_chunks` for FLIPD (the settings' method must be "flipd")."""
+    if settings.method != "flipd":
+        raise ValueError(f"flipd_chunks needs settings with method 'flipd'; got {settings.method!r}.")
+    return method_chunks(settings, model)
 
 
-def estimate_table_columns(points: PointSet, result: ChunkedEstimate, method: str = "flipd") -> dict[str, Any]:
+def estimate_table_columns(
+    points: PointSet, result: ChunkedEstimate, method: str = "flipd", *, knee_rule: bool = False,
+) -> dict[str, Any]:
     """One row per point: index, [name], lid, noise level (t0, sigma, delta), method, trace,
-    n_probes, stderr (NaN where there is none: exact traces and baselines), and ground truth,
-    label, PNG size when known."""
+    n_probes, ambient_dim, stderr (NaN where there is none: exact traces and baselines),
+    knee_found (with the knee rule, ``knee_rule=True``), and ground truth, label, PNG size when
+    known, so the table stands without its JSON sidecar."""
     n = points.n
     columns: dict[str, Any] = {"index": points.index}
     if points.names is not None:
@@ -186,8 +159,11 @@ def estimate_table_columns(points: PointSet, result: ChunkedEstimate, method: st
         "method": [method] * n,
         "trace": [result.trace] * n,
         "n_probes": np.full(n, result.n_probes, dtype=np.int64),
+        "ambient_dim": np.full(n, int(np.prod(points.point_shape)), dtype=np.int64),
         "stderr": np.where(result.trace == "exact", np.nan, result.columns["stderr"]),
     })
+    if knee_rule:
+        columns["knee_found"] = np.isfinite(result.columns["t0"])
     columns.update(known_columns(points))
     return columns
 
@@ -253,10 +229,5 @@ def plan_estimate(
         chunk_size=chunk_size, n_neighbors=n_neighbors,
     )
     batch = {"used": batch_size}
-    if method == "flipd":
-        estimator = flipd_chunks(model.model, settings, batch)
-    elif method in MODEL_METHODS:
-        estimator = baseline_chunks(settings, model=model.model)
-    else:
-        estimator = baseline_chunks(settings)
+    estimator = method_chunks(settings, model.model if method in MODEL_METHODS else None, batch)
     return EstimatePlan(settings=settings, estimator=estimator, x=x, noise=noise, batch=batch)

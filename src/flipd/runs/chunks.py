@@ -64,6 +64,7 @@ class ChunkedEstimate:
         chunk_seconds: compute time of every chunk (including those finished before a resume).
         resumed_chunks: chunks found finished when this call started.
         n_chunks: chunks in all.
+        resolved: the method's resolved settings (defaults filled in), as the estimator reported.
     """
 
     columns: dict[str, np.ndarray]
@@ -73,6 +74,7 @@ class ChunkedEstimate:
     chunk_seconds: list[float] = field(default_factory=list)
     resumed_chunks: int = 0
     n_chunks: int = 0
+    resolved: dict[str, Any] = field(default_factory=dict)
 
 
 def _chunk_file(directory: Path, index: int) -> Path:
@@ -211,7 +213,7 @@ def estimate_in_chunks(
     """Run ``estimator`` on ``x`` chunk by chunk, saving each finished chunk.
 
     Args:
-        estimator: a :data:`ChunkEstimator` (e.g. :func:`flipd.jobs.estimate.flipd_chunks`).
+        estimator: a :data:`ChunkEstimator` (e.g. :func:`flipd.jobs.estimate.method_chunks`).
         x: points [N, ...] as the estimator takes them.
         settings: the run's settings (their ``chunk_size`` splits the points; ``to_json()`` is recorded).
         directory: run directory for the manifest and chunk files (created).
@@ -266,6 +268,7 @@ def estimate_in_chunks(
     return ChunkedEstimate(
         columns=columns, trace=last["trace"], n_probes=int(last["n_probes"]), mode=last["mode"],
         chunk_seconds=[float(info["seconds"]) for info in infos], resumed_chunks=finished, n_chunks=n_chunks,
+        resolved=dict(last.get("resolved", {})),
     )
 
 

@@ -1,4 +1,6 @@
-"""Peak memory of ``flipd estimate`` on image folders of growing size: streamed input keeps it flat.
+"""Peak memory of ``flipd estimate`` on image folders of growing size: ``python -m flipd.bench stream_memory``.
+
+Streamed input keeps the peak flat.
 
 Folders of small greyscale noise images (generated on the fly, PNG) are estimated by the real
 command, ``python -m flipd estimate FOLDER -m MODEL --trace hutchinson`` (one probe), each run
@@ -8,8 +10,9 @@ numbers measure memory and speed, not LID). Targets: peak RSS at the largest fol
 that at the smallest.
 
 Usage:
-    python benchmarks/stream_memory.py                       # 5,000 and 50,000 8x8 images
-    python benchmarks/stream_memory.py --counts 200 2000 --out /tmp/stream   # a quick check
+    python -m flipd.bench stream_memory                       # 5,000 and 50,000 8x8 images
+    python -m flipd.bench stream_memory --counts 200 2000 --out /tmp/stream   # a quick check
+    python -m flipd.bench stream_memory --report-only         # the report from its record
 """
 
 from __future__ import annotations
@@ -17,7 +20,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -26,12 +28,12 @@ from pathlib import Path
 
 import numpy as np
 
-SOURCE = Path(__file__).resolve().parents[1] / "src"
-if str(SOURCE) not in sys.path:
-    sys.path.insert(0, str(SOURCE))
+from ..runs.environment import machine_info, package_versions
+from ..runs.files import load_average, write_json, write_text
+from ._report import git_revision, markdown_table, rewrite_report
 
-from flipd.bench._report import git_revision, markdown_table, package_versions, write_text_atomically  # noqa: E402
-from flipd.runs.files import load_average, write_json  # noqa: E402
+#: The folder holding the flipd package, for the child processes.
+SOURCE = Path(__file__).resolve().parents[2]
 
 #: Peak RSS at the largest folder over that at the smallest must stay below this.
 TARGET_RATIO = 1.2
@@ -76,15 +78,41 @@ def measure(folder: Path, model: Path, out: Path, *, workers: int, threads: int,
     return {"peak_rss_mib": usage.ru_maxrss / 1024, "seconds": seconds, "command": " ".join(command[1:])}
 
 
+def render(result: dict) -> str:
+    """The markdown report of a record."""
+    runs, settings = result["runs"], result["settings"]
+    rows = [[r["images"], f"{r['float32_points_mib']:.2f}", f"{r['folder_mib']:.2f}", f"{r['peak_rss_mib']:.1f}",
+             f"{r['seconds']:.1f}", f"{r['images_per_second']:.0f}"] for r in runs]
+    machine = result["machine"]
+    return "\n".join([
+        "# Peak memory of flipd estimate on growing image folders (streamed input)", "",
+        f"Command: `{result['command']}`", "",
+        f"Date: {result['date']}. Machine: {machine['cpu']}, {machine['cores']} cores, {machine['platform']}; "
+        f"commit {result['commit']}. Load average before/after: {result['load_average'][0]} / {result['load_average'][1]} "
+        "(the cores are shared with other jobs, so the times are only indicative).", "",
+        f"Each folder holds greyscale noise images of {settings['size']}x{settings['size']} pixels (PNG), estimated by "
+        f"`flipd estimate FOLDER -m MODEL --trace hutchinson --workers {settings['workers']} --threads {settings['threads']} "
+        f"--chunk-size {settings['chunk_size']}` in its own child process (an untrained MLP U-net, widths 32-32: "
+        "memory and speed only, the LID values mean nothing). Peak RSS is the child's `ru_maxrss`; "
+        "the time includes starting Python and the header and PNG-size passes over the folder.", "",
+        markdown_table(["images", "points as float32 (MiB)", "folder (MiB)", "peak RSS (MiB)", "seconds", "images/s"], rows), "",
+        f"Peak RSS at {runs[-1]['images']} images / at {runs[0]['images']}: **{result['peak_ratio']:.3f}x** "
+        f"(target at most {result['target_ratio']}x: {'met' if result['met'] else 'not met'}).", "",
+    ])
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m flipd.bench stream_memory", description=__doc__.split("\n\n")[0])
     parser.add_argument("--counts", type=int, nargs="+", default=[5000, 50000], help="images per folder")
     parser.add_argument("--size", type=int, default=8, help="image side in pixels (greyscale)")
     parser.add_argument("--workers", type=int, default=0, help="--workers of flipd estimate")
     parser.add_argument("--threads", type=int, default=1, help="--threads of flipd estimate")
     parser.add_argument("--chunk-size", type=int, default=1024, help="--chunk-size of flipd estimate")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="folder for stream_memory.json/.md")
+    parser.add_argument("--report-only", action="store_true", help="rewrite stream_memory.md from stream_memory.json")
     args = parser.parse_args(argv)
+    if args.report_only:
+        return rewrite_report(args.out / "stream_memory.json", args.out / "stream_memory.md", render)
     load_before = load_average()
     runs = []
     with tempfile.TemporaryDirectory(prefix="flipd-stream-") as scratch:
@@ -101,37 +129,17 @@ def main(argv: list[str] | None = None) -> int:
             runs.append(run)
             print(f"{count} images: peak RSS {run['peak_rss_mib']:.1f} MiB, {run['seconds']:.1f} s", file=sys.stderr)
     ratio = runs[-1]["peak_rss_mib"] / runs[0]["peak_rss_mib"]
-    command = "python benchmarks/stream_memory.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = "python -m flipd.bench stream_memory " + " ".join(argv if argv is not None else sys.argv[1:])
     result = {
         "command": command.strip(), "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "machine": {"platform": platform.platform(), "cpu_count": os.cpu_count(), "python": platform.python_version()},
-        "versions": package_versions(), "commit": git_revision(Path(__file__).parent), "load_average": [load_before, load_average()],
+        "machine": machine_info(), "versions": package_versions(), "commit": git_revision(Path(__file__).parent),
+        "load_average": [load_before, load_average()],
         "settings": {"size": args.size, "workers": args.workers, "threads": args.threads, "chunk_size": args.chunk_size},
         "runs": runs, "peak_ratio": ratio, "target_ratio": TARGET_RATIO, "met": ratio <= TARGET_RATIO,
     }
     args.out.mkdir(parents=True, exist_ok=True)
     write_json(args.out / "stream_memory.json", result)
-    rows = [[r["images"], f"{r['float32_points_mib']:.2f}", f"{r['folder_mib']:.2f}", f"{r['peak_rss_mib']:.1f}",
-             f"{r['seconds']:.1f}", f"{r['images_per_second']:.0f}"] for r in runs]
-    text = "\n".join([
-        "# Peak memory of flipd estimate on growing image folders (streamed input)", "",
-        f"Command: `{result['command']}`", "",
-        f"Date: {result['date']}. Machine: {result['machine']['platform']}, {result['machine']['cpu_count']} cores; "
-        f"commit {result['commit']}. Load average before/after: {load_before} / {result['load_average'][1]} "
-        "(the cores are shared with other jobs, so the times are only indicative).", "",
-        f"Each folder holds greyscale noise images of {args.size}x{args.size} pixels (PNG), estimated by "
-        f"`flipd estimate FOLDER -m MODEL --trace hutchinson --workers {args.workers} --threads {args.threads} "
-        f"--chunk-size {args.chunk_size}` in its own child process (an untrained MLP U-net, widths 32-32: "
-        "memory and speed only, the LID values mean nothing). Peak RSS is the child's `ru_maxrss`; "
-        "the time includes starting Python and the header and PNG-size passes over the folder.", "",
-        markdown_table(["images", "points as float32 (MiB)", "folder (MiB)", "peak RSS (MiB)", "seconds", "images/s"], rows), "",
-        f"Peak RSS at {runs[-1]['images']} images / at {runs[0]['images']}: **{ratio:.3f}x** "
-        f"(target at most {TARGET_RATIO}x: {'met' if result['met'] else 'not met'}).", "",
-    ])
-    write_text_atomically(args.out / "stream_memory.md", text)
+    text = render(result)
+    write_text(args.out / "stream_memory.md", text)
     print(text)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

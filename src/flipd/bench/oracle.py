@@ -2,7 +2,7 @@
 
 The synthetic benchmark (``python -m flipd.bench synthetic --suite toy``) measures FLIPD with a
 trained network, so its error mixes two things: the network's score error and the bias of FLIPD
-itself at the chosen t0 (smoothing blurs edges, curvature and nearby components). This script
+itself at the chosen t0 (smoothing blurs edges, curvature and nearby components). This benchmark
 measures the second alone. Each toy distribution is written as a quadrature rule over its own
 parameters (disk radius and angle, stick position, torus angles, Swiss-roll coordinates): atoms
 at midpoint nodes with the distribution's weights. Smoothing that weighted measure exactly
@@ -15,11 +15,15 @@ Affine manifold mixtures with normal latents (e.g. ``mixture:affine:D=10:dims=5:
 are exactly Gaussian mixtures on affine subspaces, whose smoothed scores and FLIPD have a closed
 form (:meth:`flipd.datasets.ManifoldMixture.as_gaussian_mixture`): no quadrature is needed.
 
-Usage:
-    python benchmarks/oracle_flipd.py            # writes benchmarks/results/oracle_toy.{md,json}
-    python benchmarks/oracle_flipd.py --t0 0.05 --refinements 1 --out /tmp/oracle
-    python benchmarks/oracle_flipd.py --datasets mixture:affine:D=10:dims=5:latent=normal \\
+Usage (from the repository root; ``flipd bench oracle`` is the same):
+    python -m flipd.bench oracle            # writes benchmarks/results/oracle_toy.{md,json}
+    python -m flipd.bench oracle --t0 0.05 --refinements 1 --out /tmp/oracle
+    python -m flipd.bench oracle --datasets mixture:affine:D=10:dims=5:latent=normal \\
         mixture:affine:D=10:dims=2,4,8:latent=normal --t0 0.01 0.02 0.05 --out benchmarks/results/oracle_small
+    python -m flipd.bench oracle --report-only --out benchmarks/results/oracle_small   # .md from .json
+
+The comparison with trained models reads the committed synthetic results
+(``benchmarks/results/synthetic_toy.csv`` and ``synthetic_small.csv``, relative to the working directory).
 """
 
 from __future__ import annotations
@@ -29,13 +33,15 @@ import csv
 import json
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from flipd.analytic import SmoothedEmpirical
-from flipd.bench._report import git_revision, machine_info, markdown_table, package_versions, write_text_atomically
+from flipd.bench._report import BENCH_PACKAGES, git_revision, markdown_table, rewrite_report
 from flipd.datasets import get_dataset, mixture_from_spec
 from flipd.datasets.synthetic import (
     DOUGHNUT_MAJOR_RADIUS,
@@ -46,9 +52,12 @@ from flipd.datasets.synthetic import (
     LOLLIPOP_STICK_END,
     LOLLIPOP_STICK_START,
 )
+from flipd.runs.environment import machine_info, package_versions
+from flipd.runs.files import write_text
 from flipd.schedules import VP
 
-RESULTS = Path(__file__).resolve().parent / "results"
+#: Where the committed results live, relative to the repository root (the working directory).
+RESULTS = Path("benchmarks/results")
 DATASETS = ("lollipop", "doughnut", "swiss_roll")
 
 
@@ -142,59 +151,38 @@ def perfect_flipd(name: str, x: np.ndarray, t0: float, refinement: int | None, s
     return SmoothedEmpirical(atoms, weights).exact_flipd(points, t0, schedule).numpy(), len(atoms)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--refinements", type=int, nargs="+", default=[1, 2],
-                        help="node spacing is sigma/psi divided by each of these (agreement shows convergence)")
-    parser.add_argument("--t0", type=float, nargs="+", default=[0.02, 0.05])
-    parser.add_argument("--datasets", nargs="+", default=list(DATASETS),
-                        help="toy data sets, or affine mixture specs with latent=normal")
-    parser.add_argument("--n-eval", type=int, default=4096)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--out", type=Path, default=RESULTS / "oracle_toy")
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    began = time.perf_counter()
+def _unique(values) -> list:
+    """``values`` without repeats, in the order they first appear."""
+    return list(dict.fromkeys(values))
+
+
+def render_markdown(result: dict[str, Any], *, results: Path = RESULTS) -> str:
+    """The markdown report of an oracle record ``result`` (as in ``oracle_toy.json``).
+
+    The data sets, noise levels and refinements are read from ``result["rows"]`` (in the order
+    they ran; repeats once); the trained-model columns come from the synthetic benchmark's CSVs
+    in ``results`` (those that exist).
+    """
+    rows = result["rows"]
     schedule = VP()
-    benchmark = committed_benchmark(RESULTS / "synthetic_toy.csv", RESULTS / "synthetic_small.csv")
-    rows = []
-    for name in args.datasets:
-        data = get_dataset(name, args.n_eval, seed=1)  # the benchmark's evaluation points
-        truth = data.lid.astype(np.float64)
-        # A closed form needs no refinement: one row per t0, listed under every refinement.
-        refinements = args.refinements[-1:] if name.startswith("mixture") else args.refinements
-        for t0 in args.t0:
-            for refinement in refinements:
-                start = time.perf_counter()
-                estimate, atoms = perfect_flipd(name, data.x, t0, refinement, schedule)
-                row = {
-                    "dataset": name, "t0": t0, "sigma": float(schedule.sigma(t0)),
-                    "refinement": refinement if atoms is not None else "closed form", "atoms": atoms,
-                    "mae": float(np.abs(estimate - truth).mean()),
-                    "mae_per_component": per_component_mae(estimate, truth, data.component),
-                    "seconds": time.perf_counter() - start,
-                }
-                rows.append(row)
-                print(json.dumps(row), flush=True)
-    result = {
-        "command": "python benchmarks/oracle_flipd.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "machine": machine_info(), "versions": package_versions(), "commit": git_revision(Path(__file__).parent),
-        "seconds": time.perf_counter() - began, "rows": rows,
-    }
-    finest = max(args.refinements)
+    benchmark = committed_benchmark(results / "synthetic_toy.csv", results / "synthetic_small.csv")
+    datasets = _unique(row["dataset"] for row in rows)
+    t0s = _unique(row["t0"] for row in rows)
+    refinements = _unique(row["refinement"] for row in rows if row["atoms"] is not None)
+    # Closed forms have no refinements: with no toy data set, one MAE column says it all.
+    quadratures = bool(refinements)
+    finest = max(refinements) if quadratures else None
 
     def finest_row(name: str, t0: float) -> dict:
         return [r for r in rows if r["dataset"] == name and r["t0"] == t0][-1]
 
-    def mae(name: str, t0: float, refinement: int) -> float:
+    def mae(name: str, t0: float, refinement: int | None) -> float:
         row = finest_row(name, t0)
         if row["atoms"] is None:
             return row["mae"]
         return next(r["mae"] for r in rows if r["dataset"] == name and r["t0"] == t0 and r["refinement"] == refinement)
 
-    # Closed forms have no refinements: with no toy data set, one MAE column says it all.
-    quadratures = any(not name.startswith("mixture") for name in args.datasets)
-    refinements_shown = args.refinements if quadratures else [finest]
+    refinements_shown = refinements if quadratures else [finest]
     lines = [
         "# FLIPD with a perfect model",
         "",
@@ -214,7 +202,7 @@ def main(argv: list[str] | None = None) -> None:
             [
                 [name, t0, float(schedule.sigma(t0)), *(mae(name, t0, k) for k in refinements_shown),
                  finest_row(name, t0)["atoms"] or "closed form"]
-                for name in args.datasets for t0 in args.t0
+                for name in datasets for t0 in t0s
             ],
         ),
         "",
@@ -224,11 +212,11 @@ def main(argv: list[str] | None = None) -> None:
             ["data set", "t0", "component (LID): MAE"],
             [
                 [name, t0, "; ".join(f"{k}: {v:.3f}" for k, v in finest_row(name, t0)["mae_per_component"].items())]
-                for name in args.datasets for t0 in args.t0
+                for name in datasets for t0 in t0s
             ],
         ),
     ]
-    compared = [name for name in args.datasets if (name, "flipd") in benchmark]
+    compared = [name for name in datasets if (name, "flipd") in benchmark]
     if compared:
         lines += [
             "",
@@ -237,20 +225,77 @@ def main(argv: list[str] | None = None) -> None:
             "The trained-model columns are the committed results (FLIPD at t0 = 0.05).",
             "",
             markdown_table(
-                ["data set", *(f"FLIPD, perfect model, t0 = {t0}" for t0 in args.t0), "FLIPD, trained model",
+                ["data set", *(f"FLIPD, perfect model, t0 = {t0}" for t0 in t0s), "FLIPD, trained model",
                  "FPRegress", "NB"],
                 [
-                    [name, *(mae(name, t0, finest) for t0 in args.t0), benchmark.get((name, "flipd")),
+                    [name, *(mae(name, t0, finest) for t0 in t0s), benchmark.get((name, "flipd")),
                      benchmark.get((name, "fpregress")), benchmark.get((name, "nb"))]
                     for name in compared
                 ],
             ),
         ]
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomically(args.out.with_suffix(".json"), json.dumps(result, indent=2) + "\n")
-    write_text_atomically(args.out.with_suffix(".md"), "\n".join(lines) + "\n")
-    print(f"wrote {args.out.with_suffix('.json')} and {args.out.with_suffix('.md')}")
+    return "\n".join(lines) + "\n"
+
+
+def run_oracle(
+    datasets: Sequence[str], t0s: Sequence[float], refinements: Sequence[int], *, n_eval: int = 4096
+) -> list[dict[str, Any]]:
+    """Exact FLIPD of each data set at each t0 (and refinement, for quadrature rules) on the
+    synthetic benchmark's ``n_eval`` evaluation points (seed 1); one row each, printed as it is done."""
+    schedule = VP()
+    rows = []
+    for name in datasets:
+        data = get_dataset(name, n_eval, seed=1)  # the benchmark's evaluation points
+        truth = data.lid.astype(np.float64)
+        # A closed form needs no refinement: one row per t0, listed under every refinement.
+        refinements_run = list(refinements)[-1:] if name.startswith("mixture") else refinements
+        for t0 in t0s:
+            for refinement in refinements_run:
+                start = time.perf_counter()
+                estimate, atoms = perfect_flipd(name, data.x, t0, refinement, schedule)
+                row = {
+                    "dataset": name, "t0": t0, "sigma": float(schedule.sigma(t0)),
+                    "refinement": refinement if atoms is not None else "closed form", "atoms": atoms,
+                    "mae": float(np.abs(estimate - truth).mean()),
+                    "mae_per_component": per_component_mae(estimate, truth, data.component),
+                    "seconds": time.perf_counter() - start,
+                }
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+    return rows
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``python -m flipd.bench oracle``; returns the exit status."""
+    parser = argparse.ArgumentParser(prog="python -m flipd.bench oracle", description=__doc__.split("\n")[0])
+    parser.add_argument("--refinements", type=int, nargs="+", default=[1, 2],
+                        help="node spacing is sigma/psi divided by each of these (agreement shows convergence)")
+    parser.add_argument("--t0", type=float, nargs="+", default=[0.02, 0.05])
+    parser.add_argument("--datasets", nargs="+", default=list(DATASETS),
+                        help="toy data sets, or affine mixture specs with latent=normal")
+    parser.add_argument("--n-eval", type=int, default=4096)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=RESULTS / "oracle_toy",
+                        help="results path without suffix: writes OUT.json and OUT.md (default %(default)s)")
+    parser.add_argument("--report-only", action="store_true", help="compute nothing: rewrite OUT.md from OUT.json")
+    args = parser.parse_args(argv)
+    json_path, markdown_path = args.out.with_suffix(".json"), args.out.with_suffix(".md")
+    if args.report_only:
+        return rewrite_report(json_path, markdown_path, render_markdown)
+    torch.set_num_threads(args.threads)
+    began = time.perf_counter()
+    rows = run_oracle(args.datasets, args.t0, args.refinements, n_eval=args.n_eval)
+    result = {
+        "command": "python -m flipd.bench oracle " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "machine": machine_info(), "versions": package_versions(BENCH_PACKAGES),
+        "commit": git_revision(Path(__file__).parent),
+        "seconds": time.perf_counter() - began, "rows": rows,
+    }
+    write_text(json_path, json.dumps(result, indent=2) + "\n")
+    write_text(markdown_path, render_markdown(result))
+    print(f"wrote {json_path} and {markdown_path}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

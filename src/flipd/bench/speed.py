@@ -17,9 +17,10 @@ probes, forward mode) from changing the allocator state another is measured in. 
 measured in a fresh subprocess per configuration, as the growth of the resident set's
 high-water mark during one FLIPD call (Linux: reset through /proc/self/clear_refs).
 
-Usage:
-    python benchmarks/speed.py                     # writes benchmarks/results/speed.{json,md}
-    python benchmarks/speed.py --dims 10 --repeats 3 --out /tmp/speed
+Usage (from the repository root; ``flipd bench speed`` is the same):
+    python -m flipd.bench speed                    # writes benchmarks/results/speed.{json,md}
+    python -m flipd.bench speed --dims 10 --repeats 3 --out /tmp/speed
+    python -m flipd.bench speed --report-only      # rewrites speed.md from speed.json
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -39,8 +41,11 @@ from torch import nn
 
 import flipd
 from flipd.models import MLPUNet, MLPUNetConfig
+from flipd.bench._report import rewrite_report
+from flipd.runs.files import write_text
 
-RESULTS = Path(__file__).resolve().parent / "results"
+#: Where the committed results live, relative to the repository root (the working directory).
+RESULTS = Path("benchmarks/results")
 
 
 class MLP(nn.Module):
@@ -190,15 +195,24 @@ def peak_memory_child(dim: int, batch: int, chunk_rows: int | None, trace: str) 
 
 
 def peak_memory(dim: int, batch: int, chunk_rows: int | None, trace: str) -> float:
+    """Peak-RSS growth (MiB) of one FLIPD call, measured by :func:`peak_memory_child` in a fresh
+    Python process that imports this same flipd."""
+    source_root = str(Path(flipd.__file__).resolve().parent.parent)
     code = (
-        "import sys; sys.path.insert(0, %r); import speed; speed.peak_memory_child(%d, %d, %r, %r)"
-        % (str(Path(__file__).resolve().parent), dim, batch, chunk_rows, trace)
+        "import sys; sys.path.insert(0, %r); from flipd.bench import speed; speed.peak_memory_child(%d, %d, %r, %r)"
+        % (source_root, dim, batch, chunk_rows, trace)
     )
     output = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     return json.loads(output.strip().splitlines()[-1])["peak_growth_mib"]
 
 
 def write_markdown(result: dict, path: Path) -> None:
+    """Write the markdown report of a speed record ``result`` (as in ``speed.json``) to ``path``."""
+    write_text(path, render_markdown(result))
+
+
+def render_markdown(result: dict) -> str:
+    """The markdown report of a speed record ``result`` (as in ``speed.json``)."""
     lines = [
         "# FLIPD speed and memory",
         "",
@@ -246,11 +260,12 @@ def write_markdown(result: dict, path: Path) -> None:
     ]
     for row in result["memory"]:
         lines.append(f"| {row['D']} | {row['trace']} | {row['chunked_mib']:.0f} | {row['unchunked_mib']:.0f} |")
-    path.write_text("\n".join(lines) + "\n")
+    return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``python -m flipd.bench speed``; returns the exit status."""
+    parser = argparse.ArgumentParser(prog="python -m flipd.bench speed", description=__doc__.split("\n")[0])
     parser.add_argument("--dims", type=int, nargs="+", default=[10, 100, 784])
     parser.add_argument("--batch", type=int, default=512)
     parser.add_argument("--repeats", type=int, default=21)
@@ -258,8 +273,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--memory-dims", type=int, nargs="*", default=[100, 784])
     parser.add_argument("--networks", nargs="+", choices=NETWORKS, default=list(NETWORKS))
     parser.add_argument("--skip-exact", action="store_true", help="time the Hutchinson runs only")
-    parser.add_argument("--out", type=Path, default=RESULTS / "speed")
+    parser.add_argument("--out", type=Path, default=RESULTS / "speed",
+                        help="results path without suffix: writes OUT.json and OUT.md (default %(default)s)")
+    parser.add_argument("--report-only", action="store_true", help="measure nothing: rewrite OUT.md from OUT.json")
     args = parser.parse_args(argv)
+    if args.report_only:
+        return rewrite_report(args.out.with_suffix(".json"), args.out.with_suffix(".md"), render_markdown)
     torch.set_num_threads(args.threads)
     load_before = os.getloadavg()
     rows = []
@@ -278,7 +297,7 @@ def main(argv: list[str] | None = None) -> None:
         memory.append(entry)
         print(json.dumps(entry), flush=True)
     result = {
-        "command": "python benchmarks/speed.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": "python -m flipd.bench speed " + " ".join(argv if argv is not None else sys.argv[1:]),
         "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
         "cpu_count": torch.get_num_threads(),
         "torch": torch.__version__,
@@ -289,14 +308,12 @@ def main(argv: list[str] | None = None) -> None:
         "rows": rows,
         "memory": memory,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
     json_path = args.out.with_suffix(".json")
-    temporary = json_path.with_suffix(".json.tmp")
-    temporary.write_text(json.dumps(result, indent=2) + "\n")
-    temporary.replace(json_path)
+    write_text(json_path, json.dumps(result, indent=2) + "\n")
     write_markdown(result, args.out.with_suffix(".md"))
     print(f"wrote {json_path} and {args.out.with_suffix('.md')}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -1,4 +1,4 @@
-"""FLIPD at Stable Diffusion scale on a GPU, in float32, bfloat16 and float16.
+"""FLIPD at Stable Diffusion scale on a GPU, in float32, bfloat16 and float16: ``python -m flipd.bench sd_scale_gpu``.
 
 The Stable Diffusion v1.5-config ``UNet2DConditionModel`` from diffusers, built from its
 configuration in code with **random weights** (no download; timing, memory and precision
@@ -17,8 +17,9 @@ precision:
 on the CPU when there is no GPU, to check the script end to end.
 
 Usage:
-    python benchmarks/sd_scale_gpu.py --out benchmarks/results           # on a CUDA machine
-    python benchmarks/sd_scale_gpu.py --tiny --device cpu --out /tmp/sd  # a check anywhere
+    python -m flipd.bench sd_scale_gpu --out benchmarks/results           # on a CUDA machine
+    python -m flipd.bench sd_scale_gpu --tiny --device cpu --out /tmp/sd  # a check anywhere
+    python -m flipd.bench sd_scale_gpu --report-only                      # the report from its record
 """
 
 from __future__ import annotations
@@ -27,24 +28,20 @@ import argparse
 import dataclasses
 import datetime
 import os
-import platform
 import statistics
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-SOURCE = Path(__file__).resolve().parents[1] / "src"
-if str(SOURCE) not in sys.path:
-    sys.path.insert(0, str(SOURCE))
+import torch
 
-import torch  # noqa: E402
-
-import flipd  # noqa: E402
-from flipd.bench._report import git_revision, markdown_table, package_versions, write_text_atomically  # noqa: E402
-from flipd.bench.scale import CONFIGS, FLIPD_TIMESTEP, build_model  # noqa: E402
-from flipd.devices import resolve_device, resolve_dtype  # noqa: E402
-from flipd.runs.files import write_json  # noqa: E402
+from ..devices import resolve_device, resolve_dtype
+from ..estimator import flipd
+from ..runs.environment import machine_info, package_versions
+from ..runs.files import write_json, write_text
+from ._report import git_revision, markdown_table, rewrite_report
+from .scale import CONFIGS, FLIPD_TIMESTEP, build_model
 
 #: Target of the issue: FLIPD with one probe at most this many forward passes in bfloat16.
 TARGET_FORWARDS_BF16 = 2.2
@@ -73,7 +70,7 @@ def _synchronize(device: torch.device) -> None:
 
 
 def _flipd(model, x: torch.Tensor) -> torch.Tensor:
-    return flipd.flipd(model, x, t0=float(FLIPD_TIMESTEP), trace="hutchinson", n_probes=1, seed=0,
+    return flipd(model, x, t0=float(FLIPD_TIMESTEP), trace="hutchinson", n_probes=1, seed=0,
                        batch_size=x.shape[0], encoded=True)
 
 
@@ -160,7 +157,8 @@ def render(result: dict[str, Any]) -> str:
     return "\n".join([
         f"# FLIPD at Stable Diffusion scale: {result['config']} UNet on {result['device_name']}", "",
         f"Command: `{result['command']}`", "",
-        f"Date: {result['date']}; commit {result['commit']}; {result['machine']}; torch {result['versions'].get('torch')}.", "",
+        f"Date: {result['date']}; commit {result['commit']}; {result['machine']['cpu']}, {result['machine']['platform']}; "
+        f"torch {result['versions'].get('torch')}.", "",
         f"UNet2DConditionModel, config `{result['config']}`, random weights (timing only), latents "
         f"{result['latent_shape']}, all-zero prompt embedding, Discrete scaled-linear schedule, FLIPD with one "
         f"Rademacher probe at timestep {FLIPD_TIMESTEP}. Batch: the largest power of two up to {result['max_batch']} "
@@ -173,7 +171,7 @@ def render(result: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m flipd.bench sd_scale_gpu", description=__doc__.split("\n\n")[0])
     parser.add_argument("--tiny", action="store_true", help="the small UNet of flipd.bench.scale (a check of the script)")
     parser.add_argument("--device", default="auto", help="auto, cuda, cuda:N or cpu")
     parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16", "float16"])
@@ -181,7 +179,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--points", type=int, default=64, help="latents compared across precisions")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    parser.add_argument("--report-only", action="store_true", help="rewrite the .md from the .json record in --out")
     args = parser.parse_args(argv)
+    stem = "sd_scale_gpu" + ("_tiny" if args.tiny else "")
+    if args.report_only:
+        return rewrite_report(args.out / f"{stem}.json", args.out / f"{stem}.md", render)
     config = "tiny" if args.tiny else "sd15"
     device = resolve_device(args.device)
     max_batch = args.max_batch or (8 if args.tiny else 256)
@@ -200,20 +202,19 @@ def main(argv: list[str] | None = None) -> int:
               f"{record['flipd_in_forward_passes']:.2f} forwards", file=sys.stderr)
     size = CONFIGS[config]["sample_size"]
     result = {
-        "command": "python benchmarks/sd_scale_gpu.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": "python -m flipd.bench sd_scale_gpu " + " ".join(argv if argv is not None else sys.argv[1:]),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "config": config, "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({os.cpu_count()} cores)",
-        "machine": platform.platform(), "versions": package_versions(("torch", "diffusers", "numpy", "scipy")),
+        "machine": machine_info(), "versions": package_versions(("torch", "diffusers", "numpy", "scipy")),
         "commit": git_revision(Path(__file__).parent), "latent_shape": f"{CONFIGS[config]['in_channels']}x{size}x{size}",
         "max_batch": max_batch, "repeats": args.repeats, "agreement_points": args.points, "runs": runs,
         "agreement": {name: agreement(v, values["float32"]) for name, v in values.items() if name != "float32"},
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    stem = "sd_scale_gpu" + ("_tiny" if args.tiny else "")
     write_json(args.out / f"{stem}.json", result)
     text = render(result)
-    write_text_atomically(args.out / f"{stem}.md", text)
+    write_text(args.out / f"{stem}.md", text)
     print(text)
     return 0
 
