@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,14 +25,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .images import _GREYSCALE_MODES, _SUPPORTED_MODES
 from .streaming import RowReader, read_batches
 
 __all__ = ["FOLDER_IMAGE_SUFFIXES", "ImageFolderRows", "list_image_files", "open_image_folder"]
 
 #: Image files read from folders (any case).
 FOLDER_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
-_GREYSCALE_MODES = ("1", "L", "LA", "I;16", "I")
-_SUPPORTED_MODES = ("1", "L", "LA", "P", "PA", "RGB", "RGBA", "CMYK", "YCbCr")
 #: Files whose header or PNG size one worker task handles.
 SCAN_ROWS = 256
 
@@ -78,7 +77,7 @@ class _Headers(RowReader):
                     mode, (width, height) = image.mode, image.size
             except (UnidentifiedImageError, OSError) as error:
                 raise ValueError(f"cannot read image {path!r}: {error}") from None
-            if mode not in _SUPPORTED_MODES and mode not in _GREYSCALE_MODES:
+            if mode not in _SUPPORTED_MODES:
                 raise ValueError(f"image {path!r} has mode {mode!r}; only 8-bit greyscale/colour images are supported")
             found[k] = (int(mode in _GREYSCALE_MODES), height, width)
         return found
@@ -162,11 +161,13 @@ def _scan(reader: RowReader, workers: int) -> np.ndarray:
 
 def open_image_folder(
     folder: Path, *, channels: int | None = None, size: tuple[int, int] | None = None, resize: int | None = None,
-    center_crop: int | None = None, workers: int = 0,
+    center_crop: int | None = None, workers: int = 0, pick: Callable[[int], np.ndarray] | None = None,
 ) -> tuple[ImageFolderRows, np.ndarray]:
     """A reader of the images under ``folder`` and their PNG sizes [N] (int64).
 
     Args:
+        pick: given the number of images found, the positions (in sorted order) of those to
+            keep (e.g. ``-n`` chosen by a seed); only those are opened. Default: all.
         channels: 1 or 3; None gives 1 if every image is greyscale and 3 otherwise.
         size, resize, center_crop: geometry (see the module notes).
         workers: DataLoader worker processes for the header and PNG-size passes.
@@ -191,6 +192,8 @@ def open_image_folder(
             f"no image files in {str(folder)!r} or its subfolders: expected files ending in "
             f"{', '.join(FOLDER_IMAGE_SUFFIXES)} (any case)"
         )
+    if pick is not None:
+        names = [names[i] for i in pick(len(names))]
     headers = _scan(_Headers(str(folder), names), workers)
     if channels is None:
         channels = 1 if bool(headers[:, 0].all()) else 3

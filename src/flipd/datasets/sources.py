@@ -276,21 +276,20 @@ def _folder_points(folder: Path, parameters: str, spec: str, n: int | None, seed
     except ValueError:
         raise ValueError(f"size= and channels= in {spec!r} must be whole numbers.") from None
     workers = reading.get("workers", 0)
-    reader, png_bytes = open_image_folder(
+    reader, png_bytes = open_image_folder(  # only the images -n picks are opened
         folder, channels=channels, size=None if size is None else (size, size), resize=reading.get("resize"),
-        center_crop=reading.get("center_crop"), workers=workers,
+        center_crop=reading.get("center_crop"), workers=workers, pick=lambda available: _subset(available, n, seed, spec),
     )
-    index = _subset(reader.n_rows, n, seed, spec)
-    chosen = _take(PointStream(reader, workers=workers), index, reader.n_rows)
+    chosen = PointStream(reader, workers=workers)
     c, h, w = reader.point_shape
     return PointSet(
         x=chosen if stream else materialize(chosen),
         spec=spec,
         kind="images",
-        index=np.arange(index.size, dtype=np.int64),
-        names=[reader.names[i] for i in index],
-        png_bytes=png_bytes[index],
-        description=f"{index.size} images of {c}x{h}x{w} from {folder}",
+        index=np.arange(reader.n_rows, dtype=np.int64),
+        names=list(reader.names),
+        png_bytes=png_bytes,
+        description=f"{reader.n_rows} images of {c}x{h}x{w} from {folder}",
     )
 
 

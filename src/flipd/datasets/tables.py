@@ -253,7 +253,7 @@ class ArrayRows(RowReader):
         path: the file.
         kind: "npy" or "raw" (float32, C order, no header).
         shape: (N, D) of a raw file (read from the header of a .npy).
-        owner: an object whose lifetime the file follows (the spool is deleted with it).
+        identity: what identifies the source (file fingerprint, options), for resuming.
     """
 
     def __init__(self, path: str | os.PathLike, *, kind: str = "npy", shape: tuple[int, int] | None = None,
