@@ -316,3 +316,17 @@ def test_a_folder_larger_than_the_memory_it_may_use_is_streamed(tmp_path):
     peak_small = _peak_rss_of_estimate(small, tmp_path / "small.run")
     peak_large = _peak_rss_of_estimate(large, tmp_path / "large.run")
     assert peak_large - peak_small < data_gap / 4, (peak_small, peak_large, data_gap)
+
+
+def test_only_the_images_n_picks_are_opened(tmp_path):
+    root = _image_folder(tmp_path / "images", 20)
+    everything = load_points(f"{root}:channels=1", stream=True)
+    picked = load_points(f"{root}:channels=1", n=6, seed=2, stream=True)
+    assert picked.n == 6 and set(picked.names) <= set(everything.names)
+    rows = [everything.names.index(name) for name in picked.names]
+    assert torch.equal(materialize(picked.x), everything.x[rows])
+    assert np.array_equal(picked.png_bytes, everything.png_bytes[rows])
+    for name in set(everything.names) - set(picked.names):  # damage every image not picked
+        (root / name).write_bytes(b"not an image")
+    again = load_points(f"{root}:channels=1", n=6, seed=2, stream=True)
+    assert again.names == picked.names and torch.equal(materialize(again.x), materialize(picked.x))

@@ -134,10 +134,6 @@ class PointStream:
         """(N, *point_shape)."""
         return torch.Size((len(self.rows), *self.reader.point_shape))
 
-    @property
-    def ndim(self) -> int:
-        return 1 + len(self.reader.point_shape)
-
     dtype = torch.float32
 
     def __len__(self) -> int:
@@ -192,10 +188,6 @@ class PointStream:
         return PointStream(self.reader, self.rows[np.asarray(positions, dtype=np.int64)], workers=self.workers,
                            read_rows=self.read_rows)
 
-    def with_workers(self, workers: int) -> PointStream:
-        """The same points read by ``workers`` worker processes."""
-        return PointStream(self.reader, self.rows, workers=workers, read_rows=self.read_rows)
-
     def identity(self) -> dict[str, Any]:
         """What identifies these points: the source, its options and the rows taken."""
         from ..runs.files import fingerprint_array
@@ -229,10 +221,6 @@ class PreparedPoints:
             self._point_shape = tuple(self[0:1].shape[1:])
         return torch.Size((len(self), *self._point_shape))
 
-    @property
-    def ndim(self) -> int:
-        return len(self.shape)
-
     dtype = torch.float32
 
     def _prepare(self, batch: Tensor) -> Tensor:
@@ -257,9 +245,6 @@ class PreparedPoints:
         """Consecutive prepared batches of the points ``start..stop-1``."""
         for batch in self.source.batches(start, stop):
             yield self._prepare(batch)
-
-    def identity(self) -> dict[str, Any]:
-        return self.source.identity()
 
     def __repr__(self) -> str:
         return f"PreparedPoints({self.source!r}, device={self.device})"
