@@ -40,7 +40,7 @@ def test_tiny_run_writes_parseable_results(tmp_path):
     assert report["flipd"]["t0"] == 0.05 and report["versions"]["torch"]
     assert report["datasets"][0]["methods"]["flipd"]["settings"]["trace"] == "exact"
     cached = [path for path in cache.iterdir() if path.name != "results"]
-    assert len(cached) == 1 and (cached[0] / "flipd_model.json").exists()
+    assert len(cached) == 1 and (cached[0] / "config.json").exists()
 
     # Finished data sets are saved: the same command again resumes from them, evaluating nothing.
     saved = list((cache / "results" / "synthetic_toy_tiny").glob("lollipop-*.json"))

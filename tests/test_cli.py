@@ -99,8 +99,8 @@ def test_module_entry_point_runs():
 
 def test_checkpoint_is_safetensors_and_json(lollipop_model):
     names = sorted(p.name for p in lollipop_model.iterdir())
-    assert names == ["flipd_model.json", "model.safetensors"]
-    config = json.loads((lollipop_model / "flipd_model.json").read_text())
+    assert names == ["README.md", "config.json", "model.safetensors"]
+    config = json.loads((lollipop_model / "config.json").read_text())
     assert config["metadata"]["data"]["spec"] == "lollipop"
     assert not any(p.name.startswith(".") for p in lollipop_model.parent.iterdir())  # no staging left
 
@@ -142,7 +142,9 @@ def test_estimate_hutchinson_to_csv_with_stderr(lollipop_model, tmp_path):
     result = flipd("estimate", "lollipop", "-m", lollipop_model, "-n", "20", "-o", table, "--trace", "hutchinson",
                    "--probes", "4", "--sigma", "0.1", "--quiet")
     assert result.exit_code == 0, result.output
-    assert result.output == ""
+    # --quiet: no progress or summary; only warnings about the results (this tiny model's
+    # estimates often lie outside [0, D]) are shown
+    assert all(line.startswith("warning: ") for line in result.output.splitlines()), result.output
     frame = pd.read_csv(table)
     assert (frame["trace"] == "hutchinson").all() and (frame["n_probes"] == 4).all()
     assert frame["stderr"].notna().all() and (frame["stderr"] >= 0).all() and (frame["stderr"] > 0).any()
@@ -432,7 +434,7 @@ def test_convolutional_unet_on_images(tmp_path):
     result = flipd("train", "digits8", "--network", "unet", "--channels", "8,16", "-n", "200", "--steps", "5",
                    "--batch-size", "32", "--out", model, "--quiet")
     assert result.exit_code == 0, result.output
-    config = json.loads((model / "flipd_model.json").read_text())
+    config = json.loads((model / "config.json").read_text())
     assert config["network"]["kind"] == "unet2d"
     table = tmp_path / "unet.csv"
     result = flipd("estimate", "digits8", "-m", model, "-n", "4", "-o", table, "--trace", "hutchinson", "--quiet")
@@ -470,12 +472,12 @@ def test_train_records_the_small_time_emphasis(lollipop_model, tmp_path):
     # By default half of each batch is drawn at small times; --low-t-fraction 0 restores uniform times.
     import json
 
-    saved = json.loads((lollipop_model / "flipd_model.json").read_text())
+    saved = json.loads((lollipop_model / "config.json").read_text())
     assert saved["metadata"]["train_config"]["low_t_fraction"] == 0.5
     uniform = tmp_path / "uniform"
     result = flipd("train", "lollipop", "--out", uniform, *TINY_TRAIN, "--low-t-fraction", "0")
     assert result.exit_code == 0, result.output
-    assert json.loads((uniform / "flipd_model.json").read_text())["metadata"]["train_config"]["low_t_fraction"] == 0.0
+    assert json.loads((uniform / "config.json").read_text())["metadata"]["train_config"]["low_t_fraction"] == 0.0
     rejected = flipd("train", "lollipop", "--out", tmp_path / "bad", *TINY_TRAIN, "--low-t-fraction", "2")
     assert rejected.exit_code == 2 and "--low-t-fraction" in rejected.output
 

@@ -355,7 +355,7 @@ def test_bad_model_outputs_are_named():
         out = y * 1.0
         return torch.where(torch.arange(6)[:, None] == 4, torch.full_like(out, math.nan), out)
 
-    with pytest.raises(ValueError, match=r"non-finite values at points \[4\]"):
+    with pytest.raises(ValueError, match=r"non-finite values .* for 1 of 6 points, at indices \[4\]"):
         flipd.flipd(poisoned, x, t0=0.1)
     with pytest.raises(TypeError, match="ModelAdapter"):
         flipd.flipd(lambda y, t: {"out": y}, x, t0=0.1)

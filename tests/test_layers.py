@@ -11,7 +11,7 @@ PACKAGE = Path(flipd.__file__).resolve().parent
 
 #: Layers from the bottom up; a module may import its own layer and the ones below it.
 LAYERS: list[tuple[str, set[str]]] = [
-    ("leaf", {"flipd._version", "flipd.runs.files", "flipd.devices", "flipd.metrics", "flipd.progress"}),
+    ("leaf", {"flipd._version", "flipd.runs.files", "flipd.devices", "flipd.metrics", "flipd.progress", "flipd.pil_images"}),
     ("core", {"flipd.schedules", "flipd.parameterization", "flipd.trace", "flipd.noise", "flipd.knee",
               "flipd.analytic", "flipd.models.base", "flipd.results", "flipd.estimator"}),
     ("components", {"flipd.models", "flipd.datasets", "flipd.baselines", "flipd.methods", "flipd.runs", "flipd.train"}),

@@ -6,11 +6,13 @@ from __future__ import annotations
 import dataclasses
 
 import json
+import math
 import os
 import pickle
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -121,7 +123,7 @@ def checkpoint(tmp_path) -> Path:
 
 
 def _edit_config(directory: Path, edit) -> None:
-    path = directory / "flipd_model.json"
+    path = directory / "config.json"
     config = json.loads(path.read_text())
     edit(config)
     path.write_text(json.dumps(config))
@@ -186,7 +188,7 @@ def test_checkpoint_files_follow_the_umask(tmp_path):
     finally:
         os.umask(previous)
     modes = {p.name: p.stat().st_mode & 0o777 for p in directory.iterdir()}
-    assert modes == {"flipd_model.json": 0o640, "model.safetensors": 0o640}
+    assert modes == {"config.json": 0o640, "model.safetensors": 0o640, "README.md": 0o640}
     assert DiffusionModel.load(directory).data_shape == (2,)
 
 
@@ -518,3 +520,363 @@ def test_non_finite_estimates_are_reported_and_counted(tmp_path, monkeypatch):
     result = run_flipd("estimate", "lollipop", "--method", "twonn", "-n", "40", "-o", table, "--force", "--quiet")
     assert result.exit_code == 0 and "not finite" not in result.stderr
     assert json.loads(table.with_suffix(".json").read_text())["summary"]["n_non_finite"] == 0
+
+
+def test_out_of_range_estimates_are_reported_and_counted(tmp_path, monkeypatch):
+    import pandas as pd
+
+    from flipd.estimator import out_of_range
+    from flipd.jobs import estimate as job
+
+    original = job.METHOD_REGISTRY["twonn"]
+
+    def beyond(x, model, noise, common, settings):  # a fault injected into a real estimator's output
+        result = original.run(x, model, noise, common, settings)
+        result.lid[5], result.lid[8] = -3.0, 7.0  # D = 2
+        return result
+
+    monkeypatch.setattr(job, "METHOD_REGISTRY", {**job.METHOD_REGISTRY, "twonn": dataclasses.replace(original, run=beyond)})
+    table = tmp_path / "x.csv"
+    result = run_flipd("estimate", "lollipop", "--method", "twonn", "-n", "40", "-o", table, "--quiet")
+    assert result.exit_code == 0, result.output
+    rows = pd.read_csv(table)
+    outside = out_of_range(rows["lid"].to_numpy(), None, 2)
+    warning = next(line for line in result.stderr.splitlines() if "outside [0, D = 2]" in line)
+    assert warning.startswith(f"warning: {outside.sum()} of 40 LID estimates lie outside")
+    assert outside[[5, 8]].all() and rows["lid"].tolist()[5] == -3.0  # reported, and written as it is
+    summary = json.loads(table.with_suffix(".json").read_text())["summary"]
+    assert summary["n_out_of_range"] == outside.sum() and {5, 8} <= set(summary["out_of_range_index"])
+
+
+# --------------------------------------------------------------------------- 9. more data files
+
+
+@pytest.mark.parametrize("member", ["x", "lid", "images"])
+def test_object_and_record_members_of_npz_files_are_named(tmp_path, member):
+    file = tmp_path / "data.npz"
+    tripwire = tmp_path / "unpickled"
+    arrays = {"x": np.ones((6, 2)), "lid": np.ones(6)}
+    if member == "images":
+        arrays = {"images": np.array([[[_Tripwire(str(tripwire))] * 4] * 4] * 2, dtype=object)}
+    else:
+        arrays[member] = np.array([_Tripwire(str(tripwire))] * 6, dtype=object)
+    np.savez(file, **arrays)
+    result = _estimate_file(file, tmp_path)
+    assert_user_error(result, f"the array '{member}' of '{file}'", "Python objects", "numpy.save")
+    records = tmp_path / "records.npz"
+    np.savez(records, x=np.zeros(4, dtype=[("a", "f4"), ("b", "f4")]))
+    assert_user_error(_estimate_file(records, tmp_path), "the array 'x'", "records", "numpy.save")
+    assert not tripwire.exists() and not (tmp_path / "out.csv").exists()
+
+
+def _png_header(path: Path, width: int, height: int) -> None:
+    """A PNG that declares width x height greyscale pixels but holds almost no data (a bomb's shape)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 8)) + chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("size", [(20_000, 20_000), (10_000, 10_000)])  # beyond Pillow's error and warning limits
+def test_decompression_bomb_images_are_refused_naming_file_and_limit(tmp_path, size):
+    from PIL import Image
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    _png_header(folder / "bomb.png", *size)
+    limit = Image.MAX_IMAGE_PIXELS
+    result = _estimate_file(folder, tmp_path)
+    assert_user_error(result, str(folder / "bomb.png"), f"{size[0] * size[1]} pixels", "89478485", f"{folder}:max_pixels=")
+    assert Image.MAX_IMAGE_PIXELS == limit  # Pillow's own setting is left as it was
+    assert not (tmp_path / "out.csv").exists()
+
+
+def test_a_raised_image_limit_lets_a_large_image_be_decoded(tmp_path):
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    _png_header(folder / "large.png", 100, 100)  # declares 10000 pixels, holds too few: truncated
+    assert_user_error(_estimate_file(Path(f"{folder}:max_pixels=9999"), tmp_path), "10000 pixels", "limit of 9999")
+    result = _estimate_file(Path(f"{folder}:max_pixels=10000"), tmp_path)
+    assert_user_error(result, "cannot read image", str(folder / "large.png"))
+
+
+def test_image_size_limit_is_an_option_of_the_folder(tmp_path):
+    from PIL import Image
+
+    from flipd.datasets.sources import load_points
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i in range(3):
+        Image.fromarray(np.full((8, 8), 40 * i, dtype=np.uint8)).save(folder / f"{i}.png")
+    assert load_points(str(folder)).point_shape == (1, 8, 8)
+    assert load_points(f"{folder}:max_pixels=64").n == 3
+    with pytest.raises(ValueError, match=r"0.png' is 8x8 = 64 pixels, more than the limit of 63"):
+        load_points(f"{folder}:max_pixels=63")
+    with pytest.raises(ValueError, match="max_pixels must be a positive integer"):
+        load_points(f"{folder}:max_pixels=0")
+    (folder / "3.png").write_bytes(b"not a png")
+    assert_user_error(_estimate_file(folder, tmp_path), "cannot read image", str(folder / "3.png"))
+
+
+# --------------------------------------------------------------------------- 10. diffusers folders
+
+
+def _images_file(tmp_path: Path, size: int = 4) -> Path:
+    file = tmp_path / "images.npy"
+    np.save(file, np.random.default_rng(0).integers(0, 256, (3, size, size, 3), dtype=np.uint8))
+    return file
+
+
+def test_a_unet_folder_without_a_scheduler_says_how_to_give_one(ddpm_folder, tmp_path):
+    unet = tmp_path / "ddpm" / "unet"
+    shutil.copytree(ddpm_folder, tmp_path / "ddpm")
+    weights = unet / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(b"damaged")  # the message must come before the network is read
+    for load in (flipd.load, flipd.from_diffusers):
+        with pytest.raises(ValueError, match="without a noise scheduler.*--scheduler DIR.*scheduler=DIR") as caught:
+            load(unet)
+        assert str(tmp_path / "ddpm") in str(caught.value)  # the pipeline folder around it is offered too
+    images, table = _images_file(tmp_path), tmp_path / "x.csv"
+    result = run_flipd("estimate", images, "-m", unet, "-o", table)
+    assert_user_error(result, str(unet), "--scheduler DIR", "scheduler_config.json")
+    result = run_flipd("curve", images, "-m", unet, "-o", table)
+    assert_user_error(result, "--scheduler DIR")
+    assert not table.exists()
+
+
+def test_the_scheduler_option_completes_a_unet_folder(ddpm_folder, tmp_path, checkpoint):
+    import pandas as pd
+
+    unet, scheduler = ddpm_folder / "unet", ddpm_folder / "scheduler"
+    images, table = _images_file(tmp_path), tmp_path / "x.csv"
+    common = ("-o", table, "--trace", "hutchinson", "--quiet", "--threads", "1")
+    result = run_flipd("estimate", images, "-m", unet, "--scheduler", scheduler, *common)
+    assert result.exit_code == 0, result.output
+    whole = tmp_path / "whole.csv"
+    result = run_flipd("estimate", images, "-m", ddpm_folder, *common[2:], "-o", whole)
+    assert result.exit_code == 0, result.output
+    assert np.allclose(pd.read_csv(table)["lid"], pd.read_csv(whole)["lid"])  # the same model as the pipeline
+    record = json.loads(table.with_suffix(".json").read_text())
+    assert record["model"]["fingerprint"].count("+") == 1 and "scheduler from" in record["model"]["description"]
+    assert_user_error(run_flipd("estimate", images, "-m", unet, "--scheduler", tmp_path / "nothing", "-o", tmp_path / "y.csv"),
+                      str(tmp_path / "nothing"))
+    assert_user_error(run_flipd("estimate", "lollipop", "-m", checkpoint, "--scheduler", scheduler, "-o", tmp_path / "y.csv"),
+                      "--scheduler", "applies only to diffusers models")
+    assert_user_error(run_flipd("estimate", images, "--method", "lpca", "--scheduler", scheduler, "-o", tmp_path / "y.csv"),
+                      "--scheduler", "--model")
+    assert not (tmp_path / "y.csv").exists()
+
+
+# --------------------------------------------------------------------------- 11. options, before the work
+
+
+@pytest.mark.parametrize(
+    ("arguments", "fragments"),
+    [
+        (("estimate", "NOSUCH.csv", "-m", "MODEL", "--t0", "abc"), ["--t0", "'abc'"]),
+        (("estimate", "NOSUCH.csv", "--method", "lpca", "--trace", "exact"), ["lpca", "--trace"]),
+        (("estimate", "NOSUCH.csv", "--method", "twonn", "--probes", "4"), ["twonn", "--probes"]),
+        (("estimate", "NOSUCH.csv", "--method", "nb", "-m", "MODEL", "--neighbors", "5"), ["--neighbors", "nb"]),
+        (("estimate", "NOSUCH.csv", "--method", "nb", "-m", "MODEL", "--t0", "auto"), ["'auto'", "flipd"]),
+        (("estimate", "NOSUCH.csv", "--method", "mle", "-m", "MODEL"), ["--model", "mle"]),
+        (("estimate", "NOSUCH.csv", "-m", "MODEL", "--t0", "5"), ["--t0", "not a noise level"]),
+        (("estimate", "NOSUCH.csv", "-m", "MODEL", "--sigma", "-1"), ["--sigma"]),
+        (("curve", "NOSUCH.csv", "-m", "MODEL", "--t-min", "0.5", "--t-max", "0.1"), ["--t-min/--t-max", "empty"]),
+        (("curve", "NOSUCH.csv", "-m", "MODEL", "--t-min", "-1"), ["--t-min/--t-max", "outside"]),
+        (("train", "NOSUCH.csv", "--lr", "0"), ["--lr", "positive"]),
+        (("bench", "nosuch"), ["unknown benchmark 'nosuch'", "images, oracle, scale, sd_scale_gpu, speed, stream_memory, synthetic"]),
+    ],
+)
+def test_options_are_checked_before_the_data_is_read(tmp_path, checkpoint, arguments, fragments):
+    """The data file does not exist: the option's error must come first."""
+    arguments = [str(checkpoint) if a == "MODEL" else str(tmp_path / a) if a == "NOSUCH.csv" else a for a in arguments]
+    if arguments[0] in ("estimate", "curve", "train"):
+        arguments += ["-o", str(tmp_path / ("out" if arguments[0] == "train" else "out.csv"))]
+    result = run_flipd(*arguments)
+    assert_user_error(result, *fragments)
+    assert "NOSUCH" not in result.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # nothing written
+
+
+@pytest.mark.parametrize(
+    ("arguments", "fragment"),
+    [
+        (["images", "--threads", "0"], "--threads: 0 is not a positive integer"),
+        (["synthetic", "--suite", "toy", "--n-eval", "-5"], "--n-eval: -5 is not a positive integer"),
+        (["scale", "--repeats", "0"], "--repeats: 0 is not a positive integer"),
+        (["images", "--preset", "tiny", "--out", "BLOCKED/results"], "--out"),
+        (["synthetic", "--suite", "toy", "--tiny", "--out-dir", "BLOCKED/r", "--cache-dir", "CACHE"], "--out-dir"),
+        (["scale", "--out", "BLOCKED/results"], "--out"),
+    ],
+)
+def test_benchmark_options_are_checked_before_the_work(tmp_path, arguments, fragment, capsys):
+    from flipd.bench.__main__ import main
+
+    blocker = tmp_path / "blocker"
+    blocker.write_text("")
+    arguments = [a.replace("BLOCKED", str(blocker)).replace("CACHE", str(tmp_path / "cache")) for a in arguments]
+    with pytest.raises(SystemExit) as stopped:
+        main(arguments)
+    assert stopped.value.code == 2
+    assert fragment in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["blocker"]
+
+
+class _RefusedEncode:
+    """A coordinate map that must not run: the options are wrong and must be refused first."""
+
+    def __call__(self, x):
+        raise AssertionError("encode ran before the options were checked")
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "message"),
+    [
+        (lambda m, x: flipd.flipd(m, x, seed=None), TypeError, "seed"),
+        (lambda m, x: flipd.flipd(m, x, chunk_rows=-1), ValueError, "chunk_rows"),
+        (lambda m, x: flipd.flipd(m, x, trace="nosuch"), ValueError, "trace"),
+        (lambda m, x: flipd.flipd(m, x, n_probes=0), ValueError, "n_probes"),
+        (lambda m, x: flipd.flipd(m, x, t0=5.0), ValueError, "t0"),
+        (lambda m, x: flipd.flipd(m, x, indices=[1, 2]), ValueError, "indices"),
+        (lambda m, x: flipd.estimate(m, x, t0="knee"), ValueError, "t0"),
+        (lambda m, x: flipd.flipd_curve(m, x, [0.1, 2.0]), ValueError, "t_grid"),
+        (lambda m, x: flipd.flipd_curve(m, x, [0.1, 0.2], mode="sideways"), ValueError, "mode"),
+        (lambda m, x: flipd.baselines.estimate_nb(m, x, seed=None), TypeError, "seed"),
+        (lambda m, x: flipd.baselines.estimate_nb(m, x, rows_per_forward=0), ValueError, "rows_per_forward"),
+        (lambda m, x: flipd.baselines.estimate_fpregress(m, x, stds=[0.1, 0.05]), ValueError, "stds"),
+    ],
+)
+def test_api_options_are_checked_before_the_model_runs(call, error, message):
+    import flipd.baselines  # noqa: F401
+
+    model = flipd.as_model(lambda y, t: y, encode=_RefusedEncode())
+    with pytest.raises(error, match=message):
+        call(model, torch.randn(4, 3))
+
+
+# --------------------------------------------------------------------------- 12. models that break the rules
+
+
+def _through_numpy(y, t):
+    return torch.from_numpy(np.tanh(y.numpy()))
+
+
+def _detached_numpy(y, t):
+    return torch.from_numpy(np.tanh(y.detach().cpu().numpy()))
+
+
+@pytest.mark.parametrize("fn", [_through_numpy, _detached_numpy])
+@pytest.mark.parametrize(
+    "options",
+    [{"trace": "exact"}, {"trace": "hutchinson", "n_probes": 4}, {"trace": "hutchinson", "n_probes": 1},
+     {"trace": "exact", "mode": "forward"}],
+)
+def test_a_model_that_goes_through_numpy_is_named(fn, options):
+    with pytest.raises(ValueError, match=r"out of torch.*\.numpy\(\).*differentiable torch"):
+        flipd.flipd(fn, torch.randn(5, 3), t0=0.05, **options)
+
+
+def test_non_finite_outputs_are_reported_for_every_batch():
+    x = torch.randn(700, 3, generator=torch.Generator().manual_seed(0))
+
+    def poisoned(y, t):  # NaN wherever the first coordinate is large
+        return torch.where(y[:, :1] > 1.0, torch.full_like(y, math.nan), y)
+
+    psi = float(flipd.schedules.VP().psi(torch.tensor(0.05, dtype=torch.float64)))
+    expected = torch.nonzero(psi * x[:, 0] > 1.0).flatten()
+    assert len(expected) > 50 and int(expected.min()) < 64 < int(expected.max())
+    with pytest.raises(flipd.NonFiniteOutputError) as caught:
+        flipd.flipd(poisoned, x, t0=0.05, batch_size=64)
+    assert caught.value.indices == expected.tolist() and caught.value.n_points == 700
+    assert f"for {len(expected)} of 700 points" in str(caught.value)
+    shifted = (expected + 1000).tolist()
+    with pytest.raises(flipd.NonFiniteOutputError) as caught:  # by the caller's indices
+        flipd.flipd(poisoned, x, t0=0.05, batch_size=64, indices=range(1000, 1700), trace="hutchinson")
+    assert caught.value.indices == shifted
+    with pytest.raises(flipd.NonFiniteOutputError) as caught:
+        flipd.flipd_curve(poisoned, x, [0.05, 0.1], batch_size=64)
+    assert caught.value.indices == expected.tolist()
+
+
+def test_non_finite_outputs_on_the_command_line_name_every_row_by_the_index(checkpoint, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    weights = checkpoint / "model.safetensors"
+    tensors = load_file(weights)  # the network's output bias NaN: every output NaN, the inputs fine
+    save_file({**tensors, "ema.output.bias": torch.full_like(tensors["ema.output.bias"], math.nan)}, weights)
+    file = tmp_path / "points.csv"
+    index = [30 + 7 * i for i in range(10)]
+    file.write_text("index,a,b,c\n" + "".join(f"{i},{i % 3},{i % 5},{i % 7}\n" for i in index))
+    table = tmp_path / "x.csv"
+    for chunking in (["--chunk-size", "4", "--batch-size", "2"], []):  # later chunks scanned; one chunk
+        result = run_flipd("estimate", file, "-m", checkpoint, *chunking, "-o", table)
+        assert_user_error(result, "non-finite values", "for 10 of 10 points", ", ".join(map(str, index[:10])))
+    result = run_flipd("curve", file, "-m", checkpoint, "-n", "10", "-o", table)
+    assert_user_error(result, "non-finite values", "for 10 of 10 points", str(index[0]))
+    assert not table.exists() and not (tmp_path / "x.csv.chunks").exists()
+
+
+def test_api_warns_about_estimates_out_of_range():
+    from flipd.analytic import GaussianMixture
+
+    x = torch.randn(6, 3)
+    with pytest.warns(flipd.EstimateWarning, match=r"points \[0, 1, 2, 3, 4, 5\] .* lie outside \[0, D = 3\]"):
+        flipd.flipd(lambda y, t: 50.0 * y, x, t0=0.05, prediction="score", trace="exact")
+    with pytest.warns(flipd.EstimateWarning, match=r"the curves of points"):
+        flipd.flipd_curve(lambda y, t: 50.0 * y, x, [0.05, 0.1], prediction="score")
+    mixture = GaussianMixture.random([1, 2], ambient_dim=3, seed=0)
+    points, _ = mixture.sample(50, seed=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", flipd.EstimateWarning)  # a perfect model's estimates are in range
+        flipd.flipd(mixture.as_model(flipd.schedules.VP(), prediction="epsilon"), points, t0=0.01, trace="exact")
+
+
+# --------------------------------------------------------------------------- 13. one run per output: curves
+
+
+def test_a_second_curve_run_on_the_same_output_is_refused(tmp_path, checkpoint):
+    from flipd.runs.files import lock_path_for
+
+    table = tmp_path / "curves.csv"
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        lock_path_for(table).write_text(f"{holder.pid}\n")
+        result = run_flipd("curve", "lollipop", "-m", checkpoint, "-n", "4", "-o", table, "--quiet")
+        assert_user_error(result, str(table), f"process {holder.pid}")
+        assert not table.exists()
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_points_that_overflow_in_model_coordinates_are_named_by_index(tmp_path):
+    from flipd.models.checkpoint import DiffusionModel
+    from flipd.models.mlp import MLPUNet, MLPUNetConfig
+
+    torch.manual_seed(0)
+    network = MLPUNet(MLPUNetConfig(data_dim=3, widths=(8,)))
+    narrow = DiffusionModel(network, shift=torch.zeros(3), scale=torch.full((3,), 1e-36)).save(tmp_path / "narrow")
+    file = tmp_path / "points.csv"
+    file.write_text("index,a,b,c\n" + "".join(f"{100 + i},{1e3 if i == 4 else 0.5},1,1\n" for i in range(8)))
+    for command in ("estimate", "curve"):  # 1e3 / 1e-36 overflows float32; 0.5 / 1e-36 does not
+        result = run_flipd(command, file, "-m", narrow, "-o", tmp_path / "x.csv")
+        assert_user_error(result, "1 of 8 points", "at index 104", "NaN or inf in the coordinates of the model")
+    assert not (tmp_path / "x.csv").exists()
+
+
+def test_curve_takes_all_points_of_a_file_smaller_than_its_default(checkpoint, tmp_path):
+    import pandas as pd
+
+    file = tmp_path / "points.csv"
+    file.write_text("a,b,c\n" + "".join(f"{i % 3},{i % 5},{i % 7}\n" for i in range(10)))
+    table = tmp_path / "curves.csv"
+    result = run_flipd("curve", file, "-m", checkpoint, "--steps", "4", "--t-min", "0.1", "--t-max", "0.5", "-o", table, "--quiet")
+    assert result.exit_code == 0, result.output
+    assert sorted(set(pd.read_csv(table)["index"])) == list(range(10))
+    result = run_flipd("curve", file, "-m", checkpoint, "-n", "11", "-o", tmp_path / "y.csv")
+    assert_user_error(result, "has only 10 points")  # asked for explicitly: more than there are is refused

@@ -99,7 +99,7 @@ def test_save_and_load_give_identical_outputs(trained, tmp_path):
     assert loaded.metadata["steps_run"] == trained.metadata["steps_run"]
     online = DiffusionModel.load(tmp_path / "model", weights="online")
     assert torch.equal(online(y, t), trained.online_network(y, t))
-    config = json.loads((tmp_path / "model" / "flipd_model.json").read_text())
+    config = json.loads((tmp_path / "model" / "config.json").read_text())
     assert config["network"]["kind"] == "mlp_unet"
     assert config["schedule"] == {"kind": "VP", "beta_min": 0.1, "beta_max": 20.0}
     assert config["metadata"]["seed"] == 0 and "torch" in config["metadata"]["versions"]
@@ -205,16 +205,18 @@ def test_loading_something_else_fails_clearly(tmp_path, trained):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load(tmp_path / "missing")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(CheckpointError, match="not a flipd checkpoint.*flipd_model.json"):
+    with pytest.raises(CheckpointError, match="not a flipd checkpoint.*config.json"):
         load(tmp_path / "empty")
     wrong = tmp_path / "wrong"
     wrong.mkdir()
-    (wrong / "flipd_model.json").write_text(json.dumps({"format": "something-else"}))
-    with pytest.raises(CheckpointError, match="'format' is 'something-else'"):
-        load(wrong)
-    (wrong / "flipd_model.json").write_text("{not json")
-    with pytest.raises(CheckpointError, match="not valid JSON"):
-        load(wrong)
+    for name in ("config.json", "flipd_model.json"):  # this version's layout and format version 1's
+        (wrong / name).write_text(json.dumps({"format": "something-else"}))
+        with pytest.raises(CheckpointError, match="'format' is 'something-else'"):
+            load(wrong)
+        (wrong / name).write_text("{not json")
+        with pytest.raises(CheckpointError, match="not valid JSON"):
+            load(wrong)
+        (wrong / name).unlink()
     trained.save(tmp_path / "good")
     (tmp_path / "good" / "model.safetensors").unlink()
     with pytest.raises(CheckpointError, match="weights file model.safetensors is missing"):

@@ -70,7 +70,7 @@ def test_every_schedule_and_prediction_trains_saves_and_estimates(schedule, pred
     assert learned < (1.0 if prediction in ("sample", "score") else 0.85) * gaussian < zero
 
     model.save(tmp_path / "model")
-    saved = json.loads((tmp_path / "model" / "flipd_model.json").read_text())
+    saved = json.loads((tmp_path / "model" / "config.json").read_text())
     assert saved["schedule"] == schedule.to_config() and saved["prediction"] == prediction
     assert saved["metadata"]["train_config"]["schedule"] == schedule.to_config()
     loaded = load(tmp_path / "model")
@@ -172,7 +172,7 @@ def test_the_network_sees_every_schedule_as_the_reference_vp():
 def test_old_checkpoints_still_load_and_bad_fields_are_named(tmp_path):
     model = DiffusionModel(mlp_unet(2, (8,)), shift=torch.zeros(2), scale=torch.ones(2), schedule=VP(0.2, 10.0))
     model.save(tmp_path / "m")
-    path = tmp_path / "m" / "flipd_model.json"
+    path = tmp_path / "m" / "config.json"
     config = json.loads(path.read_text())
     assert config["network_input"] == "reference"
     # Written before other schedules: VP betas only, no network_input (times passed as they are).
@@ -199,7 +199,7 @@ def test_cli_trains_any_schedule_and_estimate_uses_it(tmp_path):
     tiny = ("-n", "1500", "--steps", "40", "--batch-size", "256", "--widths", "32,32", "--threads", "1", "--quiet")
     result = runner.invoke(app, ["train", "lollipop", "--out", str(model_dir), *tiny, "--schedule", "ve", "--prediction", "sample"])
     assert result.exit_code == 0, result.output
-    saved = json.loads((model_dir / "flipd_model.json").read_text())
+    saved = json.loads((model_dir / "config.json").read_text())
     assert saved["schedule"] == VE().to_config() and saved["prediction"] == "sample"
     table = tmp_path / "ve.parquet"
     result = runner.invoke(app, ["estimate", "lollipop", "--model", str(model_dir), "-n", "32", "--out", str(table), "--threads", "1"])

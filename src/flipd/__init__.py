@@ -15,7 +15,7 @@ estimator, :data:`METHODS` (FLIPD and the baselines, one calling convention); th
 from ._version import __version__
 
 from . import schedules
-from .estimator import estimate, flipd, flipd_curve
+from .estimator import EstimateWarning, NonFiniteOutputError, estimate, flipd, flipd_curve
 from .methods import METHODS
 from .knee import KneeResult, knee
 from .models import DiffusersModel, DiffusionModel, Model, ModelAdapter, as_model, from_diffusers, load
@@ -27,12 +27,14 @@ from .train import TrainConfig, train_diffusion
 __all__ = [
     "DiffusersModel",
     "DiffusionModel",
+    "EstimateWarning",
     "FLIPDResult",
     "KneeResult",
     "LIDResult",
     "METHODS",
     "Model",
     "ModelAdapter",
+    "NonFiniteOutputError",
     "PREDICTIONS",
     "TrainConfig",
     "as_model",

@@ -180,7 +180,16 @@ DataArgument = Annotated[
 ]
 ModelOption = Annotated[
     Path,
-    typer.Option("--model", "-m", help="A flipd checkpoint directory (from flipd train) or a diffusers folder.", show_default=False),
+    typer.Option("--model", "-m", help="A flipd checkpoint directory (from flipd train), a diffusers folder, or a Hugging Face Hub id owner/name.", show_default=False),
+]
+Prompt = Annotated[
+    Optional[str],
+    typer.Option("--prompt", help="Text conditioning of a text-conditioned diffusers model (default: the empty prompt).", show_default=False),
+]
+SchedulerOption = Annotated[
+    Optional[Path],
+    typer.Option("--scheduler", help="Noise scheduler of a diffusers model folder that has none (a single UNet, not a pipeline): "
+                 "a folder with scheduler_config.json, e.g. the pipeline's scheduler/.", show_default=False),
 ]
 Trace = Annotated[str, typer.Option("--trace", help="auto (exact for D <= 256), exact, hutchinson or gaussian.")]
 Probes = Annotated[int, typer.Option("--probes", min=1, help="Hutchinson probes per point (ignored by the exact trace).")]
@@ -426,6 +435,8 @@ def train(
     from .parameterization import PREDICTIONS
 
     device_used = _setup(threads, device, debug)
+    if not lr > 0:
+        raise OptionError("--lr", f"the learning rate must be positive; got {lr}.")
     if standardize not in STANDARDIZE_CHOICES:
         raise OptionError("--standardize", f"{standardize!r} is not one of {', '.join(STANDARDIZE_CHOICES)}.")
     target = check_checkpoint_target(out if out is not None else Path("models") / _slug(data), force=force)
@@ -457,6 +468,8 @@ def train(
 
 
 STANDARDIZE_CHOICES = ("per_coordinate", "scalar", "none")
+#: Points on the curves of flipd curve unless -n says otherwise.
+CURVE_POINTS = 32
 
 
 def _parse_sizes(text: str, option: str) -> tuple[int, ...]:
@@ -479,8 +492,9 @@ def estimate(
     data: DataArgument,
     model: Annotated[
         Optional[Path],
-        typer.Option("--model", "-m", help="A flipd checkpoint directory (from flipd train) or a diffusers folder; needed by flipd, nb and fpregress.", show_default=False),
+        typer.Option("--model", "-m", help="A flipd checkpoint directory (from flipd train), a diffusers folder or a Hugging Face Hub id owner/name; needed by flipd, nb and fpregress.", show_default=False),
     ] = None,
+    prompt: Prompt = None,
     out: Annotated[
         Optional[Path],
         typer.Option("--out", "-o", help="Result table, .parquet or .csv (default: <data>_lid.parquet); metadata goes to the same name with .json.", show_default=False),
@@ -488,6 +502,7 @@ def estimate(
     method: Annotated[
         str, typer.Option("--method", help="flipd, or a baseline: nb, fpregress (same model), lpca, mle, ess, twonn (no model).")
     ] = "flipd",
+    scheduler: SchedulerOption = None,
     n_points: Points = None,
     t0: Annotated[
         Optional[str],
@@ -527,14 +542,16 @@ def estimate(
       [cyan]flipd estimate lollipop -m models/lollipop --method nb -o lollipop_nb.csv[/]
       [cyan]flipd estimate lollipop --method lpca --neighbors 100 -n 2000[/]
       [cyan]flipd estimate photos/ -m sd15/ --resize 512 --center-crop 512 --workers 8 --device cuda --dtype bfloat16[/]
+      [cyan]flipd estimate photos/ -m stable-diffusion-v1-5/ --prompt "a photo" --trace hutchinson[/]
     """
-    from .jobs.estimate import METHODS, MODEL_METHODS
-    from .noise import NoiseLevelError
+    from .jobs.estimate import METHODS, MODEL_METHODS, check_method_options
+    from .noise import check_noise_level
     from .runs import (check_table_path, chunk_directory_for, estimate_in_chunks, fingerprint_array,
                        metadata_path_for, output_lock, remove_run_directory, write_json, write_table)
     from .datasets.sources import load_points
-    from .jobs.estimate import estimate_table_columns, plan_estimate
-    from .jobs.records import non_finite_warning, run_record, summary_record
+    from .estimator import NonFiniteOutputError
+    from .jobs.estimate import estimate_table_columns, non_finite_outputs_error, plan_estimate
+    from .jobs.records import run_record, summary_record
     from .jobs.inputs import load_model
 
     began = time.perf_counter()
@@ -544,12 +561,20 @@ def estimate(
         raise OptionError("--method", f"{method!r} is not one of {', '.join(METHODS)}.")
     if method in MODEL_METHODS and model is None:
         raise OptionError("--model", f"the {method} method needs a diffusion model: pass --model DIR (a checkpoint from flipd train).")
+    if scheduler is not None and model is None:
+        raise OptionError("--scheduler", "it is the scheduler of a diffusers model: pass --model DIR with it.")
+    if prompt is not None and model is None:
+        raise OptionError("--prompt", "a prompt conditions a text-conditioned diffusers model: pass it with --model.")
     table_path = check_table_path(out if out is not None else Path(f"{_slug(data)}_lid.parquet"))
     run_directory = chunk_directory_for(table_path)
     noise_given = [name for name, value in (("--t0", t0), ("--sigma", sigma), ("--delta", delta)) if value is not None]
     if len(noise_given) > 1:
         raise OptionError("--t0/--sigma/--delta", f"give the noise level once; got {' and '.join(noise_given)}.")
+    if model is not None and method not in MODEL_METHODS:
+        raise OptionError("--model", f"the {method} method uses no model; drop --model.")
     _check_trace(trace)
+    noise = {name: value for name, value in (("t0", _parse_t0(t0)), ("sigma", sigma), ("delta", delta)) if value is not None}
+    check_method_options(method, noise=noise, n_neighbors=neighbors, trace=trace, n_probes=probes)
     _check_output_folders(table_path, plot)
     with output_lock(table_path):  # refuses a second run writing the same table
         if not _outputs_may_be_written(table_path, run_directory, resume=resume, force=force, quiet=quiet):
@@ -557,19 +582,18 @@ def estimate(
 
         timings: dict[str, float] = {}
         with _timed(timings, "load_model_s"):
-            loaded = load_model(model, device=device_used, dtype=precision) if model is not None else None
-        with _timed(timings, "load_data_s"):
-            points = load_points(data, n=n_points, seed=seed, stream=True, workers=workers, resize=resize,
-                                 center_crop=center_crop)
-            try:
+            loaded = (load_model(model, device=device_used, scheduler=scheduler, prompt=prompt, dtype=precision)
+                      if model is not None else None)
+        with _noise_level_options():
+            if loaded is not None and noise:  # a level the model cannot reach, refused before the data is read
+                check_noise_level(loaded.schedule, noise)
+            with _timed(timings, "load_data_s"):
+                points = load_points(data, n=n_points, seed=seed, stream=True, workers=workers, resize=resize,
+                                     center_crop=center_crop)
                 plan = plan_estimate(
-                    method, loaded, points, t0=_parse_t0(t0), sigma=sigma, delta=delta, trace=trace, n_probes=probes,
+                    method, loaded, points, **noise, trace=trace, n_probes=probes,
                     seed=seed, batch_size=batch_size, chunk_size=chunk_size, n_neighbors=neighbors,
                 )
-            except NoiseLevelError as error:
-                if error.name is None:
-                    raise
-                raise OptionError(f"--{error.name}", str(error)) from None
         if loaded is not None:
             _say(quiet, f"model: {escape(loaded.description)}")
         _say(quiet, f"data: {escape(points.description)}")
@@ -597,6 +621,8 @@ def estimate(
                     f"interrupted; finished chunks are kept in {run_directory}: run the same command with "
                     "--resume to continue"
                 ) from None
+            except NonFiniteOutputError as error:  # name every such point, by the table's index
+                raise non_finite_outputs_error(error, plan, loaded.model, points) from None
         if result.resolved:
             shown = ", ".join(f"{key}={_short(value)}" for key, value in result.resolved.items())
             _say(quiet, f"{method} ran with {escape(shown)}")
@@ -619,17 +645,38 @@ def estimate(
                       "dtype": loaded.dtype if loaded else None, "workers": workers, "streamed": points.streamed},
             chunks={"n_chunks": result.n_chunks, "resumed_chunks": result.resumed_chunks,
                     "seconds": [round(s, 4) for s in result.chunk_seconds]},
-            summary=summary_record(columns["lid"], points), timings=timings,
+            summary=summary_record(columns["lid"], points, columns["stderr"]), timings=timings,
             outputs={"table": str(table_path), "plots": [str(p) for p in written_plots]}, device=device_used,
         ))
         remove_run_directory(run_directory)
-        warning = non_finite_warning(columns["lid"], points)
-        if warning is not None:  # shown even with --quiet: the results need a look
-            err_console.print(f"[yellow]warning:[/] {escape(warning)}", soft_wrap=True)
+        _warn_about_estimates(columns["lid"], columns["stderr"], points)
         if not quiet:
             _print_summary(points, columns["lid"], title=f"{'FLIPD' if method == 'flipd' else method} on {data}")
             err_console.print(f"wrote {escape(str(table_path))} and {escape(str(metadata_path))}"
                               + (f"; {len(written_plots)} figures in {escape(str(plot))}" if written_plots else ""), soft_wrap=True)
+
+
+@contextlib.contextmanager
+def _noise_level_options() -> Iterator[None]:
+    """Report a noise level the schedule cannot reach as the option that named it (--t0, ...)."""
+    from .noise import NoiseLevelError
+
+    try:
+        yield
+    except NoiseLevelError as error:
+        if error.name is None:
+            raise
+        raise OptionError(f"--{error.name}", str(error)) from None
+
+
+def _warn_about_estimates(lids: Any, stderr: Any, points: Any) -> None:
+    """One warning line each for non-finite and out-of-range estimates, shown even with --quiet
+    (the results need a look); the table keeps every row."""
+    from .jobs.records import non_finite_warning, out_of_range_warning
+
+    for warning in (non_finite_warning(lids, points), out_of_range_warning(lids, stderr, points)):
+        if warning is not None:
+            err_console.print(f"[yellow]warning:[/] {escape(warning)}", soft_wrap=True)
 
 
 def _check_output_folders(table: Path, plot: Path | None) -> None:
@@ -663,21 +710,27 @@ def _outputs_may_be_written(table: Path, run_directory: Path, *, resume: bool, f
 
 
 def _load_model_and_points(model: Path, data: str, n_points: int | None, seed: int, device: Any,
-                           timings: dict[str, float], quiet: bool, *, dtype: Any = None,
-                           reading: dict[str, Any] | None = None) -> tuple[Any, Any, Any]:
-    """Load the model (first: it is the likelier mistake), the data (streamed from files, with
-    ``reading``: workers, resize, center_crop), and the points as the model takes them."""
+                           timings: dict[str, float], quiet: bool, *, scheduler: Path | None = None,
+                           prompt: str | None = None,
+                           check_model: Callable[[Any], Any] = lambda loaded: None,
+                           at_most: bool = False, dtype: Any = None,
+                           reading: dict[str, Any] | None = None) -> tuple[Any, Any, Any, Any]:
+    """Load the model (first: it is the likelier mistake) in ``dtype``, run ``check_model(loaded)``
+    (checks that need the model), then the data (``n_points`` of them, or fewer from a smaller
+    file with ``at_most``; files streamed, with ``reading``: workers, resize, center_crop);
+    return the points, the model, the points as it takes them, and what ``check_model`` returned."""
     from .datasets.sources import load_points
     from .jobs.inputs import load_model
 
     with _timed(timings, "load_model_s"):
-        loaded = load_model(model, device=device, dtype=dtype)
+        loaded = load_model(model, device=device, scheduler=scheduler, prompt=prompt, dtype=dtype)
+    checked = check_model(loaded)
     with _timed(timings, "load_data_s"):
-        points = load_points(data, n=n_points, seed=seed, stream=True, **(reading or {}))
+        points = load_points(data, n=n_points, seed=seed, at_most=at_most, stream=True, **(reading or {}))
         x = loaded.prepare(points)
     _say(quiet, f"model: {escape(loaded.description)}")
     _say(quiet, f"data: {escape(points.description)}")
-    return points, loaded, x
+    return points, loaded, x, checked
 
 
 def _estimate_plots(directory: Path, points: Any, lids: Any, prefix: str) -> list[Path]:
@@ -740,11 +793,15 @@ def _summary_table(groups: list, mae: float, title: str) -> Table:
 def curve(
     data: DataArgument,
     model: ModelOption = ...,
+    prompt: Prompt = None,
     out: Annotated[
         Optional[Path],
         typer.Option("--out", "-o", help="Curve table, .parquet or .csv, one row per point and noise level (default: <data>_curves.parquet).", show_default=False),
     ] = None,
-    n_points: Annotated[int, typer.Option("--n-points", "-n", min=1, help="Number of points.")] = 32,
+    scheduler: SchedulerOption = None,
+    n_points: Annotated[
+        Optional[int], typer.Option("--n-points", "-n", min=1, help="Number of points (default: 32, or all of a smaller file).", show_default=False)
+    ] = None,
     t_min: Annotated[Optional[float], typer.Option("--t-min", help="Smallest noise level (model time units).", show_default=False)] = None,
     t_max: Annotated[Optional[float], typer.Option("--t-max", help="Largest noise level (model time units).", show_default=False)] = None,
     steps: Annotated[
@@ -776,9 +833,10 @@ def curve(
     import numpy as np
 
     from . import plots
-    from .runs import check_table_path, metadata_path_for, write_json, write_table
+    from .runs import check_table_path, metadata_path_for, output_lock, write_json, write_table
+    from .estimator import NonFiniteOutputError
     from .jobs.curve import compute_curves, curve_table_columns
-    from .jobs.records import run_record
+    from .jobs.records import non_finite_output_error, run_record, summary_record
     from .noise import curve_times
 
     began = time.perf_counter()
@@ -787,42 +845,86 @@ def curve(
     table_path = check_table_path(out if out is not None else Path(f"{_slug(data)}_curves.parquet"))
     _check_trace(trace)
     _check_output_folders(table_path, plot)
-    if table_path.exists() and not force:
-        raise FileExistsError(f"{str(table_path)!r} already exists; pass --force to overwrite it, or choose another --out.")
-    timings: dict[str, float] = {}
-    points, loaded, x = _load_model_and_points(
-        model, data, n_points, seed, device_used, timings, quiet, dtype=precision,
-        reading={"workers": workers, "resize": resize, "center_crop": center_crop},
-    )
-    times = curve_times(loaded.schedule, t_min=t_min, t_max=t_max, steps=steps)
-    with _timed(timings, "curves_s"):
-        with progress_bar("FLIPD curves", points.n * len(times), enabled=not quiet) as advance:
-            curves = compute_curves(loaded.model, x, times, trace=trace, n_probes=probes, seed=seed,
-                                    batch_size=batch_size, progress=advance)
-    write_table(table_path, curve_table_columns(points, curves))
-    written: list[Path] = []
-    if plot is not None:
-        written.append(plots.plot_curves(
-            curves.times, curves.curves, Path(plot) / f"{_slug(data)}_curves.png", knee_times=curves.knee_t0,
-            knee_lids=curves.knee_lid, ambient_dim=points.ambient_dim, true_lids=points.lid_true,
-            time_label=f"t0 ({loaded.schedule!r} time)", title=f"FLIPD curves on {data}",
+    with output_lock(table_path):  # refuses a second run writing the same table
+        if table_path.exists() and not force:
+            raise FileExistsError(f"{str(table_path)!r} already exists; pass --force to overwrite it, or choose another --out.")
+        timings: dict[str, float] = {}
+
+        def noise_levels(loaded: Any) -> Any:  # checked once the schedule is known, before the data is loaded
+            try:
+                return curve_times(loaded.schedule, t_min=t_min, t_max=t_max, steps=steps)
+            except ValueError as error:
+                raise OptionError("--t-min/--t-max", str(error)) from None
+
+        points, loaded, x, times = _load_model_and_points(
+            model, data, CURVE_POINTS if n_points is None else n_points, seed, device_used, timings, quiet,
+            scheduler=scheduler, prompt=prompt, check_model=noise_levels, at_most=n_points is None, dtype=precision,
+            reading={"workers": workers, "resize": resize, "center_crop": center_crop},
+        )
+        with _timed(timings, "curves_s"):
+            with progress_bar("FLIPD curves", points.n * len(times), enabled=not quiet) as advance:
+                try:
+                    curves = compute_curves(loaded.model, x, times, trace=trace, n_probes=probes, seed=seed,
+                                            batch_size=batch_size, progress=advance)
+                except NonFiniteOutputError as error:  # name the points by the table's index
+                    raise non_finite_output_error(error.indices, points, error.time) from None
+        write_table(table_path, curve_table_columns(points, curves))
+        written: list[Path] = []
+        if plot is not None:
+            written.append(plots.plot_curves(
+                curves.times, curves.curves, Path(plot) / f"{_slug(data)}_curves.png", knee_times=curves.knee_t0,
+                knee_lids=curves.knee_lid, ambient_dim=points.ambient_dim, true_lids=points.lid_true,
+                time_label=f"t0 ({loaded.schedule!r} time)", title=f"FLIPD curves on {data}",
+            ))
+        timings["total_s"] = round(time.perf_counter() - began, 4)
+        metadata_path = metadata_path_for(table_path)
+        write_json(metadata_path, run_record(
+            "curve", points=points, data_seed=seed, model=loaded,
+            settings={"times": curves.times.tolist(), "trace": curves.trace, "n_probes": curves.n_probes,
+                      "seed": seed, "batch_size": batch_size, "knee_window": curves.window, "dtype": loaded.dtype,
+                      "workers": workers},
+            knees={"found": int(curves.knee_found.sum()),
+                   "median_t0": float(np.nanmedian(curves.knee_t0)) if curves.knee_found.any() else None},
+            summary=summary_record(curves.knee_lid, points),
+            timings=timings, outputs={"table": str(table_path), "plots": [str(p) for p in written]}, device=device_used,
         ))
-    timings["total_s"] = round(time.perf_counter() - began, 4)
-    metadata_path = metadata_path_for(table_path)
-    write_json(metadata_path, run_record(
-        "curve", points=points, data_seed=seed, model=loaded,
-        settings={"times": curves.times.tolist(), "trace": curves.trace, "n_probes": curves.n_probes,
-                  "seed": seed, "batch_size": batch_size, "knee_window": curves.window, "dtype": loaded.dtype,
-                  "workers": workers},
-        knees={"found": int(curves.knee_found.sum()),
-               "median_t0": float(np.nanmedian(curves.knee_t0)) if curves.knee_found.any() else None},
-        timings=timings, outputs={"table": str(table_path), "plots": [str(p) for p in written]}, device=device_used,
-    ))
+        _warn_about_estimates(curves.knee_lid, None, points)
+        if not quiet:
+            found = int(curves.knee_found.sum())
+            _print_summary(points, curves.knee_lid, title=f"FLIPD at the knee on {data} ({found} of {points.n} points have a knee)")
+            err_console.print(f"wrote {escape(str(table_path))} and {escape(str(metadata_path))}"
+                              + (f"; figure {escape(str(written[0]))}" if written else ""), soft_wrap=True)
+
+
+# --------------------------------------------------------------------------- export
+
+
+@app.command()
+@handles_errors
+def export(
+    model: Annotated[
+        Path,
+        typer.Argument(metavar="MODEL", help="A flipd checkpoint directory of an image model (flipd train --network unet) or its hub id.", show_default=False),
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="The diffusers pipeline folder to write.", show_default=False)],
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing diffusers pipeline folder (never another folder).")] = False,
+    quiet: Quiet = False,
+    debug: Debug = False,
+) -> None:
+    """Write a flipd image model as a diffusers pipeline folder (DDPMPipeline: model_index.json, unet/, scheduler/).
+
+    The U-net's weights go to unet/ as safetensors; scheduler/ holds a DDPMScheduler whose betas reproduce the model's VP schedule at every integer timestep. flipd estimate --model OUT, flipd.from_diffusers(OUT) and diffusers' DDPMPipeline.from_pretrained(OUT) load it. Only convolutional U-nets trained with --standardize none and --prediction epsilon or sample can be exported.
+
+    [bold]Examples[/]:
+      [cyan]flipd train digits8 --network unet --standardize none --out models/digits[/]
+      [cyan]flipd export models/digits --out pipelines/digits[/]
+    """
+    from .jobs.export import export_model
+
+    target, loaded = export_model(model, out, force=force)
     if not quiet:
-        found = int(curves.knee_found.sum())
-        _print_summary(points, curves.knee_lid, title=f"FLIPD at the knee on {data} ({found} of {points.n} points have a knee)")
-        err_console.print(f"wrote {escape(str(table_path))} and {escape(str(metadata_path))}"
-                          + (f"; figure {escape(str(written[0]))}" if written else ""), soft_wrap=True)
+        err_console.print(f"wrote diffusers pipeline [bold]{escape(str(target))}[/] from {escape(loaded.description)}", soft_wrap=True)
+        err_console.print(f"next: flipd estimate DATA --model {escape(str(target))}", soft_wrap=True)
 
 
 # --------------------------------------------------------------------------- bench
@@ -852,6 +954,9 @@ def bench(ctx: typer.Context) -> None:
         console.print(f"Benchmarks: {', '.join(sorted(BENCHMARKS))}. Options of one: flipd bench NAME --help")
         console.print("Examples: flipd bench images --preset tiny; flipd bench scale --help")
         raise typer.Exit(0 if arguments else EXIT_USER_ERROR)
+    if arguments[0] not in BENCHMARKS:
+        raise ValueError(f"unknown benchmark {arguments[0]!r}; choose one of {', '.join(sorted(BENCHMARKS))} "
+                         "(flipd bench lists them, flipd bench NAME --help shows one's options).")
     raise typer.Exit(int(bench_main(arguments) or 0))
 
 

@@ -26,6 +26,7 @@ from .knee import knee
 from .models.base import Model
 from .noise import knee_grid, resolve_times
 from .parameterization import check_prediction, score_coefficients
+from .pil_images import as_tensor_if_pil
 from .progress import Progress, progress_callback
 from .results import FLIPDResult, LIDResult
 from .schedules import VP, Schedule
@@ -44,14 +45,74 @@ DEFAULT_BATCH_SIZE = 1024
 #: Default cap on (point, probe) pairs differentiated in one vectorised call.
 DEFAULT_CHUNK_ROWS = 4096
 
-__all__ = ["FLIPDResult", "LIDResult", "ModelLike", "flipd", "estimate", "flipd_curve", "is_point_stream",
-           "resolve_model", "resolve_trace"]
+__all__ = [
+    "EstimateWarning", "FLIPDResult", "LIDResult", "ModelLike", "NonFiniteOutputError", "estimate", "flipd",
+    "flipd_curve", "is_point_stream", "non_finite_outputs", "out_of_range", "resolve_model", "resolve_trace",
+]
+
+
+# --------------------------------------------------------------------------- result checks
+
+
+class EstimateWarning(RuntimeWarning):
+    """Some LID estimates are not finite, or lie outside [0, D] by more than their standard error."""
+
+
+#: Slack of the range check [0, D] for rounding, in dimensions per ambient dimension.
+RANGE_TOLERANCE = 1e-4
+
+
+def out_of_range(lid, stderr, ambient_dim: int) -> np.ndarray:
+    """Which estimates are finite but outside [0, D] by more than their standard error.
+
+    Args:
+        lid: LID estimates [...] (tensor or array; dimensions).
+        stderr: their standard errors, shaped like ``lid`` (NaN or 0 where there is none:
+            the exact trace, one probe, baselines), or None.
+        ambient_dim: D.
+
+    Returns:
+        Boolean array shaped like ``lid``. A NaN stderr counts as 0; a slack of
+        :data:`RANGE_TOLERANCE`·D allows for rounding.
+    """
+    lid = np.asarray(lid.detach().cpu().to(torch.float64) if isinstance(lid, Tensor) else lid, dtype=np.float64)
+    if stderr is None:
+        slack = np.zeros_like(lid)
+    else:
+        values = stderr.detach().cpu().to(torch.float64) if isinstance(stderr, Tensor) else stderr
+        slack = np.nan_to_num(np.broadcast_to(np.asarray(values, dtype=np.float64), lid.shape), nan=0.0)
+    slack = np.abs(slack) + RANGE_TOLERANCE * ambient_dim
+    with np.errstate(invalid="ignore"):
+        return np.isfinite(lid) & ((lid < -slack) | (lid > ambient_dim + slack))
+
+
+def _warn_about_results(lid: Tensor, stderr: Tensor | None, ambient_dim: int, indices: Tensor, what: str) -> None:
+    """Warn (:class:`EstimateWarning`) naming the points whose estimates are not finite or out of range."""
+    values = lid.detach().cpu().to(torch.float64)
+    if bool(torch.isfinite(values).all()) and not (values.min() < 0 or values.max() > ambient_dim):
+        return  # the common case, decided by two reductions
+    values = values.numpy()
+    rows = values.reshape(values.shape[0], -1)
+    bad_finite = ~np.isfinite(rows).all(axis=1)
+    outside = out_of_range(values, stderr, ambient_dim).reshape(values.shape[0], -1).any(axis=1)
+    problems = []
+    for mask, name in ((bad_finite, "are not finite (NaN or inf)"),
+                       (outside, f"lie outside [0, D = {ambient_dim}] by more than their standard error")):
+        if mask.any():
+            problems.append(f"{what} {_list(indices[torch.from_numpy(np.flatnonzero(mask))].tolist())} {name}")
+    if problems:
+        warnings.warn(
+            "; ".join(problems) + ". Check those points (duplicates, outliers) and the noise level; "
+            "silence with warnings.simplefilter('ignore', flipd.EstimateWarning).",
+            EstimateWarning, stacklevel=3,
+        )
 
 
 # --------------------------------------------------------------------------- input checks
 
 
 def _as_batch(x) -> Tensor:
+    x = as_tensor_if_pil(x)  # PIL images: [N, C, H, W] in [-1, 1]
     if isinstance(x, np.ndarray):
         x = torch.from_numpy(x)
     if not isinstance(x, Tensor):
@@ -164,6 +225,33 @@ def resolve_trace(trace: str, dim: int, n_probes: int) -> tuple[str, int]:
     return trace, (dim if trace == "exact" else n_probes)
 
 
+class NonFiniteOutputError(ValueError):
+    """The model returned NaN or inf for some points.
+
+    Attributes:
+        indices: the global indices of every point found with a non-finite output (int list).
+        n_points: how many points were checked.
+        time: the time (schedule units) of the failing call when all its points shared one, else None.
+    """
+
+    def __init__(self, indices: Sequence[int], n_points: int, time: float | None = None) -> None:
+        self.indices = [int(i) for i in indices]
+        self.n_points = int(n_points)
+        self.time = time
+        at = f" at t = {time:.4g}" if time is not None else ""
+        super().__init__(
+            f"The model returned non-finite values (NaN or inf){at} for {len(self.indices)} of {self.n_points} "
+            f"points, at indices {_list(self.indices)}; check those inputs, the model's weights, and that "
+            "t0 is inside the range it was trained on."
+        )
+
+
+def _non_finite_rows(output: Tensor) -> Tensor:
+    """Positions [k] of the rows of ``output`` [n, ...] with a NaN or inf entry."""
+    finite = torch.isfinite(output.detach().reshape(output.shape[0], -1)).all(dim=1)
+    return torch.nonzero(~finite).flatten().cpu()
+
+
 def _output_checker(shape: torch.Size, indices: Tensor) -> Callable[[Tensor], None]:
     def check(output: Tensor) -> None:
         if not isinstance(output, Tensor):
@@ -177,12 +265,7 @@ def _output_checker(shape: torch.Size, indices: Tensor) -> Callable[[Tensor], No
                 "it must return a tensor shaped like its input (check x's shape and the model)."
             )
         if not _all_finite(output.detach()):
-            finite = torch.isfinite(output.detach().reshape(shape[0], -1)).all(dim=1)
-            bad = indices[torch.nonzero(~finite).flatten().cpu()].tolist()
-            raise ValueError(
-                f"The model returned non-finite values at points {_list(bad)}; check those inputs, "
-                "the model's weights, and that t0 is inside the range it was trained on."
-            )
+            raise NonFiniteOutputError(indices[_non_finite_rows(output)].tolist(), shape[0])
 
     return check
 
@@ -315,6 +398,10 @@ def estimate(
         mode: "auto" (reverse mode, forward on failure), "reverse" or "forward".
         progress: True for a progress bar (terminal or notebook), or a callable called with
             the number of points finished after each batch.
+
+    Warns:
+        EstimateWarning: some estimates are not finite, or lie outside [0, D] by more than
+            their standard error (see :func:`out_of_range`); the points are named.
     """
     if is_point_stream(x):
         return _estimate_stream(
@@ -322,26 +409,37 @@ def estimate(
             n_probes=n_probes, seed=seed, indices=indices, batch_size=batch_size, chunk_rows=chunk_rows, mode=mode,
             differentiable=differentiable, encoded=encoded, progress=progress,
         )
+    # Every option is checked before the model runs (a flipd.Model's encode may be costly).
     x = _as_batch(x)
-    fn, x, schedule, prediction = resolve_model(model, x, schedule=schedule, prediction=prediction, encoded=encoded)
+    n = x.shape[0]
     check_options(seed, batch_size, chunk_rows, mode)
-    n, dim = x.shape[0], x[0].numel()
+    resolve_trace(trace, 1, n_probes)  # the name and the probe count
     indices = _as_indices(indices, n)
+    times = None
+    if isinstance(t0, str):
+        if t0 != "auto":
+            raise ValueError(f"t0 must be a number, a tensor of shape [N], or 'auto'; got {t0!r}.")
+        if sigma is not None or delta is not None:
+            raise ValueError("t0='auto' chooses the noise level itself; do not also pass sigma= or delta=.")
+    elif isinstance(model, Model):
+        times = resolve_times(n, model.schedule, t0=t0, sigma=sigma, delta=delta)
+    fn, x, schedule, prediction = resolve_model(model, x, schedule=schedule, prediction=prediction, encoded=encoded)
+    dim = x[0].numel()
     trace, n_probes = resolve_trace(trace, dim, n_probes)
     options = dict(
         schedule=schedule, prediction=prediction, trace=trace, n_probes=n_probes, seed=int(seed), indices=indices,
         batch_size=batch_size, chunk_rows=chunk_rows, mode=mode, differentiable=differentiable, progress=progress,
     )
     if isinstance(t0, str):
-        if t0 != "auto":
-            raise ValueError(f"t0 must be a number, a tensor of shape [N], or 'auto'; got {t0!r}.")
-        if sigma is not None or delta is not None:
-            raise ValueError("t0='auto' chooses the noise level itself; do not also pass sigma= or delta=.")
         with progress_callback(progress, n, "FLIPD (knee)") as options["progress"]:
-            return _estimate_auto(fn, x, **options)
-    times = resolve_times(n, schedule, t0=t0, sigma=sigma, delta=delta)
-    with progress_callback(progress, n, "FLIPD") as options["progress"]:
-        return _estimate_fixed(fn, x, times, **options)
+            result = _estimate_auto(fn, x, **options)
+    else:
+        if times is None:
+            times = resolve_times(n, schedule, t0=t0, sigma=sigma, delta=delta)
+        with progress_callback(progress, n, "FLIPD") as options["progress"]:
+            result = _estimate_fixed(fn, x, times, **options)
+    _warn_about_results(result.lid, result.stderr, dim, indices, "the estimates of points")
+    return result
 
 
 def _estimate_fixed(
@@ -373,6 +471,11 @@ def _estimate_fixed(
                 batch_size, rows = _halved(batch_size, rows)
                 asked = batch_size
                 continue
+            except NonFiniteOutputError as error:  # find every such point, not only this batch's
+                psi = terms[0] if len(distinct) == 1 else terms[0][stop:]
+                later = _non_finite_outputs(fn, x[stop:], times[stop:], indices[stop:], psi, batch_size)
+                time = float(distinct[0]) if len(distinct) == 1 else None
+                raise NonFiniteOutputError(error.indices + later, n, time) from None
             lids.append(lid if differentiable else lid.detach())
             stderrs.append(stderr)
             if progress is not None:
@@ -404,6 +507,44 @@ def _halved(batch_size: int, rows: int) -> tuple[int, int]:
 
 def _settings(trace: str, n_probes: int, seed: int, mode: str) -> dict:
     return {"trace": trace, "n_probes": n_probes, "seed": seed, "mode": mode}
+
+
+def _non_finite_outputs(fn, x: Tensor, times: Tensor, indices: Tensor, psi: Tensor, batch_size: int) -> list[int]:
+    """Global indices of the points of ``x`` [n, ...] (model coordinates) whose model output at
+    ``times`` [n] is not finite: forward passes only, no gradients. ``psi`` is psi(times), [1]
+    (one time for all points) or [n]."""
+    bad: list[int] = []
+    broadcast = (-1,) + (1,) * (x.ndim - 1)
+    with torch.no_grad():
+        for start in range(0, x.shape[0], batch_size):
+            stop = min(x.shape[0], start + batch_size)
+            scale = psi if psi.numel() == 1 else psi[start:stop]
+            output = fn(scale.to(x).reshape(broadcast) * x[start:stop], times[start:stop].to(x))
+            bad += indices[start:stop][_non_finite_rows(output)].tolist()
+    return bad
+
+
+def non_finite_outputs(
+    model: ModelLike,
+    x,
+    t: float,
+    *,
+    schedule: Schedule | None = None,
+    prediction: str | None = None,
+    indices=None,
+    batch_size: int | None = None,
+    encoded: bool = False,
+) -> list[int]:
+    """Indices of the points of ``x`` [N, ...] for which the model's output at time ``t`` (in
+    the schedule's units) has a NaN or inf: one forward pass per batch, no gradients. The
+    indices are ``indices`` (default 0..N-1) of those points, in order."""
+    x = _as_batch(x)
+    fn, x, schedule, _ = resolve_model(model, x, schedule=schedule, prediction=prediction, encoded=encoded)
+    check_options(0, batch_size, None, "auto")
+    times = torch.full((x.shape[0],), float(t), dtype=torch.float64)
+    schedule.check_t(times[:1], "t")
+    return _non_finite_outputs(fn, x, times, _as_indices(indices, x.shape[0]), schedule.psi(times[:1]),
+                               batch_size or DEFAULT_BATCH_SIZE)
 
 
 def _curve(fn, x: Tensor, times: Tensor, **options) -> tuple[Tensor, str]:
@@ -447,11 +588,13 @@ def flipd(
             the schedule's time units (wrap other signatures with :class:`flipd.ModelAdapter`).
         x: data points, tensor or array of shape [N, ...] (vectors or images), clean (not
             noised): in the user's units for a :class:`flipd.Model`, in the units the network
-            was trained on for a plain callable. Or points read batch by batch: a torch
-            ``DataLoader``, ``Dataset`` or ``IterableDataset`` yielding tensors (or tuples
-            whose first entry is the points), or a :class:`flipd.datasets.streaming.PointStream`;
-            an ``IterableDataset`` is read to its end (its length need not be known), point
-            ``i`` in the order they come gets index ``i``, and a model's ``encode`` runs per batch.
+            was trained on for a plain callable. PIL images (one, or a list) become [N, C, H, W]
+            in [-1, 1], the convention of diffusers image models (:mod:`flipd.pil_images`).
+            Or points read batch by batch: a torch ``DataLoader``, ``Dataset`` or
+            ``IterableDataset`` yielding tensors (or tuples whose first entry is the points),
+            or a :class:`flipd.datasets.streaming.PointStream`; an ``IterableDataset`` is read to
+            its end (its length need not be known), point ``i`` in the order they come gets
+            index ``i``, and a model's ``encode`` runs per batch.
         t0: noise level as a time of the schedule (float, or tensor [N] for one per point), or
             "auto" for the knee rule (:func:`flipd.knee`). Alternatively ``sigma=`` (the noise
             standard deviation) or ``delta=`` (log sigma/psi): at most one of the three. With
@@ -500,6 +643,8 @@ def flipd_curve(
     Column j equals ``flipd(model, x, t0=t_grid[j], **kwargs)`` exactly (same probes), so
     curves are smooth in t for Hutchinson estimates too. ``kwargs`` are those of :func:`flipd`
     except the noise level. The knee rule's grid is :func:`flipd.knee_grid` (schedule).
+    Points with a non-finite value, or one outside [0, D], are named in an
+    :class:`EstimateWarning`.
     """
     for name in ("t0", "sigma", "delta", "return_stderr"):
         if name in kwargs:
@@ -514,25 +659,31 @@ def flipd_curve(
         if not parts:
             raise ValueError("x yielded no points; pass at least one point.")
         return torch.cat(parts)
+    # Every option is checked before the model runs (a flipd.Model's encode may be costly).
     x = _as_batch(x)
-    fn, x, schedule, prediction = resolve_model(
-        model, x, schedule=kwargs.pop("schedule", None), prediction=kwargs.pop("prediction", None),
-        encoded=kwargs.pop("encoded", False),
-    )
     seed, batch_size = kwargs.pop("seed", 0), kwargs.pop("batch_size", None)
     chunk_rows, mode = kwargs.pop("chunk_rows", None), kwargs.pop("mode", "auto")
     check_options(seed, batch_size, chunk_rows, mode)
-    trace, n_probes = resolve_trace(kwargs.pop("trace", "auto"), x[0].numel(), kwargs.pop("n_probes", 1))
-    options = dict(
-        schedule=schedule, prediction=prediction, trace=trace, n_probes=n_probes, seed=int(seed),
-        indices=_as_indices(kwargs.pop("indices", None), x.shape[0]), batch_size=batch_size, chunk_rows=chunk_rows,
-        mode=mode, differentiable=kwargs.pop("differentiable", False), progress=kwargs.pop("progress", None),
-    )
+    trace, n_probes = kwargs.pop("trace", "auto"), kwargs.pop("n_probes", 1)
+    resolve_trace(trace, 1, n_probes)  # the name and the probe count
+    indices = _as_indices(kwargs.pop("indices", None), x.shape[0])
+    schedule, prediction, encoded = kwargs.pop("schedule", None), kwargs.pop("prediction", None), kwargs.pop("encoded", False)
+    differentiable, progress = kwargs.pop("differentiable", False), kwargs.pop("progress", None)
     if kwargs:
         raise TypeError(f"flipd_curve got unexpected arguments: {', '.join(sorted(kwargs))}.")
+    if isinstance(model, Model):
+        model.schedule.check_t(grid, "t_grid")
+    fn, x, schedule, prediction = resolve_model(model, x, schedule=schedule, prediction=prediction, encoded=encoded)
+    trace, n_probes = resolve_trace(trace, x[0].numel(), n_probes)
+    options = dict(
+        schedule=schedule, prediction=prediction, trace=trace, n_probes=n_probes, seed=int(seed), indices=indices,
+        batch_size=batch_size, chunk_rows=chunk_rows, mode=mode, differentiable=differentiable, progress=progress,
+    )
     schedule.check_t(grid, "t_grid")
     with progress_callback(options["progress"], x.shape[0] * grid.numel(), "FLIPD curve") as options["progress"]:
-        return _curve(fn, x, grid, **options)[0]
+        curves = _curve(fn, x, grid, **options)[0]
+    _warn_about_results(curves, None, x[0].numel(), options["indices"], "the curves of points")
+    return curves
 
 
 # --------------------------------------------------------------------------- streams of points

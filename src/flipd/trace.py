@@ -171,6 +171,26 @@ def _pull_back(vjp_fn: Callable, chunk: Tensor, strategy: str) -> Tensor:
     return torch.stack([vjp_fn(probe)[0] for probe in chunk])
 
 
+#: Fragments of torch's errors when a model takes a tensor that autograd follows out of torch
+#: (``.numpy()``, a raw data pointer under ``torch.func``).
+_LEFT_TORCH_ERRORS = ("numpy()", "to numpy", "data pointer", "doesn't have storage")
+
+LEFT_TORCH_MESSAGE = (
+    "The model's forward pass takes its input out of torch (it calls .numpy() on it, or on "
+    "something computed from it, or hands it to code autograd cannot follow), so its Jacobian, "
+    "hence the LID, cannot be computed. Keep the forward pass in differentiable torch "
+    "operations (e.g. torch.tanh, not numpy.tanh; no .numpy(), .detach(), .tolist() or .item() "
+    "on the input)."
+)
+
+
+def _left_torch(error: BaseException) -> ValueError | None:
+    """The error to raise instead of ``error`` if it says the model left torch, else None."""
+    if isinstance(error, RuntimeError) and any(fragment in str(error) for fragment in _LEFT_TORCH_ERRORS):
+        return ValueError(f"{LEFT_TORCH_MESSAGE} (torch: {' '.join(str(error).split())})")
+    return None
+
+
 def _guarded(fn: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
     """``fn`` whose own failures are marked as bad input: no other mode could help."""
 
@@ -178,6 +198,8 @@ def _guarded(fn: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
         try:
             return fn(inputs)
         except Exception as error:
+            if (replacement := _left_torch(error)) is not None:
+                raise _RejectedOutput(replacement) from None
             error.add_note(
                 f"The model failed on a batch of shape {tuple(inputs.shape)}; check that x has the "
                 "shape and dtype the model expects and that it accepts model(y, t) with t of shape [N]."
@@ -189,9 +211,10 @@ def _guarded(fn: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
 
 INDEPENDENT_OUTPUT_MESSAGE = (
     "The model's output does not depend on its input: its forward pass runs under torch.no_grad() "
-    "(or torch.inference_mode()) or detaches its input, so the Jacobian is lost and the trace, "
-    "hence the LID, cannot be computed (it would come out as the ambient dimension). Remove the "
-    "no_grad/detach from the model's forward; flipd switches gradients off where it can itself."
+    "(or torch.inference_mode()), detaches its input or takes it out of torch (.numpy(), .tolist()), "
+    "so the Jacobian is lost and the trace, hence the LID, cannot be computed (it would come out "
+    "as the ambient dimension). Remove the no_grad/detach from the model's forward and keep it in "
+    "differentiable torch operations; flipd switches gradients off where it can itself."
 )
 
 
@@ -280,7 +303,12 @@ def _forward(fn: Callable[[Tensor], Tensor], y: Tensor, probes: Iterable[Tensor]
     check(output)
 
     def tangent(probe: Tensor) -> Tensor:
-        return torch.func.jvp(fn, (y,), (probe,))[1]
+        try:
+            return torch.func.jvp(fn, (y,), (probe,))[1]
+        except RuntimeError as error:
+            if (replacement := _left_torch(error)) is not None:
+                raise _RejectedOutput(replacement) from None
+            raise
 
     forms, vectorise = [], True
     for chunk in probes:

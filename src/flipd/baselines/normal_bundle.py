@@ -128,15 +128,18 @@ def normal_bundle_spectrum(
         in noise units; centred with ``center``), from the eigenvalues of its Gram matrix.
     """
     x = _as_batch(x)
-    model, x, schedule, prediction = resolve_model(model, x, schedule=schedule, prediction=prediction, encoded=encoded)
-    n, dim = x.shape[0], x[0].numel()
-    indices = _as_indices(indices, n)
-    if n_copies is None:
-        n_copies = DEFAULT_COPIES_PER_DIM * dim
-    if not isinstance(n_copies, int) or n_copies < 2:
+    # Options first: a flipd.Model's encode may be costly.
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise TypeError(f"seed must be an integer; got {seed!r}.")
+    if n_copies is not None and (not isinstance(n_copies, int) or n_copies < 2):
         raise ValueError(f"n_copies must be an integer of at least 2; got {n_copies!r}.")
     if not isinstance(rows_per_forward, int) or rows_per_forward < 1:
         raise ValueError(f"rows_per_forward must be a positive integer; got {rows_per_forward!r}.")
+    indices = _as_indices(indices, x.shape[0])
+    model, x, schedule, prediction = resolve_model(model, x, schedule=schedule, prediction=prediction, encoded=encoded)
+    n, dim = x.shape[0], x[0].numel()
+    if n_copies is None:
+        n_copies = DEFAULT_COPIES_PER_DIM * dim
     time = resolve_time(schedule, t0=t, sigma=sigma, delta=delta, default_delta=NB_REFERENCE_DELTA)
     time64 = torch.tensor(time, dtype=torch.float64)
     psi, noise_std = float(schedule.psi(time64)), float(schedule.sigma(time64))

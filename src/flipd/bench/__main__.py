@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 #: Benchmark name -> module with a ``main(argv) -> int``.
 BENCHMARKS: dict[str, str] = {
+    "export": "flipd.bench.export",
     "images": "flipd.bench.images",
     "oracle": "flipd.bench.oracle",
     "scale": "flipd.bench.scale",
@@ -22,6 +23,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] not in BENCHMARKS:
         print(f"usage: python -m flipd.bench {{{','.join(sorted(BENCHMARKS))}}} [options]", file=sys.stderr)
+        if argv:
+            print(f"error: unknown benchmark {argv[0]!r}; choose one of {', '.join(sorted(BENCHMARKS))}.", file=sys.stderr)
         return 2
     return importlib.import_module(BENCHMARKS[argv[0]]).main(argv[1:])
 

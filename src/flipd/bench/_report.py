@@ -7,6 +7,7 @@ atomically with :func:`flipd.runs.files.write_text`.
 
 from __future__ import annotations
 
+import argparse
 import csv
 import io
 import json
@@ -17,9 +18,35 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..runs.files import write_text
+from ..runs.files import check_writable_directory, write_text
 
-__all__ = ["BENCH_PACKAGES", "markdown_table", "rewrite_report", "write_csv", "git_revision"]
+__all__ = [
+    "BENCH_PACKAGES", "check_output_folders", "git_revision", "markdown_table", "positive_int", "rewrite_report",
+    "write_csv",
+]
+
+
+def positive_int(text: str) -> int:
+    """An argparse ``type`` for options that must be positive integers (--threads, --n-eval, ...)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive integer")
+    return value
+
+
+def check_output_folders(parser: argparse.ArgumentParser, folders: Mapping[str, str | Path | None]) -> None:
+    """Before any work, exit through ``parser.error`` (status 2, naming the option) if one of the
+    ``{option: folder}`` cannot be written (None: not used)."""
+    for option, folder in folders.items():
+        if folder is None:
+            continue
+        try:
+            check_writable_directory(folder, f"the {option} folder")
+        except OSError as error:
+            parser.error(f"{option}: {error}")
 
 #: Packages whose versions a benchmark report records (pass to
 #: :func:`flipd.runs.environment.package_versions`; flipd and Python are always included).

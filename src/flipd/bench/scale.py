@@ -37,7 +37,7 @@ import torch
 
 from ..runs.environment import machine_info, package_versions
 from ..runs.files import load_average, write_text
-from ._report import git_revision, rewrite_report
+from ._report import check_output_folders, git_revision, positive_int, rewrite_report
 
 #: Stable Diffusion v1.5's UNet configuration (860M parameters).
 SD15_UNET_CONFIG: dict[str, Any] = {
@@ -419,8 +419,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """``python -m flipd.bench scale [--config sd15|tiny] [--repeats N] [--threads N] [--out DIR] [--report-only]``."""
     parser = argparse.ArgumentParser(prog="python -m flipd.bench scale", description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", choices=sorted(CONFIGS), default="sd15", help="UNet configuration")
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs per measurement (median reported)")
-    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--repeats", type=positive_int, default=3, help="timed runs per measurement (median reported)")
+    parser.add_argument("--threads", type=positive_int, default=2, help="torch CPU threads")
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"), help="folder for scale.json/.md")
     parser.add_argument("--report-only", action="store_true",
                         help="measure nothing: rewrite scale.md from the scale.json in --out")
@@ -428,8 +428,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--worker", choices=("timing", "forward_memory", "flipd_memory", "nb_slice"), help=argparse.SUPPRESS
     )
     args = parser.parse_args(argv)
-    if args.repeats < 1 or args.threads < 1:
-        parser.error("--repeats and --threads must be positive integers")
     if args.worker:
         print(json.dumps(_worker(args.worker, args.config, args.repeats, args.threads)))
         return 0
@@ -439,6 +437,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     command = "python -m flipd.bench scale " + " ".join(
         ["--config", args.config, "--repeats", str(args.repeats), "--threads", str(args.threads), "--out", str(args.out)]
     )
+    check_output_folders(parser, {"--out": args.out})
     result = run_benchmark(args.config, repeats=args.repeats, threads=args.threads)
     result["command"] = command
     write_text(args.out / "scale.json", json.dumps(result, indent=2) + "\n")

@@ -63,7 +63,7 @@ from ..runs.environment import machine_info, package_versions
 from ..runs.files import json_default, write_text
 from ..models.spec import NetworkSpec
 from ..train import CheckpointError, DiffusionModel, TrainConfig, train_diffusion
-from ._report import BENCH_PACKAGES, git_revision, markdown_table, write_csv
+from ._report import BENCH_PACKAGES, check_output_folders, git_revision, markdown_table, positive_int, write_csv
 
 __all__ = ["SUITES", "METHODS", "MODEL_METHODS", "Recipe", "recipe_for", "run_synthetic", "DEFAULT_T0"]
 
@@ -618,13 +618,13 @@ def build_parser() -> argparse.ArgumentParser:
     synthetic.add_argument("--suite", choices=sorted(SUITES), required=True, help="which data sets")
     synthetic.add_argument("--datasets", nargs="+", metavar="SPEC", help="only these data sets of the suite (or other specs)")
     synthetic.add_argument("--methods", nargs="+", choices=METHODS, help="only these methods (default all)")
-    synthetic.add_argument("--n-eval", type=int, default=None, help="evaluation points per data set (default 4096; 64 with --tiny)")
+    synthetic.add_argument("--n-eval", type=positive_int, default=None, help="evaluation points per data set (default 4096; 64 with --tiny)")
     synthetic.add_argument("--t0", type=float, default=DEFAULT_T0, help="fixed t0 of FLIPD (default %(default)s)")
     synthetic.add_argument("--tiny", action="store_true", help="a minutes-long smoke configuration (tiny models and data)")
     synthetic.add_argument("--cache-dir", default="cache/models", help="where trained models are kept (default %(default)s)")
     synthetic.add_argument("--out-dir", default="benchmarks/results", help="where result files go (default %(default)s)")
     synthetic.add_argument("--retrain", action="store_true", help="ignore cached models and the saved results of earlier runs")
-    synthetic.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    synthetic.add_argument("--threads", type=positive_int, default=None, help="torch threads (default: torch's choice)")
     synthetic.add_argument("--seed", type=int, default=0, help="seed of training (data and optimisation); evaluation data use seed+1")
     synthetic.add_argument("--name", default=None, help="base name of the result files (default synthetic_<suite>[_tiny])")
     synthetic.add_argument("--quiet", action="store_true", help="no progress output")
@@ -635,7 +635,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.report_only:
+        check_output_folders(parser, {"--out-dir": args.out_dir, "--cache-dir": args.cache_dir})
     run_synthetic(
         args.suite,
         datasets=args.datasets,

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .images import _GREYSCALE_MODES, _SUPPORTED_MODES
+from .images import _GREYSCALE_MODES, _SUPPORTED_MODES, DEFAULT_MAX_PIXELS, _open_image, too_many_pixels
 from .streaming import RowReader, read_batches
 
 __all__ = ["FOLDER_IMAGE_SUFFIXES", "ImageFolderRows", "list_image_files", "open_image_folder"]
@@ -61,26 +61,38 @@ def _output_size(height: int, width: int, size: tuple[int, int] | None, resize: 
 
 
 class _Headers(RowReader):
-    """Rows -> [k, 3] int64: (1 if greyscale else 0, height, width), from the file headers."""
+    """Rows -> [k, 3] int64: (1 if greyscale else 0, height, width), from the file headers;
+    an image of more than ``max_pixels`` is refused before anything decodes it."""
 
-    def __init__(self, folder: str, names: list[str]) -> None:
-        self.folder, self.names, self.n_rows = folder, names, len(names)
+    def __init__(self, folder: str, names: list[str], max_pixels: int) -> None:
+        self.folder, self.names, self.n_rows, self.max_pixels = folder, names, len(names), max_pixels
 
     def read(self, rows: Sequence[int]) -> np.ndarray:
         from PIL import Image, UnidentifiedImageError
 
         found = np.zeros((len(rows), 3), dtype=np.int64)
-        for k, row in enumerate(rows):
-            path = os.path.join(self.folder, self.names[row])
-            try:
-                with Image.open(path) as image:
-                    mode, (width, height) = image.mode, image.size
-            except (UnidentifiedImageError, OSError) as error:
-                raise ValueError(f"cannot read image {path!r}: {error}") from None
-            if mode not in _SUPPORTED_MODES:
-                raise ValueError(f"image {path!r} has mode {mode!r}; only 8-bit greyscale/colour images are supported")
-            found[k] = (int(mode in _GREYSCALE_MODES), height, width)
+        previous = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = None  # Pillow's own bomb check replaced by max_pixels (this process's setting)
+        try:
+            for k, row in enumerate(rows):
+                path = os.path.join(self.folder, self.names[row])
+                try:
+                    with Image.open(path) as image:
+                        mode, (width, height) = image.mode, image.size
+                except (UnidentifiedImageError, OSError, ValueError) as error:
+                    raise ValueError(f"cannot read image {path!r}: {error}") from None
+                if width * height > self.max_pixels:
+                    raise too_many_pixels(Path(path), width, height, self.max_pixels, Path(self.folder))
+                self._check_mode(path, mode)
+                found[k] = (int(mode in _GREYSCALE_MODES), height, width)
+        finally:
+            Image.MAX_IMAGE_PIXELS = previous
         return found
+
+    @staticmethod
+    def _check_mode(path: str, mode: str) -> None:
+        if mode not in _SUPPORTED_MODES:
+            raise ValueError(f"image {path!r} has mode {mode!r}; only 8-bit greyscale/colour images are supported")
 
 
 class ImageFolderRows(RowReader):
@@ -92,26 +104,25 @@ class ImageFolderRows(RowReader):
         channels: 1 (greyscale, Pillow ``L``) or 3 (RGB).
         height, width: the size every image has after the geometry options.
         size, resize, center_crop: the geometry options (see the module notes).
+        max_pixels: images larger than this are refused before decoding (decompression bombs).
     """
 
     def __init__(self, folder: str, names: list[str], *, channels: int, height: int, width: int,
-                 size: tuple[int, int] | None = None, resize: int | None = None, center_crop: int | None = None) -> None:
-        self.folder, self.names, self.n_rows = folder, names, len(names)
+                 size: tuple[int, int] | None = None, resize: int | None = None, center_crop: int | None = None,
+                 max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+        self.folder, self.names, self.n_rows, self.max_pixels = folder, names, len(names), max_pixels
         self.channels = channels
         self.point_shape = (channels, height, width)
         self.size, self.resize, self.center_crop = size, resize, center_crop
 
     def decode(self, row: int) -> np.ndarray:
         """One image as uint8 [H, W, C] after conversion and geometry."""
-        from PIL import Image, UnidentifiedImageError
+        from PIL import Image
 
         path = os.path.join(self.folder, self.names[row])
-        try:
-            with Image.open(path) as handle:
-                image = handle.convert("RGBA") if handle.mode in ("P", "PA") else handle.copy()
-                image.load()
-        except (UnidentifiedImageError, OSError) as error:
-            raise ValueError(f"cannot read image {path!r}: {error}") from None
+        image = _open_image(Path(path), self.max_pixels)  # decoded, refused by name if damaged
+        if image.mode in ("P", "PA"):
+            image = image.convert("RGBA")
         image = image.convert("L" if self.channels == 1 else "RGB")
         height, width = _output_size(image.height, image.width, self.size, self.resize, None)
         if (image.height, image.width) != (height, width):
@@ -162,12 +173,15 @@ def _scan(reader: RowReader, workers: int) -> np.ndarray:
 def open_image_folder(
     folder: Path, *, channels: int | None = None, size: tuple[int, int] | None = None, resize: int | None = None,
     center_crop: int | None = None, workers: int = 0, pick: Callable[[int], np.ndarray] | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> tuple[ImageFolderRows, np.ndarray]:
     """A reader of the images under ``folder`` and their PNG sizes [N] (int64).
 
     Args:
         pick: given the number of images found, the positions (in sorted order) of those to
             keep (e.g. ``-n`` chosen by a seed); only those are opened. Default: all.
+        max_pixels: refuse any image of more pixels than this, before decoding it (a guard
+            against decompression bombs; the folder parameter ``max_pixels=``).
         channels: 1 or 3; None gives 1 if every image is greyscale and 3 otherwise.
         size, resize, center_crop: geometry (see the module notes).
         workers: DataLoader worker processes for the header and PNG-size passes.
@@ -183,6 +197,8 @@ def open_image_folder(
         raise NotADirectoryError(f"{str(folder)!r} is not a folder")
     if channels not in (None, 1, 3):
         raise ValueError(f"channels must be 1, 3 or None, got {channels!r}")
+    if isinstance(max_pixels, bool) or not isinstance(max_pixels, (int, np.integer)) or max_pixels < 1:
+        raise ValueError(f"max_pixels must be a positive integer (pixels per image); got {max_pixels!r}")
     for name, value in (("resize", resize), ("center_crop", center_crop)):
         if value is not None and (not isinstance(value, int) or value < 1):
             raise ValueError(f"{name} must be a positive number of pixels; got {value!r}")
@@ -194,7 +210,7 @@ def open_image_folder(
         )
     if pick is not None:
         names = [names[i] for i in pick(len(names))]
-    headers = _scan(_Headers(str(folder), names), workers)
+    headers = _scan(_Headers(str(folder), names, int(max_pixels)), workers)
     if channels is None:
         channels = 1 if bool(headers[:, 0].all()) else 3
     try:
@@ -211,5 +227,5 @@ def open_image_folder(
             "(or size=N) to give them one size"
         )
     reader = ImageFolderRows(str(folder), names, channels=channels, height=first[0], width=first[1],
-                             size=size, resize=resize, center_crop=center_crop)
+                             size=size, resize=resize, center_crop=center_crop, max_pixels=int(max_pixels))
     return reader, _scan(_PngSizes(reader), workers)

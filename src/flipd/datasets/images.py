@@ -35,6 +35,8 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
+from .arrays import open_npz, read_archive_member, read_npy
+
 __all__ = [
     "IMAGE_DATASET_NAMES",
     "NATURAL_PATCH_SOURCES",
@@ -449,10 +451,47 @@ def _resolve_size(size: int | tuple[int, int] | None) -> tuple[int, int] | None:
     return int(pair[0]), int(pair[1])
 
 
+#: Largest image (width x height, in pixels) an image folder may hold unless ``max_pixels=``
+#: says otherwise: Pillow's own decompression-bomb limit (about 89 megapixels, 9459 x 9459).
+DEFAULT_MAX_PIXELS = 89_478_485
+
+
+def _open_image(file: Path, max_pixels: int) -> Image.Image:
+    """Open and decode one image file, refusing one larger than ``max_pixels`` before decoding.
+
+    Pillow's own decompression-bomb check (a warning, then an error at twice its limit) is
+    replaced by this one, which names the file, its size, the limit and how to raise it.
+    """
+    previous = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None  # checked below instead, with a message that names the fix
+    try:
+        with Image.open(file) as handle:  # reads the header only
+            width, height = handle.size
+            if width * height <= max_pixels:
+                handle.load()
+                return handle.copy()
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as error:
+        raise ValueError(f"cannot read image {str(file)!r}: {error}") from error
+    finally:
+        Image.MAX_IMAGE_PIXELS = previous
+    raise too_many_pixels(file, width, height, max_pixels, file.parent)
+
+
+def too_many_pixels(file: Path, width: int, height: int, max_pixels: int, folder: Path) -> ValueError:
+    """The error for an image of ``folder`` larger than ``max_pixels``: file, size, limit, fix."""
+    return ValueError(
+        f"image {str(file)!r} is {width}x{height} = {width * height} pixels, more than the limit of "
+        f"{max_pixels} pixels (a guard against decompression bombs: small files that decode to huge "
+        f"images). If the image is meant to be that large, raise the limit with the folder parameter "
+        f"max_pixels, e.g. '{folder}:max_pixels={width * height}'."
+    )
+
+
 def load_image_folder(
     path: str | Path,
     size: int | tuple[int, int] | None = None,
     channels: Literal[1, 3] | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> ImageData:
     """Load the PNG/JPEG files directly inside ``path`` (not subfolders), sorted by file name.
 
@@ -463,8 +502,15 @@ def load_image_folder(
             Pillow's bicubic filter (aspect ratio is not preserved).
         channels: 1 converts to greyscale (Pillow ``L``), 3 to RGB; None gives
             1 if every image is greyscale and 3 otherwise. Alpha is dropped.
+        max_pixels: refuse, before decoding it, any image of more than this many pixels
+            (width x height; default :data:`DEFAULT_MAX_PIXELS`, Pillow's decompression-bomb
+            limit). In a data spec: ``photos/:max_pixels=200000000``.
 
     Only 8-bit images are supported. ``names`` are the file names.
+
+    Raises:
+        ValueError: an image cannot be read, is too large, or has an unsupported mode (the
+            message names the file).
     """
     folder = Path(path)
     if not folder.exists():
@@ -474,6 +520,8 @@ def load_image_folder(
     if channels not in (None, 1, 3):
         raise ValueError(f"channels must be 1, 3 or None, got {channels!r}")
     target_size = _resolve_size(size)
+    if isinstance(max_pixels, bool) or not isinstance(max_pixels, (int, np.integer)) or max_pixels < 1:
+        raise ValueError(f"max_pixels must be a positive integer (pixels per image); got {max_pixels!r}")
     files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise ValueError(
@@ -482,12 +530,7 @@ def load_image_folder(
 
     opened: list[Image.Image] = []
     for file in files:
-        try:
-            with Image.open(file) as handle:
-                handle.load()
-                image = handle.copy()
-        except (UnidentifiedImageError, OSError) as error:
-            raise ValueError(f"cannot read image {str(file)!r}: {error}") from error
+        image = _open_image(file, int(max_pixels))
         if image.mode not in _SUPPORTED_MODES:
             raise ValueError(
                 f"image {str(file)!r} has mode {image.mode!r}; only 8-bit greyscale/colour images are supported"
@@ -611,9 +654,9 @@ def load_image_array(
     if suffix == ".npy":
         if key is not None:
             raise ValueError(f"key={key!r} applies only to .npz files, not {file.name}")
-        values = np.load(file, allow_pickle=False)
+        values = read_npy(file)
     elif suffix == ".npz":
-        with np.load(file, allow_pickle=False) as archive:
+        with open_npz(file) as archive:
             keys = list(archive.keys())
             if key is None:
                 if len(keys) != 1:
@@ -621,7 +664,7 @@ def load_image_array(
                 key = keys[0]
             if key not in keys:
                 raise KeyError(f"{file.name} has no array {key!r}; available: {keys}")
-            values = archive[key]
+            values = read_archive_member(archive, key, file)
     else:
         raise ValueError(f"unsupported array file {file.name!r}: expected .npy or .npz")
 
@@ -677,7 +720,7 @@ _REGISTRY: dict[str, _Entry] = {
     "natural-patches": _Entry(natural_patches, {"size": _parse_int, "sources": _parse_sources}),
 }
 IMAGE_DATASET_NAMES: tuple[str, ...] = tuple(_REGISTRY)
-_FOLDER_PARAMETERS: dict[str, Callable[[str], Any]] = {"size": _parse_int, "channels": _parse_int}
+_FOLDER_PARAMETERS: dict[str, Callable[[str], Any]] = {"size": _parse_int, "channels": _parse_int, "max_pixels": _parse_int}
 _ARRAY_PARAMETERS: dict[str, Callable[[str], Any]] = {"key": str, "layout": str, "value_range": str}
 
 
@@ -719,7 +762,7 @@ def get_image_dataset(spec: str, n: int | None = None, seed: int = 0) -> ImageDa
     ``spec`` is one of :data:`IMAGE_DATASET_NAMES` with optional parameters
     after a colon (``"natural-patches:size=16,sources=brick+gravel"``,
     ``"lfw-faces:include_non_faces=true"``), or a path to an image folder
-    (parameters ``size``, ``channels``) or a ``.npy``/``.npz`` file
+    (parameters ``size``, ``channels``, ``max_pixels``) or a ``.npy``/``.npz`` file
     (parameters ``key``, ``layout``, ``value_range``).
 
     Registered names take precedence over files of the same name.

@@ -39,6 +39,7 @@ from torch import Tensor
 from ..runs.files import fingerprint_array, fingerprint_path
 from .streaming import PointStream, materialize
 from .tables import ArrayRows, as_float32, integer_column, numeric_column, scan_array, scan_table, spool_file
+from .arrays import open_npz, read_archive_member, read_npy
 
 __all__ = [
     "DEFAULT_SYNTHETIC_POINTS",
@@ -269,16 +270,20 @@ def _folder_points(folder: Path, parameters: str, spec: str, n: int | None, seed
     """Every image under a folder (:mod:`flipd.datasets.folders`): streamed, or decoded into memory."""
     from .folders import open_image_folder
 
-    options = _parse_parameters(parameters, ("size", "channels"), spec)
+    from .images import DEFAULT_MAX_PIXELS
+
+    options = _parse_parameters(parameters, ("size", "channels", "max_pixels"), spec)
     try:
         size = int(options["size"]) if "size" in options else None
         channels = int(options["channels"]) if "channels" in options else None
+        max_pixels = int(options["max_pixels"]) if "max_pixels" in options else DEFAULT_MAX_PIXELS
     except ValueError:
-        raise ValueError(f"size= and channels= in {spec!r} must be whole numbers.") from None
+        raise ValueError(f"size=, channels= and max_pixels= in {spec!r} must be whole numbers.") from None
     workers = reading.get("workers", 0)
     reader, png_bytes = open_image_folder(  # only the images -n picks are opened
         folder, channels=channels, size=None if size is None else (size, size), resize=reading.get("resize"),
         center_crop=reading.get("center_crop"), workers=workers, pick=lambda available: _subset(available, n, seed, spec),
+        max_pixels=max_pixels,
     )
     chosen = PointStream(reader, workers=workers)
     c, h, w = reader.point_shape
@@ -295,21 +300,8 @@ def _folder_points(folder: Path, parameters: str, spec: str, n: int | None, seed
 
 def _read_array_file(file: Path) -> Any:
     """``np.load`` of a .npy (memory-mapped) or .npz file, never unpickling; a damaged, empty
-    or object-dtype file is refused naming it."""
-    try:
-        if file.suffix.lower() == ".npy":
-            values = np.load(file, allow_pickle=False, mmap_mode="r")
-            if values.dtype.hasobject or values.dtype.fields is not None:
-                raise ValueError(f"it holds {values.dtype} values, not numbers")
-            return values
-        return np.load(file, allow_pickle=False)
-    except (ValueError, EOFError, OSError) as error:
-        size = file.stat().st_size
-        reason = "it is empty (0 bytes)" if size == 0 else str(error)
-        raise ValueError(
-            f"Cannot read {str(file)!r} as a numpy array: {reason}. Save numbers with numpy.save "
-            "(an object array, which needs unpickling, is never loaded)."
-        ) from None
+    or object-dtype file is refused naming it (.npz members: :func:`read_archive_member`)."""
+    return read_npy(file, mmap=True) if file.suffix.lower() == ".npy" else open_npz(file)
 
 
 def _npz_points(file: Path, parameters: str, spec: str, n: int | None, seed: int) -> PointSet | None:
@@ -319,23 +311,23 @@ def _npz_points(file: Path, parameters: str, spec: str, n: int | None, seed: int
         keys = list(archive.keys())
         key = options.get("key")
         if key is None:
-            matrices = [k for k in keys if archive[k].ndim == 2]
+            matrices = [k for k in keys if read_archive_member(archive, k, file).ndim == 2]
             key = "x" if "x" in keys else (matrices[0] if len(matrices) == 1 else None)
             if key is None:
-                image_arrays = [k for k in keys if archive[k].ndim in (3, 4)]
-                if len(image_arrays) == 1 or (len(keys) == 1 and archive[keys[0]].ndim in (3, 4)):
+                image_arrays = [k for k in keys if read_archive_member(archive, k, file).ndim in (3, 4)]
+                if len(image_arrays) == 1 or (len(keys) == 1 and read_archive_member(archive, keys[0], file).ndim in (3, 4)):
                     return None
                 raise ValueError(f"{file.name} holds arrays {keys}; name the points with {file.name}:key=NAME.")
         if key not in keys:
             raise ValueError(f"{file.name} has no array {key!r}; its arrays: {', '.join(keys)}.")
-        values = archive[key]
+        values = read_archive_member(archive, key, file)
         if values.ndim in (3, 4):
             return None
         if set(options) - {"key"}:
             raise ValueError(f"layout= and value_range= apply to image arrays; {key!r} in {file.name} is a table.")
         lid_key = next((k for k in ("lid_true", "lid") if k in keys and k != key), None)
-        lid_true = archive[lid_key] if lid_key else None
-        component = archive["component"] if "component" in keys and key != "component" else None
+        lid_true = read_archive_member(archive, lid_key, file) if lid_key else None
+        component = read_archive_member(archive, "component", file) if "component" in keys and key != "component" else None
     return _vector_points(
         values, spec, n, seed, lid_true, component,
         description=f"{values.shape[0]} points in R^{values.shape[1] if values.ndim == 2 else '?'} from {file.name}",

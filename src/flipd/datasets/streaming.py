@@ -203,13 +203,17 @@ class PreparedPoints:
 
     ``transform`` maps float32 points [k, *point_shape] on ``device`` to the model's
     coordinates [k, ...] (standardisation, a VAE encoder); ``x[start:stop]`` reads, moves and
-    transforms only those rows and returns them on ``device``.
+    transforms only those rows and returns them on ``device``. ``check(prepared, start, stop)``,
+    if given, is called on every slice so prepared (e.g. ``start..stop-1``) before it is
+    returned (to refuse points that become non-finite, naming them).
     """
 
-    def __init__(self, source: PointStream, transform: Callable[[Tensor], Tensor], device: torch.device | str = "cpu") -> None:
+    def __init__(self, source: PointStream, transform: Callable[[Tensor], Tensor], device: torch.device | str = "cpu",
+                 check: Callable[[Tensor, int, int], None] | None = None) -> None:
         self.source = source
         self.transform = transform
         self.device = torch.device(device)
+        self.check = check
         self._point_shape: tuple[int, ...] | None = None
 
     def __len__(self) -> int:
@@ -232,19 +236,27 @@ class PreparedPoints:
             position = int(key) + (len(self) if key < 0 else 0)
             return self[position:position + 1][0]
         if not isinstance(key, slice):
-            return self._prepare(self.source[key])
+            raise IndexError("prepared points are indexed by an int or a slice.")
         start, stop, step = key.indices(len(self))
         if step != 1:
             raise IndexError("prepared points are sliced with step 1 only.")
         parts = [self._prepare(batch) for batch in self.source.batches(start, stop)]
         if not parts:
             return self._prepare(self.source[0:1])[:0]
-        return torch.cat(parts) if len(parts) > 1 else parts[0]
+        prepared = torch.cat(parts) if len(parts) > 1 else parts[0]
+        if self.check is not None:
+            self.check(prepared, start, start + prepared.shape[0])
+        return prepared
 
     def batches(self, start: int = 0, stop: int | None = None) -> Iterator[Tensor]:
         """Consecutive prepared batches of the points ``start..stop-1``."""
+        first = start
         for batch in self.source.batches(start, stop):
-            yield self._prepare(batch)
+            prepared = self._prepare(batch)
+            if self.check is not None:
+                self.check(prepared, first, first + prepared.shape[0])
+            first += prepared.shape[0]
+            yield prepared
 
     def __repr__(self) -> str:
         return f"PreparedPoints({self.source!r}, device={self.device})"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -10,7 +11,7 @@ import numpy as np
 import torch
 
 from ..datasets.sources import PointSet
-from ..estimator import flipd_curve, resolve_trace
+from ..estimator import EstimateWarning, flipd_curve, resolve_trace
 from ..knee import knee
 from ..models.base import Model
 from ..noise import KNEE_WINDOW, to_reference_time
@@ -66,7 +67,8 @@ def compute_curves(
     """
     dim = int(x[0].numel())
     resolved_trace, resolved_probes = resolve_trace(trace, dim, n_probes)
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():  # the caller reports results by the table's index
+        warnings.simplefilter("ignore", EstimateWarning)
         curves = flipd_curve(
             model, x, times, trace=trace, n_probes=n_probes, seed=seed, indices=indices,
             batch_size=batch_size, progress=progress, encoded=True,

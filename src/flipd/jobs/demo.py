@@ -14,6 +14,7 @@ import numpy as np
 
 from .. import plots
 from ..datasets.sources import load_points, with_subset
+from ..models.checkpoint import checkpoint_config_path
 from .inputs import load_model
 from ..noise import curve_times, default_noise_level
 from ..runs.chunks import estimate_in_chunks, remove_run_directory
@@ -112,7 +113,7 @@ def run_demo(
     for name in datasets:
         model_directory = directory / "models" / name
         train_seconds = None
-        if retrain or not (model_directory / "flipd_model.json").is_file():
+        if retrain or checkpoint_config_path(model_directory) is None:
             announce(f"[{name}] training a diffusion model on {n_train} points ({steps} steps)")
             began = time.perf_counter()
             train_model(

@@ -7,6 +7,7 @@ columns come from :func:`estimate_table_columns`.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -15,29 +16,69 @@ import numpy as np
 import torch
 
 from ..datasets.sources import PointSet
-from ..estimator import check_options, resolve_trace
+from ..estimator import EstimateWarning, NonFiniteOutputError, check_options, non_finite_outputs, resolve_trace
 from ..methods import METHODS as METHOD_REGISTRY
 from ..methods import MODEL_METHODS
 from ..models.base import Model
 from ..noise import check_noise_level, default_noise_level
 from ..runs.chunks import ChunkedEstimate, ChunkEstimator
 from .inputs import LoadedModel
-from .records import known_columns
+from .records import known_columns, non_finite_output_error
 
 __all__ = [
     "METHODS",
     "MODEL_METHODS",
     "EstimatePlan",
     "EstimateSettings",
+    "TRACE_METHODS",
+    "check_method_options",
     "estimate_table_columns",
     "flipd_chunks",
     "method_chunks",
+    "non_finite_outputs_error",
     "plan_estimate",
 ]
 
 
 #: LID estimators ``flipd estimate --method`` runs: the names of :data:`flipd.methods.METHODS`.
 METHODS: tuple[str, ...] = tuple(METHOD_REGISTRY)
+
+
+#: Methods that take a trace estimator and Hutchinson probes.
+TRACE_METHODS: tuple[str, ...] = tuple(name for name, method in METHOD_REGISTRY.items() if "trace" in method.defaults)
+
+
+def check_method_options(
+    method: str, *, noise: dict[str, Any] | None = None, n_neighbors: int | None = None, trace: str = "auto",
+    n_probes: int = 1,
+) -> None:
+    """Refuse options that ``method`` does not take, before any model or data is loaded.
+
+    Args:
+        method: one of :data:`METHODS`.
+        noise: the noise level as given (``{"t0": 0.05}``, ``{"t0": "auto"}``, ...), or {}.
+        n_neighbors: neighbourhood size (classical methods only).
+        trace, n_probes: trace estimator and probes (:data:`TRACE_METHODS` only; the
+            defaults "auto" and 1 pass for every method).
+
+    Raises:
+        ValueError: an unknown method, or an option it does not take (the message names it).
+    """
+    noise = noise or {}
+    if method not in METHODS:
+        raise ValueError(f"Unknown method {method!r}; use one of {', '.join(METHODS)}.")
+    if len(noise) > 1:
+        raise ValueError(f"Give the noise level once (t0, sigma or delta); got {', '.join(noise)}.")
+    if noise and not METHOD_REGISTRY[method].reads_noise_level:
+        raise ValueError(f"The {method} method takes no noise level; drop --{next(iter(noise))}.")
+    t0 = noise.get("t0")
+    if isinstance(t0, str) and (t0 != "auto" or method != "flipd"):
+        raise ValueError(f"t0 must be a number, or 'auto' with the flipd method; got {t0!r}.")
+    if n_neighbors is not None and "n_neighbors" not in METHOD_REGISTRY[method].defaults:
+        raise ValueError(f"n_neighbors (--neighbors) applies to the classical methods, not {method}.")
+    if method not in TRACE_METHODS and (trace != "auto" or n_probes != 1):
+        option = "--trace" if trace != "auto" else "--probes"
+        raise ValueError(f"The {method} method takes no trace estimator or probes; drop {option}.")
 
 
 @dataclass(frozen=True)
@@ -71,20 +112,11 @@ class EstimateSettings:
     n_neighbors: int | None = None
 
     def __post_init__(self) -> None:
-        if self.method not in METHOD_REGISTRY:
-            raise ValueError(f"Unknown method {self.method!r}; use one of {', '.join(METHODS)}.")
-        method = METHOD_REGISTRY[self.method]
         given = [name for name in ("t0", "sigma", "delta") if getattr(self, name) is not None]
-        if len(given) > 1:
-            raise ValueError(f"Give the noise level once (t0, sigma or delta); got {', '.join(given)}.")
         if self.method == "flipd" and not given:
             raise ValueError("FLIPD needs a noise level: give t0, sigma or delta.")
-        if given and not method.reads_noise_level:
-            raise ValueError(f"The {self.method} method takes no noise level; drop {given[0]}.")
-        if isinstance(self.t0, str) and (self.t0 != "auto" or self.method != "flipd"):
-            raise ValueError(f"t0 must be a number, or 'auto' with the flipd method; got {self.t0!r}.")
-        if self.n_neighbors is not None and "n_neighbors" not in method.defaults:
-            raise ValueError(f"n_neighbors applies to the classical methods, not {self.method}.")
+        check_method_options(self.method, noise={name: getattr(self, name) for name in given},
+                             n_neighbors=self.n_neighbors, trace=self.trace, n_probes=self.n_probes)
         check_options(self.seed, self.batch_size, None, self.mode)
         resolve_trace(self.trace, 1, self.n_probes)
         if isinstance(self.chunk_size, bool) or not isinstance(self.chunk_size, int) or self.chunk_size < 1:
@@ -121,10 +153,12 @@ def method_chunks(settings: EstimateSettings, model: Model | None = None, batch:
     batch = {"used": settings.batch_size} if batch is None else batch
 
     def run(x: torch.Tensor, indices: np.ndarray, progress: Callable[[int], None] | None):
-        result = method(
-            x, model, **settings.noise_level(), seed=settings.seed, indices=indices, batch_size=batch["used"],
-            progress=progress, encoded=True, **settings.method_settings(),
-        )
+        with warnings.catch_warnings():  # the job reports results over all chunks, by the table's index
+            warnings.simplefilter("ignore", EstimateWarning)
+            result = method(
+                x, model, **settings.noise_level(), seed=settings.seed, indices=indices, batch_size=batch["used"],
+                progress=progress, encoded=True, **settings.method_settings(),
+            )
         batch["used"] = result.batch_size or batch["used"]
         info = {"trace": result.trace, "n_probes": result.n_probes, "mode": result.mode,
                 "resolved": dict(result.settings), "batch_size": batch["used"]}
@@ -231,3 +265,20 @@ def plan_estimate(
     batch = {"used": batch_size}
     estimator = method_chunks(settings, model.model if method in MODEL_METHODS else None, batch)
     return EstimatePlan(settings=settings, estimator=estimator, x=x, noise=noise, batch=batch)
+
+
+def non_finite_outputs_error(error: NonFiniteOutputError, plan: EstimatePlan, model: Model, points: PointSet) -> ValueError:
+    """The error to show when the model returned NaN or inf in a chunk: every such point of the
+    run at that noise level, named by the table's index column. The points after the failing
+    ones are checked with forward passes only (earlier chunks were finished without a fault)."""
+    positions = list(error.indices)
+    start = max(positions, default=points.n) + 1
+    if error.time is not None and start < points.n:
+        step = plan.settings.chunk_size  # chunk by chunk: streamed points are read a chunk at a time
+        for first in range(start, points.n, step):
+            last = min(points.n, first + step)
+            positions += non_finite_outputs(
+                model, plan.x[first:last], error.time, indices=range(first, last),
+                batch_size=plan.settings.batch_size, encoded=True,
+            )
+    return non_finite_output_error(sorted(set(positions)), points, error.time)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ from ..datasets.streaming import PointStream, PreparedPoints
 from ..devices import resolve_device, resolve_dtype
 from ..models.base import Model
 from ..models.checkpoint import DiffusionModel
-from ..models.loading import load, model_kind
+from ..models.loading import load, model_kind, resolve_source
 from ..runs.files import fingerprint_path
 
 __all__ = ["LoadedModel", "load_model"]
@@ -73,13 +74,30 @@ class LoadedModel:
         read and prepared (e.g. VAE-encoded) batch by batch on the device.
 
         Raises:
-            ValueError: the points do not fit the model (the message names both shapes).
+            ValueError: the points do not fit the model (the message names both shapes), or
+                some become non-finite in its coordinates (named by their index).
         """
         transform = self._fit_checkpoint(points) if isinstance(self.model, DiffusionModel) else self._fit_diffusers(points)
-        if isinstance(points.x, PointStream):
-            return PreparedPoints(points.x, transform, self.device)
+
+        def check(x: Tensor, start: int, stop: int) -> None:
+            finite = torch.isfinite(x.reshape(x.shape[0], -1)).all(dim=1).cpu().numpy()
+            if finite.all():
+                return
+            bad = points.index[start:stop][~finite]
+            shown = ", ".join(map(str, bad[:10].tolist())) + (", ..." if bad.size > 10 else "")
+            read = "" if stop - start == points.n else f" (of {points.n}; those after them are not read yet)"
+            raise ValueError(
+                f"{bad.size} of {stop - start} points{read} of {points.spec!r} (at index {shown}) become NaN or inf "
+                f"in the coordinates of the model at {str(self.path)!r} (its standardisation or encoder overflows): "
+                "they lie far outside the data it was trained on; remove them or train a model on this data."
+            )
+
+        if isinstance(points.x, PointStream):  # read, prepared and checked slice by slice
+            return PreparedPoints(points.x, transform, self.device, check=check)
         with torch.no_grad():
-            return transform(points.x.to(self.device))
+            x = transform(points.x.to(self.device))
+        check(x, 0, points.n)
+        return x
 
     def _fit_checkpoint(self, points: PointSet) -> Callable[[Tensor], Tensor]:
         data_shape = tuple(int(s) for s in self.model.data_shape)
@@ -132,21 +150,46 @@ def _trained_on(metadata: dict[str, Any]) -> str | None:
     return data.get("spec") if isinstance(data, dict) else None
 
 
-def load_model(path: str | os.PathLike, device: str | torch.device | None = "cpu",
-               dtype: str | torch.dtype | None = None) -> LoadedModel:
-    """Load a flipd checkpoint directory or a local diffusers folder (:func:`flipd.load`) with
-    its description and fingerprint, on ``device``, the network and VAE in ``dtype``
-    ("float32", "bfloat16" or "float16"; see :func:`flipd.load`).
+def load_model(
+    path: str | os.PathLike, device: str | torch.device | None = "cpu", *, prompt: str | None = None,
+    scheduler: str | os.PathLike | None = None, dtype: str | torch.dtype | None = None,
+) -> LoadedModel:
+    """Load a flipd checkpoint directory or a diffusers folder (:func:`flipd.load`; either may
+    be a Hugging Face Hub id ``owner/name``) with its description and fingerprint.
+
+    ``prompt`` is the text of a text-conditioned diffusers model (None: its default, the empty
+    prompt); it is part of the fingerprint (another prompt is another model) and the metadata.
+
+    Args:
+        path: the model's folder.
+        device: where to put it.
+        scheduler: a diffusers scheduler folder (``scheduler_config.json``) for a diffusers model
+            folder that has none (a single model, not a pipeline); part of the fingerprint.
+        dtype: "float32", "bfloat16" or "float16": the precision of the network and VAE (see
+            :func:`flipd.load`).
 
     Raises:
-        FileNotFoundError: nothing at ``path``.
-        ValueError: ``path`` is not a model flipd can read (the message says what it expected).
+        FileNotFoundError: nothing at ``path`` (or ``scheduler``).
+        ValueError: ``path`` is not a model flipd can read (the message says what it expected),
+            or ``scheduler`` was given for a flipd checkpoint.
     """
-    directory = Path(path)
+    directory = resolve_source(path)
     device = device if isinstance(device, torch.device) else resolve_device(device)
     kind = model_kind(directory)
     precision = resolve_dtype(dtype)
-    model = load(directory, device=device, dtype=precision)
+    if scheduler is not None and kind == "flipd":
+        raise ValueError(
+            f"a scheduler (--scheduler) applies only to diffusers models; the flipd checkpoint at {str(directory)!r} "
+            "brings its own schedule: drop the scheduler."
+        )
+    if scheduler is not None:
+        from ..models.diffusers import from_diffusers
+
+        model = from_diffusers(directory, scheduler=Path(scheduler), device=device,
+                               dtype=None if precision == torch.float32 else precision,
+                               **({} if prompt is None else {"prompt": prompt}))
+    else:
+        model = load(directory, device=device, prompt=prompt, dtype=precision)
     if kind == "flipd":
         spec_kind = getattr(getattr(model.network, "spec", None), "kind", None)
         architecture = {"mlp_unet": "MLP U-net", "unet2d": "convolutional U-net"}.get(spec_kind, spec_kind or "network")
@@ -156,9 +199,19 @@ def load_model(path: str | os.PathLike, device: str | torch.device | None = "cpu
         metadata = dict(model.metadata)
     else:
         description, metadata = f"diffusers {model!r}", {}
+    if directory != Path(path):
+        description += f" (Hugging Face Hub {os.fspath(path)}, cached in {directory})"
+    fingerprint = fingerprint_path(directory)
+    if scheduler is not None:
+        description += f", scheduler from {scheduler}"
+        fingerprint = f"{fingerprint}+{fingerprint_path(scheduler)}"
+    if prompt is not None:
+        description += f", prompt {prompt!r}"
+        metadata["prompt"] = prompt
+        fingerprint = hashlib.sha256(f"{fingerprint}\0prompt\0{prompt}".encode()).hexdigest()
     if precision != torch.float32:
         description += f", in {str(precision).removeprefix('torch.')}"
     return LoadedModel(
         model=model, kind=kind, path=directory, description=description,
-        fingerprint=fingerprint_path(directory), metadata=metadata, dtype=str(precision).removeprefix("torch."),
+        fingerprint=fingerprint, metadata=metadata, dtype=str(precision).removeprefix("torch."),
     )

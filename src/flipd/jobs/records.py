@@ -10,12 +10,13 @@ from typing import Any
 import numpy as np
 
 from ..datasets.sources import PointSet
+from ..estimator import out_of_range
 from ..metrics import mae, mae_per_component
 from ..runs.environment import environment_info
 
 __all__ = [
-    "NON_FINITE_SHOWN", "GroupSummary", "known_columns", "non_finite_warning", "run_record", "summarize_by_component",
-    "summary_record",
+    "NON_FINITE_SHOWN", "GroupSummary", "known_columns", "non_finite_output_error", "non_finite_warning",
+    "out_of_range_warning", "run_record", "summarize_by_component", "summary_record",
 ]
 
 
@@ -72,27 +73,60 @@ def non_finite_warning(lids: np.ndarray, points: PointSet) -> str | None:
     bad = ~np.isfinite(np.asarray(lids, dtype=np.float64))
     if not bad.any():
         return None
-    shown = points.index[bad][:10].tolist()
-    more = ", ..." if bad.sum() > 10 else ""
     return (
         f"{int(bad.sum())} of {bad.size} LID estimates are not finite (NaN or inf), at index "
-        f"{', '.join(map(str, shown))}{more}; they are kept in the table as they are and counted in "
+        f"{_shown(points.index[bad])}; they are kept in the table as they are and counted in "
         "the metadata (summary.n_non_finite). Check those points (duplicates, outliers) or the noise level."
     )
 
 
-def summary_record(lids: np.ndarray, points: PointSet) -> dict[str, Any]:
+def _shown(indices: np.ndarray, limit: int = 10) -> str:
+    return ", ".join(map(str, indices[:limit].tolist())) + (", ..." if indices.size > limit else "")
+
+
+def out_of_range_warning(lids: np.ndarray, stderr: np.ndarray | None, points: PointSet) -> str | None:
+    """A one-line warning naming the points whose finite LID estimate lies outside [0, D] by
+    more than its standard error (:func:`flipd.estimator.out_of_range`), or None."""
+    outside = out_of_range(lids, stderr, points.ambient_dim)
+    if not outside.any():
+        return None
+    return (
+        f"{int(outside.sum())} of {outside.size} LID estimates lie outside [0, D = {points.ambient_dim}] by more "
+        f"than their standard error, at index {_shown(points.index[outside])}; they are kept in the table as they "
+        "are and counted in the metadata (summary.n_out_of_range). Check those points (outliers, duplicates), "
+        "the model and the noise level; estimates without a standard error (exact trace, one probe, "
+        "baselines) are held to [0, D] exactly."
+    )
+
+
+def non_finite_output_error(positions: list[int], points: PointSet, time: float | None) -> ValueError:
+    """The error for a model that returned NaN or inf for the points at ``positions`` (0..N-1),
+    named by the table's index column."""
+    index = points.index[np.asarray(positions, dtype=np.int64)]
+    at = f" at t = {time:.4g}" if time is not None else ""
+    return ValueError(
+        f"The model returned non-finite values (NaN or inf){at} for {index.size} of {points.n} points of "
+        f"{points.spec!r}, at index {_shown(index)}; check those points (far from the training data?), the "
+        "model's weights, and that the noise level is inside the range it was trained on."
+    )
+
+
+def summary_record(lids: np.ndarray, points: PointSet, stderr: np.ndarray | None = None) -> dict[str, Any]:
     """Numbers for the run metadata: mean LID (over finite estimates), the count and (first
-    :data:`NON_FINITE_SHOWN`) indices of non-finite estimates, and MAE per component when the
-    truth is known."""
+    :data:`NON_FINITE_SHOWN`) indices of non-finite estimates and of estimates outside [0, D]
+    by more than their standard error ``stderr`` [N], and MAE per component when the truth is
+    known."""
     lids = np.asarray(lids, dtype=np.float64)
     finite = np.isfinite(lids)
+    outside = out_of_range(lids, stderr, points.ambient_dim)
     record: dict[str, Any] = {
         "n": int(lids.size),
         "lid_mean": float(np.mean(lids[finite])) if finite.any() else None,
         "lid_median": float(np.median(lids[finite])) if finite.any() else None,
         "n_non_finite": int((~finite).sum()),
         "non_finite_index": points.index[~finite][:NON_FINITE_SHOWN].tolist(),
+        "n_out_of_range": int(outside.sum()),
+        "out_of_range_index": points.index[outside][:NON_FINITE_SHOWN].tolist(),
     }
     if points.lid_true is not None:
         groups, mae = summarize_by_component(lids, points.lid_true, points.component)

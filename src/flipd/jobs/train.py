@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ..datasets.sources import PointSet
-from ..models.checkpoint import CHECKPOINT_FORMAT, CONFIG_FILE
+from ..models.checkpoint import CHECKPOINT_FORMAT, CONFIG_FILE, checkpoint_config_path
 from ..models.mlp import MLPUNetConfig
 from ..models.spec import NetworkSpec
-from ..runs.files import check_writable_directory, current_umask, fingerprint_array
+from ..runs.files import atomic_directory, check_writable_directory, fingerprint_array
 from ..schedules import VE, VP, Cosine, RectifiedFlow, Schedule
 from ..train import TrainConfig, train_diffusion
 
@@ -36,8 +34,11 @@ def schedule_named(schedule: str | Schedule) -> Schedule:
 
 def _is_checkpoint(directory: Path) -> bool:
     """Whether ``directory`` holds a flipd checkpoint (a config with the flipd format)."""
+    path = checkpoint_config_path(directory)
+    if path is None:
+        return False
     try:
-        config = json.loads((directory / CONFIG_FILE).read_text())
+        config = json.loads(path.read_text())
     except (OSError, ValueError):
         return False
     return isinstance(config, dict) and config.get("format") == CHECKPOINT_FORMAT
@@ -67,21 +68,6 @@ def check_checkpoint_target(target: str | os.PathLike, *, force: bool) -> Path:
             raise FileExistsError(f"{str(target)!r} already exists; choose another --out or pass --force to overwrite it.")
     check_writable_directory(target.parent, "the checkpoint")
     return target
-
-
-def _replace_directory(source: Path, target: Path) -> None:
-    """Move the finished directory ``source`` onto ``target``, replacing what was there."""
-    if not target.exists():
-        os.replace(source, target)
-        return
-    backup = target.with_name(f".{target.name}.old-{os.getpid()}")
-    os.replace(target, backup)
-    try:
-        os.replace(source, target)
-    except BaseException:
-        os.replace(backup, target)
-        raise
-    shutil.rmtree(backup, ignore_errors=True)
 
 
 #: Networks ``flipd train`` can build: "mlp" for vectors (and flattened images), "unet" for images.
@@ -161,14 +147,6 @@ def train_model(
         "spec": points.spec, "n_points": points.n, "point_shape": list(points.point_shape),
         "fingerprint": fingerprint_array(x), "description": points.description,
     }
-    target = Path(out)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
+    with atomic_directory(out) as staging:
         model.save(staging)
-        os.chmod(staging, 0o777 & ~current_umask())  # mkdtemp makes a private directory
-        _replace_directory(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return model

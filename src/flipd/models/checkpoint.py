@@ -10,14 +10,21 @@ the map from the user's coordinates to its own: :meth:`DiffusionModel.encode` (=
 local intrinsic dimension is unchanged by the invertible affine map ``x → z``; only the noise
 level is measured in standardised units.
 
-A checkpoint directory holds ``flipd_model.json`` (format, network spec, schedule, prediction,
-standardisation, training record) and ``model.safetensors`` (EMA weights, raw weights,
-standardisation tensors).
+A checkpoint directory is in the Hugging Face layout: ``config.json`` (the flipd config: its
+``format`` field, network spec, schedule, prediction, standardisation, training record),
+``model.safetensors`` (EMA weights, raw weights, standardisation tensors) and ``README.md``
+(a model card, :mod:`flipd.models.card`). :meth:`DiffusionModel.save_pretrained` writes it,
+:meth:`DiffusionModel.from_pretrained` reads it from a folder or a Hugging Face Hub id, and
+:meth:`DiffusionModel.push_to_hub` uploads it. Checkpoints of format version 1 hold the same
+config as ``flipd_model.json`` and no card; they still load. A flipd ``config.json`` is told
+from a diffusers one by its ``format`` field (diffusers configs have ``_class_name``).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 import warnings
 from pathlib import Path
 from typing import Any, Literal
@@ -30,15 +37,19 @@ from ..noise import REFERENCE_SCHEDULE, is_reference, to_reference_time
 from ..parameterization import check_prediction
 from ..runs.files import atomic_path, write_text
 from ..schedules import VP, Schedule
+from .card import model_card
 from .registry import build_network, check_network_options
 from .spec import NetworkSpec
 
 __all__ = [
     "CHECKPOINT_FORMAT",
     "CONFIG_FILE",
+    "LEGACY_CONFIG_FILE",
+    "MODEL_CARD_FILE",
     "WEIGHTS_FILE",
     "CheckpointError",
     "DiffusionModel",
+    "checkpoint_config_path",
     "fit_standardization",
     "load",
     "reference_inputs",
@@ -49,13 +60,38 @@ STANDARDIZE_MODES: tuple[str, ...] = ("per_coordinate", "scalar", "none")
 
 #: Value of the "format" field that marks a directory as a flipd checkpoint.
 CHECKPOINT_FORMAT = "flipd.diffusion_model"
-CHECKPOINT_VERSION = 1
-CONFIG_FILE = "flipd_model.json"
+#: 2: the Hugging Face layout (config.json + model card); 1: flipd_model.json. Both load.
+CHECKPOINT_VERSION = 2
+CONFIG_FILE = "config.json"
+#: Where format version 1 kept the config.
+LEGACY_CONFIG_FILE = "flipd_model.json"
 WEIGHTS_FILE = "model.safetensors"
+MODEL_CARD_FILE = "README.md"
 
 
 class CheckpointError(ValueError):
     """A directory is not a valid flipd checkpoint (the message says what is wrong)."""
+
+
+def checkpoint_config_path(directory: str | os.PathLike) -> Path | None:
+    """The flipd config file of a checkpoint directory, or None if it holds none.
+
+    ``config.json`` when it is a JSON object with a ``format`` field and no ``_class_name``
+    (which marks a diffusers config), or is not valid JSON at all (a damaged checkpoint, which
+    :meth:`DiffusionModel.load` then reports); else ``flipd_model.json`` (format version 1) if
+    present.
+    """
+    directory = Path(directory)
+    config = directory / CONFIG_FILE
+    if config.is_file():
+        try:
+            fields = json.loads(config.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return config
+        if isinstance(fields, dict) and "format" in fields and "_class_name" not in fields:
+            return config
+    legacy = directory / LEGACY_CONFIG_FILE
+    return legacy if legacy.is_file() else None
 
 
 #: How a :class:`DiffusionModel` feeds its network: "reference" (new models: every schedule is
@@ -266,7 +302,9 @@ class DiffusionModel(nn.Module):
     # ------------------------------------------------------------------ saving
 
     def save(self, directory: str | Path) -> Path:
-        """Write the checkpoint: ``flipd_model.json`` and ``model.safetensors`` in ``directory``.
+        """Write the checkpoint in the Hugging Face layout: ``config.json``, ``model.safetensors``
+        and the model card ``README.md`` in ``directory`` (a ``flipd_model.json`` of an older
+        checkpoint there is removed).
 
         Returns the directory. Only networks with a registered spec (``network.spec``, see
         :func:`flipd.models.register_network`) can be saved.
@@ -310,14 +348,97 @@ class DiffusionModel(nn.Module):
         with atomic_path(directory / WEIGHTS_FILE) as temporary:
             save_file(tensors, str(temporary), metadata={"format": CHECKPOINT_FORMAT})
         write_text(directory / CONFIG_FILE, json.dumps(config, indent=2, sort_keys=True) + "\n")
+        write_text(directory / MODEL_CARD_FILE, model_card(config))
+        (directory / LEGACY_CONFIG_FILE).unlink(missing_ok=True)
         return directory
+
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Hugging Face name of :meth:`save`: write ``config.json``, ``model.safetensors`` and
+        ``README.md`` to ``directory``; returns it."""
+        return self.save(directory)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        source: str | Path,
+        *,
+        weights: Literal["ema", "online"] = "ema",
+        device: str | torch.device = "cpu",
+        revision: str | None = None,
+    ) -> "DiffusionModel":
+        """Load a checkpoint from a local folder or a Hugging Face Hub id ``owner/name``.
+
+        A hub id (a string naming nothing on disk) is fetched into the hub cache, safetensors,
+        JSON and text files only (``HF_HUB_OFFLINE=1``: the cache alone; see
+        :mod:`flipd.models.hub`). ``revision`` picks a branch, tag or commit of a hub model.
+
+        Raises:
+            flipd.models.hub.HubUnavailableError: a hub id that cannot be fetched.
+            CheckpointError: what :meth:`load` raises.
+        """
+        from .hub import hub_snapshot, is_hub_id
+
+        if is_hub_id(source):
+            source = hub_snapshot(os.fspath(source), revision=revision)
+        elif revision is not None:
+            raise ValueError(f"revision= applies to Hugging Face Hub ids; {str(source)!r} is a local path.")
+        return cls.load(source, weights=weights, device=device)
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        *,
+        private: bool | None = None,
+        token: str | None = None,
+        commit_message: str = "Upload flipd diffusion model",
+    ) -> str:
+        """Upload the checkpoint (``config.json``, ``model.safetensors``, ``README.md``) to the
+        Hugging Face Hub model repository ``repo_id``, creating it if needed.
+
+        Args:
+            repo_id: ``owner/name``.
+            private: make a new repository private (None: the hub's default).
+            token: a hub token (default the one saved by ``hf auth login``).
+            commit_message: the commit's message.
+
+        Returns:
+            The URL of the commit.
+
+        Raises:
+            ValueError: ``repo_id`` is not ``owner/name``.
+            flipd.models.hub.HubUnavailableError: the hub cannot be reached (or HF_HUB_OFFLINE is set).
+        """
+        from .hub import upload_folder
+
+        with tempfile.TemporaryDirectory(prefix="flipd-push-") as folder:
+            self.save(folder)
+            return upload_folder(folder, repo_id, private=private, token=token, commit_message=commit_message)
+
+    def export_diffusers(self, directory: str | Path, *, force: bool = False) -> Path:
+        """Write this image model as a diffusers ``DDPMPipeline`` folder (``model_index.json``,
+        ``unet/``, ``scheduler/``) that :func:`flipd.from_diffusers` and diffusers load.
+
+        Only convolutional U-nets without standardisation predicting epsilon or sample can be
+        exported; the scheduler is a ``DDPMScheduler`` matching the network's VP schedule at
+        every integer timestep (see :mod:`flipd.models.export` for the mapping). ``force``
+        replaces an existing pipeline folder.
+
+        Raises:
+            flipd.models.export.ExportError: the model cannot be exported (the message says why).
+            FileExistsError: ``directory`` holds something that may not be replaced.
+        """
+        from .export import export_diffusers
+
+        return export_diffusers(self, directory, force=force)
 
     @classmethod
     def load(cls, directory: str | Path, *, weights: Literal["ema", "online"] = "ema", device: str | torch.device = "cpu") -> "DiffusionModel":
-        """Load a checkpoint written by :meth:`save`.
+        """Load a checkpoint written by :meth:`save` (any format version up to
+        :data:`CHECKPOINT_VERSION`; version 1 keeps its config in ``flipd_model.json``).
 
         Args:
-            directory: the checkpoint directory.
+            directory: the checkpoint directory (a local folder; see :meth:`from_pretrained`
+                for hub ids).
             weights: "ema" (the averaged weights, used for evaluation) or "online" (raw).
             device: where to put the model.
 
@@ -334,11 +455,12 @@ class DiffusionModel(nn.Module):
             raise FileNotFoundError(f"No checkpoint at {directory}: the directory does not exist.")
         if not directory.is_dir():
             raise CheckpointError(f"{directory} is a file, not a checkpoint directory (expected a directory with {CONFIG_FILE}).")
-        config_path = directory / CONFIG_FILE
-        if not config_path.is_file():
+        config_path = checkpoint_config_path(directory)
+        if config_path is None:
             raise CheckpointError(
-                f"{directory} is not a flipd checkpoint: it has no {CONFIG_FILE}. A checkpoint holds "
-                f"{CONFIG_FILE} and {WEIGHTS_FILE}, as written by DiffusionModel.save."
+                f"{directory} is not a flipd checkpoint: it has no {CONFIG_FILE} with a flipd 'format' field "
+                f"(nor the {LEGACY_CONFIG_FILE} of older versions). A checkpoint holds {CONFIG_FILE} and "
+                f"{WEIGHTS_FILE}, as written by DiffusionModel.save_pretrained or flipd train."
             )
         try:
             config = json.loads(config_path.read_text())

@@ -27,8 +27,10 @@ sigma_k = sqrt(1 - alphas_cumprod[k]). For flow matching diffusers noises as
 trains it to predict ``noise - x_0``; the flipd time is ``s`` (:class:`flipd.schedules.RectifiedFlow`).
 Either way the noise level can instead be given schedule-free as ``sigma=`` or ``delta=``.
 
-Nothing is downloaded: paths must be local folders (``save_pretrained`` output or a downloaded
-snapshot). diffusers (and, for text prompts, transformers) are imported only when needed.
+Paths are local folders (``save_pretrained`` output or a downloaded snapshot); a string
+``owner/name`` that names nothing on disk is a Hugging Face Hub id, fetched into the hub cache
+(safetensors, JSON and text files only; ``HF_HUB_OFFLINE=1`` uses the cache alone, see
+:mod:`flipd.models.hub`). diffusers (and, for text prompts, transformers) are imported only when needed.
 Weights are read only from safetensors files (``use_safetensors=True``); a component with only
 pickled weights (``.bin``, ``.pt``, ``.ckpt``) is refused, and pickled files next to safetensors
 ones are never opened.
@@ -46,7 +48,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ..pil_images import as_tensor_if_pil
 from ..schedules import Discrete, RectifiedFlow, Schedule
+from .hub import hub_snapshot, is_hub_id
 from .weights import check_safetensors_only
 
 __all__ = [
@@ -198,13 +202,15 @@ class DiffusersModel:
         shift) · scaling factor; for a pixel model the images themselves.
 
         Args:
-            images: [N, C, H, W] in [-1, 1] (C the VAE's input channels, 3 for RGB).
+            images: [N, C, H, W] in [-1, 1] (C the VAE's input channels, 3 for RGB), or PIL
+                images (one or a list; converted with :func:`flipd.pil_images.pil_to_tensor`).
             batch_size: images per VAE call.
 
         Returns:
             Latents [N, c, H/f, W/f] (f the VAE's downsampling factor) in ``images``' dtype,
             or the images [N, C, H, W] for a pixel model.
         """
+        images = as_tensor_if_pil(images)
         if self.vae is None:  # a pixel model: its coordinates are the images'
             return images
         if batch_size < 1:
@@ -223,7 +229,7 @@ class DiffusersModel:
         """FLIPD of images (as ``flipd.flipd(self, images)``, with the VAE batch size given).
 
         Args:
-            images: [N, C, H, W] in [-1, 1].
+            images: [N, C, H, W] in [-1, 1], or PIL images (one or a list).
             encode_batch_size: images per VAE call.
             **kwargs: arguments of :func:`flipd.flipd` (``t0``/``sigma``/``delta``, ``trace``,
                 ``n_probes``, ...) except ``schedule`` and ``prediction``, which come from the model.
@@ -421,6 +427,18 @@ def _load_component(
     return cls.from_pretrained(str(where), **options)
 
 
+def _missing_scheduler_message(folder: Path) -> str:
+    """Why a single diffusers model folder cannot be used alone, and the fixes."""
+    pipeline = folder.parent if (folder.parent / "model_index.json").is_file() else None
+    also = f" Or give the whole pipeline folder {str(pipeline)!r}, which has one." if pipeline else ""
+    return (
+        f"{str(folder)!r} holds a single diffusers model without a noise scheduler, which flipd needs for "
+        "the noise schedule. Give its scheduler: on the command line --scheduler DIR, in Python "
+        "from_diffusers(folder, scheduler=DIR), with DIR a folder holding scheduler_config.json (e.g. the "
+        f"scheduler/ folder of the pipeline the model came from, or one written by DDPMScheduler().save_pretrained(DIR)).{also}"
+    )
+
+
 def _check_network(network: Any) -> nn.Module:
     name = type(network).__name__
     if name not in SUPPORTED_NETWORKS:
@@ -455,14 +473,17 @@ def from_diffusers(
 
     Args:
         source: one of
-            - a local pipeline folder (with ``model_index.json``): the denoiser (``unet/`` or
+            - a local pipeline folder (with ``model_index.json``), or its Hugging Face Hub id
+              ``owner/name`` (fetched into the hub cache when not there, see :mod:`flipd.models.hub`): the denoiser (``unet/`` or
               ``transformer/``), ``scheduler/``, and ``vae/`` if the pipeline has one are loaded;
               ``text_encoder/`` and ``tokenizer/`` only when a prompt must be encoded; nothing else;
             - a local model folder (``config.json`` naming a supported denoiser), with ``scheduler=``;
             - a loaded ``DiffusionPipeline``;
             - a denoiser module (UNet2DModel, UNet2DConditionModel, SD3Transformer2DModel), with
               ``scheduler=``.
-        scheduler: a diffusers scheduler or its local folder; overrides the pipeline's.
+        scheduler: a diffusers scheduler or its local folder (``scheduler_config.json``);
+            overrides the pipeline's, and is needed with a model folder or a denoiser module
+            (a model folder without one is refused before its weights are read).
         vae: an ``AutoencoderKL`` or its local folder, making the model latent; overrides the
             pipeline's.
         prompt: text for a text-conditioned UNet (default the empty prompt, as Stable Diffusion
@@ -481,18 +502,23 @@ def from_diffusers(
         A :class:`DiffusersModel`. Its modules are put in eval mode with gradients switched off.
 
     Raises:
-        FileNotFoundError: a path or a needed subfolder is missing.
+        FileNotFoundError: a path or a needed subfolder is missing, or a hub id cannot be fetched
+            (:class:`flipd.models.hub.HubUnavailableError`).
         TypeError: an unsupported denoiser or scheduler.
         ValueError: an unsupported ``prediction_type``, inconsistent conditioning arguments, or a
             component with only pickled weights (weights are only ever read from safetensors).
     """
     tokenizer = text_encoder = None
     folder: Path | None = None
+    if isinstance(scheduler, (str, os.PathLike)):  # cheap, so checked before any network is loaded
+        scheduler = _load_component(Path(scheduler), None)
     if isinstance(source, (str, os.PathLike)):
-        folder = Path(source)
+        folder = hub_snapshot(os.fspath(source)) if is_hub_id(source) else Path(source)
         if not folder.is_dir():
             raise FileNotFoundError(f"{folder} is not a folder; pass a local diffusers pipeline or model folder.")
         check_safetensors_only(folder)
+        if scheduler is None and not (folder / "model_index.json").is_file() and (folder / "config.json").is_file():
+            raise ValueError(_missing_scheduler_message(folder))
         if (folder / "model_index.json").is_file():
             index = _read_json(folder / "model_index.json")
             present = {key for key, value in index.items() if isinstance(value, list) and value[0] is not None}
@@ -532,8 +558,6 @@ def from_diffusers(
             "A scheduler is needed for the noise schedule: pass scheduler= (e.g. "
             "DDPMScheduler.from_pretrained(path, subfolder='scheduler'), or its folder)."
         )
-    if isinstance(scheduler, (str, os.PathLike)):
-        scheduler = _load_component(Path(scheduler), None)
     if isinstance(vae, (str, os.PathLike)):
         vae = _load_component(Path(vae), None, dtype=dtype)
     settings = scheduler_settings(scheduler)

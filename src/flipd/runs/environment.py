@@ -78,8 +78,8 @@ def cache_directories() -> dict[str, str]:
     ``demo_models``: models trained by ``flipd demo`` (relative to the working directory, see
     its ``--out``); ``bench_models``: models trained by the benchmarks (``cache/`` relative to the
     working directory, see their ``--checkpoints`` or ``--cache-dir``); ``huggingface_hub`` and
-    ``torch_hub``: where those libraries keep downloaded models (flipd itself never downloads;
-    give it local folders).
+    ``torch_hub``: where those libraries keep downloaded models (flipd downloads only models
+    named by a Hugging Face Hub id, into the first; see :mod:`flipd.models.hub`).
     """
     home = Path.home()
     xdg = Path(os.environ.get("XDG_CACHE_HOME", home / ".cache"))

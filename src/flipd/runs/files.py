@@ -13,6 +13,7 @@ import hashlib
 import json
 import math
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -23,6 +24,7 @@ import torch
 
 __all__ = [
     "TABLE_SUFFIXES",
+    "atomic_directory",
     "atomic_path",
     "check_table_path",
     "check_writable_directory",
@@ -67,6 +69,38 @@ def atomic_path(path: str | os.PathLike, *, suffix: str | None = None) -> Iterat
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             temporary_path.unlink()
+        raise
+
+
+@contextlib.contextmanager
+def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a new empty folder next to ``path``; on success it replaces ``path`` (a folder).
+
+    What is written into the yielded folder appears at ``path`` all at once: a folder that was
+    at ``path`` is moved aside, the new one renamed into place, and the old one removed (put
+    back if the rename fails). The new folder gets the process umask's permissions. On an
+    exception the new folder is removed and ``path`` is left as it was. Whether ``path`` may be
+    replaced is the caller's decision.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        yield staging
+        os.chmod(staging, 0o777 & ~current_umask())  # mkdtemp makes a private directory
+        if target.exists():
+            backup = target.with_name(f".{target.name}.old-{os.getpid()}")
+            os.replace(target, backup)
+            try:
+                os.replace(staging, target)
+            except BaseException:
+                os.replace(backup, target)
+                raise
+            shutil.rmtree(backup, ignore_errors=True)
+        else:
+            os.replace(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
         raise
 
 

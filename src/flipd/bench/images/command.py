@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from .._report import check_output_folders, positive_int
 from .plan import PRESETS
 from .report import compile_report
 from .study import run_study
@@ -35,11 +36,13 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
                         help=f"folder of trained models, reused when the plan matches (default: {DEFAULT_CHECKPOINTS})")
     parser.add_argument("--no-checkpoints", action="store_true", help="neither save nor reuse trained models")
     parser.add_argument("--retrain", action="store_true", help="train even when a matching checkpoint exists")
-    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--threads", type=positive_int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--seed", type=int, default=None, help="seed of data subsets, training and probes")
     parser.add_argument("--report-only", action="store_true",
                         help="only rebuild images.{md,json,csv} from the images_<name>.json records in --out")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    check_output_folders(parser, {"--out": args.out, "--checkpoints": None if args.no_checkpoints else args.checkpoints})
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -79,6 +79,7 @@ def train_or_load(
     A checkpoint is reused when it was written for the same data set, plan and seed (its
     directory name carries a digest of them). Returns ``(model, reused)``.
     """
+    from flipd.models.checkpoint import checkpoint_config_path
     from flipd.train import TrainConfig, load, train_diffusion
 
     spec = _network_spec(model_plan, tuple(images.shape[1:]), data_std=float(images.std()))
@@ -88,7 +89,7 @@ def train_or_load(
         "data": hashlib.sha256(images.numpy().tobytes()).hexdigest(),
     })
     directory = None if checkpoints is None else checkpoints / f"{dataset}-{model_plan.kind}-{digest}"
-    if directory is not None and not retrain and (directory / "flipd_model.json").exists():
+    if directory is not None and not retrain and checkpoint_config_path(directory) is not None:
         log(f"  {model_plan.kind}: reusing checkpoint {directory}")
         return load(directory), True
     log(f"  {model_plan.kind}: training {config.steps} steps (batch {config.batch_size}) ...")
