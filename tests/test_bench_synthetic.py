@@ -78,8 +78,38 @@ def test_tiny_run_of_a_mixture_with_every_method(tmp_path):
     assert [row["method"] for row in rows] == list(METHODS)
 
 
+def test_tiny_curved_run_compares_the_rules_with_the_fixed_levels(tmp_path):
+    methods = ["flipd", "flipd_knee", "flipd_plateau", "flipd_t0_0.01", "flipd_t0_0.02", "flipd_t0_0.1", "lpca"]
+    argv = ["synthetic", "--suite", "curved", "--tiny", "--datasets", "helix", "--methods", *methods,
+            "--n-eval", "32", "--out-dir", str(tmp_path), "--cache-dir", str(tmp_path / "cache"), "--quiet"]
+    assert main(argv) == 0
+    report = json.loads((tmp_path / "synthetic_curved_tiny.json").read_text())
+    (rules,) = report["summary"]["automatic_noise_level"]
+    assert rules["fixed_levels_run"] == [0.01, 0.02, 0.05, 0.1]
+    fixed = {t0: report["datasets"][0]["methods"][m]["mae"]
+             for m, t0 in {"flipd": 0.05, "flipd_t0_0.01": 0.01, "flipd_t0_0.02": 0.02, "flipd_t0_0.1": 0.1}.items()}
+    assert rules["best_fixed_mae"] == min(fixed.values())
+    plateau = report["datasets"][0]["methods"]["flipd_plateau"]["settings"]
+    assert 0 <= plateau["found_fraction"] <= 1 and plateau["not_found"] == rules["flipd_plateau_not_found"]
+    knee = report["datasets"][0]["methods"]["flipd_knee"]["settings"]
+    assert 0 <= knee["at_first_level_fraction"] <= 1 and 0.05 < knee["first_level_t0"] < 0.07
+    assert "## Automatic noise level" in (tmp_path / "synthetic_curved_tiny.md").read_text()
+
+
+def test_a_smaller_budget_replaces_the_recipe(tmp_path):
+    from flipd.bench.synthetic import _with_budget
+
+    plan = _with_budget(steps=300, n_train=5000, widths=[64, 64])("helix")
+    assert plan.train.steps == 300 and plan.n_train == 5000 and plan.network["widths"] == (64, 64)
+    assert plan.train.standardize == "scalar"  # curved shapes keep their geometry
+    assert _with_budget(steps=None, n_train=None, widths=None)("lollipop") == recipe_for("lollipop")
+    with pytest.raises(SystemExit):
+        main(["synthetic", "--suite", "toy", "--steps", "0"])
+
+
 def test_suites_and_recipes():
     assert SUITES["toy"] == ("lollipop", "doughnut", "swiss_roll")
+    assert len(SUITES["curved"]) == 4
     assert len(SUITES["small"]) == 10 and len(SUITES["medium"]) == 4
     toy, mixture = recipe_for("doughnut"), recipe_for("mixture:affine:D=10:dims=5")
     assert toy.train.standardize == "none" and mixture.train.standardize == "per_coordinate"
@@ -97,3 +127,19 @@ def test_bad_arguments_are_named(tmp_path):
         run_synthetic("toy", methods=["flipd", "magic"], out_dir=tmp_path)
     with pytest.raises(SystemExit):
         main(["synthetic", "--suite", "toy", "--methods", "magic"])
+
+
+def test_rules_benchmark_with_the_perfect_model(tmp_path):
+    """The plateau rule with a closed-form model reads the true LID (within 0.1 of the best fixed t0)."""
+    out = tmp_path / "rules"
+    assert main(["rules", "--datasets", "mixture:affine:D=10:dims=5:latent=normal", "--n-points", "24",
+                 "--curved", "helix", "--atoms", "2000", "--threads", "1", "--out", str(out)]) == 0
+    row, helix = json.loads(out.with_suffix(".json").read_text())["datasets"]
+    assert helix["dataset"] == "helix:D=13:turns=20:tube=0.1" and "2000 atoms" in helix["perfect_model"]
+    assert set(row["fixed"]) == {"0.01", "0.02", "0.05", "0.1"}
+    assert row["best_fixed_mae"] == min(row["fixed"].values())
+    assert row["plateau"]["within_0.1_of_best_fixed"] and row["plateau"]["mae"] < 0.05
+    assert 0 <= row["knee"]["at_first_level_fraction"] <= 1
+    assert "python -m flipd.bench rules" in out.with_suffix(".md").read_text()
+    with pytest.raises(SystemExit):
+        main(["rules", "--datasets", "mixture:squiggly:D=10:dims=5", "--out", str(out)])

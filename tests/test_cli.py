@@ -22,7 +22,7 @@ from flipd.cli import app
 runner = CliRunner()
 #: The folder holding the flipd package under test, for subprocesses.
 PACKAGE_ROOT = str(Path(flipd.__file__).resolve().parents[1])
-COMMANDS = ("info", "train", "estimate", "curve", "bench", "demo")
+COMMANDS = ("info", "train", "estimate", "curve", "sample", "bench", "demo")
 #: A deliberately tiny training run: enough for a valid checkpoint, not for good estimates.
 TINY_TRAIN = ("-n", "1500", "--steps", "40", "--batch-size", "256", "--widths", "32,32", "--threads", "1", "--quiet")
 
@@ -128,7 +128,7 @@ def test_estimate_writes_table_metadata_and_plots(lollipop_model, tmp_path):
     assert not table.with_name(table.name + ".chunks").exists()
     assert not [p for p in table.parent.iterdir() if p.name.startswith(".")]  # no temporary files
     figures = sorted(p.name for p in plots.iterdir())
-    assert figures == ["lollipop_lid_histogram.png", "lollipop_lid_scatter.png"]
+    assert figures == ["lollipop_flipd_t0_0.05_lid_histogram.png", "lollipop_flipd_t0_0.05_lid_scatter.png"]
     for figure in plots.iterdir():
         assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         from PIL import Image
@@ -160,6 +160,26 @@ def test_estimate_auto_t0_reports_the_knee(lollipop_model, tmp_path):
     assert ((chosen > 0.05) & (chosen < 0.5)).all()
 
 
+def test_estimate_plateau_reports_the_scale_and_its_flatness(lollipop_model, tmp_path):
+    table = tmp_path / "plateau.csv"
+    result = flipd("estimate", "lollipop", "-m", lollipop_model, "-n", "8", "-o", table, "--t0", "plateau", "--quiet")
+    assert result.exit_code == 0, result.output
+    frame = pd.read_csv(table)
+    assert {"plateau_found", "flatness"} <= set(frame.columns)
+    from flipd.noise import plateau_grid
+
+    grid = plateau_grid().numpy()
+    assert np.isin(frame["t0"].dropna().round(12), grid.round(12)).all()
+    assert (frame["flatness"] >= 0).all()
+    summary = json.loads(table.with_suffix(".json").read_text())["summary"]
+    assert summary["n_scale_not_found"] == int((~frame["plateau_found"]).sum())
+
+
+def test_estimate_rejects_an_unknown_rule(lollipop_model, tmp_path):
+    result = flipd("estimate", "lollipop", "-m", lollipop_model, "-n", "4", "-o", tmp_path / "x.csv", "--t0", "flat")
+    assert_user_error(result, "--t0", "plateau")
+
+
 def test_estimate_from_table_files(lollipop_model, tmp_path):
     rng = np.random.default_rng(0)
     points = rng.normal(size=(30, 2))
@@ -187,6 +207,25 @@ def test_curve_writes_long_table_and_figure(lollipop_model, tmp_path):
     assert (plots / "lollipop_curves.png").read_bytes()[:4] == b"\x89PNG"
     metadata = json.loads(table.with_suffix(".json").read_text())
     assert len(metadata["settings"]["times"]) == levels
+
+
+def test_curve_marks_the_plateau(lollipop_model, tmp_path):
+    table = tmp_path / "curves.parquet"
+    plots = tmp_path / "plots"
+    result = flipd("curve", "lollipop", "-m", lollipop_model, "-n", "5", "-o", table, "--rule", "plateau",
+                   "--plot", plots, "--quiet")
+    assert result.exit_code == 0, result.output
+    frame = pd.read_parquet(table)
+    from flipd.noise import plateau_grid
+
+    assert frame["t0"].nunique() == plateau_grid().numel()  # the plateau rule's own grid
+    assert frame.groupby("index")["plateau"].sum().eq(1).all()
+    assert {"flatness", "reliable", "plateau_found"} <= set(frame.columns)
+    assert (plots / "lollipop_curves.png").read_bytes()[:4] == b"\x89PNG"
+    metadata = json.loads(table.with_suffix(".json").read_text())
+    assert metadata["plateaus"]["found"] == int(frame.groupby("index")["plateau_found"].first().sum())
+    bad = flipd("curve", "lollipop", "-m", lollipop_model, "-n", "2", "-o", tmp_path / "c.csv", "--rule", "elbow")
+    assert_user_error(bad, "--rule")
 
 
 def test_curve_with_explicit_grid(lollipop_model, tmp_path):
@@ -410,7 +449,7 @@ def test_images_train_estimate_and_figures(tmp_path):
     frame = pd.read_parquet(table)
     assert {"name", "label", "png_bytes"} <= set(frame.columns) and len(frame) == 40
     assert {p.name for p in plots.iterdir()} == {
-        "digits8_lid_histogram.png", "digits8_images_by_lid.png", "digits8_lid_vs_png_size.png",
+        f"digits8_flipd_t0_0.05_{figure}.png" for figure in ("lid_histogram", "images_by_lid", "lid_vs_png_size")
     }
 
 
@@ -423,7 +462,7 @@ def test_demo_on_a_tiny_budget(tmp_path):
     for name in ("lollipop", "doughnut"):
         frame = pd.read_parquet(out / f"{name}_lid.parquet")
         assert len(frame) == 60 and {"lid", "lid_true", "component"} <= set(frame.columns)
-        for figure in ("lid_histogram", "lid_scatter", "curves"):
+        for figure in ("flipd_t0_0.05_lid_histogram", "flipd_t0_0.05_lid_scatter", "curves"):
             assert (out / "plots" / f"{name}_{figure}.png").is_file()
     again = flipd("demo", "--out", out, "--n-eval", "60", "--threads", "1", "--quiet")
     assert again.exit_code == 0 and again.output == ""
@@ -488,3 +527,15 @@ def test_resume_with_a_truncated_chunk_names_the_file(lollipop_model, tmp_path):
     chunk = table.with_name(table.name + ".chunks") / "chunk-000001.npz"
     chunk.write_bytes(chunk.read_bytes()[:40])  # a chunk file cut short
     assert_user_error(flipd(*_estimate_args(lollipop_model, table, "--resume")), "chunk-000001.npz", "delete it")
+
+
+def test_figures_of_flipd_and_nb_on_the_same_data_do_not_overwrite_each_other(lollipop_model, tmp_path):
+    plots = tmp_path / "plots"
+    for method in ("flipd", "nb"):
+        result = flipd("estimate", "lollipop", "-m", lollipop_model, "-n", "40", "--method", method,
+                       "-o", tmp_path / f"{method}.csv", "--plot", plots, "--quiet", "--threads", "1")
+        assert result.exit_code == 0, result.output
+    names = sorted(p.name for p in plots.iterdir())
+    histograms = [name for name in names if name.endswith("lid_histogram.png")]
+    assert len(histograms) == 2 and histograms[0].startswith("lollipop_flipd_t0_0.05_")
+    assert histograms[1].startswith("lollipop_nb_t0_")  # NB's own default level, named by its time

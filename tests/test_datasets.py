@@ -315,7 +315,7 @@ def test_mixture_argument_checks():
 
 
 def test_list_datasets():
-    assert list_datasets() == ["lollipop", "doughnut", "swiss_roll", "mixture"]
+    assert list_datasets() == ["lollipop", "doughnut", "swiss_roll", "mixture", "helix", "sphere", "torus"]
 
 
 def test_registry_parses_specs():

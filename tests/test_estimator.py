@@ -317,7 +317,7 @@ def model_and_x():
         ({"t0": 1.5}, "outside"),
         ({"t0": 0.1, "sigma": 0.2}, "at most once"),
         ({"sigma": 0.1, "delta": 0.2}, "at most once"),
-        ({"t0": "knee"}, "auto"),
+        ({"t0": "kneed"}, "auto"),
         ({"t0": 0.1, "prediction": "noise"}, "Unknown prediction"),
         ({"t0": 0.1, "trace": "approximate"}, "Unknown trace"),
         ({"t0": 0.1, "n_probes": 0}, "n_probes"),

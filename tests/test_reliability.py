@@ -20,6 +20,7 @@ import pytest
 import torch
 
 import flipd
+from flipd.bench.__main__ import BENCHMARKS
 from test_cli import PACKAGE_ROOT, TINY_TRAIN, assert_user_error
 from test_cli import flipd as run_flipd
 
@@ -211,6 +212,7 @@ def no_estimation(monkeypatch):
         raise AssertionError("estimation started")
 
     monkeypatch.setattr("flipd.runs.estimate_in_chunks", refuse)
+    monkeypatch.setattr("flipd.runs.open_chunked_run", refuse)  # what the command line opens its runs with
 
 
 @pytest.mark.parametrize("force", [False, True])
@@ -689,7 +691,7 @@ def test_the_scheduler_option_completes_a_unet_folder(ddpm_folder, tmp_path, che
         (("curve", "NOSUCH.csv", "-m", "MODEL", "--t-min", "0.5", "--t-max", "0.1"), ["--t-min/--t-max", "empty"]),
         (("curve", "NOSUCH.csv", "-m", "MODEL", "--t-min", "-1"), ["--t-min/--t-max", "outside"]),
         (("train", "NOSUCH.csv", "--lr", "0"), ["--lr", "positive"]),
-        (("bench", "nosuch"), ["unknown benchmark 'nosuch'", "images, oracle, scale, sd_scale_gpu, speed, stream_memory, synthetic"]),
+        (("bench", "nosuch"), ["unknown benchmark 'nosuch'", ", ".join(sorted(BENCHMARKS))]),
     ],
 )
 def test_options_are_checked_before_the_data_is_read(tmp_path, checkpoint, arguments, fragments):
@@ -743,7 +745,7 @@ class _RefusedEncode:
         (lambda m, x: flipd.flipd(m, x, n_probes=0), ValueError, "n_probes"),
         (lambda m, x: flipd.flipd(m, x, t0=5.0), ValueError, "t0"),
         (lambda m, x: flipd.flipd(m, x, indices=[1, 2]), ValueError, "indices"),
-        (lambda m, x: flipd.estimate(m, x, t0="knee"), ValueError, "t0"),
+        (lambda m, x: flipd.estimate(m, x, t0="nosuch"), ValueError, "t0"),
         (lambda m, x: flipd.flipd_curve(m, x, [0.1, 2.0]), ValueError, "t_grid"),
         (lambda m, x: flipd.flipd_curve(m, x, [0.1, 0.2], mode="sideways"), ValueError, "mode"),
         (lambda m, x: flipd.baselines.estimate_nb(m, x, seed=None), TypeError, "seed"),

@@ -4,11 +4,12 @@
 >>> model = flipd.load("models/lollipop")            # doctest: +SKIP
 >>> lid = flipd.flipd(model, x)                      # doctest: +SKIP
 
-The public contract: :func:`flipd`, :func:`estimate`, :func:`flipd_curve`, :func:`knee` and
-:func:`knee_grid`; one result type :class:`LIDResult` (``to_pandas()``) and one registry of every
+The public contract: :func:`flipd`, :func:`estimate`, :func:`flipd_curve`, :func:`knee`,
+:func:`knee_grid`, :func:`plateau` and :func:`plateau_grid`; one result type :class:`LIDResult` (``to_pandas()``) and one registry of every
 estimator, :data:`METHODS` (FLIPD and the baselines, one calling convention); the model concept :class:`Model` with :func:`load`, :func:`as_model`,
 :class:`ModelAdapter` and :func:`from_diffusers` (needs the ``images`` extra);
-:func:`train_diffusion`; :mod:`flipd.schedules`, :mod:`flipd.analytic`, :mod:`flipd.baselines`,
+:func:`train_diffusion`; :class:`FLIPD`, the scikit-learn estimator (needs scikit-learn; imported on
+first use); :mod:`flipd.schedules`, :mod:`flipd.analytic`, :mod:`flipd.baselines`,
 :mod:`flipd.datasets`. ``docs/architecture.md`` describes the layers.
 """
 
@@ -19,13 +20,15 @@ from .estimator import EstimateWarning, NonFiniteOutputError, estimate, flipd, f
 from .methods import METHODS
 from .knee import KneeResult, knee
 from .models import DiffusersModel, DiffusionModel, Model, ModelAdapter, as_model, from_diffusers, load
-from .noise import default_noise_level, knee_grid
+from .noise import default_noise_level, knee_grid, plateau_grid
+from .plateau import PlateauResult, plateau
 from .parameterization import PREDICTIONS
 from .results import FLIPDResult, LIDResult
 from .train import TrainConfig, train_diffusion
 
 __all__ = [
     "DiffusersModel",
+    "FLIPD",
     "DiffusionModel",
     "EstimateWarning",
     "FLIPDResult",
@@ -36,6 +39,7 @@ __all__ = [
     "ModelAdapter",
     "NonFiniteOutputError",
     "PREDICTIONS",
+    "PlateauResult",
     "TrainConfig",
     "as_model",
     "default_noise_level",
@@ -46,6 +50,17 @@ __all__ = [
     "knee",
     "knee_grid",
     "load",
+    "plateau",
+    "plateau_grid",
     "schedules",
     "train_diffusion",
 ]
+
+
+def __getattr__(name: str):
+    # The scikit-learn estimator is imported on first use: scikit-learn is optional and slow to import.
+    if name == "FLIPD":
+        from .sklearn import FLIPD
+
+        return FLIPD
+    raise AttributeError(f"module 'flipd' has no attribute {name!r}")

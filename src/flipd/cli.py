@@ -1,4 +1,4 @@
-"""The ``flipd`` command line: train, estimate, curve, bench, demo, info.
+"""The ``flipd`` command line: train, estimate, curve, sample, bench, demo, info.
 
 A thin shell over the library: options are parsed here, the work is done by the jobs of
 :mod:`flipd.jobs` (estimate, curve, train, demo), with data from :mod:`flipd.datasets.sources`,
@@ -133,6 +133,10 @@ def handles_errors(command: Callable[..., Any]) -> Callable[..., Any]:
         except Exception as error:  # an unexpected failure: say so, keep the traceback behind --debug
             if debug:
                 traceback.print_exc()
+            from .runs.distributed import RankFailed
+
+            if isinstance(error, RankFailed):  # another process's error, already named in the message
+                raise _fail(_one_line(error), EXIT_FAILURE) from None
             raise _fail(
                 f"{type(error).__name__}: {_one_line(error)} (run again with --debug for the traceback)",
                 EXIT_FAILURE,
@@ -195,6 +199,13 @@ Trace = Annotated[str, typer.Option("--trace", help="auto (exact for D <= 256), 
 Probes = Annotated[int, typer.Option("--probes", min=1, help="Hutchinson probes per point (ignored by the exact trace).")]
 BatchSize = Annotated[int, typer.Option("--batch-size", min=1, help="Points per forward pass.")]
 PlotDir = Annotated[Optional[Path], typer.Option("--plot", help="Write PNG figures into this folder.", show_default=False)]
+DistTimeout = Annotated[
+    float,
+    typer.Option("--dist-timeout", min=0.01, help="Under torchrun or accelerate launch: minutes a process waits for the "
+                 "others at each meeting point (the slowest one's chunks included) before it stops."),
+]
+ChunkSize = Annotated[int, typer.Option("--chunk-size", min=1, help="Points per saved chunk (the unit of --resume and of the work each process takes).")]
+Resume = Annotated[bool, typer.Option("--resume", help="Continue an interrupted run; finished chunks are not computed again.")]
 
 
 def _setup(threads: int | None, device: str, debug: bool = False) -> Any:
@@ -285,12 +296,14 @@ def _slug(spec: str) -> str:
 def _parse_t0(text: str | None) -> float | str | None:
     if text is None:
         return None
-    if text.strip().lower() == "auto":
-        return "auto"
+    from .estimator import AUTO_RULES
+
+    if text.strip().lower() in AUTO_RULES:
+        return text.strip().lower()
     try:
         return float(text)
     except ValueError:
-        raise OptionError("--t0", f"{text!r} is neither a number nor 'auto'.") from None
+        raise OptionError("--t0", f"{text!r} is neither a number nor a rule ({', '.join(AUTO_RULES)}).") from None
 
 
 def _check_dtype(dtype: str) -> Any:
@@ -506,18 +519,18 @@ def estimate(
     n_points: Points = None,
     t0: Annotated[
         Optional[str],
-        typer.Option("--t0", help="Noise level in the model's time units, or 'auto' for the knee rule (default: t0 = 0.05 of the reference VP schedule).", show_default=False),
+        typer.Option("--t0", help="Noise level in the model's time units, or a rule that picks it per point: 'knee' (the reference knee rule), 'plateau' (the flattest stretch of the FLIPD curve where the model denoises reliably) or 'auto' (= knee) (default: t0 = 0.05 of the reference VP schedule).", show_default=False),
     ] = None,
     sigma: Annotated[Optional[float], typer.Option("--sigma", help="Noise level as a noise standard deviation.", show_default=False)] = None,
     delta: Annotated[Optional[float], typer.Option("--delta", help="Noise level as log(sigma/psi), schedule-free.", show_default=False)] = None,
     trace: Trace = "auto",
     probes: Probes = 1,
     batch_size: BatchSize = 256,
-    chunk_size: Annotated[int, typer.Option("--chunk-size", min=1, help="Points per saved chunk (the unit of --resume).")] = 1024,
+    chunk_size: ChunkSize = 1024,
     neighbors: Annotated[
         Optional[int], typer.Option("--neighbors", min=2, help=f"Neighbourhood size of lpca, mle, ess, twonn (default: {_NEIGHBOR_DEFAULTS}; at most the number of points - 1).", show_default=False)
     ] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run from its last finished chunk.")] = False,
+    resume: Resume = False,
     force: Annotated[bool, typer.Option("--force", help="Overwrite existing results and discard an unfinished run.")] = False,
     plot: PlotDir = None,
     workers: Workers = 0,
@@ -527,17 +540,20 @@ def estimate(
     seed: Seed = 0,
     threads: Threads = None,
     device: RunDevice = "auto",
+    dist_timeout: DistTimeout = 30.0,
     quiet: Quiet = False,
     debug: Debug = False,
     stop_after_chunks: Annotated[Optional[int], typer.Option("--stop-after-chunks", hidden=True)] = None,
 ) -> None:
     """Estimate the LID of every point of DATA with FLIPD (or a baseline) and write one row per point.
 
-    The table holds index, lid, the noise level used (t0, sigma, delta), method, trace, probes, the Hutchinson standard error where there is one, and the ground truth and component when known. Finished chunks are kept until the table is written, so an interrupted run goes on with [bold]--resume[/].
+    The table holds index, lid, the noise level used (t0, sigma, delta), method, trace, probes, the Hutchinson standard error where there is one, and the ground truth and component when known. Finished chunks are kept until the table is written, so an interrupted run goes on with [bold]--resume[/]. Under torchrun (or accelerate launch) the chunks are split over the processes and rank 0 writes the table.
 
     [bold]Examples[/]:
       [cyan]flipd estimate lollipop --model models/lollipop --out lollipop.parquet --plot plots/[/]
+      [cyan]torchrun --standalone --nproc-per-node=4 -m flipd estimate big.npy -m models/big -o big.parquet[/]
       [cyan]flipd estimate lollipop -m models/lollipop --t0 auto[/]
+      [cyan]flipd estimate helix -m models/helix --t0 plateau[/]
       [cyan]flipd estimate big.npy -m models/big --trace hutchinson --probes 16 --resume[/]
       [cyan]flipd estimate lollipop -m models/lollipop --method nb -o lollipop_nb.csv[/]
       [cyan]flipd estimate lollipop --method lpca --neighbors 100 -n 2000[/]
@@ -546,8 +562,8 @@ def estimate(
     """
     from .jobs.estimate import METHODS, MODEL_METHODS, check_method_options
     from .noise import check_noise_level
-    from .runs import (check_table_path, chunk_directory_for, estimate_in_chunks, fingerprint_array,
-                       metadata_path_for, output_lock, remove_run_directory, write_json, write_table)
+    from .runs import (check_table_path, chunk_directory_for, fingerprint_array, metadata_path_for,
+                       remove_run_directory, write_json, write_table)
     from .datasets.sources import load_points
     from .estimator import NonFiniteOutputError
     from .jobs.estimate import estimate_table_columns, non_finite_outputs_error, plan_estimate
@@ -575,80 +591,73 @@ def estimate(
     _check_trace(trace)
     noise = {name: value for name, value in (("t0", _parse_t0(t0)), ("sigma", sigma), ("delta", delta)) if value is not None}
     check_method_options(method, noise=noise, n_neighbors=neighbors, trace=trace, n_probes=probes)
-    _check_output_folders(table_path, plot)
-    with output_lock(table_path):  # refuses a second run writing the same table
-        if not _outputs_may_be_written(table_path, run_directory, resume=resume, force=force, quiet=quiet):
+    with _processes_of_the_run(device_used, dist_timeout, table_path, run_directory, plot, resume=resume, force=force,
+                               quiet=quiet) as group:
+        if group is None:
             return
-
+        quiet = quiet or not group.is_main  # one voice: rank 0's
+        device_used = group.device
         timings: dict[str, float] = {}
-        with _timed(timings, "load_model_s"):
-            loaded = (load_model(model, device=device_used, scheduler=scheduler, prompt=prompt, dtype=precision)
-                      if model is not None else None)
-        with _noise_level_options():
-            if loaded is not None and noise:  # a level the model cannot reach, refused before the data is read
-                check_noise_level(loaded.schedule, noise)
-            with _timed(timings, "load_data_s"):
-                points = load_points(data, n=n_points, seed=seed, stream=True, workers=workers, resize=resize,
-                                     center_crop=center_crop)
-                plan = plan_estimate(
-                    method, loaded, points, **noise, trace=trace, n_probes=probes,
-                    seed=seed, batch_size=batch_size, chunk_size=chunk_size, n_neighbors=neighbors,
-                )
+        with group.agree("loading the model and the data"):
+            with _timed(timings, "load_model_s"):
+                loaded = (load_model(model, device=device_used, scheduler=scheduler, prompt=prompt, dtype=precision)
+                          if model is not None else None)
+            with _noise_level_options():
+                if loaded is not None and noise:  # a level the model cannot reach, refused before the data is read
+                    check_noise_level(loaded.schedule, noise)
+                with _timed(timings, "load_data_s"):
+                    points = load_points(data, n=n_points, seed=seed, stream=True, workers=workers, resize=resize,
+                                         center_crop=center_crop)
+                    plan = plan_estimate(
+                        method, loaded, points, **noise, trace=trace, n_probes=probes,
+                        seed=seed, batch_size=batch_size, chunk_size=chunk_size, n_neighbors=neighbors,
+                    )
+            identity = {
+                "data": {"spec": data, "n_points": points.n,
+                         "fingerprint": points.fingerprint() if points.streamed else fingerprint_array(plan.x)},
+                "model": {"fingerprint": loaded.fingerprint if loaded else None},  # not the path: a moved model is the same
+            }
+            if loaded is not None and loaded.dtype != "float32":
+                identity["model"]["dtype"] = loaded.dtype
         if loaded is not None:
             _say(quiet, f"model: {escape(loaded.description)}")
         _say(quiet, f"data: {escape(points.description)}")
-        identity = {
-            "data": {"spec": data, "n_points": points.n,
-                     "fingerprint": points.fingerprint() if points.streamed else fingerprint_array(plan.x)},
-            "model": {"fingerprint": loaded.fingerprint if loaded else None},  # not the path: a moved model is the same
-        }
-        if loaded is not None and loaded.dtype != "float32":
-            identity["model"]["dtype"] = loaded.dtype
-
-        def stop_hook(done: int, total: int) -> None:  # a test hook that simulates an interruption
-            if stop_after_chunks is not None and done >= stop_after_chunks and done < total:
-                raise KeyboardInterrupt
 
         with _timed(timings, "estimate_s"):
             try:
-                with progress_bar(method.upper() if method == "flipd" else method, points.n, enabled=not quiet) as advance:
-                    result = estimate_in_chunks(
-                        plan.estimator, plan.x, plan.settings, run_directory, identity=identity, resume=resume,
-                        progress=advance, on_chunk_done=stop_hook,
-                    )
-            except KeyboardInterrupt:
-                raise Interrupted(
-                    f"interrupted; finished chunks are kept in {run_directory}: run the same command with "
-                    "--resume to continue"
-                ) from None
+                run = _compute_chunks(
+                    group, plan.estimator, plan.x, plan.settings, run_directory, identity, resume=resume,
+                    label=method.upper() if method == "flipd" else method, quiet=quiet, stop_after_chunks=stop_after_chunks,
+                )
             except NonFiniteOutputError as error:  # name every such point, by the table's index
                 raise non_finite_outputs_error(error, plan, loaded.model, points) from None
-        if result.resolved:
-            shown = ", ".join(f"{key}={_short(value)}" for key, value in result.resolved.items())
-            _say(quiet, f"{method} ran with {escape(shown)}")
-        if result.resumed_chunks:
-            _say(quiet, f"resumed: {result.resumed_chunks} of {result.n_chunks} chunks were already finished")
-
-        columns = estimate_table_columns(points, result, method=method, knee_rule=plan.settings.t0 == "auto")
-        write_table(table_path, columns)
-        written_plots: list[Path] = []
-        if plot is not None:
-            with _timed(timings, "plots_s"):
-                written_plots = _estimate_plots(plot, points, columns["lid"], _slug(data))
-        timings["compute_chunks_s"] = round(sum(result.chunk_seconds), 4)
-        timings["total_s"] = round(time.perf_counter() - began, 4)
-        metadata_path = metadata_path_for(table_path)
-        write_json(metadata_path, run_record(
-            "estimate", points=points, data_seed=seed, model=loaded, settings=plan.settings.to_json(),
-            resolved={"trace": result.trace, "n_probes": result.n_probes, "mode": result.mode, "noise_level": plan.noise,
-                      "method": result.resolved, "batch_size": plan.batch.get("used", batch_size),
-                      "dtype": loaded.dtype if loaded else None, "workers": workers, "streamed": points.streamed},
-            chunks={"n_chunks": result.n_chunks, "resumed_chunks": result.resumed_chunks,
-                    "seconds": [round(s, 4) for s in result.chunk_seconds]},
-            summary=summary_record(columns["lid"], points, columns["stderr"]), timings=timings,
-            outputs={"table": str(table_path), "plots": [str(p) for p in written_plots]}, device=device_used,
-        ))
-        remove_run_directory(run_directory)
+        with group.agree("writing the outputs"):
+            if not group.is_main:
+                return
+            result = _collect_chunks(run, quiet)
+            if result.resolved:
+                shown = ", ".join(f"{key}={_short(value)}" for key, value in result.resolved.items())
+                _say(quiet, f"{method} ran with {escape(shown)}")
+            columns = estimate_table_columns(points, result, method=method, knee_rule=plan.settings.t0 in ("auto", "knee"))
+            write_table(table_path, columns)
+            written_plots: list[Path] = []
+            if plot is not None:
+                with _timed(timings, "plots_s"):
+                    written_plots = _estimate_plots(plot, points, columns, _slug(data), method=method, noise=plan.noise)
+            timings["compute_chunks_s"] = round(sum(result.chunk_seconds), 4)
+            timings["total_s"] = round(time.perf_counter() - began, 4)
+            metadata_path = metadata_path_for(table_path)
+            write_json(metadata_path, run_record(
+                "estimate", points=points, data_seed=seed, model=loaded, settings=plan.settings.to_json(),
+                resolved={"trace": result.trace, "n_probes": result.n_probes, "mode": result.mode, "noise_level": plan.noise,
+                          "method": result.resolved, "batch_size": plan.batch.get("used", batch_size),
+                          "dtype": loaded.dtype if loaded else None, "workers": workers, "streamed": points.streamed},
+                chunks=_chunks_record(result), processes=group.describe(),
+                summary=summary_record(columns["lid"], points, columns["stderr"],
+                                       columns.get("knee_found", columns.get("plateau_found"))), timings=timings,
+                outputs={"table": str(table_path), "plots": [str(p) for p in written_plots]}, device=device_used,
+            ))
+            remove_run_directory(run_directory)
         _warn_about_estimates(columns["lid"], columns["stderr"], points)
         if not quiet:
             _print_summary(points, columns["lid"], title=f"{'FLIPD' if method == 'flipd' else method} on {data}")
@@ -677,6 +686,70 @@ def _warn_about_estimates(lids: Any, stderr: Any, points: Any) -> None:
     for warning in (non_finite_warning(lids, points), out_of_range_warning(lids, stderr, points)):
         if warning is not None:
             err_console.print(f"[yellow]warning:[/] {escape(warning)}", soft_wrap=True)
+
+
+@contextlib.contextmanager
+def _processes_of_the_run(device: Any, dist_timeout: float, table: Path, run_directory: Path, plot: Path | None, *,
+                          resume: bool, force: bool, quiet: bool) -> Iterator[Any]:
+    """The processes of a run writing ``table`` (:func:`flipd.runs.rank_group`: one without a
+    launcher). Rank 0 checks the output folders, holds the table's lock for the block and checks
+    --resume/--force against what exists; an error there stops every process. Yields the
+    :class:`flipd.runs.RankGroup`, or None on every process when a finished run makes --resume a no-op."""
+    from .runs import output_lock, rank_group
+
+    with rank_group(device, timeout_minutes=dist_timeout) as group, contextlib.ExitStack() as held:
+        proceed = True
+        with group.agree("checking the outputs"):
+            if group.is_main:
+                _check_output_folders(table, plot)
+                held.enter_context(output_lock(table))  # refuses a second run writing the same table
+                proceed = _outputs_may_be_written(table, run_directory, resume=resume, force=force, quiet=quiet)
+        yield group if group.share([int(proceed)] if group.is_main else None, 1)[0] else None
+
+
+def _compute_chunks(group: Any, estimator: Any, x: Any, settings: Any, run_directory: Path, identity: dict[str, Any], *,
+                    resume: bool, label: str, quiet: bool, stop_after_chunks: int | None, columns: Any = None,
+                    steps_per_point: int = 1) -> Any:
+    """Open the chunked run, compute this process's chunks with a progress bar, and return the
+    run (:class:`flipd.runs.ChunkedRun`) once every process is done. An interruption becomes
+    :class:`Interrupted`, saying how to continue."""
+    from .runs import RankFailed, open_chunked_run
+    from .runs.chunks import CHUNK_COLUMNS
+
+    def stop_hook(done: int, total: int) -> None:  # a test hook that simulates an interruption
+        if stop_after_chunks is not None and done >= stop_after_chunks and done < total:
+            raise KeyboardInterrupt
+
+    try:
+        run = open_chunked_run(run_directory, identity, settings, len(x), resume=resume,
+                               columns=CHUNK_COLUMNS if columns is None else columns, group=group)
+        if group.world_size > 1:
+            label = f"{label} (rank {group.rank} of {group.world_size})"
+        with progress_bar(label, run.points_owned * steps_per_point, enabled=not quiet) as advance:
+            run.compute(estimator, x, progress=advance, on_chunk_done=stop_hook)
+    except KeyboardInterrupt:
+        raise Interrupted(
+            f"interrupted; finished chunks are kept in {run_directory}: run the same command with "
+            "--resume to continue"
+        ) from None
+    except RankFailed as error:
+        raise RankFailed(f"{error}; finished chunks are kept in {run_directory}: run the same command with --resume "
+                         "to continue") from None
+    return run
+
+
+def _collect_chunks(run: Any, quiet: bool) -> Any:
+    """All chunks of a finished run joined in point order (rank 0), saying how many were resumed."""
+    result = run.collect()
+    if result.resumed_chunks:
+        _say(quiet, f"resumed: {result.resumed_chunks} of {result.n_chunks} chunks were already finished")
+    return result
+
+
+def _chunks_record(result: Any) -> dict[str, Any]:
+    """What a run's metadata records about its chunks."""
+    return {"n_chunks": result.n_chunks, "resumed_chunks": result.resumed_chunks,
+            "seconds": [round(s, 4) for s in result.chunk_seconds], "ranks": result.chunk_ranks}
 
 
 def _check_output_folders(table: Path, plot: Path | None) -> None:
@@ -733,19 +806,26 @@ def _load_model_and_points(model: Path, data: str, n_points: int | None, seed: i
     return points, loaded, x, checked
 
 
-def _estimate_plots(directory: Path, points: Any, lids: Any, prefix: str) -> list[Path]:
-    from . import plots
-
+def _estimate_plots(directory: Path, points: Any, columns: dict[str, Any], prefix: str, *, method: str,
+                    noise: dict[str, Any]) -> list[Path]:
+    """The figures of an estimate run, named and titled by data, method and noise level (the level
+    the method used when none was given, e.g. NB's default)."""
     import numpy as np
 
-    lids = np.asarray(lids, dtype=np.float64)
+    from . import plots
+
+    lids = np.asarray(columns["lid"], dtype=np.float64)
+    if not noise and np.isfinite(columns["t0"]).all() and np.unique(columns["t0"]).size == 1:
+        noise = {"t0": float(columns["t0"][0])}
     scatter = points.kind == "vectors" and points.ambient_dim in (2, 3)
     shown = plots.image_grid_picks(lids) if points.kind == "images" else None  # read only the images shown
     return plots.plot_estimates(
-        directory, lids=lids, x=points.tensor().numpy() if scatter else None,
+        directory, lids=columns["lid"], x=points.tensor().numpy() if scatter else None,
         lid_true=points.lid_true, component=points.component, labels=points.labels,
         label_names=points.label_names, images_uint8=None if shown is None else points.images_uint8(shown),
-        image_lids=None if shown is None else lids[shown], png_bytes=points.png_bytes, prefix=f"{prefix}_", title=prefix,
+        image_lids=None if shown is None else lids[shown],
+        png_bytes=points.png_bytes, ambient_dim=points.ambient_dim, method=method, noise_level=noise,
+        prefix=f"{prefix}_", title=prefix,
     )
 
 
@@ -807,10 +887,15 @@ def curve(
     steps: Annotated[
         Optional[int], typer.Option("--steps", min=3, help="Noise levels on the curve (default: the knee rule's reference grid).", show_default=False)
     ] = None,
+    rule: Annotated[
+        str, typer.Option("--rule", help="Which rule's choice to mark: knee, or plateau (the flattest stretch where the model denoises reliably; default grid: the plateau rule's own).")
+    ] = "knee",
     trace: Trace = "auto",
     probes: Probes = 1,
     batch_size: BatchSize = 256,
-    force: Annotated[bool, typer.Option("--force", help="Overwrite existing results.")] = False,
+    chunk_size: ChunkSize = 1024,
+    resume: Resume = False,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite existing results and discard an unfinished run.")] = False,
     plot: PlotDir = None,
     workers: Workers = 0,
     dtype: DType = "float32",
@@ -819,79 +904,131 @@ def curve(
     seed: Seed = 0,
     threads: Threads = None,
     device: RunDevice = "auto",
+    dist_timeout: DistTimeout = 30.0,
     quiet: Quiet = False,
     debug: Debug = False,
+    stop_after_chunks: Annotated[Optional[int], typer.Option("--stop-after-chunks", hidden=True)] = None,
 ) -> None:
-    """FLIPD curves: each point's estimate across noise levels, with the knee that --t0 auto picks.
+    """FLIPD curves: each point's estimate across noise levels, with the knee that --t0 auto picks (or, with --rule plateau, the scale --t0 plateau picks).
 
-    Curves start near the ambient dimension at tiny noise, fall, and plateau at the LID; the knee rule of the FLIPD paper picks the noise level at the start of the plateau. The table has one row per point and noise level, with the knee rows flagged.
+    Curves start near the ambient dimension at tiny noise, fall, and plateau at the LID; the knee rule of the FLIPD paper picks the noise level at the start of the plateau, the plateau rule the flattest stretch in log sigma among the levels where the model denoises the point reliably. The table has one row per point and noise level, with the chosen rows flagged (and, for the plateau rule, each point's flatness and the reliable levels). Points are computed in chunks, as by flipd estimate: --resume continues an interrupted run, and under torchrun the chunks are split over the processes.
 
     [bold]Examples[/]:
       [cyan]flipd curve lollipop --model models/lollipop -n 50 --plot plots/[/]
       [cyan]flipd curve doughnut -m models/doughnut --t-min 0.01 --t-max 0.6 --steps 30 -o curves.csv[/]
+      [cyan]torchrun --standalone --nproc-per-node=2 -m flipd curve lollipop -m models/lollipop -n 2000[/]
+      [cyan]flipd curve helix -m models/helix --rule plateau --plot plots/[/]
     """
     import numpy as np
 
     from . import plots
-    from .runs import check_table_path, metadata_path_for, output_lock, write_json, write_table
+    from .runs import (check_table_path, chunk_directory_for, fingerprint_array, metadata_path_for,
+                       remove_run_directory, write_json, write_table)
     from .estimator import NonFiniteOutputError
-    from .jobs.curve import compute_curves, curve_table_columns
+    from .jobs.curve import CurveSettings, curve_chunks, curve_table_columns, curves_from_chunks
     from .jobs.records import non_finite_output_error, run_record, summary_record
-    from .noise import curve_times
+    from .noise import curve_times, plateau_grid
 
     began = time.perf_counter()
     device_used = _setup(threads, device, debug)
     precision = _check_dtype(dtype)
     table_path = check_table_path(out if out is not None else Path(f"{_slug(data)}_curves.parquet"))
+    run_directory = chunk_directory_for(table_path)
     _check_trace(trace)
-    _check_output_folders(table_path, plot)
-    with output_lock(table_path):  # refuses a second run writing the same table
-        if table_path.exists() and not force:
-            raise FileExistsError(f"{str(table_path)!r} already exists; pass --force to overwrite it, or choose another --out.")
+    if rule not in ("knee", "plateau"):
+        raise OptionError("--rule", f"{rule!r} is not a rule; use knee or plateau.")
+    with _processes_of_the_run(device_used, dist_timeout, table_path, run_directory, plot, resume=resume, force=force,
+                               quiet=quiet) as group:
+        if group is None:
+            return
+        quiet = quiet or not group.is_main  # one voice: rank 0's
+        device_used = group.device
         timings: dict[str, float] = {}
 
         def noise_levels(loaded: Any) -> Any:  # checked once the schedule is known, before the data is loaded
+            if rule == "plateau" and t_min is None and t_max is None and steps is None:
+                return plateau_grid(loaded.schedule)
             try:
                 return curve_times(loaded.schedule, t_min=t_min, t_max=t_max, steps=steps)
             except ValueError as error:
                 raise OptionError("--t-min/--t-max", str(error)) from None
 
-        points, loaded, x, times = _load_model_and_points(
-            model, data, CURVE_POINTS if n_points is None else n_points, seed, device_used, timings, quiet,
-            scheduler=scheduler, prompt=prompt, check_model=noise_levels, at_most=n_points is None, dtype=precision,
-            reading={"workers": workers, "resize": resize, "center_crop": center_crop},
-        )
+        with group.agree("loading the model and the data"):
+            points, loaded, x, times = _load_model_and_points(
+                model, data, CURVE_POINTS if n_points is None else n_points, seed, device_used, timings, quiet,
+                scheduler=scheduler, prompt=prompt, check_model=noise_levels, at_most=n_points is None, dtype=precision,
+                reading={"workers": workers, "resize": resize, "center_crop": center_crop},
+            )
+            settings = CurveSettings(
+                times=tuple(times.tolist()), trace=trace, n_probes=probes, seed=seed, batch_size=batch_size,
+                chunk_size=chunk_size, rule=rule,
+            )
+            identity = {
+                "job": "curve", "data": {"spec": data, "n_points": points.n,
+                                         "fingerprint": points.fingerprint() if points.streamed else fingerprint_array(x)},
+                "model": {"fingerprint": loaded.fingerprint},
+            }
+            if loaded.dtype != "float32":
+                identity["model"]["dtype"] = loaded.dtype
         with _timed(timings, "curves_s"):
-            with progress_bar("FLIPD curves", points.n * len(times), enabled=not quiet) as advance:
-                try:
-                    curves = compute_curves(loaded.model, x, times, trace=trace, n_probes=probes, seed=seed,
-                                            batch_size=batch_size, progress=advance)
-                except NonFiniteOutputError as error:  # name the points by the table's index
-                    raise non_finite_output_error(error.indices, points, error.time) from None
-        write_table(table_path, curve_table_columns(points, curves))
-        written: list[Path] = []
-        if plot is not None:
-            written.append(plots.plot_curves(
-                curves.times, curves.curves, Path(plot) / f"{_slug(data)}_curves.png", knee_times=curves.knee_t0,
-                knee_lids=curves.knee_lid, ambient_dim=points.ambient_dim, true_lids=points.lid_true,
-                time_label=f"t0 ({loaded.schedule!r} time)", title=f"FLIPD curves on {data}",
+            try:
+                run = _compute_chunks(
+                    group, curve_chunks(loaded.model, settings), x, settings, run_directory, identity, resume=resume,
+                    label="FLIPD curves", quiet=quiet, stop_after_chunks=stop_after_chunks, columns=settings.columns(),
+                    steps_per_point=len(settings.times),
+                )
+            except NonFiniteOutputError as error:  # name the points by the table's index
+                raise non_finite_output_error(error.indices, points, error.time) from None
+        with group.agree("writing the outputs"):
+            if not group.is_main:
+                return
+            result = _collect_chunks(run, quiet)
+            curves = curves_from_chunks(loaded.schedule, settings, result)
+            plateau_rule = curves.plateau_t0 is not None
+            write_table(table_path, curve_table_columns(points, curves))
+            written: list[Path] = []
+            if plot is not None:
+                curve_figure = Path(plot) / f"{_slug(data)}_curves.png"
+                plots.plot_curves(
+                    curves.times, curves.curves, curve_figure,
+                    knee_times=curves.plateau_t0 if plateau_rule else curves.knee_t0,
+                    knee_lids=curves.plateau_lid if plateau_rule else curves.knee_lid, ambient_dim=points.ambient_dim,
+                    true_lids=points.lid_true, time_label=f"t0 ({loaded.schedule!r} time)", chosen_label=rule,
+                    title=f"FLIPD curves on {data}" + (
+                        f", median flatness {np.nanmedian(curves.plateau_flatness):.3g} per unit log sigma"
+                        if plateau_rule else ""
+                    ),
+                )
+                written.append(curve_figure)
+            chosen_lid = curves.plateau_lid if plateau_rule else curves.knee_lid
+            timings["total_s"] = round(time.perf_counter() - began, 4)
+            metadata_path = metadata_path_for(table_path)
+            write_json(metadata_path, run_record(
+                "curve", points=points, data_seed=seed, model=loaded,
+                settings={"times": curves.times.tolist(), "trace": curves.trace, "n_probes": curves.n_probes,
+                          "seed": seed, "batch_size": batch_size, "chunk_size": chunk_size, "rule": rule,
+                          "knee_window": curves.window, "dtype": loaded.dtype, "workers": workers},
+                knees={"found": int(curves.knee_found.sum()),
+                       "median_t0": float(np.nanmedian(curves.knee_t0)) if curves.knee_found.any() else None},
+                **({"plateaus": {"found": int(curves.plateau_found.sum()),
+                                 "median_t0": float(np.nanmedian(curves.plateau_t0)),
+                                 "median_flatness": float(np.nanmedian(curves.plateau_flatness))}}
+                   if plateau_rule else {}),
+                summary=summary_record(chosen_lid, points,
+                                       scale_found=curves.plateau_found if plateau_rule else curves.knee_found),
+                chunks=_chunks_record(result), processes=group.describe(),
+                timings=timings, outputs={"table": str(table_path), "plots": [str(p) for p in written]}, device=device_used,
             ))
-        timings["total_s"] = round(time.perf_counter() - began, 4)
-        metadata_path = metadata_path_for(table_path)
-        write_json(metadata_path, run_record(
-            "curve", points=points, data_seed=seed, model=loaded,
-            settings={"times": curves.times.tolist(), "trace": curves.trace, "n_probes": curves.n_probes,
-                      "seed": seed, "batch_size": batch_size, "knee_window": curves.window, "dtype": loaded.dtype,
-                      "workers": workers},
-            knees={"found": int(curves.knee_found.sum()),
-                   "median_t0": float(np.nanmedian(curves.knee_t0)) if curves.knee_found.any() else None},
-            summary=summary_record(curves.knee_lid, points),
-            timings=timings, outputs={"table": str(table_path), "plots": [str(p) for p in written]}, device=device_used,
-        ))
-        _warn_about_estimates(curves.knee_lid, None, points)
+            remove_run_directory(run_directory)
+        _warn_about_estimates(chosen_lid, None, points)
         if not quiet:
-            found = int(curves.knee_found.sum())
-            _print_summary(points, curves.knee_lid, title=f"FLIPD at the knee on {data} ({found} of {points.n} points have a knee)")
+            if plateau_rule:
+                found = int(curves.plateau_found.sum())
+                _print_summary(points, curves.plateau_lid,
+                               title=f"FLIPD on the plateau on {data} ({found} of {points.n} points have a plateau)")
+            else:
+                found = int(curves.knee_found.sum())
+                _print_summary(points, curves.knee_lid, title=f"FLIPD at the knee on {data} ({found} of {points.n} points have a knee)")
             err_console.print(f"wrote {escape(str(table_path))} and {escape(str(metadata_path))}"
                               + (f"; figure {escape(str(written[0]))}" if written else ""), soft_wrap=True)
 
@@ -925,6 +1062,97 @@ def export(
     if not quiet:
         err_console.print(f"wrote diffusers pipeline [bold]{escape(str(target))}[/] from {escape(loaded.description)}", soft_wrap=True)
         err_console.print(f"next: flipd estimate DATA --model {escape(str(target))}", soft_wrap=True)
+
+
+# --------------------------------------------------------------------------- sample
+
+
+@app.command()
+@handles_errors
+def sample(
+    model: Annotated[Path, typer.Argument(metavar="MODEL", help="A flipd checkpoint directory (from flipd train).", show_default=False)],
+    n_points: Annotated[int, typer.Option("--n-points", "-n", min=1, help="Number of samples.")] = 1000,
+    out: Annotated[
+        Optional[Path],
+        typer.Option("--out", "-o", help="Where to write them: .npy (points in data units), or .png (a grid, image models); default <model>_samples.npy.", show_default=False),
+    ] = None,
+    steps: Annotated[int, typer.Option("--steps", min=1, max=1000, help="Denoising steps.")] = 50,
+    sampler: Annotated[str, typer.Option("--sampler", help="ddim (diffusers DDIMScheduler) or ddpm (DDPMScheduler).")] = "ddim",
+    eta: Annotated[float, typer.Option("--eta", min=0.0, help="DDIM noise (0: deterministic given the seed).")] = 0.0,
+    plot: Annotated[
+        Optional[Path], typer.Option("--plot", help="Write a figure of the samples beside the training data into this folder.", show_default=False)
+    ] = None,
+    data: Annotated[
+        Optional[str],
+        typer.Option("--data", help="Data to show beside the samples with --plot (default: the data the checkpoint was trained on).", show_default=False),
+    ] = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", min=1, help="Samples denoised together (default: all).", show_default=False)] = None,
+    force: Annotated[bool, typer.Option("--force", help="Overwrite an existing output file.")] = False,
+    seed: Seed = 0,
+    threads: Threads = None,
+    device: Device = "auto",
+    quiet: Quiet = False,
+    debug: Debug = False,
+) -> None:
+    """Draw samples from a flipd checkpoint, to see whether it learnt its data before trusting its LID.
+
+    The model is sampled through a diffusers scheduler (DDIM or DDPM steps) under its own schedule and prediction; the samples are in the data's own units (the standardisation is undone). --plot shows them beside the training data the checkpoint records (or --data).
+
+    [bold]Examples[/]:
+      [cyan]flipd sample models/lollipop -n 2000 --out lollipop_samples.npy --plot plots/[/]
+      [cyan]flipd sample models/mnist -n 64 --out mnist_samples.png --sampler ddpm --steps 250[/]
+    """
+    from . import plots
+    from .jobs.inputs import load_model
+    from .jobs.sample import (SAMPLE_SUFFIXES, check_sampleable, check_samples_path, draw_samples, point_shape,
+                              training_points, write_samples)
+    from .models.sampling import SAMPLERS
+    from .runs import check_writable_directory, write_json
+
+    device_used = _setup(threads, device, debug)
+    if sampler not in SAMPLERS:
+        raise OptionError("--sampler", f"{sampler!r} is not one of {', '.join(SAMPLERS)}.")
+    if eta and sampler != "ddim":
+        raise OptionError("--eta", "applies to the ddim sampler only.")
+    target = Path(out) if out is not None else Path(f"{_slug(str(model))}_samples.npy")
+    if target.suffix.lower() not in SAMPLE_SUFFIXES:
+        raise OptionError("--out", f"{str(target)!r} must end in {' or '.join(SAMPLE_SUFFIXES)}.")
+    if target.exists() and not force:
+        raise FileExistsError(f"{str(target)!r} already exists; pass --force to overwrite it, or choose another --out.")
+    _check_output_folders(target, plot)
+    check_writable_directory(target.parent, "the samples")
+    loaded = load_model(model, device=device_used)
+    check_sampleable(loaded)
+    try:
+        check_samples_path(target, images=len(point_shape(loaded)) == 3)
+    except ValueError as error:
+        raise OptionError("--out", str(error)) from None
+    _say(quiet, f"model: {escape(loaded.description)}")
+    with progress_bar(f"sampling ({sampler})", n_points * steps, enabled=not quiet) as advance:
+        drawn = draw_samples(loaded, n_points, steps=steps, sampler=sampler, eta=eta, seed=seed,
+                             batch_size=batch_size, progress=advance)
+    title = f"Samples of {model.name} ({sampler}, {steps} steps)"
+    write_samples(target, drawn, title=title)
+    written = [str(target)]
+    if plot is not None:
+        try:
+            reference = training_points(loaded, data, n_points, seed=seed)
+        except (ValueError, FileNotFoundError) as error:
+            raise OptionError("--data", str(error)) from None
+        shown = reference.x.numpy()
+        if drawn.kind == "vectors":
+            shown = shown.reshape(reference.n, -1)
+        if shown.shape[1:] != drawn.values.shape[1:]:
+            raise OptionError("--data", f"{reference.spec!r} has points of shape {list(shown.shape[1:])}, "
+                                        f"the samples {list(drawn.values.shape[1:])}; give the model's own data.")
+        figure = plots.plot_samples(drawn.values, shown, title=f"{title} beside {reference.spec}")
+        written.append(str(plots.save_figure(figure, Path(plot) / f"{_slug(model.name)}_samples_{sampler}.png")))
+    write_json(target.with_suffix(".json"), {
+        "command": "sample", "model": {"path": str(model.resolve()), "fingerprint": loaded.fingerprint,
+                                       "schedule": repr(loaded.schedule), "prediction": loaded.prediction},
+        "settings": drawn.settings, "shape": list(drawn.values.shape), "outputs": written,
+    })
+    _say(quiet, f"wrote {escape(', '.join(written))}")
 
 
 # --------------------------------------------------------------------------- bench

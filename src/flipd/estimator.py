@@ -24,8 +24,10 @@ from torch import Tensor
 
 from .knee import knee
 from .models.base import Model
-from .noise import knee_grid, resolve_times
+from .noise import knee_grid, plateau_grid, resolve_times
 from .parameterization import check_prediction, score_coefficients
+from .plateau import plateau
+from .reliability import denoising_calibration, reliable_levels
 from .pil_images import as_tensor_if_pil
 from .progress import Progress, progress_callback
 from .results import FLIPDResult, LIDResult
@@ -37,6 +39,9 @@ from .trace import MODES, basis_probes, indexed_probes, quadratic_forms
 ModelLike = Model | Callable[[Tensor, Tensor], Tensor]
 Trace = Literal["auto", "exact", "hutchinson", "gaussian"]
 TRACES: tuple[str, ...] = ("auto", "exact", "hutchinson", "rademacher", "gaussian")
+#: Automatic noise-level rules by name: "knee" (the reference knee rule, method notes §5),
+#: "plateau" (the flattest stretch of the curve, :mod:`flipd.plateau`), and "auto" (the knee).
+AUTO_RULES: tuple[str, ...] = ("auto", "knee", "plateau")
 
 #: Under trace="auto", the exact trace is used up to this ambient dimension.
 AUTO_EXACT_MAX_DIM = 256
@@ -417,10 +422,12 @@ def estimate(
     indices = _as_indices(indices, n)
     times = None
     if isinstance(t0, str):
-        if t0 != "auto":
-            raise ValueError(f"t0 must be a number, a tensor of shape [N], or 'auto'; got {t0!r}.")
+        if t0 not in AUTO_RULES:
+            raise ValueError(
+                f"t0 must be a number, a tensor of shape [N], or one of {', '.join(map(repr, AUTO_RULES))}; got {t0!r}."
+            )
         if sigma is not None or delta is not None:
-            raise ValueError("t0='auto' chooses the noise level itself; do not also pass sigma= or delta=.")
+            raise ValueError(f"t0={t0!r} chooses the noise level itself; do not also pass sigma= or delta=.")
     elif isinstance(model, Model):
         times = resolve_times(n, model.schedule, t0=t0, sigma=sigma, delta=delta)
     fn, x, schedule, prediction = resolve_model(model, x, schedule=schedule, prediction=prediction, encoded=encoded)
@@ -431,8 +438,9 @@ def estimate(
         batch_size=batch_size, chunk_rows=chunk_rows, mode=mode, differentiable=differentiable, progress=progress,
     )
     if isinstance(t0, str):
-        with progress_callback(progress, n, "FLIPD (knee)") as options["progress"]:
-            result = _estimate_auto(fn, x, **options)
+        rule, label = (_estimate_plateau, "FLIPD (plateau)") if t0 == "plateau" else (_estimate_auto, "FLIPD (knee)")
+        with progress_callback(progress, n, label) as options["progress"]:
+            result = rule(fn, x, **options)
     else:
         if times is None:
             times = resolve_times(n, schedule, t0=t0, sigma=sigma, delta=delta)
@@ -596,7 +604,10 @@ def flipd(
             its end (its length need not be known), point ``i`` in the order they come gets
             index ``i``, and a model's ``encode`` runs per batch.
         t0: noise level as a time of the schedule (float, or tensor [N] for one per point), or
-            "auto" for the knee rule (:func:`flipd.knee`). Alternatively ``sigma=`` (the noise
+            a rule that chooses it per point: "knee" (the reference knee rule,
+            :func:`flipd.knee`), "plateau" (the flattest stretch of the FLIPD curve in log
+            sigma above the levels where the model denoises reliably, :func:`flipd.plateau`),
+            or "auto" (the knee rule). Alternatively ``sigma=`` (the noise
             standard deviation) or ``delta=`` (log sigma/psi): at most one of the three. With
             none, the default: t0 = 0.05 of the reference VP schedule, carried to other
             schedules through delta (:func:`flipd.default_noise_level`).
@@ -788,13 +799,33 @@ def _estimate_stream(model, x, *, t0, sigma, delta, indices, progress, batch_siz
     if not results:
         raise ValueError("x yielded no points; pass at least one point.")
     first, last = results[0], results[-1]
-    knees = None if first.knee_found is None else torch.cat([r.knee_found for r in results])
+    optional = {name: torch.cat([getattr(r, name) for r in results])
+                for name in ("knee_found", "plateau_found", "flatness") if getattr(first, name) is not None}
     return FLIPDResult(
         **{name: torch.cat([getattr(r, name) for r in results]) for name in ("lid", "t0", "sigma", "delta", "stderr")},
         trace=first.trace, n_probes=first.n_probes, mode=last.mode, method=first.method,
-        ambient_dim=first.ambient_dim, knee_found=knees, settings=last.settings,
-        batch_size=batch_size, chunk_rows=chunk_rows,
+        ambient_dim=first.ambient_dim, settings=last.settings, batch_size=batch_size, chunk_rows=chunk_rows, **optional,
     )
+
+
+def _warn_unfound(found: Tensor, rule: str, consequence: str) -> None:
+    missing = int((~found).sum())
+    if missing:
+        warnings.warn(
+            f"The {rule} rule found no scale for {missing} of {found.numel()} points; {consequence} "
+            "(the result's found is False there).",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+
+
+def _chosen_levels(schedule: Schedule, t0: Tensor) -> tuple[Tensor, Tensor]:
+    """sigma and delta [N] at the chosen times, NaN where no time was chosen."""
+    sigma, delta = torch.full_like(t0, math.nan), torch.full_like(t0, math.nan)
+    chosen = ~torch.isnan(t0)
+    if bool(chosen.any()):
+        sigma[chosen], delta[chosen] = schedule.sigma(t0[chosen]), schedule.delta(t0[chosen])
+    return sigma, delta
 
 
 def _estimate_auto(fn, x: Tensor, *, schedule: Schedule, progress, **options) -> FLIPDResult:
@@ -804,13 +835,34 @@ def _estimate_auto(fn, x: Tensor, *, schedule: Schedule, progress, **options) ->
     if progress is not None:
         progress(x.shape[0])
     found = knee(curve.detach(), grid, schedule=schedule, ambient_dim=x[0].numel())
+    _warn_unfound(found.found, "knee", "their LID is the ambient dimension D, the reference rule's fallback")
     t0 = found.t0.clone()
-    sigma, delta = torch.full_like(t0, math.nan), torch.full_like(t0, math.nan)
-    if bool(found.found.any()):
-        chosen = t0[found.found]
-        sigma[found.found], delta[found.found] = schedule.sigma(chosen), schedule.delta(chosen)
+    sigma, delta = _chosen_levels(schedule, t0)
     return FLIPDResult(
         lid=found.lid.to(x), t0=t0, sigma=sigma, delta=delta, stderr=torch.full((x.shape[0],), math.nan),
         trace=options["trace"], n_probes=options["n_probes"], mode=mode_used, ambient_dim=x[0].numel(),
         knee_found=found.found.clone(), settings=_settings(options["trace"], options["n_probes"], options["seed"], mode_used),
+    )
+
+
+def _estimate_plateau(fn, x: Tensor, *, schedule: Schedule, progress, **options) -> FLIPDResult:
+    """t0 chosen per point by the plateau rule on :func:`flipd.plateau_grid`, on levels where
+    the model denoises the point reliably (:mod:`flipd.reliability`)."""
+    grid = plateau_grid(schedule)
+    curve, mode_used = _curve(fn, x, grid, schedule=schedule, progress=None, **options)
+    calibration = denoising_calibration(
+        fn, x.detach(), grid, schedule=schedule, prediction=options["prediction"], seed=options["seed"],
+        indices=options["indices"], batch_size=min(x.shape[0], options["batch_size"] or DEFAULT_BATCH_SIZE),
+    )
+    if progress is not None:
+        progress(x.shape[0])
+    found = plateau(curve.detach(), grid, schedule=schedule, reliable=reliable_levels(calibration))
+    _warn_unfound(found.found, "plateau", "their LID is FLIPD on the flattest stretch found, which is not flat")
+    t0 = found.t0.clone()
+    sigma, delta = _chosen_levels(schedule, t0)
+    return FLIPDResult(
+        lid=found.lid.to(x), t0=t0, sigma=sigma, delta=delta, stderr=torch.full((x.shape[0],), math.nan),
+        trace=options["trace"], n_probes=options["n_probes"], mode=mode_used, ambient_dim=x[0].numel(),
+        plateau_found=found.found.clone(), flatness=found.flatness,
+        settings=_settings(options["trace"], options["n_probes"], options["seed"], mode_used),
     )

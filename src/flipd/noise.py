@@ -12,7 +12,11 @@ Defaults are phrased in the *reference schedule* of the FLIPD paper, ``VP()`` (b
 * the knee rule (:func:`flipd.knee`) searches reference times ``linspace(0, 1, 50)`` strictly
   inside (0.05, 0.5); :func:`knee_grid` is that grid in a schedule's own time units, and
   kneed is always run on the reference-time axis (it is not invariant to a non-linear change
-  of axis), so every schedule picks the same knee for the same smoothing.
+  of axis), so every schedule picks the same knee for the same smoothing;
+* the plateau rule (:func:`flipd.plateau`) searches levels evenly spaced in delta over
+  :data:`PLATEAU_DELTA_RANGE` (:func:`plateau_grid`), for stretches of
+  :data:`PLATEAU_WIDTH` levels whose flatness is at most :data:`PLATEAU_MAX_FLATNESS`, made of
+  levels at which the model denoises the point reliably (:data:`RELIABILITY_TOLERANCE`).
 """
 
 from __future__ import annotations
@@ -37,6 +41,12 @@ __all__ = [
     "delta_range",
     "is_reference",
     "knee_grid",
+    "PLATEAU_DELTA_RANGE",
+    "PLATEAU_GRID_POINTS",
+    "PLATEAU_MAX_FLATNESS",
+    "PLATEAU_WIDTH",
+    "RELIABILITY_TOLERANCE",
+    "plateau_grid",
     "resolve_time",
     "resolve_times",
     "to_reference_time",
@@ -52,6 +62,21 @@ KNEE_WINDOW = (0.05, 0.5)
 KNEE_GRID_POINTS = 50
 #: Default FLIPD-curve grid: reference times ``linspace(0, 1, CURVE_GRID_POINTS)`` without 0.
 CURVE_GRID_POINTS = 50
+
+#: The plateau rule's levels: delta = log(sigma/psi) from -3.5 (sigma/psi ≈ 0.03, reference t ≈
+#: 0.0055) to 0 (sigma/psi = 1, the data's own scale when standardised; reference t ≈ 0.26),
+#: covering the fixed levels t0 = 0.01, 0.02, 0.05 and 0.1 of the reference schedule.
+PLATEAU_DELTA_RANGE = (-3.5, 0.0)
+#: Levels of the plateau grid (step 0.125 in log sigma: 8 per factor e of noise).
+PLATEAU_GRID_POINTS = 29
+#: Levels in one stretch of the plateau rule (a factor e^0.5 ≈ 1.65 of noise).
+PLATEAU_WIDTH = 5
+#: A stretch is a plateau when FLIPD changes by at most this fraction of its level per unit of
+#: log sigma: (max - min) / (span in log sigma · max(FLIPD, 1)) <= PLATEAU_MAX_FLATNESS.
+PLATEAU_MAX_FLATNESS = 0.25
+#: The model denoises reliably at a level when |E[eps_hat · (eps_hat - eps)]| / E[‖eps_hat‖²]
+#: on the points is at most this (0 for the ideal denoiser; see :mod:`flipd.reliability`).
+RELIABILITY_TOLERANCE = 0.25
 
 NOISE_NAMES = ("t0", "sigma", "delta")
 
@@ -154,9 +179,10 @@ def delta_range(schedule: Schedule) -> tuple[float, float]:
 
 def check_noise_level(schedule: Schedule, noise: dict[str, Any]) -> None:
     """Raise :class:`NoiseLevelError` naming the level if ``schedule`` cannot reach ``noise``
-    (``{"t0": ...}``, ``{"sigma": ...}`` or ``{"delta": ...}``; ``{"t0": "auto"}`` passes)."""
+    (``{"t0": ...}``, ``{"sigma": ...}`` or ``{"delta": ...}``; a rule by name, ``{"t0":
+    "auto"}``, ``"knee"`` or ``"plateau"``, passes)."""
     (name, value), = noise.items()
-    if name == "t0" and value == "auto":
+    if name == "t0" and value in ("auto", "knee", "plateau"):
         return
     try:
         resolve_time(schedule, **{name: float(value)})
@@ -192,7 +218,8 @@ def _from_reference(schedule: Schedule, reference_t: Tensor) -> Tensor:
 
 
 def knee_grid(schedule: Schedule | None = None, n_grid: int = KNEE_GRID_POINTS) -> Tensor:
-    """The times of ``schedule`` (default: the reference) at which ``t0="auto"`` evaluates FLIPD
+    """The times of ``schedule`` (default: the reference) at which the knee rule (``t0="auto"``
+    or ``"knee"``) evaluates FLIPD
     curves: reference times ``linspace(0, 1, n_grid)`` strictly inside :data:`KNEE_WINDOW`,
     carried through delta. Float64 [T], increasing.
 
@@ -206,6 +233,19 @@ def knee_grid(schedule: Schedule | None = None, n_grid: int = KNEE_GRID_POINTS) 
     if times.numel() < 3:
         raise NoiseLevelError(f"{schedule!r} reaches fewer than 3 of the knee rule's noise levels.")
     return times
+
+
+def plateau_grid(schedule: Schedule | None = None, n_grid: int = PLATEAU_GRID_POINTS) -> Tensor:
+    """The times of ``schedule`` (default: the reference) at which ``t0="plateau"`` evaluates
+    FLIPD curves: ``n_grid`` levels evenly spaced in delta over :data:`PLATEAU_DELTA_RANGE`,
+    keeping those the schedule reaches. Float64 [T], increasing."""
+    schedule = REFERENCE_SCHEDULE if schedule is None else schedule
+    low, high = delta_range(schedule)
+    deltas = torch.linspace(*PLATEAU_DELTA_RANGE, n_grid, dtype=torch.float64)
+    deltas = deltas[(deltas > low) & (deltas <= high)]
+    if deltas.numel() < PLATEAU_WIDTH:
+        raise NoiseLevelError(f"{schedule!r} reaches fewer than {PLATEAU_WIDTH} of the plateau rule's noise levels.")
+    return schedule.t_from_delta(deltas)
 
 
 def curve_times(

@@ -50,6 +50,10 @@ class LIDResult:
         batch_size: FLIPD: points per forward pass at the end of the run (smaller than asked
             for when a batch ran out of GPU memory and was halved); None for other methods.
         chunk_rows: FLIPD: (point, probe) pairs per vectorised call at the end of the run.
+        plateau_found: per point whether the plateau rule found a plateau, [N] bool (None unless
+            ``t0="plateau"``); where it did not, ``lid`` is FLIPD on the flattest stretch.
+        flatness: the plateau rule's flatness at the chosen stretch, [N] float64 (relative
+            change of FLIPD per unit of log sigma; None unless ``t0="plateau"``).
     """
 
     lid: Tensor
@@ -66,6 +70,14 @@ class LIDResult:
     settings: Mapping[str, Any] = field(default_factory=dict)
     batch_size: int | None = None
     chunk_rows: int | None = None
+    plateau_found: Tensor | None = None
+    flatness: Tensor | None = None
+
+    @property
+    def found(self) -> Tensor | None:
+        """Whether the automatic rule (knee or plateau) found a scale for each point, [N] bool;
+        None for a fixed noise level and for methods without one."""
+        return self.knee_found if self.knee_found is not None else self.plateau_found
 
     def __len__(self) -> int:
         return int(self.lid.shape[0])
@@ -77,7 +89,8 @@ class LIDResult:
     def to_pandas(self, index=None):
         """A :class:`pandas.DataFrame` with one row per point.
 
-        Columns: lid, t0, sigma, delta, stderr (float64), knee_found (bool, with ``t0="auto"``),
+        Columns: lid, t0, sigma, delta, stderr (float64), knee_found (bool, with the knee rule)
+        or plateau_found and flatness (with ``t0="plateau"``),
         then method, trace, n_probes and ambient_dim repeated on every row, so the frame stands
         on its own. ``index`` (default 0..N-1) labels the rows, e.g. the points' global indices.
         """
@@ -85,9 +98,12 @@ class LIDResult:
 
         n = len(self)
         data: dict[str, Any] = self.columns()
-        if self.knee_found is not None:
-            data["knee_found"] = np.asarray(self.knee_found.cpu().numpy() if isinstance(self.knee_found, Tensor)
-                                            else self.knee_found, dtype=bool)
+        for name in ("knee_found", "plateau_found"):
+            flags = getattr(self, name)
+            if flags is not None:
+                data[name] = np.asarray(flags.cpu().numpy() if isinstance(flags, Tensor) else flags, dtype=bool)
+        if self.flatness is not None:
+            data["flatness"] = _numpy(self.flatness)
         data.update({
             "method": [self.method] * n,
             "trace": [self.trace] * n,
@@ -117,9 +133,9 @@ class LIDResult:
         dim = "" if self.ambient_dim is None else f", D={self.ambient_dim}"
         probes = "" if self.trace in ("none", "exact") else f", n_probes={self.n_probes}"
         missing = ""
-        if self.knee_found is not None:
-            lost = int((~torch.as_tensor(self.knee_found, dtype=torch.bool)).sum())
-            missing = f", no knee for {lost}" if lost else ""
+        if self.found is not None:
+            lost = int((~torch.as_tensor(self.found, dtype=torch.bool)).sum())
+            missing = f", no {'knee' if self.knee_found is not None else 'plateau'} for {lost}" if lost else ""
         return (f"LIDResult(method={self.method!r}, n={len(self)}{dim}, {summary}{level}, "
                 f"trace={self.trace!r}{probes}{missing})")
 

@@ -8,9 +8,12 @@ from collections.abc import Sequence
 
 #: Benchmark name -> module with a ``main(argv) -> int``.
 BENCHMARKS: dict[str, str] = {
+    "distributed": "flipd.bench.distributed",
     "export": "flipd.bench.export",
     "images": "flipd.bench.images",
     "oracle": "flipd.bench.oracle",
+    "rules": "flipd.bench.rules",
+    "sampling": "flipd.bench.sampling",
     "scale": "flipd.bench.scale",
     "sd_scale_gpu": "flipd.bench.sd_scale_gpu",
     "speed": "flipd.bench.speed",

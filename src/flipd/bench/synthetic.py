@@ -6,8 +6,9 @@ For every data set of a suite the runner
    :func:`flipd.train.train_diffusion`, or loads it from the cache
    (``<cache_dir>/<data set>-<hash of the training recipe>``);
 2. draws ``n_eval`` held-out points (seed ``seed + 1``; 4096 by default);
-3. estimates their LID with FLIPD at a fixed t0 (0.05), FLIPD with the knee rule
-   (``t0="auto"``), FPRegress and the normal bundle (NB) on the same model, and lPCA, MLE,
+3. estimates their LID with FLIPD at a fixed t0 (0.05, and 0.01, 0.02, 0.1 as methods
+   ``flipd_t0_<t0>``), FLIPD with the knee rule (``t0="knee"``) and with the plateau rule
+   (``t0="plateau"``), FPRegress and the normal bundle (NB) on the same model, and lPCA, MLE,
    ESS and TwoNN from scikit-dimension on the held-out points;
 4. scores each method by MAE, Harrell's concordance index and the all-pairs variant, and
    times it.
@@ -33,6 +34,13 @@ Suites (method notes §8):
   Laplace latents; squiggly with omega = 1 and 5 and RQ-NSF for {2, 4, 8}... and {5} for RQ-NSF.
 - ``medium``: D = 100 mixtures: affine {10, 25, 50} and {10, 30, 90}, squiggly {50} with
   omega = 1, RQ-NSF {10, 25, 50}.
+- ``curved``: strongly curved sets (:mod:`flipd.datasets.curved`): a helix in R^13, a torus
+  {2} in R^12, a 4-sphere in R^20, and squiggly {2} in R^10 with omega = 10; small models
+  (20k points, 2000 steps) so that the suite fits in minutes.
+
+The report compares the automatic rules with the best fixed t0 of {0.01, 0.02, 0.05, 0.1}
+(those run) per data set, and records how often the knee is the first level of its window.
+``--steps``, ``--n-train`` and ``--widths`` replace the recipes' budget (cached per budget).
 """
 
 from __future__ import annotations
@@ -47,7 +55,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -57,8 +65,9 @@ import torch
 
 from .. import metrics
 from ..datasets import get_dataset
+from ..datasets.curved import CURVED_KINDS
 from ..models.mlp import MLPUNetConfig
-from ..noise import DEFAULT_REFERENCE_T0
+from ..noise import DEFAULT_REFERENCE_T0, knee_grid
 from ..runs.environment import machine_info, package_versions
 from ..runs.files import json_default, write_text
 from ..models.spec import NetworkSpec
@@ -81,6 +90,12 @@ SUITES: dict[str, tuple[str, ...]] = {
         "mixture:rq_nsf:D=10:dims=5",
         "mixture:rq_nsf:D=10:dims=2,4,8",
     ),
+    "curved": (
+        "helix:D=13:turns=20:tube=0.1",
+        "torus:D=12:d=2:ratio=0.2",
+        "sphere:D=20:d=4",
+        "mixture:squiggly:D=10:dims=2:omega=10",
+    ),
     "medium": (
         "mixture:affine:D=100:dims=10,25,50",
         "mixture:affine:D=100:dims=10,30,90",
@@ -91,16 +106,25 @@ SUITES: dict[str, tuple[str, ...]] = {
 
 #: Every method the runner knows, in table order.
 METHODS: tuple[str, ...] = (
-    "flipd", "flipd_knee", "flipd_hutchinson", "fpregress", "nb", "lpca", "mle", "ess", "twonn",
+    "flipd", "flipd_knee", "flipd_plateau", "flipd_t0_0.01", "flipd_t0_0.02", "flipd_t0_0.1", "flipd_hutchinson",
+    "fpregress", "nb", "lpca", "mle", "ess", "twonn",
 )
 #: Methods that use the trained diffusion model.
-MODEL_METHODS: tuple[str, ...] = ("flipd", "flipd_knee", "flipd_hutchinson", "fpregress", "nb")
+MODEL_METHODS: tuple[str, ...] = (
+    "flipd", "flipd_knee", "flipd_plateau", "flipd_t0_0.01", "flipd_t0_0.02", "flipd_t0_0.1", "flipd_hutchinson",
+    "fpregress", "nb",
+)
+#: FLIPD at the other fixed levels of the grid {0.01, 0.02, 0.05, 0.1} that the automatic rules
+#: are judged against ("flipd" is the fixed t0 of the run, 0.05 by default).
+FIXED_T0_METHODS: dict[str, float] = {"flipd_t0_0.01": 0.01, "flipd_t0_0.02": 0.02, "flipd_t0_0.1": 0.1}
 #: Rademacher probes of the "flipd_hutchinson" method (the cheapest FLIPD: one forward pass and
 #: one vector-Jacobian product per point).
 HUTCHINSON_PROBES = 1
 LABELS: dict[str, str] = {
     "flipd": "FLIPD (t0 fixed)",
     "flipd_knee": "FLIPD (knee)",
+    "flipd_plateau": "FLIPD (plateau)",
+    **{name: f"FLIPD (t0 = {t0:g})" for name, t0 in FIXED_T0_METHODS.items()},
     "flipd_hutchinson": f"FLIPD (t0 fixed, {HUTCHINSON_PROBES} probe)",
     "fpregress": "FPRegress",
     "nb": "NB",
@@ -116,6 +140,7 @@ PRIMARY_FLIPD: dict[str, tuple[str, str]] = {
     "toy": ("flipd", "fixed t0 = 0.05, the reference setting for synthetic data"),
     "small": ("flipd", "fixed t0 = 0.05, the reference setting for synthetic data"),
     "medium": ("flipd", "fixed t0 = 0.05, the reference setting for synthetic data"),
+    "curved": ("flipd", "fixed t0 = 0.05, the reference setting for synthetic data"),
 }
 #: Bump to invalidate cached models when the training code changes meaning.
 CACHE_VERSION = 1
@@ -154,13 +179,25 @@ def recipe_for(spec: str, *, tiny: bool = False, seed: int = 0) -> Recipe:
     noise level. Mixtures are standardised by construction.
     """
     ambient_dim = get_dataset(spec, 1, seed=0).ambient_dim
-    toy = not spec.startswith("mixture")
+    curved = spec.split(":")[0] in CURVED_KINDS
+    toy = not spec.startswith("mixture") and not curved
     if tiny:
         return Recipe(
             n_train=2000,
             network={"widths": (32, 32), "time_embedding_dim": 16},
             train=TrainConfig(steps=30, batch_size=128, warmup_steps=5, eval_every=10, seed=seed,
                               standardize="none" if toy else "per_coordinate"),
+        )
+    if curved or spec in SUITES["curved"]:
+        # Sized so that the whole curved suite trains and runs in about 15 minutes on one thread:
+        # 20k points, 2000 steps. Curved shapes are scaled by one number (standardize="scalar"
+        # keeps their geometry); half of every batch draws t below 0.2 as for the toy sets.
+        return Recipe(
+            n_train=20_000,
+            network={"widths": (128, 128, 128)},
+            train=TrainConfig(steps=2000, batch_size=256, lr=2e-3, warmup_steps=100, eval_every=250, seed=seed,
+                              standardize="scalar" if curved else "per_coordinate", low_t_fraction=0.5,
+                              low_t_max=0.2),
         )
     if toy:
         # Half of every batch draws t from U(t_min, 0.2): FLIPD reads the score at t0 = 0.05, and
@@ -243,14 +280,15 @@ def _run_method(method: str, model: DiffusionModel, x: np.ndarray, *, t0: float,
     start = time.perf_counter()
     details: dict[str, Any] = {}
     if method.startswith("flipd"):
-        options: dict[str, Any] = {"t0": "auto" if method == "flipd_knee" else t0, "seed": seed}
+        rules = {"flipd_knee": "knee", "flipd_plateau": "plateau"}
+        options: dict[str, Any] = {"t0": rules.get(method, FIXED_T0_METHODS.get(method, t0)), "seed": seed}
         if method == "flipd_hutchinson":
             options.update(trace="hutchinson", n_probes=HUTCHINSON_PROBES)
         result = model.estimate(x, **options)
         lid = result.lid.double().numpy()
         details = {"trace": result.trace, "n_probes": result.n_probes, "mode": result.mode}
-        if method == "flipd_knee":
-            details["knee_found_fraction"] = float(np.mean(np.isfinite(result.t0.numpy())))
+        if method in rules:
+            details.update(_rule_details(method, result, model))
     else:
         from ..methods import METHODS as REGISTRY
 
@@ -259,6 +297,27 @@ def _run_method(method: str, model: DiffusionModel, x: np.ndarray, *, t0: float,
         lid = result.columns()["lid"]
         details = {key: (list(value) if isinstance(value, tuple) else value) for key, value in result.settings.items()}
     return MethodResult(lid=lid, seconds=time.perf_counter() - start, details=details)
+
+
+def _rule_details(method: str, result: Any, model: DiffusionModel) -> dict[str, Any]:
+    """What an automatic rule chose: the fraction of points with a scale, the median chosen t0
+    (reference VP time), and for the knee how often it is the first level of its window; for
+    the plateau the median flatness."""
+    t0 = result.t0.numpy()
+    found = result.found.numpy()
+    chosen = t0[np.isfinite(t0)]
+    details: dict[str, Any] = {
+        "found_fraction": float(np.mean(found)),
+        "not_found": int((~found).sum()),
+        "median_t0": float(np.median(chosen)) if chosen.size else math.nan,
+    }
+    if method == "flipd_knee":
+        first = float(knee_grid(model.schedule)[0])
+        details["first_level_t0"] = first
+        details["at_first_level_fraction"] = float(np.mean(np.isclose(t0, first))) if t0.size else math.nan
+    else:
+        details["median_flatness"] = float(np.nanmedian(result.flatness.numpy())) if chosen.size else math.nan
+    return details
 
 
 def _scores(true: np.ndarray, estimate: np.ndarray, component: np.ndarray, dims: Sequence[int]) -> dict[str, Any]:
@@ -303,7 +362,7 @@ def run_synthetic(
     """Run a synthetic suite and write ``<out_dir>/<name>.{md,csv,json}``.
 
     Args:
-        suite: "toy", "small" or "medium" (see :data:`SUITES`).
+        suite: "toy", "small", "medium" or "curved" (see :data:`SUITES`).
         datasets: data set specs to run instead of the whole suite.
         methods: subset of :data:`METHODS` (default all).
         n_eval: held-out points per data set (default 4096, or 64 with ``tiny``).
@@ -416,11 +475,14 @@ def run_synthetic(
         "versions": package_versions(BENCH_PACKAGES),
         "seeds": {"training": seed, "training_data": seed, "evaluation_data": seed + 1, "probes_and_nb_noise": seed},
         "flipd": {"t0": t0, "primary": primary, "primary_reason": reason,
-                  "knee_rule": "per point, kneed on reference VP times linspace(0, 1, 50) inside (0.05, 0.5)"},
+                  "knee_rule": "per point, kneed on reference VP times linspace(0, 1, 50) inside (0.05, 0.5)",
+                  "plateau_rule": "per point, the flattest stretch of 5 of 29 levels evenly spaced in log(sigma/psi) "
+                                  "over [-3.5, 0], among levels where the model denoises the point reliably"},
         "methods": methods,
         "datasets": records,
     }
     report["summary"] = _summary(records, methods, primary)
+    report["summary"]["automatic_noise_level"] = _rule_summary(records, t0)
     write_text(out_dir / f"{name}.json", json.dumps(report, indent=2, default=_json_default) + "\n")
     write_csv(out_dir / f"{name}.csv", rows)
     write_text(out_dir / f"{name}.md", _markdown(report))
@@ -494,6 +556,33 @@ def _summary(records: list[dict[str, Any]], methods: Sequence[str], primary: str
     }
 
 
+def _rule_summary(records: list[dict[str, Any]], fixed_t0: float) -> list[dict[str, Any]]:
+    """Per data set: the automatic rules against the best fixed t0 of the grid {0.01, 0.02,
+    0.05, 0.1} (those that ran), and against the best baseline."""
+    rows = []
+    grid = {"flipd": fixed_t0, **FIXED_T0_METHODS}
+    for record in records:
+        scores = record["methods"]
+        fixed = {t0: scores[m]["mae"] for m, t0 in grid.items() if m in scores and math.isfinite(scores[m]["mae"])}
+        baselines = [s["mae"] for m, s in scores.items() if not m.startswith("flipd") and math.isfinite(s["mae"])]
+        if not fixed or not any(rule in scores for rule in ("flipd_knee", "flipd_plateau")):
+            continue
+        best_t0 = min(fixed, key=fixed.get)
+        row: dict[str, Any] = {"dataset": record["dataset"], "best_fixed_t0": best_t0, "best_fixed_mae": fixed[best_t0],
+                               "fixed_levels_run": sorted(fixed), "best_baseline_mae": min(baselines) if baselines else math.nan}
+        for rule in ("flipd_knee", "flipd_plateau"):
+            if rule in scores:
+                settings = scores[rule]["settings"]
+                row[f"{rule}_mae"] = scores[rule]["mae"]
+                row[f"{rule}_within_0.1_of_best_fixed"] = scores[rule]["mae"] <= fixed[best_t0] + 0.1
+                row[f"{rule}_not_found"] = settings.get("not_found")
+                row[f"{rule}_median_t0"] = settings.get("median_t0")
+                if rule == "flipd_knee":
+                    row["flipd_knee_at_first_level"] = settings.get("at_first_level_fraction")
+        rows.append(row)
+    return rows
+
+
 def _markdown(report: dict[str, Any]) -> str:
     records, methods = report["datasets"], report["methods"]
     lines = [f"# Synthetic benchmark: {report['suite']} suite{' (tiny smoke configuration)' if report['tiny'] else ''}", ""]
@@ -520,8 +609,9 @@ def _markdown(report: dict[str, Any]) -> str:
         "",
         f"Seeds: {report['seeds']}.",
         "",
-        f"FLIPD: fixed t0 = {report['flipd']['t0']} (reference VP time) and the knee rule "
-        f"({report['flipd']['knee_rule']}). Targets are judged on **{LABELS[report['flipd']['primary']]}** "
+        f"FLIPD: fixed t0 = {report['flipd']['t0']} (reference VP time), the knee rule "
+        f"({report['flipd']['knee_rule']}) and the plateau rule "
+        f"({report['flipd'].get('plateau_rule', 'not recorded')}). Targets are judged on **{LABELS[report['flipd']['primary']]}** "
         f"({report['flipd']['primary_reason']}).",
         "",
     ]
@@ -596,6 +686,29 @@ def _markdown(report: dict[str, Any]) -> str:
             "",
         ]
 
+    rule_rows = summary.get("automatic_noise_level") or []
+    if rule_rows:
+        rule_header = ["data set", "best fixed t0 (of those run)", "its MAE", "knee MAE", "knee within 0.1",
+                       "knee at first level", "knee: no knee", "plateau MAE", "plateau within 0.1",
+                       "plateau median t0", "plateau: no plateau", "best baseline MAE"]
+        body = [[r["dataset"], r["best_fixed_t0"], r["best_fixed_mae"], r.get("flipd_knee_mae"),
+                 r.get("flipd_knee_within_0.1_of_best_fixed"), r.get("flipd_knee_at_first_level"),
+                 r.get("flipd_knee_not_found"), r.get("flipd_plateau_mae"),
+                 r.get("flipd_plateau_within_0.1_of_best_fixed"), r.get("flipd_plateau_median_t0"),
+                 r.get("flipd_plateau_not_found"), r["best_baseline_mae"]] for r in rule_rows]
+        levels = sorted({t for r in rule_rows for t in r["fixed_levels_run"]})
+        lines += [
+            "## Automatic noise level: knee and plateau rules against the best fixed t0",
+            "",
+            markdown_table(rule_header, body, 3),
+            "",
+            f"Fixed levels compared: t0 in {levels} (reference VP time). \"within 0.1\": the rule's MAE is at most "
+            "the best fixed level's MAE + 0.1 (the target). \"knee at first level\": fraction of points whose knee "
+            "is the first level of the knee rule's window (t0 ≈ 0.061). \"no knee\" / \"no plateau\": points "
+            "flagged as without a scale (the knee rule then reports D).",
+            "",
+        ]
+
     component_rows = []
     for record in records:
         for method in methods:
@@ -607,6 +720,22 @@ def _markdown(report: dict[str, Any]) -> str:
 
 
 # --------------------------------------------------------------------------- command line
+
+
+def _with_budget(*, steps: int | None, n_train: int | None, widths: Sequence[int] | None) -> Callable[..., Recipe]:
+    """:func:`recipe_for` with the training steps, points and network widths replaced where given."""
+
+    def recipe(spec: str, *, tiny: bool = False, seed: int = 0) -> Recipe:
+        plan = recipe_for(spec, tiny=tiny, seed=seed)
+        if steps is not None:
+            plan = replace(plan, train=replace(plan.train, steps=steps, warmup_steps=min(plan.train.warmup_steps, steps // 10)))
+        if n_train is not None:
+            plan = replace(plan, n_train=n_train)
+        if widths is not None:
+            plan = replace(plan, network={**plan.network, "widths": tuple(widths)})
+        return plan
+
+    return recipe
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -621,6 +750,12 @@ def build_parser() -> argparse.ArgumentParser:
     synthetic.add_argument("--n-eval", type=positive_int, default=None, help="evaluation points per data set (default 4096; 64 with --tiny)")
     synthetic.add_argument("--t0", type=float, default=DEFAULT_T0, help="fixed t0 of FLIPD (default %(default)s)")
     synthetic.add_argument("--tiny", action="store_true", help="a minutes-long smoke configuration (tiny models and data)")
+    synthetic.add_argument("--steps", type=int, default=None,
+                           help="training steps instead of each recipe's (a smaller budget; models are cached per budget)")
+    synthetic.add_argument("--n-train", type=int, default=None,
+                           help="training points instead of each recipe's (a smaller budget)")
+    synthetic.add_argument("--widths", type=int, nargs="+", default=None,
+                           help="hidden widths of the MLP U-net instead of each recipe's, e.g. 128 128 128")
     synthetic.add_argument("--cache-dir", default="cache/models", help="where trained models are kept (default %(default)s)")
     synthetic.add_argument("--out-dir", default="benchmarks/results", help="where result files go (default %(default)s)")
     synthetic.add_argument("--retrain", action="store_true", help="ignore cached models and the saved results of earlier runs")
@@ -637,10 +772,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
+    for name in ("steps", "n_train"):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be a positive integer; got {getattr(args, name)}")
     if not args.report_only:
         check_output_folders(parser, {"--out-dir": args.out_dir, "--cache-dir": args.cache_dir})
     run_synthetic(
         args.suite,
+        recipe=_with_budget(steps=args.steps, n_train=args.n_train, widths=args.widths),
         datasets=args.datasets,
         methods=args.methods,
         n_eval=args.n_eval,

@@ -9,6 +9,9 @@ Every generator is deterministic given its seed, draws from local ``numpy.random
 * :func:`swiss_roll` (D = 3): scikit-learn's noiseless Swiss roll (LID 2).
 * :func:`manifold_mixture` / :class:`ManifoldMixture` (any D): equally weighted d_i-dimensional
   manifolds, flat ("affine") or bent by a random diffeomorphism ("squiggly", "rq_nsf").
+* strongly curved manifolds (:mod:`flipd.datasets.curved`): ``helix`` (a curve wound around a
+  circle), ``sphere`` (the d-sphere) and ``torus`` (a product of circles of shrinking radii),
+  each in any D.
 
 :func:`get_dataset` builds any of them from a short text spec such as
 ``"mixture:affine:D=10:dims=2,4,8"``; :func:`list_datasets` lists the names.
@@ -22,6 +25,8 @@ from functools import lru_cache
 from typing import TYPE_CHECKING, Literal, Protocol
 
 import numpy as np
+
+from .curved import CURVED_KINDS, curved_from_options
 
 if TYPE_CHECKING:
     from flipd.analytic import GaussianMixture
@@ -639,8 +644,8 @@ _MIXTURE_USAGE = (
 
 
 def list_datasets() -> list[str]:
-    """Names accepted by :func:`get_dataset` (``"mixture"`` takes options, see there)."""
-    return [*_SIMPLE_DATASETS, "mixture"]
+    """Names accepted by :func:`get_dataset` (``"mixture"`` and the curved sets take options, see there)."""
+    return [*_SIMPLE_DATASETS, "mixture", *CURVED_KINDS]
 
 
 def _parse_int(key: str, text: str, spec: str) -> int:
@@ -662,18 +667,12 @@ def _parse_mixture(spec: str, options: list[str]) -> dict:
             f"{spec!r}: unknown diffeomorphism {diffeomorphism!r}; "
             f"valid: {', '.join(DIFFEOMORPHISMS)}"
         )
-    values: dict[str, str] = {}
-    for option in options[1:]:
-        key, sep, value = (part.strip() for part in option.partition("="))
-        if not sep or not key or not value:
-            raise ValueError(f"{spec!r}: expected key=value, got {option!r}; usage: {_MIXTURE_USAGE}")
+    values = _key_values(spec, options[1:], usage=_MIXTURE_USAGE)
+    for key in values:
         if key not in _MIXTURE_KEYS:
             raise ValueError(
                 f"{spec!r}: unknown key {key!r}; valid keys: {', '.join(_MIXTURE_KEYS)}"
             )
-        if key in values:
-            raise ValueError(f"{spec!r}: key {key!r} given twice")
-        values[key] = value
     missing = [key for key in ("D", "dims") if key not in values]
     if missing:
         raise ValueError(f"{spec!r}: missing {' and '.join(missing)}; usage: {_MIXTURE_USAGE}")
@@ -702,6 +701,20 @@ def _parse_mixture(spec: str, options: list[str]) -> dict:
     return kwargs
 
 
+def _key_values(spec: str, options: list[str], usage: str | None = None) -> dict[str, str]:
+    """``key=value`` options of a spec as a dict of texts; a malformed or repeated key raises
+    (naming ``usage`` when given)."""
+    values: dict[str, str] = {}
+    for option in options:
+        key, sep, value = (part.strip() for part in option.partition("="))
+        if not sep or not key or not value:
+            raise ValueError(f"{spec!r}: expected key=value, got {option!r}" + (f"; usage: {usage}" if usage else ""))
+        if key in values:
+            raise ValueError(f"{spec!r}: key {key!r} given twice")
+        values[key] = value
+    return values
+
+
 def get_dataset(spec: str, n: int, seed: int = 0) -> SyntheticData:
     """Build a synthetic data set from a spec string.
 
@@ -711,7 +724,10 @@ def get_dataset(spec: str, n: int, seed: int = 0) -> SyntheticData:
         ``:latent=uniform|normal|laplace`` (default uniform), ``:omega=<float>`` (squiggly only,
         default 1) and ``:geometry_seed=<int>`` (default 0), e.g.
         ``mixture:affine:D=10:dims=2,4,8``, ``mixture:squiggly:D=10:dims=5:omega=5``,
-        ``mixture:rq_nsf:D=100:dims=10,25,50:latent=laplace``.
+        ``mixture:rq_nsf:D=100:dims=10,25,50:latent=laplace``; and the curved manifolds of
+        :mod:`flipd.datasets.curved`, each with optional ``key=value`` options (defaults in
+        brackets) and ``:geometry_seed=<int>``: ``helix[:D=13][:turns=20][:tube=0.1]`` (LID 1),
+        ``sphere[:D=10][:d=2]`` (LID d), ``torus[:D=12][:d=2][:ratio=0.2]`` (LID d).
 
     Args:
         spec: data set spec as above.
@@ -734,6 +750,10 @@ def get_dataset(spec: str, n: int, seed: int = 0) -> SyntheticData:
         return _SIMPLE_DATASETS[name](n, seed)
     if name == "mixture":
         return mixture_from_spec(spec).sample(n, seed)
+    if name in CURVED_KINDS:
+        _check_n(n)
+        manifold = curved_from_options(name, _key_values(spec, options), spec)
+        return _finish(manifold.sample(n, seed), np.zeros(n, dtype=np.int64), (manifold.dim,), manifold.name)
     raise ValueError(
         f"{spec!r}: unknown data set {name!r}; valid names: {', '.join(list_datasets())} "
         f"(aliases: {', '.join(_ALIASES)})"

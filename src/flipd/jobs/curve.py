@@ -1,10 +1,18 @@
-"""The curve job: FLIPD across noise levels for every point, with the knee of each curve."""
+"""The curve job: FLIPD across noise levels for every point, with the knee of each curve (and,
+with ``rule="plateau"``, the flattest stretch the plateau rule picks).
+
+:func:`compute_curves` computes curves in memory; :class:`CurveSettings` and
+:func:`curve_chunks` run the same computation chunk by chunk through
+:mod:`flipd.runs.chunks` (resumable, and split over the processes of a launched job), and
+:func:`curves_from_chunks` joins the chunks into one :class:`CurveResult`. Each point's curve
+and knee depend only on the settings and its index, so chunking changes no number.
+"""
 
 from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
@@ -15,9 +23,26 @@ from ..estimator import EstimateWarning, flipd_curve, resolve_trace
 from ..knee import knee
 from ..models.base import Model
 from ..noise import KNEE_WINDOW, to_reference_time
+from ..plateau import plateau
+from ..reliability import denoising_calibration, reliable_levels
+from ..runs.chunks import ChunkedEstimate, ChunkEstimator
+from ..schedules import Schedule
 from .records import known_columns
 
-__all__ = ["CurveResult", "compute_curves", "curve_table_columns"]
+__all__ = [
+    "CURVE_COLUMNS",
+    "CurveResult",
+    "CurveSettings",
+    "compute_curves",
+    "curve_chunks",
+    "curve_table_columns",
+    "curves_from_chunks",
+]
+
+#: Per-point arrays saved for every chunk of a curve run: the curve [n, T] and its knee [n].
+CURVE_COLUMNS: tuple[str, ...] = ("curves", "knee_t0", "knee_lid", "knee_found")
+#: Arrays added with the plateau rule: its choice [n] and the reliable levels [n, T].
+PLATEAU_COLUMNS: tuple[str, ...] = ("plateau_t0", "plateau_lid", "plateau_flatness", "plateau_found", "reliable")
 
 
 @dataclass
@@ -32,6 +57,10 @@ class CurveResult:
         knee_found: [N] bool.
         window: the window of reference times searched for knees (None: the whole grid).
         trace, n_probes: the trace estimator used.
+        plateau_t0, plateau_lid, plateau_flatness, plateau_found: [N] the plateau rule's
+            choice (:func:`flipd.plateau`) when it was asked for, else None.
+        reliable: [N, T] bool, the levels where the model denoises each point reliably
+            (plateau rule only).
     """
 
     times: np.ndarray
@@ -44,6 +73,11 @@ class CurveResult:
     window: tuple[float, float] | None
     trace: str
     n_probes: int
+    plateau_t0: np.ndarray | None = None
+    plateau_lid: np.ndarray | None = None
+    plateau_flatness: np.ndarray | None = None
+    plateau_found: np.ndarray | None = None
+    reliable: np.ndarray | None = None
 
 
 def compute_curves(
@@ -57,14 +91,19 @@ def compute_curves(
     indices=None,
     batch_size: int | None = None,
     progress: Callable[[int], None] | None = None,
+    rule: str = "knee",
 ) -> CurveResult:
     """FLIPD curves of the points ``x`` (in the model's coordinates) and their knees.
 
     The knees are found by :func:`flipd.knee` on the reference-time axis, as ``t0="auto"``
     finds them; when fewer than 3 of ``times`` lie in the knee rule's window, the whole grid
     is searched. ``progress`` is called with the number of points done after every batch of
-    every noise level (N·T in all).
+    every noise level (N·T in all). With ``rule="plateau"`` the plateau rule is applied too,
+    on the levels where the model denoises each point reliably, as ``t0="plateau"`` does (on
+    its own grid, :func:`flipd.plateau_grid`, when ``times`` is that grid).
     """
+    if rule not in ("knee", "plateau"):
+        raise ValueError(f"rule must be 'knee' or 'plateau'; got {rule!r}.")
     dim = int(x[0].numel())
     resolved_trace, resolved_probes = resolve_trace(trace, dim, n_probes)
     with torch.no_grad(), warnings.catch_warnings():  # the caller reports results by the table's index
@@ -73,21 +112,124 @@ def compute_curves(
             model, x, times, trace=trace, n_probes=n_probes, seed=seed, indices=indices,
             batch_size=batch_size, progress=progress, encoded=True,
         ).detach().cpu().to(torch.float64)
-    reference = to_reference_time(model.schedule, times)
-    window: tuple[float, float] | None = KNEE_WINDOW
-    if int(((reference > KNEE_WINDOW[0]) & (reference < KNEE_WINDOW[1])).sum()) < 3:
-        window = None
+    window = knee_window(model.schedule, times)
     found = knee(curves, times, schedule=model.schedule, ambient_dim=dim, window=window)
-    return CurveResult(
+    result = CurveResult(
         times=times.numpy(), sigma=model.schedule.sigma(times).numpy(), delta=model.schedule.delta(times).numpy(),
         curves=curves.numpy(), knee_t0=found.t0.numpy(), knee_lid=found.lid.numpy(),
         knee_found=found.found.numpy(), window=window, trace=resolved_trace, n_probes=resolved_probes,
+    )
+    if rule == "plateau":
+        point_indices = torch.arange(x.shape[0]) if indices is None else torch.as_tensor(np.asarray(indices))
+        calibration = denoising_calibration(
+            model, x, times, schedule=model.schedule, prediction=model.prediction, seed=seed, indices=point_indices,
+            batch_size=batch_size or 1024,
+        )
+        result.reliable = reliable_levels(calibration).numpy()
+        chosen = plateau(curves, times, schedule=model.schedule, reliable=result.reliable)
+        result.plateau_t0, result.plateau_lid = chosen.t0.numpy(), chosen.lid.numpy()
+        result.plateau_flatness, result.plateau_found = chosen.flatness.numpy(), chosen.found.numpy()
+    return result
+
+
+def knee_window(schedule: Schedule, times: torch.Tensor) -> tuple[float, float] | None:
+    """The window of reference times searched for knees on the curve grid ``times`` [T]: the
+    knee rule's window, or None (the whole grid) when fewer than 3 of ``times`` lie in it."""
+    reference = to_reference_time(schedule, times)
+    if int(((reference > KNEE_WINDOW[0]) & (reference < KNEE_WINDOW[1])).sum()) < 3:
+        return None
+    return KNEE_WINDOW
+
+
+@dataclass(frozen=True)
+class CurveSettings:
+    """The settings of a chunked curve run; a run can only be resumed with equal settings.
+
+    Attributes:
+        times: the T noise levels, increasing, in the model's time units.
+        trace: "auto", "exact", "hutchinson" or "gaussian".
+        n_probes: Hutchinson probes per point.
+        seed: seed of the probes (and of the choice of points).
+        batch_size: points per forward pass.
+        chunk_size: points per saved chunk.
+        rule: "knee", or "plateau" for the plateau rule as well.
+    """
+
+    times: tuple[float, ...]
+    trace: str = "auto"
+    n_probes: int = 1
+    seed: int = 0
+    batch_size: int = 256
+    chunk_size: int = 1024
+    rule: str = "knee"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "times", tuple(float(t) for t in self.times))
+        if self.rule not in ("knee", "plateau"):
+            raise ValueError(f"rule must be 'knee' or 'plateau'; got {self.rule!r}.")
+        for name in ("n_probes", "batch_size", "chunk_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer; got {value!r}.")
+
+    def time_grid(self) -> torch.Tensor:
+        """The noise levels as a float64 tensor [T]."""
+        return torch.tensor(self.times, dtype=torch.float64)
+
+    def columns(self) -> tuple[str, ...]:
+        """The arrays each chunk saves."""
+        return CURVE_COLUMNS + (PLATEAU_COLUMNS if self.rule == "plateau" else ())
+
+    def to_json(self) -> dict[str, Any]:
+        record = asdict(self)
+        record["times"] = list(self.times)
+        return record
+
+
+def curve_chunks(model: Model, settings: CurveSettings) -> ChunkEstimator:
+    """A :data:`~flipd.runs.chunks.ChunkEstimator` computing the curves and knees of
+    :func:`compute_curves` (arrays :data:`CURVE_COLUMNS`) on points in the model's coordinates."""
+    times = settings.time_grid()
+
+    def run(x: torch.Tensor, indices: np.ndarray, progress: Callable[[int], None] | None):
+        result = compute_curves(
+            model, x, times, trace=settings.trace, n_probes=settings.n_probes, seed=settings.seed,
+            indices=indices, batch_size=settings.batch_size, progress=progress, rule=settings.rule,
+        )
+        arrays = {"curves": result.curves, "knee_t0": result.knee_t0, "knee_lid": result.knee_lid,
+                  "knee_found": result.knee_found}
+        if settings.rule == "plateau":
+            arrays.update({"plateau_t0": result.plateau_t0, "plateau_lid": result.plateau_lid,
+                           "plateau_flatness": result.plateau_flatness, "plateau_found": result.plateau_found,
+                           "reliable": result.reliable})
+        return arrays, {"trace": result.trace, "n_probes": result.n_probes}
+
+    return run
+
+
+def curves_from_chunks(schedule: Schedule, settings: CurveSettings, result: ChunkedEstimate) -> CurveResult:
+    """The :class:`CurveResult` of a chunked curve run (``result`` from
+    :meth:`flipd.runs.chunks.ChunkedRun.collect` with ``columns=CURVE_COLUMNS``)."""
+    times = settings.time_grid()
+    columns = result.columns
+    plateau = {}
+    if settings.rule == "plateau":
+        plateau = {"plateau_t0": columns["plateau_t0"], "plateau_lid": columns["plateau_lid"],
+                   "plateau_flatness": columns["plateau_flatness"],
+                   "plateau_found": columns["plateau_found"].astype(bool), "reliable": columns["reliable"].astype(bool)}
+    return CurveResult(
+        times=times.numpy(), sigma=schedule.sigma(times).numpy(), delta=schedule.delta(times).numpy(),
+        curves=columns["curves"], knee_t0=columns["knee_t0"], knee_lid=columns["knee_lid"],
+        knee_found=columns["knee_found"].astype(bool), window=knee_window(schedule, times),
+        trace=result.trace, n_probes=result.n_probes, **plateau,
     )
 
 
 def curve_table_columns(points: PointSet, curves: CurveResult) -> dict[str, Any]:
     """Long format, one row per (point, noise level): index, t0, sigma, delta, lid, knee (True
-    on the row of the point's chosen knee), and ground truth when known."""
+    on the row of the point's chosen knee), with the plateau rule also plateau (True on the
+    middle row of the chosen stretch), flatness (of that stretch, per point) and reliable (the
+    model denoises the point reliably at that level), and ground truth when known."""
     n, t = curves.curves.shape
     knee_rows = np.zeros((n, t), dtype=bool)
     for i in range(n):
@@ -101,6 +243,14 @@ def curve_table_columns(points: PointSet, curves: CurveResult) -> dict[str, Any]
         "lid": curves.curves.reshape(-1),
         "knee": knee_rows.reshape(-1),
     }
+    if curves.plateau_t0 is not None:
+        plateau_rows = np.zeros((n, t), dtype=bool)
+        chosen = np.isfinite(curves.plateau_t0)
+        plateau_rows[np.flatnonzero(chosen), np.argmin(np.abs(curves.times[None] - curves.plateau_t0[chosen, None]), axis=1)] = True
+        columns["plateau"] = plateau_rows.reshape(-1)
+        columns["plateau_found"] = np.repeat(curves.plateau_found, t)
+        columns["flatness"] = np.repeat(curves.plateau_flatness, t)
+        columns["reliable"] = curves.reliable.reshape(-1)
     if points.names is not None:
         columns["name"] = [name for name in points.names for _ in range(t)]
     for name, values in known_columns(points).items():

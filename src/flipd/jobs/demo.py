@@ -146,16 +146,17 @@ def run_demo(
 
         figures = plots.plot_estimates(
             figures_directory, lids=columns["lid"], x=points.x.numpy(), lid_true=points.lid_true,
-            component=points.component, prefix=f"{name}_", title=name,
+            component=points.component, ambient_dim=points.ambient_dim, method="flipd", noise_level=noise,
+            prefix=f"{name}_", title=name,
         )
         subset = with_subset(points, np.linspace(0, points.n - 1, min(points.n, DEMO_CURVE_POINTS)).round().astype(int))
         with make_bar(f"curves {name}", subset.n * len(curve_times(loaded.schedule))) as advance:
             curves = compute_curves(loaded.model, loaded.prepare(subset), curve_times(loaded.schedule), seed=seed, progress=advance)
-        figures.append(plots.plot_curves(
-            curves.times, curves.curves, figures_directory / f"{name}_curves.png", knee_times=curves.knee_t0,
+        figures.append(plots.save_figure(plots.plot_curves(
+            curves.times, curves.curves, knee_times=curves.knee_t0,
             knee_lids=curves.knee_lid, ambient_dim=points.ambient_dim, true_lids=subset.lid_true,
             title=f"FLIPD curves on {name}",
-        ))
+        ), figures_directory / f"{name}_curves.png"))
         setting = ", ".join(f"{key} = {value:g}" for key, value in noise.items()) + ", exact trace"
         write_json(table_path.with_suffix(".json"), run_record(
             "demo", points=points, data_seed=seed + 1, model=loaded, settings=settings.to_json(),

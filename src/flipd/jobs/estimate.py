@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ..datasets.sources import PointSet
-from ..estimator import EstimateWarning, NonFiniteOutputError, check_options, non_finite_outputs, resolve_trace
+from ..estimator import AUTO_RULES, EstimateWarning, NonFiniteOutputError, check_options, non_finite_outputs, resolve_trace
 from ..methods import METHODS as METHOD_REGISTRY
 from ..methods import MODEL_METHODS
 from ..models.base import Model
@@ -72,8 +72,8 @@ def check_method_options(
     if noise and not METHOD_REGISTRY[method].reads_noise_level:
         raise ValueError(f"The {method} method takes no noise level; drop --{next(iter(noise))}.")
     t0 = noise.get("t0")
-    if isinstance(t0, str) and (t0 != "auto" or method != "flipd"):
-        raise ValueError(f"t0 must be a number, or 'auto' with the flipd method; got {t0!r}.")
+    if isinstance(t0, str) and (t0 not in AUTO_RULES or method != "flipd"):
+        raise ValueError(f"t0 must be a number, or one of {', '.join(AUTO_RULES)} with the flipd method; got {t0!r}.")
     if n_neighbors is not None and "n_neighbors" not in METHOD_REGISTRY[method].defaults:
         raise ValueError(f"n_neighbors (--neighbors) applies to the classical methods, not {method}.")
     if method not in TRACE_METHODS and (trace != "auto" or n_probes != 1):
@@ -87,7 +87,8 @@ class EstimateSettings:
 
     Attributes:
         method: "flipd" or a baseline of :mod:`flipd.baselines` (see :data:`METHODS`).
-        t0: noise level as a time of the model's schedule, or "auto" for the knee rule.
+        t0: noise level as a time of the model's schedule, or a rule of
+            :data:`flipd.estimator.AUTO_RULES` ("auto" and "knee": the knee rule; "plateau").
         sigma: noise level as the noise standard deviation (instead of t0).
         delta: noise level as log(sigma/psi) (instead of t0).
         trace: "auto", "exact", "hutchinson" or "gaussian" (flipd, fpregress).
@@ -162,7 +163,11 @@ def method_chunks(settings: EstimateSettings, model: Model | None = None, batch:
         batch["used"] = result.batch_size or batch["used"]
         info = {"trace": result.trace, "n_probes": result.n_probes, "mode": result.mode,
                 "resolved": dict(result.settings), "batch_size": batch["used"]}
-        return result.columns(), info
+        arrays = result.columns()
+        if result.plateau_found is not None:  # the plateau rule: did it find a plateau, how flat there
+            arrays["plateau_found"] = result.plateau_found.cpu().numpy().astype(np.float64)
+            arrays["flatness"] = result.flatness.cpu().to(torch.float64).numpy()
+        return arrays, info
 
     return run
 
@@ -179,8 +184,9 @@ def estimate_table_columns(
 ) -> dict[str, Any]:
     """One row per point: index, [name], lid, noise level (t0, sigma, delta), method, trace,
     n_probes, ambient_dim, stderr (NaN where there is none: exact traces and baselines),
-    knee_found (with the knee rule, ``knee_rule=True``), and ground truth, label, PNG size when
-    known, so the table stands without its JSON sidecar."""
+    knee_found (with the knee rule, ``knee_rule=True``), plateau_found and flatness (with the
+    plateau rule), and ground truth, label, PNG size when known, so the table stands without its
+    JSON sidecar."""
     n = points.n
     columns: dict[str, Any] = {"index": points.index}
     if points.names is not None:
@@ -198,6 +204,9 @@ def estimate_table_columns(
     })
     if knee_rule:
         columns["knee_found"] = np.isfinite(result.columns["t0"])
+    if "plateau_found" in result.columns:  # the plateau rule: did it find a plateau, how flat there
+        columns["plateau_found"] = result.columns["plateau_found"] == 1.0
+        columns["flatness"] = result.columns["flatness"]
     columns.update(known_columns(points))
     return columns
 

@@ -111,11 +111,14 @@ def non_finite_output_error(positions: list[int], points: PointSet, time: float 
     )
 
 
-def summary_record(lids: np.ndarray, points: PointSet, stderr: np.ndarray | None = None) -> dict[str, Any]:
+def summary_record(
+    lids: np.ndarray, points: PointSet, stderr: np.ndarray | None = None, scale_found: np.ndarray | None = None,
+) -> dict[str, Any]:
     """Numbers for the run metadata: mean LID (over finite estimates), the count and (first
     :data:`NON_FINITE_SHOWN`) indices of non-finite estimates and of estimates outside [0, D]
-    by more than their standard error ``stderr`` [N], and MAE per component when the truth is
-    known."""
+    by more than their standard error ``stderr`` [N], MAE per component when the truth is
+    known, and, when a rule chose t0 (``scale_found`` [N] bool), the count and first indices
+    of the points where it found no scale."""
     lids = np.asarray(lids, dtype=np.float64)
     finite = np.isfinite(lids)
     outside = out_of_range(lids, stderr, points.ambient_dim)
@@ -128,6 +131,10 @@ def summary_record(lids: np.ndarray, points: PointSet, stderr: np.ndarray | None
         "n_out_of_range": int(outside.sum()),
         "out_of_range_index": points.index[outside][:NON_FINITE_SHOWN].tolist(),
     }
+    if scale_found is not None:
+        missing = ~np.asarray(scale_found, dtype=bool)
+        record["n_scale_not_found"] = int(missing.sum())
+        record["scale_not_found_index"] = points.index[missing][:NON_FINITE_SHOWN].tolist()
     if points.lid_true is not None:
         groups, mae = summarize_by_component(lids, points.lid_true, points.component)
         record["mae"] = mae

@@ -299,6 +299,35 @@ class DiffusionModel(nn.Module):
 
         return estimate(self, x, **flipd_kwargs)
 
+    def sample(
+        self,
+        n: int,
+        *,
+        steps: int = 50,
+        sampler: str = "ddim",
+        eta: float = 0.0,
+        seed: int = 0,
+        batch_size: int | None = None,
+        progress=None,
+    ) -> Tensor:
+        """Draw ``n`` points from the model, in the user's coordinates (standardisation undone).
+
+        Runs a diffusers ``DDIMScheduler`` (``sampler="ddim"``, deterministic for ``eta=0``) or
+        ``DDPMScheduler`` (``"ddpm"``) for ``steps`` steps on the model's own schedule and
+        prediction (:func:`flipd.models.sampling.sample_model`; needs diffusers). Seeded by
+        ``seed``; the global random state is left alone.
+
+        Returns:
+            Samples [n, *data_shape] in data units, the model's dtype, on its device.
+        """
+        from .sampling import sample_model
+
+        z = sample_model(
+            self, n, self.data_shape, steps=steps, sampler=sampler, eta=eta, seed=seed, batch_size=batch_size,
+            dtype=self.shift.dtype, device=self.shift.device, progress=progress,
+        )
+        return self.destandardize(z)
+
     # ------------------------------------------------------------------ saving
 
     def save(self, directory: str | Path) -> Path:
