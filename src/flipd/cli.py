@@ -154,6 +154,21 @@ Threads = Annotated[
     Optional[int], typer.Option("--threads", min=1, help="CPU threads for torch (default: torch's choice).")
 ]
 Device = Annotated[str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps.")]
+RunDevice = Annotated[
+    str, typer.Option("--device", help="auto, cpu, cuda, cuda:N or mps: where the network, the VAE, the prepared points and the probes live.")
+]
+Workers = Annotated[
+    int, typer.Option("--workers", min=0, help="DataLoader worker processes that read and decode the data files (0: read in the main process).")
+]
+DType = Annotated[
+    str, typer.Option("--dtype", help="Precision of the network and VAE: float32, bfloat16 or float16 (traces, norms and sums stay float32).")
+]
+Resize = Annotated[
+    Optional[int], typer.Option("--resize", min=1, help="Image folders: scale each image's shorter side to this many pixels.", show_default=False)
+]
+CenterCrop = Annotated[
+    Optional[int], typer.Option("--center-crop", min=1, help="Image folders: keep the central N x N pixels (after --resize).", show_default=False)
+]
 Points = Annotated[
     Optional[int],
     typer.Option("--n-points", "-n", min=1, help="Number of points (default: all of a file; 4096 of a synthetic set)."),
@@ -289,6 +304,15 @@ def _parse_t0(text: str | None) -> float | str | None:
         return float(text)
     except ValueError:
         raise OptionError("--t0", f"{text!r} is neither a number nor a rule ({', '.join(AUTO_RULES)}).") from None
+
+
+def _check_dtype(dtype: str) -> Any:
+    from .devices import resolve_dtype
+
+    try:
+        return resolve_dtype(dtype)
+    except ValueError as error:
+        raise OptionError("--dtype", str(error)) from None
 
 
 def _check_trace(trace: str) -> str:
@@ -509,9 +533,13 @@ def estimate(
     resume: Resume = False,
     force: Annotated[bool, typer.Option("--force", help="Overwrite existing results and discard an unfinished run.")] = False,
     plot: PlotDir = None,
+    workers: Workers = 0,
+    dtype: DType = "float32",
+    resize: Resize = None,
+    center_crop: CenterCrop = None,
     seed: Seed = 0,
     threads: Threads = None,
-    device: Device = "auto",
+    device: RunDevice = "auto",
     dist_timeout: DistTimeout = 30.0,
     quiet: Quiet = False,
     debug: Debug = False,
@@ -529,6 +557,7 @@ def estimate(
       [cyan]flipd estimate big.npy -m models/big --trace hutchinson --probes 16 --resume[/]
       [cyan]flipd estimate lollipop -m models/lollipop --method nb -o lollipop_nb.csv[/]
       [cyan]flipd estimate lollipop --method lpca --neighbors 100 -n 2000[/]
+      [cyan]flipd estimate photos/ -m sd15/ --resize 512 --center-crop 512 --workers 8 --device cuda --dtype bfloat16[/]
       [cyan]flipd estimate photos/ -m stable-diffusion-v1-5/ --prompt "a photo" --trace hutchinson[/]
     """
     from .jobs.estimate import METHODS, MODEL_METHODS, check_method_options
@@ -543,6 +572,7 @@ def estimate(
 
     began = time.perf_counter()
     device_used = _setup(threads, device, debug)
+    precision = _check_dtype(dtype)
     if method not in METHODS:
         raise OptionError("--method", f"{method!r} is not one of {', '.join(METHODS)}.")
     if method in MODEL_METHODS and model is None:
@@ -570,20 +600,25 @@ def estimate(
         timings: dict[str, float] = {}
         with group.agree("loading the model and the data"):
             with _timed(timings, "load_model_s"):
-                loaded = load_model(model, device=device_used, scheduler=scheduler, prompt=prompt) if model is not None else None
+                loaded = (load_model(model, device=device_used, scheduler=scheduler, prompt=prompt, dtype=precision)
+                          if model is not None else None)
             with _noise_level_options():
                 if loaded is not None and noise:  # a level the model cannot reach, refused before the data is read
                     check_noise_level(loaded.schedule, noise)
                 with _timed(timings, "load_data_s"):
-                    points = load_points(data, n=n_points, seed=seed)
+                    points = load_points(data, n=n_points, seed=seed, stream=True, workers=workers, resize=resize,
+                                         center_crop=center_crop)
                     plan = plan_estimate(
                         method, loaded, points, **noise, trace=trace, n_probes=probes,
                         seed=seed, batch_size=batch_size, chunk_size=chunk_size, n_neighbors=neighbors,
                     )
             identity = {
-                "data": {"spec": data, "n_points": points.n, "fingerprint": fingerprint_array(plan.x)},
+                "data": {"spec": data, "n_points": points.n,
+                         "fingerprint": points.fingerprint() if points.streamed else fingerprint_array(plan.x)},
                 "model": {"fingerprint": loaded.fingerprint if loaded else None},  # not the path: a moved model is the same
             }
+            if loaded is not None and loaded.dtype != "float32":
+                identity["model"]["dtype"] = loaded.dtype
         if loaded is not None:
             _say(quiet, f"model: {escape(loaded.description)}")
         _say(quiet, f"data: {escape(points.description)}")
@@ -615,7 +650,8 @@ def estimate(
             write_json(metadata_path, run_record(
                 "estimate", points=points, data_seed=seed, model=loaded, settings=plan.settings.to_json(),
                 resolved={"trace": result.trace, "n_probes": result.n_probes, "mode": result.mode, "noise_level": plan.noise,
-                          "method": result.resolved},
+                          "method": result.resolved, "batch_size": plan.batch.get("used", batch_size),
+                          "dtype": loaded.dtype if loaded else None, "workers": workers, "streamed": points.streamed},
                 chunks=_chunks_record(result), processes=group.describe(),
                 summary=summary_record(columns["lid"], points, columns["stderr"],
                                        columns.get("knee_found", columns.get("plateau_found"))), timings=timings,
@@ -750,19 +786,20 @@ def _load_model_and_points(model: Path, data: str, n_points: int | None, seed: i
                            timings: dict[str, float], quiet: bool, *, scheduler: Path | None = None,
                            prompt: str | None = None,
                            check_model: Callable[[Any], Any] = lambda loaded: None,
-                           at_most: bool = False) -> tuple[Any, Any, Any, Any]:
-    """Load the model (first: it is the likelier mistake), run ``check_model(loaded)`` (checks
-    that need the model), then load the data (``n_points`` of them, or fewer from a smaller
-    file with ``at_most``); return the points, the model, the points as it takes them, and what
-    ``check_model`` returned."""
+                           at_most: bool = False, dtype: Any = None,
+                           reading: dict[str, Any] | None = None) -> tuple[Any, Any, Any, Any]:
+    """Load the model (first: it is the likelier mistake) in ``dtype``, run ``check_model(loaded)``
+    (checks that need the model), then the data (``n_points`` of them, or fewer from a smaller
+    file with ``at_most``; files streamed, with ``reading``: workers, resize, center_crop);
+    return the points, the model, the points as it takes them, and what ``check_model`` returned."""
     from .datasets.sources import load_points
     from .jobs.inputs import load_model
 
     with _timed(timings, "load_model_s"):
-        loaded = load_model(model, device=device, scheduler=scheduler, prompt=prompt)
+        loaded = load_model(model, device=device, scheduler=scheduler, prompt=prompt, dtype=dtype)
     checked = check_model(loaded)
     with _timed(timings, "load_data_s"):
-        points = load_points(data, n=n_points, seed=seed, at_most=at_most)
+        points = load_points(data, n=n_points, seed=seed, at_most=at_most, stream=True, **(reading or {}))
         x = loaded.prepare(points)
     _say(quiet, f"model: {escape(loaded.description)}")
     _say(quiet, f"data: {escape(points.description)}")
@@ -777,12 +814,16 @@ def _estimate_plots(directory: Path, points: Any, columns: dict[str, Any], prefi
 
     from . import plots
 
+    lids = np.asarray(columns["lid"], dtype=np.float64)
     if not noise and np.isfinite(columns["t0"]).all() and np.unique(columns["t0"]).size == 1:
         noise = {"t0": float(columns["t0"][0])}
+    scatter = points.kind == "vectors" and points.ambient_dim in (2, 3)
+    shown = plots.image_grid_picks(lids) if points.kind == "images" else None  # read only the images shown
     return plots.plot_estimates(
-        directory, lids=columns["lid"], x=points.x.numpy() if points.kind == "vectors" else None,
+        directory, lids=columns["lid"], x=points.tensor().numpy() if scatter else None,
         lid_true=points.lid_true, component=points.component, labels=points.labels,
-        label_names=points.label_names, images_uint8=points.images_uint8() if points.kind == "images" else None,
+        label_names=points.label_names, images_uint8=None if shown is None else points.images_uint8(shown),
+        image_lids=None if shown is None else lids[shown],
         png_bytes=points.png_bytes, ambient_dim=points.ambient_dim, method=method, noise_level=noise,
         prefix=f"{prefix}_", title=prefix,
     )
@@ -856,9 +897,13 @@ def curve(
     resume: Resume = False,
     force: Annotated[bool, typer.Option("--force", help="Overwrite existing results and discard an unfinished run.")] = False,
     plot: PlotDir = None,
+    workers: Workers = 0,
+    dtype: DType = "float32",
+    resize: Resize = None,
+    center_crop: CenterCrop = None,
     seed: Seed = 0,
     threads: Threads = None,
-    device: Device = "auto",
+    device: RunDevice = "auto",
     dist_timeout: DistTimeout = 30.0,
     quiet: Quiet = False,
     debug: Debug = False,
@@ -886,6 +931,7 @@ def curve(
 
     began = time.perf_counter()
     device_used = _setup(threads, device, debug)
+    precision = _check_dtype(dtype)
     table_path = check_table_path(out if out is not None else Path(f"{_slug(data)}_curves.parquet"))
     run_directory = chunk_directory_for(table_path)
     _check_trace(trace)
@@ -910,16 +956,20 @@ def curve(
         with group.agree("loading the model and the data"):
             points, loaded, x, times = _load_model_and_points(
                 model, data, CURVE_POINTS if n_points is None else n_points, seed, device_used, timings, quiet,
-                scheduler=scheduler, prompt=prompt, check_model=noise_levels, at_most=n_points is None,
+                scheduler=scheduler, prompt=prompt, check_model=noise_levels, at_most=n_points is None, dtype=precision,
+                reading={"workers": workers, "resize": resize, "center_crop": center_crop},
             )
             settings = CurveSettings(
                 times=tuple(times.tolist()), trace=trace, n_probes=probes, seed=seed, batch_size=batch_size,
                 chunk_size=chunk_size, rule=rule,
             )
             identity = {
-                "job": "curve", "data": {"spec": data, "n_points": points.n, "fingerprint": fingerprint_array(x)},
+                "job": "curve", "data": {"spec": data, "n_points": points.n,
+                                         "fingerprint": points.fingerprint() if points.streamed else fingerprint_array(x)},
                 "model": {"fingerprint": loaded.fingerprint},
             }
+            if loaded.dtype != "float32":
+                identity["model"]["dtype"] = loaded.dtype
         with _timed(timings, "curves_s"):
             try:
                 run = _compute_chunks(
@@ -957,7 +1007,7 @@ def curve(
                 "curve", points=points, data_seed=seed, model=loaded,
                 settings={"times": curves.times.tolist(), "trace": curves.trace, "n_probes": curves.n_probes,
                           "seed": seed, "batch_size": batch_size, "chunk_size": chunk_size, "rule": rule,
-                          "knee_window": curves.window},
+                          "knee_window": curves.window, "dtype": loaded.dtype, "workers": workers},
                 knees={"found": int(curves.knee_found.sum()),
                        "median_t0": float(np.nanmedian(curves.knee_t0)) if curves.knee_found.any() else None},
                 **({"plateaus": {"found": int(curves.plateau_found.sum()),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["resolve_device"]
+__all__ = ["DTYPES", "resolve_device", "resolve_dtype"]
 
 
 def resolve_device(device: str | None) -> torch.device:
@@ -32,3 +32,25 @@ def resolve_device(device: str | None) -> torch.device:
     return resolved
 
 
+
+
+#: Names of the precisions a network and VAE can run in.
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32, "fp32": torch.float32,
+    "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+    "float16": torch.float16, "fp16": torch.float16,
+}
+
+
+def resolve_dtype(name: str | torch.dtype | None) -> torch.dtype:
+    """A torch dtype from "float32", "bfloat16" or "float16" (or fp32, bf16, fp16; None: float32)."""
+    if name is None:
+        return torch.float32
+    if isinstance(name, torch.dtype):
+        if name not in DTYPES.values():
+            raise ValueError(f"Unsupported dtype {name}; use float32, bfloat16 or float16.")
+        return name
+    choice = str(name).strip().lower().removeprefix("torch.")
+    if choice not in DTYPES:
+        raise ValueError(f"Unknown dtype {name!r}; use float32, bfloat16 or float16.")
+    return DTYPES[choice]

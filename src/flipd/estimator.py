@@ -53,7 +53,7 @@ DEFAULT_CHUNK_ROWS = 4096
 
 __all__ = [
     "EstimateWarning", "FLIPDResult", "LIDResult", "ModelLike", "NonFiniteOutputError", "estimate", "flipd",
-    "flipd_curve", "non_finite_outputs", "out_of_range", "resolve_model", "resolve_trace",
+    "flipd_curve", "is_point_stream", "non_finite_outputs", "out_of_range", "resolve_model", "resolve_trace",
 ]
 
 
@@ -317,8 +317,14 @@ def _score_norm_sq(output: Tensor, y: Tensor, a: Tensor, b: Tensor) -> Tensor:
     """
     if not bool((b == 0).all()):
         score = torch.addcmul(b.to(output)[:, None] * y, a.to(output)[:, None], output)
-        return torch.linalg.vecdot(score, score).to(torch.float64)
-    return a**2 * torch.linalg.vecdot(output, output).to(torch.float64)
+        return _float64(torch.linalg.vecdot(score, score))
+    return a**2 * _float64(torch.linalg.vecdot(output, output))
+
+
+def _float64(values: Tensor) -> Tensor:
+    """``values`` in float64 for the sums: on their device, or on the CPU for MPS (which has no
+    float64)."""
+    return (values.cpu() if values.device.type == "mps" else values).to(torch.float64)
 
 
 def _flipd_batch(
@@ -359,7 +365,7 @@ def _flipd_batch(
         lambda inputs: model(inputs, t_model), y, probes, mode=mode,
         check_output=_output_checker(y.shape, indices),
     )
-    forms = forms.to(torch.float64)
+    forms = _float64(forms)
     trace_estimate = forms.sum(0) if trace == "exact" else forms.mean(0)
     a, b, sigma = (value.to(forms.device) for value in (a, b, sigma))
     score_sq = _score_norm_sq(output.flatten(1), y.flatten(1), a, b)
@@ -422,6 +428,12 @@ def estimate(
         EstimateWarning: some estimates are not finite, or lie outside [0, D] by more than
             their standard error (see :func:`out_of_range`); the points are named.
     """
+    if is_point_stream(x):
+        return _estimate_stream(
+            model, x, t0=t0, sigma=sigma, delta=delta, schedule=schedule, prediction=prediction, trace=trace,
+            n_probes=n_probes, seed=seed, indices=indices, batch_size=batch_size, chunk_rows=chunk_rows, mode=mode,
+            differentiable=differentiable, encoded=encoded, progress=progress,
+        )
     # Every option is checked before the model runs (a flipd.Model's encode may be costly).
     x = _as_batch(x)
     n = x.shape[0]
@@ -464,14 +476,16 @@ def _estimate_fixed(
 ) -> FLIPDResult:
     """FLIPD at the times [N] (float64) of ``schedule``; ``x`` in model coordinates."""
     n = x.shape[0]
-    batch_size = min(n, batch_size or DEFAULT_BATCH_SIZE)
+    asked = batch_size or DEFAULT_BATCH_SIZE  # what later calls start from (halved on running out of memory)
+    batch_size = min(n, asked)
     rows = chunk_rows or max(DEFAULT_CHUNK_ROWS, batch_size)
     grad_context = contextlib.nullcontext() if differentiable else torch.no_grad()
     distinct = _distinct_times(times)  # [1] when all points share a time, else [n]
     terms = _noise_terms(schedule, prediction, distinct)
     lids, stderrs, mode_used = [], [], mode
+    start = 0
     with grad_context:
-        for start in range(0, n, batch_size):
+        while start < n:
             stop = min(n, start + batch_size)
             batch_terms = terms if len(distinct) == 1 else tuple(value[start:stop] for value in terms)
             try:
@@ -479,6 +493,12 @@ def _estimate_fixed(
                     fn, x[start:stop], times[start:stop], indices=indices[start:stop], terms=batch_terms,
                     trace=trace, n_probes=n_probes, seed=seed, chunk_rows=rows, mode=mode,
                 )
+            except torch.cuda.OutOfMemoryError:
+                if batch_size == 1 and rows == 1:
+                    raise
+                batch_size, rows = _halved(batch_size, rows)
+                asked = batch_size
+                continue
             except NonFiniteOutputError as error:  # find every such point, not only this batch's
                 psi = terms[0] if len(distinct) == 1 else terms[0][stop:]
                 later = _non_finite_outputs(fn, x[stop:], times[stop:], indices[stop:], psi, batch_size)
@@ -488,13 +508,29 @@ def _estimate_fixed(
             stderrs.append(stderr)
             if progress is not None:
                 progress(stop - start)
+            start = stop
     return FLIPDResult(
         lid=torch.cat(lids), t0=times,
         sigma=terms[1].expand(n).clone(),
         delta=schedule.delta(distinct).expand(n).clone(),
         stderr=torch.cat(stderrs).cpu(), trace=trace, n_probes=n_probes, mode=mode_used,
         ambient_dim=x[0].numel(), settings=_settings(trace, n_probes, seed, mode_used),
+        batch_size=asked, chunk_rows=rows,
     )
+
+
+def _halved(batch_size: int, rows: int) -> tuple[int, int]:
+    """Batch size and (point, probe) rows per call after a batch ran out of GPU memory: both
+    halved (the rows bound the vectorised products, so halving the batch alone would not
+    shrink them), the cached blocks freed, and the new size reported as a warning."""
+    smaller = max(1, batch_size // 2), max(1, rows // 2)
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    warnings.warn(
+        f"ran out of GPU memory with batches of {batch_size} points ({rows} point-probe rows per call); "
+        f"continuing with batches of {smaller[0]} points ({smaller[1]} rows per call)", RuntimeWarning, stacklevel=3,
+    )
+    return smaller
 
 
 def _settings(trace: str, n_probes: int, seed: int, mode: str) -> dict:
@@ -543,10 +579,12 @@ def _curve(fn, x: Tensor, times: Tensor, **options) -> tuple[Tensor, str]:
     """FLIPD [N, T] at each of the times [T] for every point, and the differentiation mode used."""
     n = x.shape[0]
     columns, mode_used = [], options["mode"]
+    options = dict(options)
     for t in times:
         result = _estimate_fixed(fn, x, torch.full((n,), float(t), dtype=torch.float64), **options)
         columns.append(result.lid)
         mode_used = result.mode
+        options.update(batch_size=result.batch_size, chunk_rows=result.chunk_rows)  # a halved size stays
     return torch.stack(columns, dim=1), mode_used
 
 
@@ -580,6 +618,11 @@ def flipd(
             noised): in the user's units for a :class:`flipd.Model`, in the units the network
             was trained on for a plain callable. PIL images (one, or a list) become [N, C, H, W]
             in [-1, 1], the convention of diffusers image models (:mod:`flipd.pil_images`).
+            Or points read batch by batch: a torch ``DataLoader``, ``Dataset`` or
+            ``IterableDataset`` yielding tensors (or tuples whose first entry is the points),
+            or a :class:`flipd.datasets.streaming.PointStream`; an ``IterableDataset`` is read to
+            its end (its length need not be known), point ``i`` in the order they come gets
+            index ``i``, and a model's ``encode`` runs per batch.
         t0: noise level as a time of the schedule (float, or tensor [N] for one per point), or
             a rule that chooses it per point: "knee" (the reference knee rule,
             :func:`flipd.knee`), "plateau" (the flattest stretch of the FLIPD curve in log
@@ -641,6 +684,13 @@ def flipd_curve(
     grid = torch.as_tensor(t_grid, dtype=torch.float64).flatten()
     if grid.numel() == 0:
         raise ValueError("t_grid is empty; pass at least one time.")
+    if is_point_stream(x):
+        indices = kwargs.pop("indices", None)
+        parts = [flipd_curve(model, batch, grid, indices=batch_indices, **kwargs)
+                 for batch, batch_indices in _stream_batches(x, indices, kwargs.get("batch_size"))]
+        if not parts:
+            raise ValueError("x yielded no points; pass at least one point.")
+        return torch.cat(parts)
     # Every option is checked before the model runs (a flipd.Model's encode may be costly).
     x = _as_batch(x)
     seed, batch_size = kwargs.pop("seed", 0), kwargs.pop("batch_size", None)
@@ -666,6 +716,117 @@ def flipd_curve(
         curves = _curve(fn, x, grid, **options)[0]
     _warn_about_results(curves, None, x[0].numel(), options["indices"], "the curves of points")
     return curves
+
+
+# --------------------------------------------------------------------------- streams of points
+
+
+def is_point_stream(x: object) -> bool:
+    """Whether ``x`` is points read batch by batch rather than one tensor: a torch
+    ``DataLoader``, ``Dataset`` or ``IterableDataset``, or a lazy stream with a
+    ``batches(start, stop)`` method (:class:`flipd.datasets.streaming.PointStream`)."""
+    from torch.utils.data import DataLoader, Dataset, IterableDataset
+
+    if isinstance(x, (Tensor, np.ndarray)):
+        return False
+    return isinstance(x, (DataLoader, Dataset, IterableDataset)) or callable(getattr(x, "batches", None))
+
+
+def _points_of(item: object) -> Tensor:
+    """The points [b, ...] of one batch: a tensor or array, or the first entry of a tuple or
+    list (``(images, labels)``, as DataLoaders collate ``(image, label)`` items)."""
+    while isinstance(item, (tuple, list)) and item:
+        item = item[0]
+    if isinstance(item, np.ndarray):
+        item = torch.from_numpy(item)
+    if not isinstance(item, Tensor):
+        raise TypeError(
+            f"a batch of the data is a {type(item).__name__}; the data must yield tensors (or tuples whose "
+            "first entry is the points), e.g. a Dataset whose items are tensors or (tensor, label) pairs."
+        )
+    return item
+
+
+def _stream_batches(x, indices, batch_size: int | None):
+    """``(points [b, ...], their global indices)`` for consecutive batches of a point stream.
+
+    A map-style ``Dataset`` or an ``IterableDataset`` is read by a DataLoader in this process
+    (``batch_size`` items at a time; pass your own DataLoader for worker processes); an
+    IterableDataset's length need not be known: it is read to its end. Indices count the
+    points in the order they come, unless ``indices`` (one per point) are given.
+    """
+    from torch.utils.data import DataLoader, Dataset, IterableDataset
+
+    if callable(getattr(x, "batches", None)):
+        batches = x.batches(0, len(x))
+    elif isinstance(x, DataLoader):
+        batches = (_points_of(item) for item in x)
+    else:
+        assert isinstance(x, (Dataset, IterableDataset))
+        loader = DataLoader(x, batch_size=batch_size or DEFAULT_BATCH_SIZE, num_workers=0)
+        batches = (_points_of(item) for item in loader)
+    given = None if indices is None else np.asarray(list(indices) if isinstance(indices, range) else indices)
+    offset = 0
+    for batch in batches:
+        n = int(batch.shape[0])
+        if n == 0:
+            continue
+        chosen = range(offset, offset + n) if given is None else given[offset:offset + n]
+        if given is not None and len(chosen) != n:
+            raise ValueError(f"indices has {len(given)} entries, fewer than the points the data yield.")
+        yield batch, chosen
+        offset += n
+    if given is not None and offset != len(given):
+        raise ValueError(f"indices has {len(given)} entries but the data yield {offset} points.")
+
+
+def _per_point(value, start: int, stop: int):
+    """A per-point noise level [N] sliced to ``start:stop`` (a scalar level as it is)."""
+    if isinstance(value, (Tensor, np.ndarray)) and np.ndim(value) > 0 and np.size(value) > 1:
+        return value[start:stop]
+    return value
+
+
+def _stream_length(x) -> int | None:
+    """The number of points a stream will yield, where it says (None: an IterableDataset)."""
+    from torch.utils.data import DataLoader, IterableDataset
+
+    if isinstance(x, DataLoader):
+        x = x.dataset
+    if isinstance(x, IterableDataset) and not callable(getattr(type(x), "__len__", None)):
+        return None
+    try:
+        return len(x)
+    except TypeError:
+        return None
+
+
+def _estimate_stream(model, x, *, t0, sigma, delta, indices, progress, batch_size, chunk_rows, **options) -> FLIPDResult:
+    """:func:`estimate` batch by batch over a point stream; a halved batch size stays halved."""
+    results: list[FLIPDResult] = []
+    offset = 0
+    with progress_callback(progress, _stream_length(x) or 0, "FLIPD") as report:
+        for batch, batch_indices in _stream_batches(x, indices, batch_size):
+            stop = offset + batch.shape[0]
+            result = estimate(
+                model, batch, t0=_per_point(t0, offset, stop), sigma=_per_point(sigma, offset, stop),
+                delta=_per_point(delta, offset, stop), indices=batch_indices, progress=report,
+                batch_size=batch_size, chunk_rows=chunk_rows, **options,
+            )
+            batch_size = result.batch_size or batch_size
+            chunk_rows = result.chunk_rows or chunk_rows
+            results.append(result)
+            offset = stop
+    if not results:
+        raise ValueError("x yielded no points; pass at least one point.")
+    first, last = results[0], results[-1]
+    optional = {name: torch.cat([getattr(r, name) for r in results])
+                for name in ("knee_found", "plateau_found", "flatness") if getattr(first, name) is not None}
+    return FLIPDResult(
+        **{name: torch.cat([getattr(r, name) for r in results]) for name in ("lid", "t0", "sigma", "delta", "stderr")},
+        trace=first.trace, n_probes=first.n_probes, mode=last.mode, method=first.method,
+        ambient_dim=first.ambient_dim, settings=last.settings, batch_size=batch_size, chunk_rows=chunk_rows, **optional,
+    )
 
 
 def _warn_unfound(found: Tensor, rule: str, consequence: str) -> None:

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "figure_label",
+    "image_grid_picks",
     "plot_curves",
     "plot_estimates",
     "plot_image_grid",
@@ -298,6 +299,16 @@ def plot_lid_scatter(
     return _finish(figure, path)
 
 
+def image_grid_picks(lids: np.ndarray, count: int = 60) -> np.ndarray:
+    """Positions of the at most ``count`` images a LID-sorted grid shows, in increasing LID,
+    evenly spread over the sorted set (non-finite estimates last). A grid of only these
+    images (with their LIDs) shows the same images as a grid of all of them."""
+    lids = np.asarray(lids, dtype=np.float64)
+    order = np.argsort(np.where(np.isfinite(lids), lids, np.inf), kind="stable")
+    count = min(len(order), count)
+    return order[np.unique(np.linspace(0, len(order) - 1, count).round().astype(int))]
+
+
 def plot_image_grid(
     images: np.ndarray,
     lids: np.ndarray,
@@ -316,9 +327,7 @@ def plot_image_grid(
         per_row, rows: grid size; at most ``per_row·rows`` images are shown.
     """
     lids = np.asarray(lids, dtype=np.float64)
-    order = np.argsort(np.where(np.isfinite(lids), lids, np.inf), kind="stable")
-    count = min(len(order), per_row * rows)
-    picked = order[np.unique(np.linspace(0, len(order) - 1, count).round().astype(int))]
+    picked = image_grid_picks(lids, per_row * rows)
     figure = _image_grid(np.asarray(images)[picked], [f"{lids[i]:.1f}" for i in picked], per_row=per_row)
     figure.suptitle(f"{title} (low to high, left to right)", fontsize=10)
     figure.tight_layout()
@@ -475,6 +484,7 @@ def plot_estimates(
     noise_level: Mapping[str, Any] | None = None,
     prefix: str = "",
     title: str = "",
+    image_lids: np.ndarray | None = None,
 ) -> list[Path]:
     """Write every figure that suits the data into ``directory``; return the files written.
 
@@ -482,7 +492,8 @@ def plot_estimates(
     label, else one); a scatter when ``x`` is 2-d or 3-d vectors; an image grid sorted by LID
     and a LID-vs-PNG-size scatter for images. Files are named
     ``{prefix}{method}_{noise level}_{figure}.png`` (e.g. ``lollipop_flipd_t0_0.05_lid_histogram.png``,
-    see :func:`figure_label`) and titled ``"{title}: {method}, {noise level}"``.
+    see :func:`figure_label`) and titled ``"{title}: {method}, {noise level}"``. ``images_uint8`` may hold only the images the
+    grid shows (:func:`image_grid_picks`), with their estimates in ``image_lids``.
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -513,7 +524,7 @@ def plot_estimates(
         figure = plot_lid_scatter(x, lids, ambient_dim=ambient_dim, title=f"{caption}points coloured by estimated LID")
         written.append(save_figure(figure, directory / f"{stem}lid_scatter.png"))
     if images_uint8 is not None:
-        figure = plot_image_grid(images_uint8, lids, title=f"{caption}images sorted by LID")
+        figure = plot_image_grid(images_uint8, lids if image_lids is None else image_lids, title=f"{caption}images sorted by LID")
         written.append(save_figure(figure, directory / f"{stem}images_by_lid.png"))
     if png_bytes is not None:
         figure = plot_lid_vs_png_size(lids, png_bytes, ambient_dim=ambient_dim, title=f"{caption}LID vs PNG size")

@@ -47,6 +47,9 @@ class LIDResult:
         knee_found: per point whether the knee rule found a knee, [N] bool (None unless
             ``t0="auto"``); where it did not, ``lid`` is D and the noise level is NaN.
         settings: the settings the method ran with, resolved (defaults filled in), JSON-ready.
+        batch_size: FLIPD: points per forward pass at the end of the run (smaller than asked
+            for when a batch ran out of GPU memory and was halved); None for other methods.
+        chunk_rows: FLIPD: (point, probe) pairs per vectorised call at the end of the run.
         plateau_found: per point whether the plateau rule found a plateau, [N] bool (None unless
             ``t0="plateau"``); where it did not, ``lid`` is FLIPD on the flattest stretch.
         flatness: the plateau rule's flatness at the chosen stretch, [N] float64 (relative
@@ -65,6 +68,8 @@ class LIDResult:
     ambient_dim: int | None = None
     knee_found: Tensor | None = None
     settings: Mapping[str, Any] = field(default_factory=dict)
+    batch_size: int | None = None
+    chunk_rows: int | None = None
     plateau_found: Tensor | None = None
     flatness: Tensor | None = None
 

@@ -16,7 +16,9 @@ BENCHMARKS: dict[str, str] = {
     "sampling": "flipd.bench.sampling",
     "scale": "flipd.bench.scale",
     "scaling": "flipd.bench.scaling",
+    "sd_scale_gpu": "flipd.bench.sd_scale_gpu",
     "speed": "flipd.bench.speed",
+    "stream_memory": "flipd.bench.stream_memory",
     "synthetic": "flipd.bench.synthetic",
     "trace_cost": "flipd.bench.trace_cost",
 }

@@ -474,11 +474,16 @@ def _open_image(file: Path, max_pixels: int) -> Image.Image:
         raise ValueError(f"cannot read image {str(file)!r}: {error}") from error
     finally:
         Image.MAX_IMAGE_PIXELS = previous
-    raise ValueError(
+    raise too_many_pixels(file, width, height, max_pixels, file.parent)
+
+
+def too_many_pixels(file: Path, width: int, height: int, max_pixels: int, folder: Path) -> ValueError:
+    """The error for an image of ``folder`` larger than ``max_pixels``: file, size, limit, fix."""
+    return ValueError(
         f"image {str(file)!r} is {width}x{height} = {width * height} pixels, more than the limit of "
         f"{max_pixels} pixels (a guard against decompression bombs: small files that decode to huge "
         f"images). If the image is meant to be that large, raise the limit with the folder parameter "
-        f"max_pixels, e.g. '{file.parent}:max_pixels={width * height}'."
+        f"max_pixels, e.g. '{folder}:max_pixels={width * height}'."
     )
 
 

@@ -17,6 +17,11 @@ row, and values beyond float32's range are refused by row;
 ``columns=a+b+c`` picks the coordinates explicitly. In a ``.npz`` the points are the array
 ``x`` (or the only 2-d array, or ``key=``), with optional arrays ``lid``/``lid_true`` and
 ``component`` of length N.
+
+With ``stream=True`` (what ``flipd estimate`` and ``flipd curve`` use), image folders, 2-d
+``.npy`` arrays and CSV/parquet tables are checked up front but not loaded: ``PointSet.x`` is
+a :class:`~flipd.datasets.streaming.PointStream` whose slices are read on demand, and only one
+small value per point (index, ground truth, PNG size, name) is kept.
 """
 
 from __future__ import annotations
@@ -31,6 +36,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..runs.files import fingerprint_array, fingerprint_path
+from .streaming import PointStream, materialize
+from .tables import ArrayRows, as_float32, integer_column, numeric_column, scan_array, scan_table, spool_file
 from .arrays import open_npz, read_archive_member, read_npy
 
 __all__ = [
@@ -45,8 +53,6 @@ __all__ = [
 DEFAULT_SYNTHETIC_POINTS = 4096
 TABLE_FILE_SUFFIXES = (".csv", ".tsv", ".parquet", ".pq")
 ARRAY_FILE_SUFFIXES = (".npy", ".npz")
-#: Table columns that describe a point rather than being one of its coordinates.
-NON_COORDINATE_COLUMNS = ("index", "label", "lid", "lid_true", "component")
 
 
 # --------------------------------------------------------------------------- data
@@ -57,7 +63,8 @@ class PointSet:
     """Data points and what is known about them.
 
     Attributes:
-        x: the points, float32: vectors [N, D] or images [N, C, H, W] in [-1, 1].
+        x: the points, float32: vectors [N, D] or images [N, C, H, W] in [-1, 1]; a tensor,
+            or a :class:`~flipd.datasets.streaming.PointStream` read on demand (``stream=True``).
         spec: the name or path they were loaded from.
         kind: "vectors" or "images".
         index: [N] int64 position of each point in its source (a table's own ``index``
@@ -71,7 +78,7 @@ class PointSet:
         description: one line saying what the data are.
     """
 
-    x: Tensor
+    x: Tensor | PointStream
     spec: str
     kind: Literal["vectors", "images"]
     index: np.ndarray
@@ -101,11 +108,28 @@ class PointSet:
     def __len__(self) -> int:
         return self.n
 
-    def images_uint8(self) -> np.ndarray:
-        """8-bit pixels [N, H, W, C] of image points (for figures)."""
+    @property
+    def streamed(self) -> bool:
+        """Whether the points are read on demand (``x`` is a PointStream)."""
+        return isinstance(self.x, PointStream)
+
+    def fingerprint(self) -> str:
+        """SHA-256 identifying the points: of their values, or for a stream of its source
+        (files' names, sizes and dates or contents, options, rows taken) without reading it."""
+        if isinstance(self.x, PointStream):
+            return fingerprint_array(np.frombuffer(repr(sorted(self.x.identity().items())).encode(), dtype=np.uint8))
+        return fingerprint_array(self.x)
+
+    def tensor(self) -> Tensor:
+        """All points as one tensor (reads a stream whole: for data that fit in memory)."""
+        return materialize(self.x)
+
+    def images_uint8(self, indices: Sequence[int] | np.ndarray | None = None) -> np.ndarray:
+        """8-bit pixels [N, H, W, C] of image points, or of those at ``indices`` (for figures)."""
         if self.kind != "images":
             raise ValueError(f"{self.spec!r} holds vectors, not images.")
-        pixels = ((self.x + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
+        images = self.tensor() if indices is None else self.x[np.asarray(indices, dtype=np.int64)]
+        pixels = ((images + 1.0) * 127.5).round().clamp(0, 255).to(torch.uint8)
         return pixels.permute(0, 2, 3, 1).contiguous().numpy()
 
 
@@ -151,61 +175,6 @@ def _subset(n_available: int, n: int | None, seed: int, spec: str) -> np.ndarray
     return np.sort(rng.choice(n_available, size=n, replace=False))
 
 
-def _rows(bad: np.ndarray) -> str:
-    """Row numbers (counted from 0, header excluded) for a message: the first ten and the count."""
-    shown = ", ".join(str(i) for i in bad[:10]) + (", ..." if bad.size > 10 else "")
-    return f"row {shown}" if bad.size == 1 else f"rows {shown} ({bad.size} rows)"
-
-
-def _as_float32(values: np.ndarray, spec: str) -> np.ndarray:
-    """The coordinates as float32, refusing rows that are missing, non-finite or beyond float32's
-    range (checked after the cast: 1e39 is a fine float64 but inf in float32)."""
-    with np.errstate(over="ignore", invalid="ignore"):
-        single = np.ascontiguousarray(values, dtype=np.float32)
-    finite = np.isfinite(single).reshape(single.shape[0], -1).all(axis=1)
-    if not finite.all():
-        bad = np.flatnonzero(~finite)
-        raise ValueError(
-            f"{spec!r} has missing, non-finite or too large values (beyond float32's ±3.4e38) in "
-            f"{_rows(bad)}, counting data rows from 0; remove, fill or rescale them."
-        )
-    return single
-
-
-def _numeric_column(values: Any, name: str, spec: str) -> np.ndarray:
-    """A column of numbers as float64, refusing text cells by column and row."""
-    import pandas as pd
-
-    if isinstance(values, np.ndarray) and values.dtype.kind in "iuf":  # numbers already
-        return values.astype(np.float64)
-    if isinstance(values, pd.Series) and values.dtype.kind in "iuf":  # also nullable integers
-        return values.to_numpy(dtype=np.float64, na_value=np.nan)
-    series = values if isinstance(values, pd.Series) else pd.Series(np.asarray(values, dtype=object))
-    numbers = pd.to_numeric(series, errors="coerce")
-    text = numbers.isna() & series.notna() & ~series.astype(str).str.strip().str.lower().isin(("nan", ""))
-    if text.any():
-        bad = np.flatnonzero(text.to_numpy())
-        raise ValueError(
-            f"{spec!r}: column {name!r} has a value that is not a number, {series.iloc[bad[0]]!r}, in "
-            f"{_rows(bad)} (counting data rows from 0); fix or remove it."
-        )
-    return numbers.to_numpy(dtype=np.float64, na_value=np.nan)
-
-
-def _integer_column(values: Any, name: str, spec: str) -> np.ndarray:
-    """A column of whole numbers as int64, refusing missing or fractional values by row (a
-    missing value must not become -2^63)."""
-    numbers = _numeric_column(values, name, spec)
-    whole = np.isfinite(numbers) & (numbers == np.round(numbers)) & (np.abs(numbers) < 2.0**62)
-    if not whole.all():
-        bad = np.flatnonzero(~whole)
-        raise ValueError(
-            f"{spec!r}: column {name!r} needs a whole number in every row; {_rows(bad)} (counting "
-            "data rows from 0) hold missing or fractional values."
-        )
-    return numbers.astype(np.int64)
-
-
 def _vector_points(
     values: np.ndarray,
     spec: str,
@@ -220,14 +189,14 @@ def _vector_points(
         raise ValueError(f"{spec!r} must hold points as a 2-d table [N, D] with N, D > 0; got shape {values.shape}.")
     if not (np.issubdtype(values.dtype, np.number) and not np.issubdtype(values.dtype, np.complexfloating)):
         raise ValueError(f"{spec!r} holds {values.dtype} values; the coordinates must be numbers.")
-    single = _as_float32(values, spec)
+    single = as_float32(values, spec)
     for name, array in (("lid", lid_true), ("component", component), ("index", source_index)):
         if array is not None and np.shape(array) != (values.shape[0],):
             raise ValueError(f"{spec!r}: {name} has shape {np.shape(array)}; expected one value per point ({values.shape[0]}).")
     if lid_true is not None:
-        lid_true = _numeric_column(lid_true, "lid", spec)
+        lid_true = numeric_column(lid_true, "lid", spec)
     if component is not None:
-        component = _integer_column(component, "component", spec)
+        component = integer_column(component, "component", spec)
     index = _subset(values.shape[0], n, seed, spec)
     return PointSet(
         x=torch.from_numpy(np.ascontiguousarray(single[index])),
@@ -240,59 +209,93 @@ def _vector_points(
     )
 
 
-def _load_table_file(file: Path, parameters: str, spec: str, n: int | None, seed: int) -> PointSet:
-    import pandas as pd
-
+def _table_points(file: Path, parameters: str, spec: str, n: int | None, seed: int, stream: bool) -> PointSet:
+    """A CSV/parquet table, checked block by block (:func:`flipd.datasets.tables.scan_table`);
+    streamed from a float32 spool file, or held in memory."""
     options = _parse_parameters(parameters, ("columns",), spec)
-    suffix = file.suffix.lower()
-    try:
-        if suffix in (".parquet", ".pq"):
-            frame = pd.read_parquet(file)
-        else:
-            frame = pd.read_csv(file, sep="\t" if suffix == ".tsv" else ",")
-    except Exception as error:  # pandas raises many parser-specific types
-        raise ValueError(f"Cannot read {str(file)!r} as a {suffix[1:]} table: {error}") from error
-    if len(frame) == 0:
-        raise ValueError(f"{str(file)!r} has no rows of data (columns: {', '.join(map(str, frame.columns)) or 'none'}).")
-    if "columns" in options:
-        wanted = [c for c in options["columns"].split("+") if c]
-        missing = [c for c in wanted if c not in frame.columns]
-        if missing:
-            raise ValueError(f"{str(file)!r} has no column(s) {', '.join(missing)}; its columns: {', '.join(map(str, frame.columns))}.")
-        coordinates = wanted
+    if stream:
+        found, reader = spool_file(lambda sink: scan_table(file, options, spec, sink),
+                                   {"file": fingerprint_path(file), "columns": options.get("columns")})
+        values: Tensor | PointStream = PointStream(reader)
     else:
-        coordinates = [
-            c for c in frame.columns
-            if str(c) not in NON_COORDINATE_COLUMNS and not pd.api.types.is_bool_dtype(frame[c])
-            and (pd.api.types.is_numeric_dtype(frame[c]) or _mostly_numbers(frame[c]))
-        ]
-    if not coordinates:
-        raise ValueError(
-            f"{str(file)!r} has no numeric coordinate columns (columns: {', '.join(map(str, frame.columns))}); "
-            "name them with columns=a+b+c."
-        )
-    truth_column = next((c for c in ("lid_true", "lid") if c in frame.columns and c not in coordinates), None)
-    lid_true = _numeric_column(frame[truth_column], truth_column, spec) if truth_column else None
-    component = frame["component"] if "component" in frame.columns and "component" not in coordinates else None
-    index = (_integer_column(frame["index"], "index", spec)
-             if "index" in frame.columns and "index" not in coordinates else None)
-    values = np.column_stack([_numeric_column(frame[c], str(c), spec) for c in coordinates])
-    points = _vector_points(
-        values, spec, n, seed, lid_true, component, source_index=index,
-        description=f"{len(frame)} points in R^{len(coordinates)} from {file.name} (columns {', '.join(map(str, coordinates))})",
+        blocks: list[np.ndarray] = []
+        found = scan_table(file, options, spec, blocks.append)
+        values = torch.from_numpy(np.concatenate(blocks))
+    index = _subset(found.n_rows, n, seed, spec)
+    return PointSet(
+        x=_take(values, index, found.n_rows),
+        spec=spec,
+        kind="vectors",
+        index=index.astype(np.int64) if found.index is None else found.index[index],
+        lid_true=None if found.lid_true is None else found.lid_true[index],
+        component=None if found.component is None else found.component[index],
+        description=f"{found.n_rows} points in R^{len(found.coordinates)} from {file.name} "
+                    f"(columns {', '.join(found.coordinates)})",
     )
-    return points
 
 
-def _mostly_numbers(column: Any) -> bool:
-    """Whether a text column is numbers with a few bad cells (so a coordinate, whose bad cells
-    must be reported) rather than a column of text (names, notes: not a coordinate)."""
-    import pandas as pd
+def _take(values: Tensor | PointStream, index: np.ndarray, available: int) -> Tensor | PointStream:
+    """The points at ``index`` of all ``available`` (no copy when all are taken)."""
+    if index.size == available:
+        return values
+    if isinstance(values, PointStream):
+        return values.subset(index)
+    return values[torch.from_numpy(index)]
 
-    present = column.dropna()
-    if present.empty:
-        return False
-    return bool(pd.to_numeric(present, errors="coerce").notna().mean() >= 0.5)
+
+def _npy_table_points(file: Path, spec: str, n: int | None, seed: int, stream: bool) -> PointSet:
+    """A 2-d .npy table, memory-mapped: checked block by block, then streamed or loaded."""
+    reader = ArrayRows(file, kind="npy", identity={"file": fingerprint_path(file)})
+    values = np.load(file, mmap_mode="r", allow_pickle=False)
+    if values.shape[0] == 0 or values.shape[1] == 0:
+        raise ValueError(f"{spec!r} must hold points as a 2-d table [N, D] with N, D > 0; got shape {values.shape}.")
+    if not (np.issubdtype(values.dtype, np.number) and not np.issubdtype(values.dtype, np.complexfloating)):
+        raise ValueError(f"{spec!r} holds {values.dtype} values; the coordinates must be numbers.")
+    del values
+    scan_array(reader, spec)
+    stream_of_all = PointStream(reader)
+    index = _subset(reader.n_rows, n, seed, spec)
+    chosen = _take(stream_of_all, index, reader.n_rows)
+    return PointSet(
+        x=chosen if stream else materialize(chosen),
+        spec=spec,
+        kind="vectors",
+        index=index.astype(np.int64),
+        description=f"{reader.n_rows} points in R^{reader.point_shape[0]} from {spec}",
+    )
+
+
+def _folder_points(folder: Path, parameters: str, spec: str, n: int | None, seed: int, stream: bool,
+                   reading: dict[str, Any]) -> PointSet:
+    """Every image under a folder (:mod:`flipd.datasets.folders`): streamed, or decoded into memory."""
+    from .folders import open_image_folder
+
+    from .images import DEFAULT_MAX_PIXELS
+
+    options = _parse_parameters(parameters, ("size", "channels", "max_pixels"), spec)
+    try:
+        size = int(options["size"]) if "size" in options else None
+        channels = int(options["channels"]) if "channels" in options else None
+        max_pixels = int(options["max_pixels"]) if "max_pixels" in options else DEFAULT_MAX_PIXELS
+    except ValueError:
+        raise ValueError(f"size=, channels= and max_pixels= in {spec!r} must be whole numbers.") from None
+    workers = reading.get("workers", 0)
+    reader, png_bytes = open_image_folder(  # only the images -n picks are opened
+        folder, channels=channels, size=None if size is None else (size, size), resize=reading.get("resize"),
+        center_crop=reading.get("center_crop"), workers=workers, pick=lambda available: _subset(available, n, seed, spec),
+        max_pixels=max_pixels,
+    )
+    chosen = PointStream(reader, workers=workers)
+    c, h, w = reader.point_shape
+    return PointSet(
+        x=chosen if stream else materialize(chosen),
+        spec=spec,
+        kind="images",
+        index=np.arange(reader.n_rows, dtype=np.int64),
+        names=list(reader.names),
+        png_bytes=png_bytes,
+        description=f"{reader.n_rows} images of {c}x{h}x{w} from {folder}",
+    )
 
 
 def _read_array_file(file: Path) -> Any:
@@ -368,7 +371,10 @@ def _synthetic_points(spec: str, n: int | None, seed: int) -> PointSet:
     )
 
 
-def load_points(spec: str, n: int | None = None, seed: int = 0, *, at_most: bool = False) -> PointSet:
+def load_points(
+    spec: str, n: int | None = None, seed: int = 0, *, at_most: bool = False, stream: bool = False,
+    workers: int = 0, resize: int | None = None, center_crop: int | None = None,
+) -> PointSet:
     """Load data points by name or path (see the module notes for what ``spec`` may be).
 
     Args:
@@ -379,6 +385,13 @@ def load_points(spec: str, n: int | None = None, seed: int = 0, *, at_most: bool
         seed: sampling seed.
         at_most: treat ``n`` as an upper bound for files and bundled images (take them all
             when there are fewer) instead of an error.
+        stream: read image folders, 2-d ``.npy`` arrays and CSV/parquet tables lazily:
+            ``PointSet.x`` is then a :class:`~flipd.datasets.streaming.PointStream` whose
+            slices are read on demand (built-in sets, ``.npz`` files and image arrays are
+            loaded into memory either way). Every file is still checked before this returns.
+        workers: DataLoader worker processes that read and decode image files (0: this process).
+        resize: image folders: scale each image's shorter side to this many pixels.
+        center_crop: image folders: keep the central square of this many pixels (after ``resize``).
 
     Raises:
         ValueError: unknown name, bad parameter, or unusable content (the message says which).
@@ -387,12 +400,16 @@ def load_points(spec: str, n: int | None = None, seed: int = 0, *, at_most: bool
     if not isinstance(spec, str) or not spec.strip():
         raise ValueError(f"Name the data: {_hint()}.")
     spec = spec.strip()
+    reading = {"workers": workers, "resize": resize, "center_crop": center_crop}
     if at_most and n is not None and not _is_synthetic(spec):
-        points = load_points(spec, None, seed)
+        points = load_points(spec, None, seed, stream=stream, **reading)
         if points.n <= n:
             return points
         subset = with_subset(points, _subset(points.n, n, seed, spec))
         return replace(subset, description=f"{subset.n} of the {points.description}")
+    is_folder = Path(spec).is_dir() or Path(spec.partition(":")[0]).is_dir()
+    if (resize is not None or center_crop is not None) and not is_folder:
+        raise ValueError(f"--resize and --center-crop apply to image folders; {spec!r} is not one.")
     name, _, parameters = spec.partition(":")
     families = data_source_names()
     if name in families["images"]:
@@ -403,15 +420,16 @@ def load_points(spec: str, n: int | None = None, seed: int = 0, *, at_most: bool
     if file.exists():
         suffix = file.suffix.lower()
         if file.is_dir():
-            return _image_points(spec, n, seed)
+            return _folder_points(file, parameters, spec, n, seed, stream, reading)
         if suffix in TABLE_FILE_SUFFIXES:
-            return _load_table_file(file, parameters, spec, n, seed)
+            return _table_points(file, parameters, spec, n, seed, stream)
         if suffix == ".npy":
             values = _read_array_file(file)
             if values.ndim == 2:
                 if parameters:
                     _parse_parameters(parameters, (), spec)
-                return _vector_points(np.asarray(values), spec, n, seed)
+                del values
+                return _npy_table_points(file, spec, n, seed, stream)
             return _image_points(spec, n, seed)
         if suffix == ".npz":
             points = _npz_points(file, parameters, spec, n, seed)
@@ -450,7 +468,7 @@ def with_subset(points: PointSet, indices: Sequence[int] | np.ndarray) -> PointS
 
     return replace(
         points,
-        x=points.x[torch.from_numpy(index)],
+        x=points.x.subset(index) if isinstance(points.x, PointStream) else points.x[torch.from_numpy(index)],
         index=points.index[index],
         lid_true=take(points.lid_true),
         component=take(points.component),

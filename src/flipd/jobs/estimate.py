@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -137,7 +137,7 @@ class EstimateSettings:
         return asdict(self)
 
 
-def method_chunks(settings: EstimateSettings, model: Model | None = None) -> ChunkEstimator:
+def method_chunks(settings: EstimateSettings, model: Model | None = None, batch: dict[str, int] | None = None) -> ChunkEstimator:
     """A :data:`~flipd.runs.chunks.ChunkEstimator` running ``METHODS[settings.method]`` (FLIPD or a
     baseline, one calling convention) on points already in the model's coordinates.
 
@@ -146,18 +146,23 @@ def method_chunks(settings: EstimateSettings, model: Model | None = None) -> Chu
     arrays are the result's trace, probes and mode, and the method's resolved settings.
     Classical estimators find each point's neighbours among the points of its chunk: give them
     one chunk for all points.
+
+    ``batch`` (``{"used": ...}``) is updated with the batch size that ran: when a FLIPD batch
+    runs out of GPU memory the estimator halves it, and later chunks start from the halved size.
     """
     method = METHOD_REGISTRY[settings.method]
+    batch = {"used": settings.batch_size} if batch is None else batch
 
     def run(x: torch.Tensor, indices: np.ndarray, progress: Callable[[int], None] | None):
         with warnings.catch_warnings():  # the job reports results over all chunks, by the table's index
             warnings.simplefilter("ignore", EstimateWarning)
             result = method(
-                x, model, **settings.noise_level(), seed=settings.seed, indices=indices, batch_size=settings.batch_size,
+                x, model, **settings.noise_level(), seed=settings.seed, indices=indices, batch_size=batch["used"],
                 progress=progress, encoded=True, **settings.method_settings(),
             )
+        batch["used"] = result.batch_size or batch["used"]
         info = {"trace": result.trace, "n_probes": result.n_probes, "mode": result.mode,
-                "resolved": dict(result.settings)}
+                "resolved": dict(result.settings), "batch_size": batch["used"]}
         arrays = result.columns()
         if result.plateau_found is not None:  # the plateau rule: did it find a plateau, how flat there
             arrays["plateau_found"] = result.plateau_found.cpu().numpy().astype(np.float64)
@@ -208,12 +213,21 @@ def estimate_table_columns(
 
 @dataclass
 class EstimatePlan:
-    """What an estimation run will do: its settings, the chunk estimator, and its input."""
+    """What an estimation run will do: its settings, the chunk estimator, and its input.
+
+    Attributes:
+        x: the points in the model's coordinates: a tensor, or streamed points
+            (:class:`~flipd.datasets.streaming.PreparedPoints`) read by ``len(x)`` and
+            ``x[start:stop]`` only.
+        batch: ``{"used": batch size}``, updated as chunks run (smaller than
+            ``settings.batch_size`` after a batch ran out of GPU memory).
+    """
 
     settings: Any
     estimator: Callable
-    x: torch.Tensor
+    x: Any
     noise: dict[str, Any]
+    batch: dict[str, int] = field(default_factory=dict)
 
 
 def plan_estimate(
@@ -251,14 +265,15 @@ def plan_estimate(
             check_noise_level(model.schedule, noise)
         x = model.prepare(points)
     else:
-        x = points.x.reshape(points.n, -1)
+        x = points.tensor().reshape(points.n, -1)  # neighbours are searched among all points
         chunk_size = max(1, points.n)
     settings = EstimateSettings(
         method=method, **noise, trace=trace, n_probes=n_probes, seed=seed, batch_size=batch_size,
         chunk_size=chunk_size, n_neighbors=n_neighbors,
     )
-    estimator = method_chunks(settings, model.model if method in MODEL_METHODS else None)
-    return EstimatePlan(settings=settings, estimator=estimator, x=x, noise=noise)
+    batch = {"used": batch_size}
+    estimator = method_chunks(settings, model.model if method in MODEL_METHODS else None, batch)
+    return EstimatePlan(settings=settings, estimator=estimator, x=x, noise=noise, batch=batch)
 
 
 def non_finite_outputs_error(error: NonFiniteOutputError, plan: EstimatePlan, model: Model, points: PointSet) -> ValueError:
@@ -268,8 +283,11 @@ def non_finite_outputs_error(error: NonFiniteOutputError, plan: EstimatePlan, mo
     positions = list(error.indices)
     start = max(positions, default=points.n) + 1
     if error.time is not None and start < points.n:
-        positions += non_finite_outputs(
-            model, plan.x[start:], error.time, indices=range(start, points.n),
-            batch_size=plan.settings.batch_size, encoded=True,
-        )
+        step = plan.settings.chunk_size  # chunk by chunk: streamed points are read a chunk at a time
+        for first in range(start, points.n, step):
+            last = min(points.n, first + step)
+            positions += non_finite_outputs(
+                model, plan.x[first:last], error.time, indices=range(first, last),
+                batch_size=plan.settings.batch_size, encoded=True,
+            )
     return non_finite_output_error(sorted(set(positions)), points, error.time)

@@ -13,7 +13,6 @@ from ..datasets.sources import PointSet
 from ..estimator import out_of_range
 from ..metrics import mae, mae_per_component
 from ..runs.environment import environment_info
-from ..runs.files import fingerprint_array
 
 __all__ = [
     "NON_FINITE_SHOWN", "GroupSummary", "known_columns", "non_finite_output_error", "non_finite_warning",
@@ -167,7 +166,7 @@ def run_record(
         "argv": list(sys.argv),
         "data": {
             "spec": points.spec, "n_points": points.n, "seed": data_seed, "point_shape": list(points.point_shape),
-            "description": points.description, "fingerprint": fingerprint_array(points.x),
+            "description": points.description, "fingerprint": points.fingerprint(),
         },
         "model": None if model is None else {
             "path": str(Path(model.path).resolve()), "kind": model.kind, "fingerprint": model.fingerprint,

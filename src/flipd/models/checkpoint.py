@@ -218,6 +218,7 @@ class DiffusionModel(nn.Module):
         self.register_buffer("shift", shift.detach().clone())
         self.register_buffer("scale", scale.detach().clone())
         self.metadata: dict[str, Any] = dict(metadata or {})
+        self.compute_dtype: torch.dtype | None = None  # see with_compute_dtype
         self.requires_grad_(False)
         self.eval()
 
@@ -240,7 +241,23 @@ class DiffusionModel(nn.Module):
             t = t.expand(y.shape[0])
         if self.network_input == "reference":
             y, t = reference_inputs(self.schedule, y, t)
-        return self.network(y, t.to(device=y.device, dtype=y.dtype))
+        t = t.to(device=y.device, dtype=y.dtype)
+        if self.compute_dtype is None:
+            return self.network(y, t)
+        with torch.autocast(device_type=y.device.type, dtype=self.compute_dtype):
+            output = self.network(y, t)
+        return output.to(y.dtype)
+
+    def with_compute_dtype(self, dtype: torch.dtype | None) -> "DiffusionModel":
+        """Run the network in ``dtype`` (torch.bfloat16 or torch.float16) under ``torch.autocast``:
+        matrix products and convolutions in ``dtype``, the weights, the time embedding and the
+        output in float32 (so traces, norms and sums stay float32). None or float32 undoes it.
+        Returns the model itself; the autocast region is entered per call, so no global state
+        changes."""
+        if dtype not in (None, torch.float32, torch.bfloat16, torch.float16):
+            raise ValueError(f"compute dtype must be float32, bfloat16 or float16; got {dtype}.")
+        self.compute_dtype = None if dtype in (None, torch.float32) else dtype
+        return self
 
     def _as_points(self, x) -> Tensor:
         if isinstance(x, np.ndarray):

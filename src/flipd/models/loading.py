@@ -83,7 +83,8 @@ def model_kind(path: str | os.PathLike) -> Literal["flipd", "diffusers"]:
     )
 
 
-def load(path: str | os.PathLike, *, device: str | torch.device | None = "cpu", prompt: str | None = None) -> Model:
+def load(path: str | os.PathLike, *, device: str | torch.device | None = "cpu", prompt: str | None = None,
+         dtype: torch.dtype | None = None) -> Model:
     """Load a flipd checkpoint directory or a diffusers folder as a :class:`Model`; either may
     be named by a Hugging Face Hub id ``owner/name`` (see :func:`resolve_source`).
 
@@ -96,6 +97,9 @@ def load(path: str | os.PathLike, *, device: str | torch.device | None = "cpu", 
         prompt: the text conditioning of a text-conditioned diffusers model (Stable Diffusion
             v1/v2 style), as ``from_diffusers(path, prompt=...)``; None: its default, the empty
             prompt. Refused for models that take no text.
+        dtype: torch.bfloat16 or torch.float16 to run the network and VAE in reduced precision
+            (a flipd checkpoint under ``torch.autocast``, a diffusers network and VAE cast to
+            it); None or torch.float32 for full precision. Traces and norms stay float32.
 
     Raises:
         FileNotFoundError: nothing at ``path``.
@@ -114,10 +118,11 @@ def load(path: str | os.PathLike, *, device: str | torch.device | None = "cpu", 
             )
         from .checkpoint import DiffusionModel
 
-        return DiffusionModel.load(path, device=device)
+        return DiffusionModel.load(path, device=device).with_compute_dtype(dtype)
     from .diffusers import from_diffusers
 
-    model = from_diffusers(Path(path), device=device, **({} if prompt is None else {"prompt": prompt}))
+    model = from_diffusers(Path(path), device=device, dtype=None if dtype == torch.float32 else dtype,
+                           **({} if prompt is None else {"prompt": prompt}))
     if prompt is not None and model.conditioning_source != "prompt":
         raise ValueError(
             f"The diffusers model at {str(path)!r} ({type(model.network).__name__}) takes no text prompt; a "
