@@ -554,3 +554,29 @@ def test_figures_of_flipd_and_nb_on_the_same_data_do_not_overwrite_each_other(lo
     histograms = [name for name in names if name.endswith("lid_histogram.png")]
     assert len(histograms) == 2 and histograms[0].startswith("lollipop_flipd_t0_0.05_")
     assert histograms[1].startswith("lollipop_nb_t0_")  # NB's own default level, named by its time
+
+
+def test_a_tables_own_columns_pass_through_and_the_summary_ranks_against_the_truth(tmp_path):
+    """Ids and notes travel to the result table unchanged (a clash with a result column is kept
+    as input_<name>); with a known truth the summary holds Harrell's concordance and Spearman."""
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    n = 60
+    angle = rng.uniform(0, 2 * np.pi, n)
+    plane = rng.uniform(-1, 1, (n, 2))
+    on_circle = np.arange(n) % 2 == 0
+    x = np.where(on_circle[:, None], np.c_[np.cos(angle), np.sin(angle), np.zeros(n)], np.c_[plane, np.zeros(n) + 3])
+    frame = pd.DataFrame({"id": [f"p{i}" for i in range(n)], "a": x[:, 0], "b": x[:, 1], "c": x[:, 2],
+                          "method": ["note"] * n, "lid_true": np.where(on_circle, 1.0, 2.0)})
+    table = tmp_path / "points.csv"
+    frame.to_csv(table, index=False)
+    out = tmp_path / "lid.csv"
+    result = flipd("estimate", table, "--method", "lpca", "--neighbors", "10", "-o", out)
+    assert result.exit_code == 0, result.output
+    rows = pd.read_csv(out)
+    assert rows["id"].tolist() == frame["id"].tolist() and (rows["input_method"] == "note").all()
+    assert (rows["method"] == "lpca").all() and (rows["ambient_dim"] == 3).all()
+    summary = json.loads(out.with_suffix(".json").read_text())["summary"]
+    assert 0.5 < summary["concordance_harrell"] <= 1.0 and summary["spearman"] > 0.3
+    assert "concordance (Harrell)" in result.stdout

@@ -833,7 +833,7 @@ def _print_summary(points: Any, lids: Any, title: str) -> None:
     """Estimated vs true LID per component (when the truth is known), else a short description."""
     import numpy as np
 
-    from .jobs.records import summarize_by_component
+    from .jobs.records import ranking_record, summarize_by_component
 
     lids = np.asarray(lids, dtype=np.float64)
     if points.lid_true is None:
@@ -846,6 +846,10 @@ def _print_summary(points: Any, lids: Any, title: str) -> None:
         return
     groups, mae = summarize_by_component(lids, points.lid_true, points.component)
     console.print(_summary_table(groups, mae, title))
+    ranking = ranking_record(lids, points.lid_true)
+    if ranking["concordance_harrell"] is not None:
+        console.print(f"ordering against the truth: concordance (Harrell) {ranking['concordance_harrell']:.3f}, "
+                      f"Spearman {ranking['spearman']:.3f}")
 
 
 def _summary_table(groups: list, mae: float, title: str) -> Table:

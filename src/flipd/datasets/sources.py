@@ -76,6 +76,8 @@ class PointSet:
         label_names: names of the label values, or None.
         png_bytes: [N] int64 lossless PNG size of each image, or None.
         description: one line saying what the data are.
+        passthrough: a table's other columns (ids, names, notes) by name, [N] each, written
+            beside the estimates unchanged; None when there are none.
     """
 
     x: Tensor | PointStream
@@ -89,6 +91,7 @@ class PointSet:
     label_names: tuple[str, ...] | None = None
     png_bytes: np.ndarray | None = None
     description: str = ""
+    passthrough: dict[str, np.ndarray] | None = None
 
     @property
     def n(self) -> int:
@@ -231,6 +234,7 @@ def _table_points(file: Path, parameters: str, spec: str, n: int | None, seed: i
         component=None if found.component is None else found.component[index],
         description=f"{found.n_rows} points in R^{len(found.coordinates)} from {file.name} "
                     f"(columns {', '.join(found.coordinates)})",
+        passthrough={name: values[index] for name, values in found.passthrough.items()} or None,
     )
 
 
@@ -475,4 +479,5 @@ def with_subset(points: PointSet, indices: Sequence[int] | np.ndarray) -> PointS
         names=None if points.names is None else [points.names[i] for i in index],
         labels=take(points.labels),
         png_bytes=take(points.png_bytes),
+        passthrough=None if points.passthrough is None else {k: v[index] for k, v in points.passthrough.items()},
     )

@@ -17,7 +17,7 @@ import os
 import tempfile
 import weakref
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -118,6 +118,8 @@ class TableScan:
         lid_true: [N] float64 ground truth (a ``lid_true`` or ``lid`` column), or None.
         component: [N] int64 ground-truth component, or None.
         index: [N] int64 the table's own ``index`` column, or None.
+        passthrough: the other columns (ids, names, notes, labels), [N] each, in table order,
+            to be written beside the estimates unchanged.
     """
 
     n_rows: int
@@ -125,6 +127,7 @@ class TableScan:
     lid_true: np.ndarray | None
     component: np.ndarray | None
     index: np.ndarray | None
+    passthrough: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 def _header(file: Path) -> tuple[list[str], list[str]]:
@@ -208,6 +211,7 @@ def scan_table(
     coordinates: list[str] | None = None
     truth_column = None
     lids, components, indices = [], [], []
+    kept: dict[str, list[np.ndarray]] = {}
     n_rows = 0
     blocks = _blocks(file, block_rows)
     while True:
@@ -231,6 +235,9 @@ def scan_table(
         sink(as_float32(values, spec, first))
         if "component" in frame.columns and "component" not in coordinates:
             components.append(integer_column(frame["component"], "component", spec, first))
+        for name in frame.columns:  # ids, names and notes travel to the output unchanged
+            if name not in coordinates and name not in (truth_column, "index", "component"):
+                kept.setdefault(str(name), []).append(frame[name].to_numpy())
         n_rows += len(frame)
     if n_rows == 0 or coordinates is None:
         raise ValueError(f"{str(file)!r} has no rows of data (columns: {', '.join(columns) or 'none'}).")
@@ -239,6 +246,7 @@ def scan_table(
         lid_true=np.concatenate(lids) if lids else None,
         component=np.concatenate(components) if components else None,
         index=np.concatenate(indices) if indices else None,
+        passthrough={name: np.concatenate(parts) for name, parts in kept.items()},
     )
 
 

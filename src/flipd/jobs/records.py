@@ -11,7 +11,7 @@ import numpy as np
 
 from ..datasets.sources import PointSet
 from ..estimator import out_of_range
-from ..metrics import mae, mae_per_component
+from ..metrics import concordance_index, mae, mae_per_component, spearman
 from ..runs.environment import environment_info
 
 __all__ = [
@@ -31,7 +31,17 @@ def known_columns(points: PointSet) -> dict[str, Any]:
         columns["label"] = points.labels
     if points.png_bytes is not None:
         columns["png_bytes"] = points.png_bytes
+    for name, values in (points.passthrough or {}).items():  # the user's own columns, unchanged
+        columns[name if name not in RESULT_COLUMNS and name not in columns else f"input_{name}"] = values
     return columns
+
+
+#: Columns the result tables write themselves; a user's column of the same name is kept as input_<name>.
+RESULT_COLUMNS = frozenset({
+    "index", "name", "lid", "t0", "sigma", "delta", "method", "trace", "n_probes", "ambient_dim", "stderr",
+    "knee_found", "plateau_found", "flatness", "knee", "plateau", "reliable", "lid_true", "component", "label",
+    "png_bytes",
+})
 
 
 @dataclass
@@ -139,7 +149,23 @@ def summary_record(
         groups, mae = summarize_by_component(lids, points.lid_true, points.component)
         record["mae"] = mae
         record["per_component"] = [group.__dict__ for group in groups]
+        record.update(ranking_record(lids, points.lid_true))
+    if points.png_bytes is not None:
+        usable = np.isfinite(lids)
+        record["spearman_png_bytes"] = spearman(lids[usable], points.png_bytes[usable]) if usable.sum() > 2 else None
     return record
+
+
+def ranking_record(lids: np.ndarray, lid_true: np.ndarray) -> dict[str, Any]:
+    """How well the estimates order the points against the truth, over finite estimates:
+    Harrell's concordance index (None when every point has the same true LID: no pair to
+    compare) and the Spearman correlation (None likewise)."""
+    lids, lid_true = np.asarray(lids, dtype=np.float64), np.asarray(lid_true, dtype=np.float64)
+    usable = np.isfinite(lids) & np.isfinite(lid_true)
+    if usable.sum() < 2 or np.unique(lid_true[usable]).size < 2:
+        return {"concordance_harrell": None, "spearman": None}
+    return {"concordance_harrell": concordance_index(lid_true[usable], lids[usable], "harrell"),
+            "spearman": spearman(lid_true[usable], lids[usable])}
 
 
 def run_record(
