@@ -335,3 +335,20 @@ def test_model_based_baselines_recover_dimensions_at_d100():
     model = wide.as_model(VP(), prediction="epsilon")
     assert np.abs(estimate_nb(model, x.float()) - truth).mean() <= 0.25
     assert np.abs(estimate_fpregress(model, x.float()) - truth).mean() <= 0.25
+
+
+def test_using_the_classical_estimators_leaves_the_warning_filters_alone():
+    """scikit-dimension runs warnings.filterwarnings("ignore") when imported; flipd imports it
+    so that the process's filters (and so flipd's warnings about results) are left as they were."""
+    import subprocess
+    import sys
+
+    script = (
+        "import warnings, numpy as np\n"
+        "from flipd.baselines import estimate_classical\n"
+        "before = list(warnings.filters)\n"
+        "estimate_classical(np.random.default_rng(0).normal(size=(50, 3)), 'lpca', 10)\n"
+        "assert warnings.filters == before, 'the warning filters changed'\n"
+    )
+    completed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert completed.returncode == 0, completed.stderr

@@ -171,3 +171,15 @@ def test_flipd_curve_progress_counts_points_times_grid(setup):
     counted = []
     flipd.flipd_curve(model, x, [0.02, 0.05, 0.1], progress=counted.append)
     assert sum(counted) == 3 * N_POINTS
+
+
+def test_baseline_estimates_outside_zero_to_d_are_warned_about_by_index():
+    from flipd.datasets import get_dataset
+
+    x = get_dataset("lollipop", 300, seed=0).x
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        with pytest.warns(flipd.EstimateWarning, match=r"the twonn estimates of points \[.*lie outside \[0, D = 2\]"):
+            result = REGISTRY["twonn"](x, indices=range(1000, 1300))
+    outside = result.columns()["lid"] > 2
+    assert outside.any()  # TwoNN reads above D on the lollipop's stick and dot

@@ -92,8 +92,9 @@ def out_of_range(lid, stderr, ambient_dim: int) -> np.ndarray:
         return np.isfinite(lid) & ((lid < -slack) | (lid > ambient_dim + slack))
 
 
-def _warn_about_results(lid: Tensor, stderr: Tensor | None, ambient_dim: int, indices: Tensor, what: str) -> None:
-    """Warn (:class:`EstimateWarning`) naming the points whose estimates are not finite or out of range."""
+def warn_about_results(lid: Tensor, stderr: Tensor | None, ambient_dim: int, indices: Tensor, what: str) -> None:
+    """Warn (:class:`EstimateWarning`) naming the points whose estimates are not finite or lie
+    outside [0, D] by more than their standard error; ``indices`` [N] name the points."""
     values = lid.detach().cpu().to(torch.float64)
     if bool(torch.isfinite(values).all()) and not (values.min() < 0 or values.max() > ambient_dim):
         return  # the common case, decided by two reductions
@@ -466,7 +467,7 @@ def estimate(
             times = resolve_times(n, schedule, t0=t0, sigma=sigma, delta=delta)
         with progress_callback(progress, n, "FLIPD") as options["progress"]:
             result = _estimate_fixed(fn, x, times, **options)
-    _warn_about_results(result.lid, result.stderr, dim, indices, "the estimates of points")
+    warn_about_results(result.lid, result.stderr, dim, indices, "the estimates of points")
     return result
 
 
@@ -714,7 +715,7 @@ def flipd_curve(
     schedule.check_t(grid, "t_grid")
     with progress_callback(options["progress"], x.shape[0] * grid.numel(), "FLIPD curve") as options["progress"]:
         curves = _curve(fn, x, grid, **options)[0]
-    _warn_about_results(curves, None, x[0].numel(), options["indices"], "the curves of points")
+    warn_about_results(curves, None, x[0].numel(), options["indices"], "the curves of points")
     return curves
 
 

@@ -26,7 +26,7 @@ import torch
 
 from .baselines import BASELINES, NB_REFERENCE_DELTA, Baseline
 from .baselines.classical import CLASSICAL_METHODS
-from .estimator import estimate, resolve_model
+from .estimator import estimate, resolve_model, warn_about_results
 from .noise import resolve_time
 from .progress import Progress, progress_callback
 from .results import LIDResult
@@ -86,7 +86,11 @@ class Method:
             )
         with progress_callback(progress, len(x), self.name) as report:
             common = {"seed": seed, "indices": indices, "batch_size": batch_size, "progress": report, "encoded": encoded}
-            return self.run(x, model, noise, common, {**self.defaults, **settings})
+            result = self.run(x, model, noise, common, {**self.defaults, **settings})
+        if self.name != "flipd" and result.ambient_dim is not None:  # FLIPD's estimate checks its own
+            named = torch.arange(len(result)) if indices is None else torch.as_tensor(np.asarray(indices))
+            warn_about_results(result.lid, None, result.ambient_dim, named, f"the {self.name} estimates of points")
+        return result
 
 
 def _run_flipd(x, model, noise, common, settings) -> LIDResult:

@@ -119,8 +119,17 @@ def _neighbours(
     return np.take_along_axis(distances, columns, axis=1), np.take_along_axis(indices, columns, axis=1)
 
 
+def _import_skdim():
+    """scikit-dimension, imported so that it leaves the warning filters alone: one of its modules
+    runs ``warnings.filterwarnings("ignore")`` at import, which would silence every warning of
+    the process (flipd's own about results included)."""
+    with warnings.catch_warnings():
+        import skdim
+    return skdim
+
+
 def _make_estimator(method: str, options: Mapping[str, Any]):
-    import skdim
+    skdim = _import_skdim()
 
     constructors = {"lpca": skdim.id.lPCA, "mle": skdim.id.MLE, "ess": skdim.id.ESS, "twonn": skdim.id.TwoNN}
     return constructors[method](**options)
