@@ -40,6 +40,20 @@ class KneeResult(NamedTuple):
     found: Tensor
 
 
+def as_curves(curve, t_grid) -> tuple[Tensor, Tensor]:
+    """``(curves [N, T] float64 on the CPU, times [T] float64)`` from a curve [N, T] (or [T] for
+    one point) and its grid, checking that they fit."""
+    values = torch.as_tensor(curve, dtype=torch.float64).detach().cpu()
+    if values.ndim == 1:
+        values = values[None]
+    times = torch.as_tensor(t_grid, dtype=torch.float64).flatten()
+    if values.ndim != 2 or values.shape[1] != times.numel():
+        raise ValueError(
+            f"curve must have shape [N, T] with T = len(t_grid) = {times.numel()}; got {tuple(values.shape)}."
+        )
+    return values, times
+
+
 def reference_knee_grid(n_grid: int = 50) -> Tensor:
     """Reference VP times searched by the knee rule: ``linspace(0, 1, n_grid)`` inside the window
     (:func:`flipd.knee_grid` of the reference schedule)."""
@@ -77,14 +91,7 @@ def knee(
     """
     from kneed import KneeLocator  # imported here: it loads matplotlib and scipy.signal (seconds)
 
-    values = torch.as_tensor(curve, dtype=torch.float64).detach().cpu()
-    if values.ndim == 1:
-        values = values[None]
-    times = torch.as_tensor(t_grid, dtype=torch.float64).flatten()
-    if values.ndim != 2 or values.shape[1] != times.numel():
-        raise ValueError(
-            f"curve must have shape [N, T] with T = len(t_grid) = {times.numel()}; got {tuple(values.shape)}."
-        )
+    values, times = as_curves(curve, t_grid)
     if times.numel() > 1 and not (times[1:] > times[:-1]).all():
         raise ValueError("t_grid must be strictly increasing.")
     axis = times if schedule is None else to_reference_time(schedule, times)

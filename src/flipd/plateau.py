@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .knee import as_curves
 from .noise import PLATEAU_MAX_FLATNESS, PLATEAU_WIDTH, REFERENCE_SCHEDULE
 from .schedules import Schedule
 
@@ -112,14 +113,7 @@ def plateau(
         :class:`PlateauResult` with tensors of shape [N].
     """
     schedule = REFERENCE_SCHEDULE if schedule is None else schedule
-    values = torch.as_tensor(curve, dtype=torch.float64).detach().cpu()
-    if values.ndim == 1:
-        values = values[None]
-    times = torch.as_tensor(t_grid, dtype=torch.float64).flatten()
-    if values.ndim != 2 or values.shape[1] != times.numel():
-        raise ValueError(
-            f"curve must have shape [N, T] with T = len(t_grid) = {times.numel()}; got {tuple(values.shape)}."
-        )
+    values, times = as_curves(curve, t_grid)
     if not isinstance(width, int) or width < 2:
         raise ValueError(f"width must be an integer >= 2 (levels per stretch); got {width!r}.")
     if times.numel() < width:
