@@ -336,6 +336,21 @@ def test_a_stale_lock_is_taken_over_and_the_lock_is_removed_at_the_end(tmp_path)
     assert not lock.exists()
 
 
+def test_a_second_training_run_on_one_checkpoint_is_refused_before_any_work(tmp_path):
+    """flipd train holds the checkpoint's lock: a second run writing the same --out while one
+    is going on is refused at once, and the first run's checkpoint is untouched."""
+    from flipd.runs.files import lock_path_for, output_lock
+
+    target = tmp_path / "model"
+    with output_lock(target):  # a training run in progress (this process)
+        result = run_flipd("train", "lollipop", "--out", target, "--steps", "5", "-n", "200", "--quiet")
+        assert_user_error(result, str(target), "is being written by process")
+        assert not target.exists()
+    result = run_flipd("train", "lollipop", "--out", target, "--steps", "5", "-n", "200", "--quiet")
+    assert result.exit_code == 0, result.output
+    assert (target / "config.json").is_file() and not lock_path_for(target).exists()
+
+
 def test_two_concurrent_estimations_one_wins(tmp_path):
     """Two processes start together on one output: one writes the table, the other is refused."""
     table = tmp_path / "x.csv"

@@ -446,13 +446,14 @@ def train(
     from .datasets.sources import load_points
     from .jobs.train import SCHEDULE_CHOICES, check_checkpoint_target, train_model
     from .parameterization import PREDICTIONS
+    from .runs import output_lock
 
     device_used = _setup(threads, device, debug)
     if not lr > 0:
         raise OptionError("--lr", f"the learning rate must be positive; got {lr}.")
     if standardize not in STANDARDIZE_CHOICES:
         raise OptionError("--standardize", f"{standardize!r} is not one of {', '.join(STANDARDIZE_CHOICES)}.")
-    target = check_checkpoint_target(out if out is not None else Path("models") / _slug(data), force=force)
+    requested = check_checkpoint_target(out if out is not None else Path("models") / _slug(data), force=force)
     width_list = _parse_sizes(widths, "--widths")
     channel_list = _parse_sizes(channels, "--channels")
     if network not in NETWORK_CHOICES:
@@ -461,14 +462,16 @@ def train(
         raise OptionError("--schedule", f"{schedule!r} is not one of {', '.join(SCHEDULE_CHOICES)}.")
     if prediction not in PREDICTIONS:
         raise OptionError("--prediction", f"{prediction!r} is not one of {', '.join(PREDICTIONS)}.")
-    points = load_points(data, n=n_points, seed=seed, at_most=True)
-    _say(quiet, f"data: {escape(points.description)}")
-    trained = train_model(
-        points, target, steps=steps, batch_size=batch_size, lr=lr, network=network, widths=width_list,
-        channels=channel_list, standardize=standardize,
-        max_seconds=None if max_minutes is None else 60.0 * max_minutes, low_t_fraction=low_t_fraction,
-        schedule=schedule, prediction=prediction, seed=seed, device=device_used, progress=not quiet,
-    )
+    with output_lock(requested):  # refuses a second training run writing the same checkpoint
+        target = check_checkpoint_target(requested, force=force)  # again: another run may have written it
+        points = load_points(data, n=n_points, seed=seed, at_most=True)
+        _say(quiet, f"data: {escape(points.description)}")
+        trained = train_model(
+            points, target, steps=steps, batch_size=batch_size, lr=lr, network=network, widths=width_list,
+            channels=channel_list, standardize=standardize,
+            max_seconds=None if max_minutes is None else 60.0 * max_minutes, low_t_fraction=low_t_fraction,
+            schedule=schedule, prediction=prediction, seed=seed, device=device_used, progress=not quiet,
+        )
     if not quiet:
         record = trained.metadata
         lines = [f"saved model to [bold]{escape(str(target))}[/]"]
