@@ -858,13 +858,7 @@ def _estimate_auto(fn, x: Tensor, *, schedule: Schedule, progress, **options) ->
         progress(x.shape[0])
     found = knee(curve.detach(), grid, schedule=schedule, ambient_dim=x[0].numel())
     _warn_unfound(found.found, "knee", "their LID is the ambient dimension D, the reference rule's fallback")
-    t0 = found.t0.clone()
-    sigma, delta = _chosen_levels(schedule, t0)
-    return FLIPDResult(
-        lid=found.lid.to(x), t0=t0, sigma=sigma, delta=delta, stderr=torch.full((x.shape[0],), math.nan),
-        trace=options["trace"], n_probes=options["n_probes"], mode=mode_used, ambient_dim=x[0].numel(),
-        knee_found=found.found.clone(), settings=_settings(options["trace"], options["n_probes"], options["seed"], mode_used),
-    )
+    return _rule_result(x, found.lid, found.t0, schedule, mode_used, options, knee_found=found.found.clone())
 
 
 def _estimate_plateau(fn, x: Tensor, *, schedule: Schedule, progress, **options) -> FLIPDResult:
@@ -880,11 +874,18 @@ def _estimate_plateau(fn, x: Tensor, *, schedule: Schedule, progress, **options)
         progress(x.shape[0])
     found = plateau(curve.detach(), grid, schedule=schedule, reliable=reliable_levels(calibration))
     _warn_unfound(found.found, "plateau", "their LID is FLIPD on the flattest stretch found, which is not flat")
-    t0 = found.t0.clone()
+    return _rule_result(x, found.lid, found.t0, schedule, mode_used, options,
+                        plateau_found=found.found.clone(), flatness=found.flatness)
+
+
+def _rule_result(x: Tensor, lid: Tensor, t0: Tensor, schedule: Schedule, mode_used: str, options: dict,
+                 **found) -> FLIPDResult:
+    """The result of a rule that chose t0 [N] per point (NaN where it chose none): the levels
+    at the chosen times, no standard error, and what the rule found (``found``)."""
+    t0 = t0.clone()
     sigma, delta = _chosen_levels(schedule, t0)
     return FLIPDResult(
-        lid=found.lid.to(x), t0=t0, sigma=sigma, delta=delta, stderr=torch.full((x.shape[0],), math.nan),
+        lid=lid.to(x), t0=t0, sigma=sigma, delta=delta, stderr=torch.full((x.shape[0],), math.nan),
         trace=options["trace"], n_probes=options["n_probes"], mode=mode_used, ambient_dim=x[0].numel(),
-        plateau_found=found.found.clone(), flatness=found.flatness,
-        settings=_settings(options["trace"], options["n_probes"], options["seed"], mode_used),
+        settings=_settings(options["trace"], options["n_probes"], options["seed"], mode_used), **found,
     )
