@@ -932,7 +932,7 @@ def curve(
     from .runs import (check_table_path, chunk_directory_for, fingerprint_array, metadata_path_for,
                        remove_run_directory, write_json, write_table)
     from .estimator import NonFiniteOutputError
-    from .jobs.curve import CurveSettings, curve_chunks, curve_table_columns, curves_from_chunks
+    from .jobs.curve import CURVE_RULES, CurveSettings, curve_chunks, curve_table_columns, curves_from_chunks
     from .jobs.records import non_finite_output_error, run_record, summary_record
     from .noise import curve_times, plateau_grid
 
@@ -942,8 +942,8 @@ def curve(
     table_path = check_table_path(out if out is not None else Path(f"{_slug(data)}_curves.parquet"))
     run_directory = chunk_directory_for(table_path)
     _check_trace(trace)
-    if rule not in ("knee", "plateau"):
-        raise OptionError("--rule", f"{rule!r} is not a rule; use knee or plateau.")
+    if rule not in CURVE_RULES:
+        raise OptionError("--rule", f"{rule!r} is not a rule; use {' or '.join(CURVE_RULES)}.")
     with _processes_of_the_run(device_used, dist_timeout, table_path, run_directory, plot, resume=resume, force=force,
                                quiet=quiet) as group:
         if group is None:

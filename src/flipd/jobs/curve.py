@@ -31,6 +31,7 @@ from .records import known_columns
 
 __all__ = [
     "CURVE_COLUMNS",
+    "CURVE_RULES",
     "CurveResult",
     "CurveSettings",
     "compute_curves",
@@ -38,6 +39,9 @@ __all__ = [
     "curve_table_columns",
     "curves_from_chunks",
 ]
+
+#: Rules whose choice a curve run can mark: the reference knee rule, or the plateau rule as well.
+CURVE_RULES: tuple[str, ...] = ("knee", "plateau")
 
 #: Per-point arrays saved for every chunk of a curve run: the curve [n, T] and its knee [n].
 CURVE_COLUMNS: tuple[str, ...] = ("curves", "knee_t0", "knee_lid", "knee_found")
@@ -102,7 +106,7 @@ def compute_curves(
     on the levels where the model denoises each point reliably, as ``t0="plateau"`` does (on
     its own grid, :func:`flipd.plateau_grid`, when ``times`` is that grid).
     """
-    if rule not in ("knee", "plateau"):
+    if rule not in CURVE_RULES:
         raise ValueError(f"rule must be 'knee' or 'plateau'; got {rule!r}.")
     dim = int(x[0].numel())
     resolved_trace, resolved_probes = resolve_trace(trace, x.shape[1:], n_probes)
@@ -165,7 +169,7 @@ class CurveSettings:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "times", tuple(float(t) for t in self.times))
-        if self.rule not in ("knee", "plateau"):
+        if self.rule not in CURVE_RULES:
             raise ValueError(f"rule must be 'knee' or 'plateau'; got {self.rule!r}.")
         for name in ("n_probes", "batch_size", "chunk_size"):
             value = getattr(self, name)
