@@ -86,15 +86,28 @@ def test_tiny_study_runs_end_to_end(tmp_path):
     assert record["environment"]["versions"]["torch"] == torch.__version__
     methods = {(row["method"], row["model"]) for row in record["methods"]}
     assert methods == {
-        ("FLIPD", "unet"), ("FLIPD", "unet, untrained"), ("FLIPD", "mlp"), ("FLIPD", "mlp, untrained"),
+        ("FLIPD", "unet"), ("FLIPD", "unet, untrained"), ("FLIPD", "unet, epsilon"), ("FLIPD", "mlp"),
+        ("FLIPD", "mlp, untrained"),
         ("NB", "unet"), ("NB", "mlp"), ("NB centred", "mlp"), ("ESS", None), ("lPCA", None),
     }
     for row in record["methods"]:
         assert row["seconds"] >= 0
         # FLIPD always varies between images; NB may be constant (correlation undefined: None).
         assert (row["method"] != "FLIPD" and row["spearman"] is None) or -1 <= row["spearman"] <= 1
-    assert set(record["t0_study"]) == {"unet", "mlp"}
+    assert set(record["t0_study"]) == {"unet", "unet, epsilon", "mlp"}
+    assert record["models"]["unet"]["train_config"]["prediction"] == "sample"
+    assert record["models"]["unet, epsilon"]["train_config"]["prediction"] == "epsilon"
     assert record["headline"]["model"] == "unet"
+    # At the default noise level: the share of images whose FLIPD lies in [0, D], per model.
+    level = record["default_level"]
+    assert level["t0"] == 0.05 and set(level["models"]) == set(record["t0_study"])
+    for label, values in level["models"].items():
+        study = record["t0_study"][label]
+        lid = np.array([float(row[f"flipd_{label}_t0=0.05"]) for row in csv.DictReader(
+            (out / "images_digits8_per_image.csv").open())])
+        assert values["in_range"] == pytest.approx(np.mean((lid >= 0) & (lid <= record["ambient_dim"])), abs=1e-9)
+        assert values["in_range"] == study["in_range"][0] and study["quantiles"]["10"][0] <= study["quantiles"]["90"][0]
+    assert "| FLIPD in [0, D] |" in (out / "images.md").read_text()
     with (out / "images.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     assert sum(row["headline"] == "1" for row in rows) == 1

@@ -99,3 +99,22 @@ def test_checkpoints_keep_the_scaling_they_were_trained_with(tmp_path):
     config_file.write_text(json.dumps(record))
     legacy = load(tmp_path / "old")
     assert legacy.standardize_mode == "per_coordinate" and torch.equal(legacy.scale, trained.scale)
+
+
+def test_images_flattened_for_the_mlp_train_without_a_spread_warning(tmp_path):
+    """Pixels share one unit: the near-constant border pixels of digits are not a units problem."""
+    import numpy as np
+
+    from flipd.datasets.sources import PointSet, load_points
+    from flipd.jobs.train import train_model
+
+    points = load_points("mnist-subset", n=200)
+    flat = points.tensor().reshape(points.n, -1)
+    assert spread_warning(flat, "none") is not None  # the flattened pixels as a table would warn
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        train_model(points, tmp_path / "digits", steps=2, batch_size=32, widths=(16,), progress=False)
+    as_table = PointSet(x=flat, spec="table", kind="vectors", index=np.arange(points.n))
+    with pytest.warns(RuntimeWarning, match="spreads differ"):  # the same numbers as a table still warn
+        train_model(as_table, tmp_path / "table", steps=2, batch_size=32, widths=(16,), standardize="none",
+                    progress=False)

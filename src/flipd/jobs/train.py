@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ import torch
 from ..datasets.sources import PointSet
 from ..models.checkpoint import CHECKPOINT_FORMAT, CONFIG_FILE, checkpoint_config_path
 from ..models.mlp import MLPUNetConfig
-from ..models.scaling import SCALING_CHOICES, resolve_scaling
+from ..models.scaling import SCALING_CHOICES, SPREAD_WARNING_START, resolve_scaling
 from ..models.spec import NetworkSpec
 from ..runs.files import atomic_directory, check_writable_directory, fingerprint_array
 from ..schedules import VE, VP, Cosine, RectifiedFlow, Schedule
@@ -148,7 +149,10 @@ def train_model(
         schedule=schedule_named(schedule).to_config(), prediction=prediction,
         warmup_steps=min(500, max(1, steps // 10)), eval_every=max(1, min(500, steps // 4)),
     )
-    model = train_diffusion(x, network=network_spec, config=config, progress=progress, device=device)
+    with warnings.catch_warnings():
+        if points.kind == "images":  # flattened pixels share one unit: uneven spreads are the images' own
+            warnings.filterwarnings("ignore", message=SPREAD_WARNING_START, category=RuntimeWarning)
+        model = train_diffusion(x, network=network_spec, config=config, progress=progress, device=device)
     model.metadata["data"] = {
         "spec": points.spec, "n_points": points.n, "point_shape": list(points.point_shape),
         "fingerprint": fingerprint_array(x), "description": points.description,

@@ -25,7 +25,7 @@ import warnings
 import torch
 from torch import Tensor
 
-__all__ = ["SCALING_CHOICES", "SPREAD_RATIO_LIMIT", "resolve_scaling", "spread_warning", "warn_uneven_spreads"]
+__all__ = ["SCALING_CHOICES", "SPREAD_RATIO_LIMIT", "SPREAD_WARNING_START", "resolve_scaling", "spread_warning", "warn_uneven_spreads"]
 
 #: What ``TrainConfig.standardize`` and ``flipd train --standardize`` accept.
 SCALING_CHOICES: tuple[str, ...] = ("auto", "scalar", "per_coordinate", "none")
@@ -33,6 +33,8 @@ SCALING_CHOICES: tuple[str, ...] = ("auto", "scalar", "per_coordinate", "none")
 #: Tables whose largest per-coordinate std exceeds the smallest (non-constant) one by more than
 #: this factor get a warning from :func:`warn_uneven_spreads`.
 SPREAD_RATIO_LIMIT = 100.0
+#: How the warning of :func:`spread_warning` begins (to filter it where spreads are known to be fine).
+SPREAD_WARNING_START = "The coordinates' spreads differ"
 
 
 def resolve_scaling(x: Tensor, mode: str) -> str:
@@ -69,7 +71,7 @@ def spread_warning(x: Tensor, mode: str) -> str | None:
     if ratio <= SPREAD_RATIO_LIMIT:
         return None
     spreads = (
-        f"The coordinates' spreads differ by a factor of {ratio:.3g} (std {float(spread[small]):.3g} in column "
+        f"{SPREAD_WARNING_START} by a factor of {ratio:.3g} (std {float(spread[small]):.3g} in column "
         f"{int(small)}, {float(spread[large]):.3g} in column {int(large)}; warned above {SPREAD_RATIO_LIMIT:g})"
     )
     if mode == "per_coordinate":

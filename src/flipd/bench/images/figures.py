@@ -72,14 +72,15 @@ def save_extremes_figure(
 
 
 def save_study_figure(record: dict[str, Any], lid: np.ndarray, png_bytes: np.ndarray, path: Path) -> Path:
-    """Save Spearman against t0 per model (baselines as horizontal lines) and a scatter of the
+    """Save Spearman against t0 per model (baselines as horizontal lines), the FLIPD curves
+    (median and 10-90% of the images against t0, with 0 and D marked) and a scatter of the
     headline FLIPD against PNG size."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, (left, right) = plt.subplots(1, 2, figsize=(9, 3.4))
+    figure, (left, middle, right) = plt.subplots(1, 3, figsize=(13, 3.6))
     for model_kind, study in record["t0_study"].items():
         values = [np.nan if v is None else v for v in study["spearman"]]
         left.plot(study["t0"], values, marker="o", label=f"FLIPD ({model_kind})")
@@ -97,6 +98,22 @@ def save_study_figure(record: dict[str, Any], lid: np.ndarray, png_bytes: np.nda
     left.set_ylabel("Spearman(LID, PNG size)")
     left.set_title(f"{record['dataset']}: rank correlation against t0", fontsize=9)
     left.legend(fontsize=7)
+    for model_label, study in record["t0_study"].items():
+        line, = middle.plot(study["t0"], study["median_flipd"], marker="o", label=f"FLIPD ({model_label}), median")
+        if "quantiles" in study:
+            middle.fill_between(study["t0"], study["quantiles"]["10"], study["quantiles"]["90"], color=line.get_color(),
+                                alpha=0.15, linewidth=0)
+    middle.axhline(record["ambient_dim"], color="black", linewidth=0.8, linestyle="--")
+    middle.axhline(0.0, color="black", linewidth=0.8)
+    middle.annotate(f"D = {record['ambient_dim']}", (0.0, record["ambient_dim"]), xycoords=("axes fraction", "data"),
+                    fontsize=6, va="bottom")
+    middle.set_xscale("log")
+    middle.set_xticks(record["t0_grid"], [f"{t:g}" for t in record["t0_grid"]], fontsize=7)
+    middle.minorticks_off()
+    middle.set_xlabel("t0 (VP schedule time)")
+    middle.set_ylabel("FLIPD")
+    middle.set_title("FLIPD curves (median; band: 10-90% of the images)", fontsize=9)
+    middle.legend(fontsize=6)
     headline = record["headline"]
     right.scatter(png_bytes, lid, s=4, alpha=0.5)
     right.set_xlabel("PNG size (bytes)")

@@ -88,11 +88,11 @@ def train_or_load(
         "dataset": dataset, "n": int(images.shape[0]), "network": spec.to_json(), "train": config.to_json(),
         "data": hashlib.sha256(images.numpy().tobytes()).hexdigest(),
     })
-    directory = None if checkpoints is None else checkpoints / f"{dataset}-{model_plan.kind}-{digest}"
+    directory = None if checkpoints is None else checkpoints / f"{dataset}-{model_plan.label}-{digest}"
     if directory is not None and not retrain and checkpoint_config_path(directory) is not None:
-        log(f"  {model_plan.kind}: reusing checkpoint {directory}")
+        log(f"  {model_plan.label}: reusing checkpoint {directory}")
         return load(directory), True
-    log(f"  {model_plan.kind}: training {config.steps} steps (batch {config.batch_size}) ...")
+    log(f"  {model_plan.label}: training {config.steps} steps (batch {config.batch_size}) ...")
     model = train_diffusion(
         model_input(model_plan.kind, images), network=spec, config=config, progress=False,
     )
@@ -108,6 +108,7 @@ def model_record(model, model_plan: ModelPlan, reused: bool) -> dict[str, Any]:
     spec = model.network.spec
     return {
         "kind": model_plan.kind,
+        "label": model_plan.label,
         "network": spec.to_json(),
         "parameters": meta.get("parameters"),
         "train_config": meta.get("train_config"),

@@ -25,6 +25,9 @@ class ModelPlan:
             0 skips NB.
         nb_centered_images: images on which NB runs with centred score rows
             (``estimate_nb(..., center=True)``, not the reference rule); 0 skips it.
+        name: what the report calls the model (default: ``kind``); two models of one kind
+            (e.g. two predictions) need different names.
+        untrained_control: also run FLIPD with this network at its random initialisation.
     """
 
     kind: ModelKind
@@ -32,6 +35,13 @@ class ModelPlan:
     training: dict[str, Any]
     nb_images: int = 0
     nb_centered_images: int = 0
+    name: str | None = None
+    untrained_control: bool = True
+
+    @property
+    def label(self) -> str:
+        """The model's name in records, logs and reports."""
+        return self.name or self.kind
 
 
 @dataclass(frozen=True)
@@ -96,10 +106,16 @@ def _full_plan() -> StudyPlan:
     unet = {"block_out_channels": [16, 32, 64], "attention_levels": [2]}
     unet_train = {"steps": 300, "batch_size": 64, "lr": 2e-3, "warmup_steps": 30, "eval_every": 50}
     mlp_train = {"steps": 800, "batch_size": 128, "lr": 1e-3, "warmup_steps": 80, "eval_every": 100}
+    # MNIST: the UNet predicts the clean image (x0, "sample"), with half of each batch at small times;
+    # "unet, epsilon" is the same network and budget predicting the noise, for comparison.
+    mnist_unet_train = {"steps": 800, "batch_size": 64, "lr": 2e-3, "warmup_steps": 50, "eval_every": 100,
+                        "prediction": "sample", "low_t_fraction": 0.5, "low_t_max": 0.2}
     mnist = DatasetPlan(
         name="mnist", n_images=None, n_eval=500, t0_grid=_GRID, n_probes=2, ess_k=100, lpca_k=500,
         models=(
-            ModelPlan("unet", unet, unet_train, nb_images=2),
+            ModelPlan("unet", unet, mnist_unet_train, nb_images=2),
+            ModelPlan("unet", unet, {**mnist_unet_train, "prediction": "epsilon"}, name="unet, epsilon",
+                      untrained_control=False),
             ModelPlan("mlp", {"widths": [1024, 512, 256]}, mlp_train, nb_images=32, nb_centered_images=200),
         ),
         notes=(
@@ -138,12 +154,13 @@ def _full_plan() -> StudyPlan:
 
 def _tiny_plan() -> StudyPlan:
     train = {"steps": 6, "batch_size": 16, "lr": 1e-3, "warmup_steps": 2, "eval_every": 3}
+    tiny_unet = {"block_out_channels": [8, 16], "attention_levels": [1], "norm_num_groups": 4}
     digits = DatasetPlan(
         name="digits8", n_images=96, n_eval=24, t0_grid=(0.05, 0.1, 0.2, 0.3, 0.4), n_probes=2,
         nb_copies_per_dim=1, ess_k=10, lpca_k=20,
         models=(
-            ModelPlan("unet", {"block_out_channels": [8, 16], "attention_levels": [1], "norm_num_groups": 4},
-                      train, nb_images=4),
+            ModelPlan("unet", tiny_unet, {**train, "prediction": "sample"}, nb_images=4),
+            ModelPlan("unet", tiny_unet, train, name="unet, epsilon", untrained_control=False),
             ModelPlan("mlp", {"widths": [32, 32]}, train, nb_images=8, nb_centered_images=8),
         ),
     )

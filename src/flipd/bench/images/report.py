@@ -66,7 +66,11 @@ def _architecture_line(model: dict[str, Any]) -> str:
     else:
         arch = f"MLP U-net on the flattened images, widths {tuple(options['widths'])}"
     val = model["best_val_loss"]
-    return (f"{arch}; {model['parameters']:,} parameters; {model['steps_run']} steps × batch {train.get('batch_size')}, "
+    low_t = train.get("low_t_fraction") or 0
+    times = (f"{low_t:g} of each batch at times below {train.get('low_t_max'):g}, the rest uniform" if low_t
+             else "uniform times")
+    return (f"{arch}; {train.get('prediction', 'epsilon')} prediction, {times}; {model['parameters']:,} parameters; "
+            f"{model['steps_run']} steps × batch {train.get('batch_size')}, "
             f"AdamW lr {train.get('lr')} (warm-up {train.get('warmup_steps')}, cosine), EMA {train.get('ema_decay')}; "
             f"kept step {model['best_step']} (validation loss {'n/a' if val is None else f'{val:.1f}'}, summed over "
             f"pixels); trained in {model['train_seconds']:.0f} s"
@@ -141,6 +145,7 @@ def render_markdown(records: list[dict[str, Any]]) -> str:
         "",
         *_summary_table(records),
         "",
+        *_default_level_table(records),
         "FLIPD's headline correlation (the UNet at its chosen t0) against the baselines:",
         "",
         *[f"- {_comparison(record)}" for record in records],
@@ -185,7 +190,8 @@ def render_markdown(records: list[dict[str, Any]]) -> str:
                 f"| {row['method']} | {row['model'] or '–'} | {t0} | {row['n_images']} | {format_rho(row['spearman'])} | "
                 f"{row['seconds']:.1f} | {row['settings']}{extra} |"
             )
-        lines += ["", "FLIPD against t0: Spearman with PNG size (median FLIPD over the images; seconds):", "",
+        lines += ["", "FLIPD against t0: Spearman with PNG size (median FLIPD over the images; seconds; share of the "
+                  "images whose FLIPD lies in [0, D] where recorded):", "",
                   "| model | " + " | ".join(f"t0={t:g}" for t in record["t0_grid"]) + " |",
                   "|---|" + "---|" * len(record["t0_grid"])]
         for kind, study in record["t0_study"].items():
@@ -193,11 +199,33 @@ def render_markdown(records: list[dict[str, Any]]) -> str:
             for t0, rho, median, seconds in zip(study["t0"], study["spearman"], study["median_flipd"], study["seconds"]):
                 mark = "**" if t0 == study["chosen_t0"] else ""
                 cells.append(f"{mark}{format_rho(rho)}{mark} ({median:.0f}; {seconds:.0f} s)")
+            if "in_range" in study:
+                cells = [f"{cell[:-1]}; {fraction:.0%} in [0, D])" for cell, fraction in zip(cells, study["in_range"])]
             lines.append(f"| {kind} | " + " | ".join(cells) + " |")
         lines += ["", f"Bold: the t0 chosen by the rule above. Figures: "
                   f"{', '.join(f'`{name}`' for name in record['figures'])}; per-image values: "
                   f"`{record['per_image_csv']}`.", ""]
     return "\n".join(lines)
+
+
+def _default_level_table(records: list[dict[str, Any]]) -> list[str]:
+    """Each model's FLIPD at flipd's default noise level: the share of images with FLIPD in
+    [0, D] (a model that knows the score there reads a dimension, not a negative number or one
+    above D) and the Spearman correlation with PNG size. Records without it are left out."""
+    rows = []
+    for record in records:
+        level = record.get("default_level")
+        if not level:
+            continue
+        for label, values in level["models"].items():
+            rows.append(f"| {record['dataset']} | {label} | {values['in_range']:.1%} | {format_rho(values['spearman'])} | "
+                        f"{values['median_flipd']:.1f} |")
+    if not rows:
+        return []
+    t0 = next(record["default_level"]["t0"] for record in records if record.get("default_level"))
+    return [f"At flipd's default noise level (t0 = {t0:g} of the VP schedule), per model:", "",
+            "| data set | model | FLIPD in [0, D] | Spearman with PNG size | median FLIPD |", "|---|---|---|---|---|",
+            *rows, ""]
 
 
 def _loads(values) -> str:

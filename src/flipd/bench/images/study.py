@@ -69,9 +69,9 @@ def run_dataset(
         model, reused = train_or_load(
             model_plan, images, dataset=plan.name, seed=seed, checkpoints=checkpoints, retrain=retrain, log=log,
         )
-        record["models"][model_plan.kind] = model_record(model, model_plan, reused)
+        record["models"][model_plan.label] = model_record(model, model_plan, reused)
         x_eval = model_input(model_plan.kind, eval_images)
-        log(f"  {model_plan.kind}: FLIPD on {len(eval_index)} images at t0 in {list(plan.t0_grid)}")
+        log(f"  {model_plan.label}: FLIPD on {len(eval_index)} images at t0 in {list(plan.t0_grid)}")
         lid, stderr, seconds = flipd_over_grid(
             model, x_eval, plan.t0_grid, n_probes=plan.n_probes, seed=seed,
             batch_size=flipd_batch_size,
@@ -79,26 +79,28 @@ def run_dataset(
         t0, rule = choose_t0(lid, plan.t0_grid)
         j = list(plan.t0_grid).index(t0)
         correlations = [spearman_or_none(lid[:, i], eval_png) for i in range(len(plan.t0_grid))]
-        record["t0_study"][model_plan.kind] = {
+        record["t0_study"][model_plan.label] = {
             "t0": list(plan.t0_grid),
             "spearman": correlations,
             "median_flipd": [float(v) for v in np.median(lid, axis=0)],
+            "in_range": [float(v) for v in in_range_fraction(lid, dim)],
+            "quantiles": {str(q): [float(v) for v in np.quantile(lid, q / 100, axis=0)] for q in (10, 90)},
             "mean_stderr": [float(v) for v in np.nanmean(stderr, axis=0)] if plan.n_probes not in ("exact", 1) else None,
             "seconds": seconds,
             "chosen_t0": t0,
             "rule": rule,
         }
         for i, t in enumerate(plan.t0_grid):
-            per_image[f"flipd_{model_plan.kind}_t0={t:g}"] = lid[:, i]
+            per_image[f"flipd_{model_plan.label}_t0={t:g}"] = lid[:, i]
         record["methods"].append({
-            "method": "FLIPD", "model": model_plan.kind, "t0": t0, "t0_rule": rule, "n_images": int(len(eval_index)),
+            "method": "FLIPD", "model": model_plan.label, "t0": t0, "t0_rule": rule, "n_images": int(len(eval_index)),
             "spearman": correlations[j], "seconds": seconds[j],
             "settings": record["trace"],
         })
-        headline_candidates.append((model_plan.kind, t0, lid[:, j], correlations[j]))
-        log(f"  {model_plan.kind}: FLIPD Spearman by t0 {[format_rho(c) for c in correlations]}; chosen t0 {t0:g}")
-        if plan.untrained_control:
-            log(f"  {model_plan.kind}: FLIPD with the untrained network (control) at t0 {t0:g}")
+        headline_candidates.append((model_plan.label, t0, lid[:, j], correlations[j]))
+        log(f"  {model_plan.label}: FLIPD Spearman by t0 {[format_rho(c) for c in correlations]}; chosen t0 {t0:g}")
+        if plan.untrained_control and model_plan.untrained_control:
+            log(f"  {model_plan.label}: FLIPD with the untrained network (control) at t0 {t0:g}")
             untrained = untrained_network(model.network.spec, seed)
             start = time.perf_counter()
             control = flipd_over_grid(
@@ -106,10 +108,10 @@ def run_dataset(
                 batch_size=flipd_batch_size,
             )[0][:, 0]
             control_seconds = time.perf_counter() - start
-            per_image[f"flipd_{model_plan.kind}_untrained_t0={t0:g}"] = control
+            per_image[f"flipd_{model_plan.label}_untrained_t0={t0:g}"] = control
             record["methods"].append({
-                "method": "FLIPD", "model": f"{model_plan.kind}, untrained", "t0": t0,
-                "t0_rule": f"the trained {model_plan.kind}'s t0", "n_images": int(len(eval_index)),
+                "method": "FLIPD", "model": f"{model_plan.label}, untrained", "t0": t0,
+                "t0_rule": f"the trained {model_plan.label}'s t0", "n_images": int(len(eval_index)),
                 "spearman": spearman_or_none(control, eval_png), "seconds": control_seconds,
                 "settings": f"{record['trace']}; control: the same architecture at its random initialisation "
                             f"(torch seed {seed}), no training",
@@ -120,23 +122,23 @@ def run_dataset(
             if n_requested <= 0:
                 continue
             n_nb = min(n_requested, len(eval_index))
-            log(f"  {model_plan.kind}: {method} on {n_nb} images (K = {plan.nb_copies_per_dim}·D)")
+            log(f"  {model_plan.label}: {method} on {n_nb} images (K = {plan.nb_copies_per_dim}·D)")
             nb, nb_seconds, n_copies = run_nb(
                 model, x_eval[:n_nb], copies_per_dim=plan.nb_copies_per_dim, seed=seed, center=center,
             )
             nb_column = np.full(len(eval_index), np.nan)
             nb_column[:n_nb] = nb
-            per_image[f"nb{'_centred' if center else ''}_{model_plan.kind}"] = nb_column
+            per_image[f"nb{'_centred' if center else ''}_{model_plan.label}"] = nb_column
             variant = ("score rows centred before the SVD (not the reference rule); " if center else "")
             record["methods"].append({
-                "method": method, "model": model_plan.kind, "t0": 0.01, "n_images": n_nb,
+                "method": method, "model": model_plan.label, "t0": 0.01, "n_images": n_nb,
                 "spearman": spearman_or_none(nb, eval_png[:n_nb]), "seconds": nb_seconds,
                 "settings": f"K = {n_copies} noisy copies per image, t = 0.01; {variant}{nb_seconds / n_nb:.1f} s per "
                             f"image; {int(np.sum(nb == dim - 1))} of {n_nb} estimates equal D − 1 = {dim - 1}",
                 "at_ambient_minus_one": int(np.sum(nb == dim - 1)),
                 "flipd_spearman_same_images": spearman_or_none(lid[:n_nb, j], eval_png[:n_nb]), "flipd_t0": t0,
             })
-            log(f"  {model_plan.kind}: {method} Spearman {format_rho(record['methods'][-1]['spearman'])} "
+            log(f"  {model_plan.label}: {method} Spearman {format_rho(record['methods'][-1]['spearman'])} "
                 f"(FLIPD on the same images {format_rho(record['methods'][-1]['flipd_spearman_same_images'])})")
         del model
 
@@ -155,6 +157,7 @@ def run_dataset(
                         f"nearest neighbours among all {len(pool)} images, pixel space",
         })
 
+    record["default_level"] = _default_level(record, plan)
     # Headline: the UNet when there is one (the paper's image architecture), else the first model.
     kind, t0, lid, correlation = next((c for c in headline_candidates if c[0] == "unet"), headline_candidates[0])
     record["headline"] = {"method": "FLIPD", "model": kind, "t0": t0, "spearman": correlation}
@@ -169,6 +172,26 @@ def run_dataset(
     _write_per_image(per_image_path, [data.names[i] for i in eval_index], eval_png, per_image)
     record["per_image_csv"] = per_image_path.name
     return record
+
+
+def in_range_fraction(lid: np.ndarray, dim: int) -> np.ndarray:
+    """Fraction of images whose FLIPD lies in [0, D], per column of ``lid`` [N, T]."""
+    lid = np.asarray(lid, dtype=np.float64)
+    return np.mean((lid >= 0) & (lid <= dim), axis=0)
+
+
+def _default_level(record: dict[str, Any], plan: DatasetPlan) -> dict[str, Any] | None:
+    """Each model's FLIPD at flipd's default noise level (t0 = 0.05 of the reference VP) when the
+    grid holds it: Spearman with PNG size and the fraction of images with FLIPD in [0, D]."""
+    from flipd.noise import DEFAULT_REFERENCE_T0
+
+    if DEFAULT_REFERENCE_T0 not in plan.t0_grid:
+        return None
+    j = list(plan.t0_grid).index(DEFAULT_REFERENCE_T0)
+    return {"t0": DEFAULT_REFERENCE_T0, "models": {
+        label: {"spearman": study["spearman"][j], "in_range": study["in_range"][j], "median_flipd": study["median_flipd"][j]}
+        for label, study in record["t0_study"].items()
+    }}
 
 
 def _write_per_image(path: Path, names: list[str], png: np.ndarray, columns: dict[str, np.ndarray]) -> None:
