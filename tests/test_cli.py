@@ -490,11 +490,19 @@ def test_convolutional_unet_on_images(tmp_path):
     config = json.loads((model / "config.json").read_text())
     assert config["network"]["kind"] == "unet2d"
     assert config["standardization"]["mode"] == "none"  # images in [-1, 1] are left as they are
+    assert config["prediction"] == "sample"  # --prediction auto: the unet predicts the clean image
     table = tmp_path / "unet.csv"
     result = flipd("estimate", "digits8", "-m", model, "-n", "4", "-o", table, "--trace", "hutchinson", "--quiet")
     assert result.exit_code == 0, result.output
     assert len(pd.read_csv(table)) == 4
     assert_user_error(flipd("train", "lollipop", "--network", "unet", "--out", tmp_path / "x", *TINY_TRAIN), "mlp")
+    epsilon = tmp_path / "unet-epsilon"
+    result = flipd("train", "digits8", "--network", "unet", "--channels", "8,16", "-n", "64", "--steps", "2",
+                   "--batch-size", "32", "--prediction", "epsilon", "--out", epsilon, "--quiet")
+    assert result.exit_code == 0, result.output
+    assert json.loads((epsilon / "config.json").read_text())["prediction"] == "epsilon"
+    assert_user_error(flipd("train", "digits8", "--prediction", "x0", "--out", tmp_path / "y", *TINY_TRAIN),
+                      "not one of auto, ")
 
 
 @pytest.mark.parametrize("method", ["nb", "fpregress", "lpca", "twonn"])

@@ -423,8 +423,8 @@ def train(
         str, typer.Option("--schedule", help="Noise schedule: vp (the reference VP), cosine, ve or rectified-flow, with default parameters.")
     ] = "vp",
     prediction: Annotated[
-        str, typer.Option("--prediction", help="What the network outputs: epsilon, score, sample, v_prediction or flow_velocity.")
-    ] = "epsilon",
+        str, typer.Option("--prediction", help="What the network outputs: auto (sample, i.e. x0, for the unet; epsilon for the mlp), epsilon, score, sample, v_prediction or flow_velocity.")
+    ] = "auto",
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing flipd checkpoint (never another folder).")] = False,
     seed: Seed = 0,
     threads: Threads = None,
@@ -434,7 +434,7 @@ def train(
 ) -> None:
     """Train a diffusion model on DATA and save it as a flipd checkpoint (safetensors + JSON).
 
-    The model learns the noise of standardised points (tables centred and divided by one common scale, so their shape is kept; images in [-1, 1] as they are; see --standardize; by default under the reference VP schedule with the epsilon prediction; see --schedule and --prediction); flipd estimate then works in the same coordinates, with the schedule and prediction saved in the checkpoint. The default network is an MLP U-net (images are flattened); --network unet trains a convolutional U-net on images.
+    The model learns the noise of standardised points (tables centred and divided by one common scale, so their shape is kept; images in [-1, 1] as they are; see --standardize; by default under the reference VP schedule, the MLP predicting the noise and the unet the clean image; see --schedule and --prediction); flipd estimate then works in the same coordinates, with the schedule and prediction saved in the checkpoint. The default network is an MLP U-net (images are flattened); --network unet trains a convolutional U-net on images.
 
     [bold]Examples[/]:
       [cyan]flipd train lollipop --out models/lollipop --steps 3000[/]
@@ -460,8 +460,8 @@ def train(
         raise OptionError("--network", f"{network!r} is not one of {', '.join(NETWORK_CHOICES)}.")
     if schedule not in SCHEDULE_CHOICES:
         raise OptionError("--schedule", f"{schedule!r} is not one of {', '.join(SCHEDULE_CHOICES)}.")
-    if prediction not in PREDICTIONS:
-        raise OptionError("--prediction", f"{prediction!r} is not one of {', '.join(PREDICTIONS)}.")
+    if prediction != "auto" and prediction not in PREDICTIONS:
+        raise OptionError("--prediction", f"{prediction!r} is not one of auto, {', '.join(PREDICTIONS)}.")
     with output_lock(requested):  # refuses a second training run writing the same checkpoint
         target = check_checkpoint_target(requested, force=force)  # again: another run may have written it
         points = load_points(data, n=n_points, seed=seed, at_most=True)
