@@ -36,3 +36,18 @@ def test_stream_memory_script_measures_the_command(tmp_path):
     assert "flipd estimate" in report and result["command"].startswith("python -m flipd.bench stream_memory")
     assert bench_main(["stream_memory", "--report-only", "--out", str(tmp_path)]) == 0
     assert (tmp_path / "stream_memory.md").read_text() == report
+
+
+@pytest.mark.slow
+def test_stream_memory_script_measures_flipd_train(tmp_path):
+    assert bench_main(["stream_memory", "--command", "train", "--counts", "30", "90", "--steps", "3",
+                       "--out", str(tmp_path)]) == 0
+    result = json.loads((tmp_path / "stream_memory_train.json").read_text())
+    assert not (tmp_path / "stream_memory.json").exists()
+    assert [run["images"] for run in result["runs"]] == [30, 90] and result["settings"]["steps"] == 3
+    assert all(run["peak_rss_mib"] > 50 and " train " in f" {run['command']} " for run in result["runs"])
+    assert all(f"-n {count} --steps 3" in run["command"] for run, count in zip(result["runs"], (30, 90)))
+    report = (tmp_path / "stream_memory_train.md").read_text()
+    assert "flipd train" in report and "--command train" in result["command"]
+    assert bench_main(["stream_memory", "--command", "train", "--report-only", "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "stream_memory_train.md").read_text() == report

@@ -426,6 +426,9 @@ def train(
         str, typer.Option("--prediction", help="What the network outputs: auto (sample, i.e. x0, for the unet; epsilon for the mlp), epsilon, score, sample, v_prediction or flow_velocity.")
     ] = "auto",
     force: Annotated[bool, typer.Option("--force", help="Overwrite an existing flipd checkpoint (never another folder).")] = False,
+    workers: Workers = 0,
+    resize: Resize = None,
+    center_crop: CenterCrop = None,
     seed: Seed = 0,
     threads: Threads = None,
     device: Device = "auto",
@@ -434,13 +437,14 @@ def train(
 ) -> None:
     """Train a diffusion model on DATA and save it as a flipd checkpoint (safetensors + JSON).
 
-    The model learns the noise of standardised points (tables centred and divided by one common scale, so their shape is kept; images in [-1, 1] as they are; see --standardize; by default under the reference VP schedule, the MLP predicting the noise and the unet the clean image; see --schedule and --prediction); flipd estimate then works in the same coordinates, with the schedule and prediction saved in the checkpoint. The default network is an MLP U-net (images are flattened); --network unet trains a convolutional U-net on images.
+    The model learns the noise of standardised points (tables centred and divided by one common scale, so their shape is kept; images in [-1, 1] as they are; see --standardize; by default under the reference VP schedule, the MLP predicting the noise and the unet the clean image; see --schedule and --prediction); flipd estimate then works in the same coordinates, with the schedule and prediction saved in the checkpoint. The default network is an MLP U-net (images are flattened); --network unet trains a convolutional U-net on images. Files (image folders, .npy/.npz arrays, CSV/parquet tables) are streamed: values are checked and the standardisation fitted in one pass, and each batch is read as it is needed, by --workers processes that decode ahead; the result does not depend on --workers.
 
     [bold]Examples[/]:
       [cyan]flipd train lollipop --out models/lollipop --steps 3000[/]
       [cyan]flipd train mixture:affine:D=10:dims=2,4,8 -n 50000 --out models/mix10[/]
       [cyan]flipd train points.csv --out models/mine --max-minutes 10[/]
       [cyan]flipd train mnist-subset --network unet --out models/mnist --steps 2000[/]
+      [cyan]flipd train photos/ --resize 64 --center-crop 64 --network unet --workers 4 --out models/photos[/]
       [cyan]flipd train lollipop --schedule ve --prediction sample --out models/lollipop-ve[/]
     """
     from .datasets.sources import load_points
@@ -464,7 +468,8 @@ def train(
         raise OptionError("--prediction", f"{prediction!r} is not one of auto, {', '.join(PREDICTIONS)}.")
     with output_lock(requested):  # refuses a second training run writing the same checkpoint
         target = check_checkpoint_target(requested, force=force)  # again: another run may have written it
-        points = load_points(data, n=n_points, seed=seed, at_most=True)
+        points = load_points(data, n=n_points, seed=seed, at_most=True, stream=True, workers=workers, resize=resize,
+                             center_crop=center_crop)
         _say(quiet, f"data: {escape(points.description)}")
         trained = train_model(
             points, target, steps=steps, batch_size=batch_size, lr=lr, network=network, widths=width_list,

@@ -37,6 +37,17 @@ measured in standardised units (sigma(t0) is a fraction of each coordinate's spr
 Reproducibility: every random draw (split, batches, times, noise, network initialisation)
 comes from generators seeded by ``TrainConfig.seed``; the global random state is left as it
 was.
+
+Data larger than memory
+-----------------------
+``data`` may be a :class:`~flipd.datasets.streaming.PointStream` (``load_points(...,
+stream=True)``: image folders, ``.npy``/``.npz`` arrays, CSV/parquet tables). One pass checks
+every value and accumulates the moments of the training points block by block in float64
+(:func:`flipd.datasets.moments.point_moments`), the held-out points (at most
+``max_val_points``) are read once, and each step's batch is read from the stream, the next
+ones decoded ahead by its DataLoader workers (:class:`~flipd.datasets.streaming.OrderedBatches`).
+Tensors go through the same pass and the same permutations, so a stream and the tensor of its
+points train to the same weights, whatever the number of workers.
 """
 
 from __future__ import annotations
@@ -54,6 +65,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from .datasets.moments import PointMoments, point_moments
+from .datasets.streaming import OrderedBatches, PointStream
 from .models.checkpoint import (
     CHECKPOINT_FORMAT,
     CheckpointError,
@@ -61,9 +74,10 @@ from .models.checkpoint import (
     fit_standardization,
     load,
     reference_inputs,
+    standardization_from_moments,
 )
 from .models.mlp import MLPUNet, MLPUNetConfig, count_parameters
-from .models.scaling import SCALING_CHOICES, resolve_scaling, warn_uneven_spreads
+from .models.scaling import SCALING_CHOICES, scaling_for, spreads_warning
 from .models.registry import build_network
 from .models.spec import NetworkSpec
 from .runs.environment import package_versions
@@ -76,6 +90,7 @@ __all__ = [
     "CheckpointError",
     "DiffusionModel",
     "TrainConfig",
+    "fit_standardization",
     "load",
     "train_diffusion",
 ]
@@ -220,22 +235,119 @@ class TrainConfig:
 # --------------------------------------------------------------------------- training
 
 
-def _as_data(data) -> Tensor:
+def _as_data(data) -> Tensor | PointStream:
+    """The training points as a tensor or a stream [N, ...], checked for shape and size (their
+    values are checked by :func:`point_moments`)."""
+    if isinstance(data, PointStream):
+        if len(data.shape) < 2:
+            raise ValueError(f"data must have shape [N, D] or [N, C, H, W]; got a stream of shape {tuple(data.shape)}.")
+        if data.shape[0] < 2:
+            raise ValueError(f"Training needs at least 2 points; got {data.shape[0]}.")
+        return data
     if isinstance(data, np.ndarray):
         data = torch.from_numpy(np.ascontiguousarray(data))
     if not isinstance(data, Tensor):
-        raise TypeError(f"data must be a torch.Tensor or numpy array of shape [N, D] or [N, C, H, W]; got {type(data).__name__}.")
+        raise TypeError(
+            "data must be a torch.Tensor, a numpy array or a flipd PointStream of shape [N, D] or [N, C, H, W]; "
+            f"got {type(data).__name__}."
+        )
     if data.ndim < 2:
         raise ValueError(f"data must have shape [N, D] or [N, C, H, W]; got shape {tuple(data.shape)}. Use data[:, None] for 1-D data.")
     if not data.is_floating_point():
         data = data.to(torch.get_default_dtype())
     if data.shape[0] < 2:
         raise ValueError(f"Training needs at least 2 points; got {data.shape[0]}.")
-    finite = torch.isfinite(data.reshape(data.shape[0], -1)).all(dim=1)
-    if not finite.all():
-        bad = torch.nonzero(~finite).flatten()[:10].tolist()
-        raise ValueError(f"data has non-finite values (NaN or inf) at points {bad}; remove them before training.")
     return data
+
+
+def _held_out_count(n: int, config: TrainConfig) -> int:
+    """How many of ``n`` points are held out for validation (at most ``config.max_val_points``)."""
+    n_val = min(config.max_val_points, int(round(config.val_fraction * n))) if config.val_fraction > 0 else 0
+    if config.val_fraction > 0 and n_val == 0:
+        n_val = 1
+    if n - n_val < 1:
+        raise ValueError(f"No training points left after holding out {n_val} of {n}; lower val_fraction.")
+    return n_val
+
+
+def _fit_scaling(x: Tensor | PointStream, held_out: Tensor, config: TrainConfig) -> tuple[TrainConfig, Tensor, Tensor, PointMoments]:
+    """One pass over ``x``: every point checked to be finite, the moments of the training points
+    (all but the ``held_out`` positions), the scaling resolved (``config.standardize``), the
+    uneven-spread warning, and ``(shift, scale)`` (float32, one point's shape)."""
+    n = x.shape[0]
+    keep = torch.ones(n, dtype=torch.bool)
+    keep[held_out] = False
+    moments = point_moments(x, keep)
+    mode = scaling_for(config.standardize, image=len(x.shape) > 2, low=moments.low, high=moments.high)
+    if len(x.shape) == 2 and moments.count >= 2:
+        message = spreads_warning(moments.std, moments.mean, mode)
+        if message is not None:
+            warnings.warn(message, RuntimeWarning, stacklevel=3)
+    shift, scale = standardization_from_moments(moments.mean, moments.variance, mode, stacklevel=3)
+    return dataclasses.replace(config, standardize=mode), shift.float(), scale.float(), moments
+
+
+class _TensorBatches:
+    """Training batches of points held in memory: ``z`` [n, ...] (standardised, on the device)
+    in a permutation drawn from ``generator``, a new one whenever fewer than a batch are left."""
+
+    def __init__(self, z: Tensor, batch_size: int, generator: torch.Generator) -> None:
+        self.z, self.batch_size, self.generator = z, batch_size, generator
+        self.permutation, self.cursor = torch.randperm(z.shape[0], generator=generator), 0
+
+    def next(self) -> Tensor:
+        """The next batch [batch_size, ...]."""
+        if self.cursor + self.batch_size > self.z.shape[0]:
+            self.permutation, self.cursor = torch.randperm(self.z.shape[0], generator=self.generator), 0
+        index = self.permutation[self.cursor : self.cursor + self.batch_size].to(self.z.device)
+        self.cursor += self.batch_size
+        return self.z[index]
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+
+class _StreamBatches:
+    """Training batches read from a stream: the points at ``positions`` [n] in the same
+    permutations, drawn at the same moments, as :class:`_TensorBatches` (so the same batches),
+    each epoch's batches read ahead by the stream's workers, standardised, moved to ``device``."""
+
+    def __init__(self, stream: PointStream, positions: Tensor, shift: Tensor, scale: Tensor, device: torch.device | str,
+                 batch_size: int, generator: torch.Generator) -> None:
+        self.positions, self.shift, self.scale, self.device = positions.numpy(), shift, scale, device
+        self.batch_size, self.generator = batch_size, generator
+        self.reader = OrderedBatches(stream)
+        self._new_epoch()
+
+    def _new_epoch(self) -> None:
+        chosen = self.positions[torch.randperm(len(self.positions), generator=self.generator).numpy()]
+        size = self.batch_size
+        self.epoch = self.reader.reads(chosen[i * size:(i + 1) * size] for i in range(len(chosen) // size))
+
+    def next(self) -> Tensor:
+        """The next batch [batch_size, ...], standardised, on the device."""
+        batch = next(self.epoch, None)
+        if batch is None:
+            self._new_epoch()
+            batch = next(self.epoch)
+        return _standardized(batch, self.shift, self.scale).to(self.device)
+
+    def close(self) -> None:
+        """Stop the reading workers."""
+        self.reader.close()
+
+
+def _training_batches(x: Tensor | PointStream, positions: Tensor, shift: Tensor, scale: Tensor,
+                      device: torch.device | str, batch_size: int, generator: torch.Generator) -> _TensorBatches | _StreamBatches:
+    """The batches of the points at ``positions`` of ``x`` that the training loop takes."""
+    if isinstance(x, PointStream):
+        return _StreamBatches(x, positions, shift, scale, device, batch_size, generator)
+    return _TensorBatches(_standardized(x[positions], shift, scale).to(device), batch_size, generator)
+
+
+def _standardized(points: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
+    """``(points − shift) / scale`` on the points' device."""
+    return (points - shift.to(points.device)) / scale.to(points.device)
 
 
 def _lr_factor(step: int, config: TrainConfig) -> float:
@@ -390,7 +502,11 @@ def train_diffusion(
     """Fit a diffusion model to ``data`` (schedule and prediction from ``config``; default VP, epsilon).
 
     Args:
-        data: training points, tensor or array [N, D] or [N, C, H, W], in original units.
+        data: training points, tensor or array [N, D] or [N, C, H, W], in original units, or a
+            :class:`~flipd.datasets.streaming.PointStream` of them (data larger than memory:
+            one pass checks the values and fits the standardisation block by block, the
+            held-out points are read once, every batch is read from the stream by its workers;
+            the same points as a tensor train to the same weights).
         network: the denoising network ``network(y, t) -> like y``: a module (trained in
             place; its current weights are the initialisation), a :class:`NetworkSpec` (built
             and initialised from ``config.seed``), or None for an :class:`MLPUNet` with the
@@ -414,19 +530,11 @@ def train_diffusion(
     generator = torch.Generator().manual_seed(config.seed)
     n = x.shape[0]
     order = torch.randperm(n, generator=generator)
-    n_val = min(config.max_val_points, int(round(config.val_fraction * n))) if config.val_fraction > 0 else 0
-    if config.val_fraction > 0 and n_val == 0:
-        n_val = 1
-    if n - n_val < 1:
-        raise ValueError(f"No training points left after holding out {n_val} of {n}; lower val_fraction.")
-    train_x, val_x = x[order[n_val:]], x[order[:n_val]]
-    config = dataclasses.replace(config, standardize=resolve_scaling(train_x, config.standardize))
-    warn_uneven_spreads(train_x, config.standardize)
-    shift, scale = fit_standardization(train_x, config.standardize)
-    z_train = ((train_x - shift) / scale).to(device)
-    z_val = ((val_x - shift) / scale).to(device)
+    n_val = _held_out_count(n, config)
+    config, shift, scale, moments = _fit_scaling(x, order[:n_val], config)
+    z_val = _standardized(x[order[:n_val]], shift, scale).to(device)  # the held-out points, read once
 
-    online = _make_network(network, x, config, data_std=float(z_train.std()))
+    online = _make_network(network, x, config, data_std=moments.standardized_std(shift, scale))
     online.to(device).train()
     ema = copy.deepcopy(online).requires_grad_(False).eval()
     schedule = config.noise_schedule()
@@ -439,9 +547,9 @@ def train_diffusion(
     val_t = schedule_times(schedule, val_t)
     val_noise = torch.randn(z_val.shape, generator=val_generator).to(z_val)
 
-    n_train = z_train.shape[0]
+    n_train = n - n_val
     batch_size = min(config.batch_size, n_train)
-    permutation, cursor = torch.randperm(n_train, generator=generator), 0
+    batches = _training_batches(x, order[n_val:], shift, scale, device, batch_size, generator)
     history: list[dict[str, float]] = []
     best_val, best_state, best_step, stale = math.inf, None, 0, 0
     running, running_count = 0.0, 0
@@ -451,11 +559,7 @@ def train_diffusion(
     step = 0
     try:
         for step in range(1, config.steps + 1):
-            if cursor + batch_size > n_train:
-                permutation, cursor = torch.randperm(n_train, generator=generator), 0
-            index = permutation[cursor : cursor + batch_size].to(device)
-            cursor += batch_size
-            z = z_train[index]
+            z = batches.next()
             t = _sample_times(batch_size, config, generator, schedule)
             noise = torch.randn(z.shape, generator=generator).to(z)
             loss = _denoising_loss(online, z, t, noise, schedule, config.prediction).mean()
@@ -509,6 +613,7 @@ def train_diffusion(
                 bar.update(step, loss=f"{loss_value:.4f}")
     finally:
         bar.close()
+        batches.close()
     seconds, cpu_seconds = time.perf_counter() - start_time, time.process_time() - start_cpu
     if config.restore_best and best_state is not None:
         ema.load_state_dict(best_state)
@@ -538,14 +643,14 @@ def train_diffusion(
     ).to(device)
 
 
-def _make_network(network, x: Tensor, config: TrainConfig, *, data_std: float) -> nn.Module:
+def _make_network(network, x: Tensor | PointStream, config: TrainConfig, *, data_std: float) -> nn.Module:
     """The network to train: given, built from a spec, or the default MLP U-net."""
     if isinstance(network, nn.Module):
         return network
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(config.seed)
         if network is None:
-            if x.ndim != 2:
+            if len(x.shape) != 2:
                 raise ValueError(
                     f"The default network is an MLP for [N, D] data; got data of shape {tuple(x.shape)}. "
                     "Pass network= (a module or NetworkSpec) for images."

@@ -3,18 +3,23 @@
 ``np.load(..., allow_pickle=False)`` refuses object arrays, but for a ``.npz`` only when a
 member is read, and in both cases with a message that names neither the file nor the fix.
 These helpers read ``.npy`` files and ``.npz`` members and turn every failure into a
-``ValueError`` naming the file, the member and what to do.
+``ValueError`` naming the file, the member and what to do. A ``.npz`` member can also be read
+block by block without loading it (:func:`archive_member_header`, :func:`archive_member_blocks`:
+its ``.npy`` header, then its rows, decompressed as they are read for ``np.savez_compressed``).
 """
 
 from __future__ import annotations
 
 import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["array_file_error", "open_npz", "read_archive_member", "read_npy"]
+__all__ = ["MemberHeader", "archive_member_blocks", "archive_member_header", "array_file_error", "open_npz",
+           "read_archive_member", "read_npy"]
 
 _FIX = "Save numbers with numpy.save or numpy.savez (an object array, which needs unpickling, is never loaded)."
 
@@ -77,3 +82,70 @@ def read_archive_member(archive: Any, key: str, file: Path) -> np.ndarray:
     except (ValueError, EOFError, OSError, zipfile.BadZipFile) as error:
         raise array_file_error(file, _reason(file, error), key) from None
     return _check_numbers(file, values, key)
+
+
+@dataclass(frozen=True)
+class MemberHeader:
+    """What the ``.npy`` header of a ``.npz`` member says: its shape, its dtype and whether
+    it is stored in Fortran (column-major) order."""
+
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    fortran_order: bool
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+
+def _member_name(archive: zipfile.ZipFile, key: str) -> str:
+    names = set(archive.namelist())
+    return f"{key}.npy" if f"{key}.npy" in names else key
+
+
+def _read_header(handle: Any) -> MemberHeader | None:
+    version = np.lib.format.read_magic(handle)
+    if version == (1, 0):
+        shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(handle)
+    elif version == (2, 0):
+        shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(handle)
+    else:  # other versions: read the member whole
+        return None
+    return MemberHeader(tuple(int(s) for s in shape), np.dtype(dtype), bool(fortran_order))
+
+
+def archive_member_header(file: Path, key: str) -> MemberHeader | None:
+    """The header of member ``key`` of the ``.npz`` ``file``, read without its data; None when
+    it cannot be read this way (a damaged or unusual member: read it with
+    :func:`read_archive_member`, which names the problem)."""
+    try:
+        with zipfile.ZipFile(file) as archive, archive.open(_member_name(archive, key)) as handle:
+            return _read_header(handle)
+    except (ValueError, EOFError, OSError, KeyError, zipfile.BadZipFile):
+        return None
+
+
+def archive_member_blocks(file: Path, key: str, rows: int) -> Iterator[np.ndarray]:
+    """Member ``key`` of ``file`` (a C-order array [N, ...] of numbers) as consecutive blocks of
+    up to ``rows`` rows, read (and decompressed) as they are needed; memory holds one block.
+
+    Raises:
+        ValueError: the member is not such an array, or its data end early (names file and member).
+    """
+    try:
+        with zipfile.ZipFile(file) as archive, archive.open(_member_name(archive, key)) as handle:
+            header = _read_header(handle)
+            if header is None or header.fortran_order or header.ndim == 0 or header.dtype.hasobject \
+                    or header.dtype.fields is not None:
+                raise array_file_error(file, "it cannot be read block by block (a C-order array of numbers)", key)
+            row_items = int(np.prod(header.shape[1:], dtype=np.int64))
+            row_bytes = header.dtype.itemsize * row_items
+            for start in range(0, header.shape[0], rows):
+                count = min(rows, header.shape[0] - start)
+                data = handle.read(count * row_bytes)
+                if len(data) != count * row_bytes:
+                    raise array_file_error(file, f"its data end after {start + len(data) // max(1, row_bytes)} of "
+                                                 f"{header.shape[0]} rows (a damaged or truncated file)", key)
+                yield np.frombuffer(data, dtype=header.dtype).reshape(count, *header.shape[1:])
+    except (EOFError, OSError, zipfile.BadZipFile) as error:
+        raise array_file_error(file, _reason(file, error), key) from None

@@ -107,6 +107,9 @@ class ImageFolderRows(RowReader):
         max_pixels: images larger than this are refused before decoding (decompression bombs).
     """
 
+    #: 8-bit pixels mapped to [-1, 1]: every point lies in it, known without reading.
+    value_range = (-1.0, 1.0)
+
     def __init__(self, folder: str, names: list[str], *, channels: int, height: int, width: int,
                  size: tuple[int, int] | None = None, resize: int | None = None, center_crop: int | None = None,
                  max_pixels: int = DEFAULT_MAX_PIXELS) -> None:

@@ -18,10 +18,15 @@ row, and values beyond float32's range are refused by row;
 ``x`` (or the only 2-d array, or ``key=``), with optional arrays ``lid``/``lid_true`` and
 ``component`` of length N.
 
-With ``stream=True`` (what ``flipd estimate`` and ``flipd curve`` use), image folders, 2-d
-``.npy`` arrays and CSV/parquet tables are checked up front but not loaded: ``PointSet.x`` is
-a :class:`~flipd.datasets.streaming.PointStream` whose slices are read on demand, and only one
-small value per point (index, ground truth, PNG size, name) is kept.
+With ``stream=True`` (what ``flipd estimate``, ``flipd curve`` and ``flipd train`` use), image
+folders, 2-d ``.npy`` arrays, 2-d members of ``.npz`` archives and CSV/parquet tables are
+checked up front but not loaded: ``PointSet.x`` is a
+:class:`~flipd.datasets.streaming.PointStream` whose slices are read on demand, and only one
+small value per point (index, ground truth, PNG size, name) is kept. A ``.npz`` member
+(``np.savez`` or ``np.savez_compressed``) is read block by block from its ``.npy`` header on,
+every value checked, into a raw float32 spool file the stream reads (as CSV tables are); its
+``lid``/``lid_true``/``component`` arrays are small and read whole. A member stored in Fortran
+order, and the image arrays (3-d or 4-d) of ``.npy`` and ``.npz`` files, are loaded into memory.
 """
 
 from __future__ import annotations
@@ -37,9 +42,9 @@ import torch
 from torch import Tensor
 
 from ..runs.files import fingerprint_array, fingerprint_path
-from .streaming import PointStream, materialize
+from .streaming import PointStream, block_rows, materialize
 from .tables import ArrayRows, as_float32, integer_column, numeric_column, scan_array, scan_table, spool_file
-from .arrays import open_npz, read_archive_member, read_npy
+from .arrays import MemberHeader, archive_member_blocks, archive_member_header, open_npz, read_archive_member, read_npy
 
 __all__ = [
     "DEFAULT_SYNTHETIC_POINTS",
@@ -193,13 +198,7 @@ def _vector_points(
     if not (np.issubdtype(values.dtype, np.number) and not np.issubdtype(values.dtype, np.complexfloating)):
         raise ValueError(f"{spec!r} holds {values.dtype} values; the coordinates must be numbers.")
     single = as_float32(values, spec)
-    for name, array in (("lid", lid_true), ("component", component), ("index", source_index)):
-        if array is not None and np.shape(array) != (values.shape[0],):
-            raise ValueError(f"{spec!r}: {name} has shape {np.shape(array)}; expected one value per point ({values.shape[0]}).")
-    if lid_true is not None:
-        lid_true = numeric_column(lid_true, "lid", spec)
-    if component is not None:
-        component = integer_column(component, "component", spec)
+    lid_true, component = _point_facts(spec, values.shape[0], lid_true, component, source_index)
     index = _subset(values.shape[0], n, seed, spec)
     return PointSet(
         x=torch.from_numpy(np.ascontiguousarray(single[index])),
@@ -210,6 +209,20 @@ def _vector_points(
         component=None if component is None else component[index],
         description=description or f"{values.shape[0]} points in R^{values.shape[1]} from {spec}",
     )
+
+
+def _point_facts(spec: str, n_rows: int, lid_true: np.ndarray | None, component: np.ndarray | None,
+                 source_index: np.ndarray | None = None) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """The ground truth [N] of ``n_rows`` points checked (one value per point; numbers; whole
+    numbers for components) as (float64 lid, int64 component)."""
+    for name, array in (("lid", lid_true), ("component", component), ("index", source_index)):
+        if array is not None and np.shape(array) != (n_rows,):
+            raise ValueError(f"{spec!r}: {name} has shape {np.shape(array)}; expected one value per point ({n_rows}).")
+    if lid_true is not None:
+        lid_true = numeric_column(lid_true, "lid", spec)
+    if component is not None:
+        component = integer_column(component, "component", spec)
+    return lid_true, component
 
 
 def _table_points(file: Path, parameters: str, spec: str, n: int | None, seed: int, stream: bool) -> PointSet:
@@ -308,33 +321,84 @@ def _read_array_file(file: Path) -> Any:
     return read_npy(file, mmap=True) if file.suffix.lower() == ".npy" else open_npz(file)
 
 
-def _npz_points(file: Path, parameters: str, spec: str, n: int | None, seed: int) -> PointSet | None:
-    """Points from a .npz table, or None if it holds images (3-d or 4-d arrays)."""
+def _member_ndim(archive: Any, key: str, file: Path) -> int:
+    """Dimensions of member ``key`` from its header (no data read), or from the member itself
+    when the header is unusual (which names an object, record or damaged member)."""
+    header = archive_member_header(file, key)
+    if header is None or header.dtype.hasobject or header.dtype.fields is not None:
+        return read_archive_member(archive, key, file).ndim
+    return header.ndim
+
+
+def _streamable(header: MemberHeader | None) -> bool:
+    """Whether a member can be streamed: a non-empty C-order 2-d array of real numbers (anything
+    else is loaded, and refused with the messages of :func:`_vector_points`)."""
+    return (
+        header is not None and header.ndim == 2 and not header.fortran_order and min(header.shape) > 0
+        and header.dtype.fields is None and np.issubdtype(header.dtype, np.number)
+        and not np.issubdtype(header.dtype, np.complexfloating)
+    )
+
+
+def _npz_points(file: Path, parameters: str, spec: str, n: int | None, seed: int, stream: bool = False) -> PointSet | None:
+    """Points from a .npz table, or None if it holds images (3-d or 4-d arrays); streamed from
+    a float32 spool file when ``stream`` (the member read and checked block by block)."""
     options = _parse_parameters(parameters, ("key", "layout", "value_range"), spec)
     with _read_array_file(file) as archive:
         keys = list(archive.keys())
         key = options.get("key")
         if key is None:
-            matrices = [k for k in keys if read_archive_member(archive, k, file).ndim == 2]
+            matrices = [k for k in keys if _member_ndim(archive, k, file) == 2]
             key = "x" if "x" in keys else (matrices[0] if len(matrices) == 1 else None)
             if key is None:
-                image_arrays = [k for k in keys if read_archive_member(archive, k, file).ndim in (3, 4)]
-                if len(image_arrays) == 1 or (len(keys) == 1 and read_archive_member(archive, keys[0], file).ndim in (3, 4)):
+                image_arrays = [k for k in keys if _member_ndim(archive, k, file) in (3, 4)]
+                if len(image_arrays) == 1 or (len(keys) == 1 and _member_ndim(archive, keys[0], file) in (3, 4)):
                     return None
                 raise ValueError(f"{file.name} holds arrays {keys}; name the points with {file.name}:key=NAME.")
         if key not in keys:
             raise ValueError(f"{file.name} has no array {key!r}; its arrays: {', '.join(keys)}.")
-        values = read_archive_member(archive, key, file)
-        if values.ndim in (3, 4):
+        header = archive_member_header(file, key)
+        streamed = stream and header is not None and _streamable(header)
+        values = None if streamed else read_archive_member(archive, key, file)
+        if (header.ndim if values is None else values.ndim) in (3, 4):
             return None
         if set(options) - {"key"}:
             raise ValueError(f"layout= and value_range= apply to image arrays; {key!r} in {file.name} is a table.")
         lid_key = next((k for k in ("lid_true", "lid") if k in keys and k != key), None)
         lid_true = read_archive_member(archive, lid_key, file) if lid_key else None
         component = read_archive_member(archive, "component", file) if "component" in keys and key != "component" else None
+    if values is None:
+        return _streamed_npz_points(file, key, header, spec, n, seed, lid_true, component)
     return _vector_points(
         values, spec, n, seed, lid_true, component,
         description=f"{values.shape[0]} points in R^{values.shape[1] if values.ndim == 2 else '?'} from {file.name}",
+    )
+
+
+def _streamed_npz_points(file: Path, key: str, header: MemberHeader, spec: str, n: int | None, seed: int,
+                         lid_true: np.ndarray | None, component: np.ndarray | None) -> PointSet:
+    """A 2-d member of a .npz read block by block (decompressed as it is read), every value
+    checked, the float32 rows spooled to a raw file and streamed from it."""
+    n_rows, width = header.shape
+    lid_true, component = _point_facts(spec, n_rows, lid_true, component)
+
+    def scan(sink):
+        first = 0
+        for block in archive_member_blocks(file, key, block_rows((width,))):
+            sink(as_float32(block, spec, first))
+            first += block.shape[0]
+        return first
+
+    _, reader = spool_file(scan, {"file": fingerprint_path(file), "key": key})
+    index = _subset(n_rows, n, seed, spec)
+    return PointSet(
+        x=_take(PointStream(reader), index, n_rows),
+        spec=spec,
+        kind="vectors",
+        index=index.astype(np.int64),
+        lid_true=None if lid_true is None else lid_true[index],
+        component=None if component is None else component[index],
+        description=f"{n_rows} points in R^{width} from {file.name}",
     )
 
 
@@ -389,10 +453,11 @@ def load_points(
         seed: sampling seed.
         at_most: treat ``n`` as an upper bound for files and bundled images (take them all
             when there are fewer) instead of an error.
-        stream: read image folders, 2-d ``.npy`` arrays and CSV/parquet tables lazily:
-            ``PointSet.x`` is then a :class:`~flipd.datasets.streaming.PointStream` whose
-            slices are read on demand (built-in sets, ``.npz`` files and image arrays are
-            loaded into memory either way). Every file is still checked before this returns.
+        stream: read image folders, 2-d ``.npy`` arrays and ``.npz`` members and CSV/parquet
+            tables lazily: ``PointSet.x`` is then a
+            :class:`~flipd.datasets.streaming.PointStream` whose slices are read on demand
+            (built-in sets and image arrays are loaded into memory either way). Every file is
+            still checked before this returns.
         workers: DataLoader worker processes that read and decode image files (0: this process).
         resize: image folders: scale each image's shorter side to this many pixels.
         center_crop: image folders: keep the central square of this many pixels (after ``resize``).
@@ -436,7 +501,7 @@ def load_points(
                 return _npy_table_points(file, spec, n, seed, stream)
             return _image_points(spec, n, seed)
         if suffix == ".npz":
-            points = _npz_points(file, parameters, spec, n, seed)
+            points = _npz_points(file, parameters, spec, n, seed, stream)
             return points if points is not None else _image_points(spec, n, seed)
         raise ValueError(
             f"Cannot read {str(file)!r}: unsupported file type {suffix or '(none)'}; "

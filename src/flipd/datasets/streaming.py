@@ -20,7 +20,7 @@ values and are raised here as one-line ``ValueError`` messages naming the file.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,12 +29,20 @@ import torch
 from torch import Tensor
 from torch.utils.data import BatchSampler, DataLoader, Dataset
 
-__all__ = ["PointStream", "PreparedPoints", "ReadProblem", "RowReader", "READ_BATCH_BYTES", "materialize"]
+__all__ = ["FlatRows", "OrderedBatches", "PointStream", "PreparedPoints", "ReadProblem", "RowReader", "READ_BATCH_BYTES",
+           "block_rows", "materialize"]
 
 #: Target size in bytes of one batch of float32 points read at a time (the unit of a worker's work).
 READ_BATCH_BYTES = 16 * 2**20
 #: Most rows in one read batch.
 MAX_READ_ROWS = 4096
+
+
+def block_rows(point_shape: Sequence[int]) -> int:
+    """Rows of float32 points of ``point_shape`` in one read batch: about :data:`READ_BATCH_BYTES`,
+    at most :data:`MAX_READ_ROWS`."""
+    point_bytes = 4 * max(1, math.prod(point_shape))
+    return int(min(MAX_READ_ROWS, max(1, READ_BATCH_BYTES // point_bytes)))
 
 
 @dataclass(frozen=True)
@@ -50,10 +58,13 @@ class RowReader(Dataset):
     Subclasses set ``point_shape`` and ``n_rows`` and implement :meth:`read` (rows ->
     a compact array, e.g. uint8 pixels) and :meth:`to_points` (that array -> float32 points).
     They must pickle cheaply (paths, not open files), since DataLoader workers receive a copy.
+    ``value_range`` is (low, high) when every point is known to lie in it without reading
+    (8-bit images: [-1, 1]), else None.
     """
 
     point_shape: tuple[int, ...] = ()
     n_rows: int = 0
+    value_range: tuple[float, float] | None = None
 
     def __len__(self) -> int:
         return self.n_rows
@@ -124,8 +135,7 @@ class PointStream:
         self.reader = reader
         self.rows = np.arange(reader.n_rows, dtype=np.int64) if rows is None else np.asarray(rows, dtype=np.int64)
         self.workers = workers
-        point_bytes = 4 * max(1, math.prod(reader.point_shape))
-        self.read_rows = read_rows or int(min(MAX_READ_ROWS, max(1, READ_BATCH_BYTES // point_bytes)))
+        self.read_rows = read_rows or block_rows(reader.point_shape)
 
     # ------------------------------------------------------------------ tensor-like
 
@@ -135,6 +145,11 @@ class PointStream:
         return torch.Size((len(self.rows), *self.reader.point_shape))
 
     dtype = torch.float32
+
+    @property
+    def value_range(self) -> tuple[float, float] | None:
+        """(low, high) bounding every value when the reader knows it without reading (else None)."""
+        return self.reader.value_range
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -188,6 +203,10 @@ class PointStream:
         return PointStream(self.reader, self.rows[np.asarray(positions, dtype=np.int64)], workers=self.workers,
                            read_rows=self.read_rows)
 
+    def flattened(self) -> PointStream:
+        """The same points as vectors [N, prod(point_shape)] (e.g. images for an MLP)."""
+        return PointStream(FlatRows(self.reader), self.rows, workers=self.workers, read_rows=self.read_rows)
+
     def identity(self) -> dict[str, Any]:
         """What identifies these points: the source, its options and the rows taken."""
         from ..runs.files import fingerprint_array
@@ -196,6 +215,102 @@ class PointStream:
 
     def __repr__(self) -> str:
         return f"PointStream({type(self.reader).__name__}, shape={tuple(self.shape)}, workers={self.workers})"
+
+
+class FlatRows(RowReader):
+    """The rows of ``reader`` with each point flattened to a vector [prod(point_shape)]."""
+
+    def __init__(self, reader: RowReader) -> None:
+        self.source = reader
+        self.n_rows = reader.n_rows
+        self.point_shape = (math.prod(reader.point_shape),)
+        self.value_range = reader.value_range
+
+    def read(self, rows: Sequence[int]) -> np.ndarray:
+        return self.source.read(rows)
+
+    def to_points(self, batch: np.ndarray) -> Tensor:
+        points = self.source.to_points(batch)
+        return points.reshape(points.shape[0], -1)
+
+    def identity(self) -> dict[str, Any]:
+        return self.source.identity()
+
+
+class _RowsInOrder(Dataset):
+    """A Dataset over a reader whose item is ``(increasing rows, order)``: the rows read as one
+    batch, returned with ``order`` (the positions that put them back in the order asked for)."""
+
+    def __init__(self, reader: RowReader) -> None:
+        self.reader = reader
+
+    def __len__(self) -> int:
+        return self.reader.n_rows
+
+    def __getitem__(self, item: tuple[list[int], np.ndarray]) -> tuple[np.ndarray | ReadProblem, np.ndarray]:
+        rows, order = item
+        return self.reader[rows], order
+
+
+class _Requests:
+    """The sampler of :class:`OrderedBatches`: the requests of the current pass (an iterable
+    made lazily, so no list of every row is held), replaced before each pass."""
+
+    def __init__(self) -> None:
+        self.items: Iterable[tuple[list[int], np.ndarray]] = ()
+
+    def __iter__(self) -> Iterator[tuple[list[int], np.ndarray]]:
+        return iter(self.items)
+
+
+class OrderedBatches:
+    """Batches of a stream's points at given positions, in the order given, read ahead.
+
+    ``reads(batches)`` yields, for each array of positions (into the stream), those points
+    [len(positions), *point_shape] as float32 in that order. With ``stream.workers > 0`` the
+    stream's DataLoader workers (kept between calls) decode the next ``prefetch`` batches each
+    while the caller works on the current one; the batches come back in order, so what is
+    read does not depend on the number of workers. One pass at a time: a call to ``reads``
+    ends the previous one.
+    """
+
+    def __init__(self, stream: PointStream, *, prefetch: int = 2) -> None:
+        self.stream = stream
+        self._requests = _Requests()
+        self._pass: Iterator[Tensor] | None = None
+        workers = stream.workers
+        self._loader: DataLoader | None = DataLoader(
+            _RowsInOrder(stream.reader), sampler=self._requests, batch_size=None, num_workers=workers,
+            collate_fn=_no_collate, persistent_workers=workers > 0, prefetch_factor=prefetch if workers else None,
+        )
+
+    def _request(self, positions: np.ndarray) -> tuple[list[int], np.ndarray]:
+        rows = self.stream.rows[np.asarray(positions, dtype=np.int64)]
+        order = np.argsort(rows, kind="stable")
+        return rows[order].tolist(), order
+
+    def reads(self, batches: Iterable[np.ndarray]) -> Iterator[Tensor]:
+        """The points at each array of ``batches`` (positions into the stream), in turn."""
+        if self._loader is None:
+            raise RuntimeError("these batches were closed.")
+        if self._pass is not None:
+            self._pass.close()
+        self._requests.items = (self._request(positions) for positions in batches)
+        self._pass = self._points(self._loader)
+        return self._pass
+
+    def _points(self, loader: DataLoader) -> Iterator[Tensor]:
+        for batch, order in loader:
+            points = self.stream.reader.to_points(_raise_problem(batch))
+            in_order = torch.empty_like(points)
+            in_order[torch.from_numpy(order)] = points
+            yield in_order
+
+    def close(self) -> None:
+        """End the pass under way and stop the worker processes."""
+        if self._pass is not None:
+            self._pass.close()
+        self._pass, self._loader = None, None
 
 
 class PreparedPoints:

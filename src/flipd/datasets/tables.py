@@ -19,7 +19,7 @@ import weakref
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -28,6 +28,8 @@ from .streaming import RowReader
 __all__ = ["ArrayRows", "TABLE_BLOCK_ROWS", "TableScan", "as_float32", "integer_column", "numeric_column",
            "scan_array", "scan_table", "spool_file"]
 
+#: What a scan run into a spool file returns (:func:`spool_file`).
+Found = TypeVar("Found")
 #: Rows of a table read and checked at a time.
 TABLE_BLOCK_ROWS = 65536
 #: Table columns that describe a point rather than being one of its coordinates.
@@ -340,8 +342,9 @@ class SpooledRows:
         _remove(self.path, os.getpid())
 
 
-def spool_file(scan: Callable[[Callable[[np.ndarray], None]], TableScan], identity: dict[str, Any]) -> tuple[TableScan, ArrayRows]:
-    """Run ``scan(sink)`` into a spool file; the table found and a reader of its rows."""
+def spool_file(scan: Callable[[Callable[[np.ndarray], None]], Found], identity: dict[str, Any]) -> tuple[Found, ArrayRows]:
+    """Run ``scan(sink)`` into a spool file; what the scan returns (the table found) and a
+    reader of its rows."""
     spool = SpooledRows()
     try:
         found = scan(spool)

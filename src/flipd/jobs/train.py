@@ -11,6 +11,7 @@ from typing import Any
 import torch
 
 from ..datasets.sources import PointSet
+from ..datasets.streaming import PointStream
 from ..models.checkpoint import CHECKPOINT_FORMAT, CONFIG_FILE, checkpoint_config_path
 from ..models.mlp import MLPUNetConfig
 from ..models.scaling import SCALING_CHOICES, SPREAD_WARNING_START, resolve_scaling
@@ -93,10 +94,12 @@ def resolve_prediction(network: str, prediction: str) -> str:
     return prediction
 
 
-def _training_input(points: PointSet, network: str, widths: tuple[int, ...], channels: tuple[int, ...]) -> tuple[torch.Tensor, Any]:
-    """The training tensor and the network spec for ``network`` on ``points``."""
+def _training_input(points: PointSet, network: str, widths: tuple[int, ...],
+                    channels: tuple[int, ...]) -> tuple[torch.Tensor | PointStream, Any]:
+    """The training points (a tensor, or a stream for streamed points) and the network spec
+    for ``network`` on ``points``."""
     if network == "mlp":
-        x = points.x.reshape(points.n, -1)
+        x = points.x.flattened() if isinstance(points.x, PointStream) else points.x.reshape(points.n, -1)
         return x, NetworkSpec("mlp_unet", MLPUNetConfig(data_dim=int(x.shape[1]), widths=tuple(widths)).to_json())
     if network == "unet":
         if points.kind != "images":
@@ -143,6 +146,11 @@ def train_model(
     checkpoint (:func:`check_checkpoint_target`). The data's name, size and fingerprint are
     recorded in the checkpoint's metadata under "data".
 
+    Streamed points (``points.streamed``: ``load_points(..., stream=True, workers=N)``) are
+    never held in memory whole: :func:`flipd.train.train_diffusion` reads them block by block
+    and batch by batch through the stream's workers, and the fingerprint is that of the
+    source (:meth:`PointSet.fingerprint`).
+
     ``low_t_fraction`` of every batch draws its times from U(t_min, ``low_t_max``) rather than
     U(t_min, 1): FLIPD reads the score at small t0 (0.05 by default), where uniform times spend
     few steps (:class:`flipd.train.TrainConfig`). Pass 0 for the reference uniform sampling.
@@ -173,7 +181,7 @@ def train_model(
         model = train_diffusion(x, network=network_spec, config=config, progress=progress, device=device)
     model.metadata["data"] = {
         "spec": points.spec, "n_points": points.n, "point_shape": list(points.point_shape),
-        "fingerprint": fingerprint_array(x), "description": points.description,
+        "fingerprint": points.fingerprint() if points.streamed else fingerprint_array(x), "description": points.description,
     }
     with atomic_directory(out) as staging:
         model.save(staging)

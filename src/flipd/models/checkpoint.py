@@ -51,6 +51,7 @@ __all__ = [
     "DiffusionModel",
     "checkpoint_config_path",
     "fit_standardization",
+    "standardization_from_moments",
     "load",
     "reference_inputs",
 ]
@@ -595,20 +596,29 @@ def fit_standardization(x: Tensor, mode: str) -> tuple[Tensor, Tensor]:
     """``(shift, scale)`` shaped like one point of x [N, ...] for the standardisation ``mode``."""
     if mode == "none":
         return torch.zeros_like(x[0]), torch.ones_like(x[0])
-    shift = x.mean(dim=0)
+    return standardization_from_moments(x.mean(dim=0), x.var(dim=0), mode, stacklevel=4)
+
+
+def standardization_from_moments(mean: Tensor, variance: Tensor, mode: str, *, stacklevel: int = 3) -> tuple[Tensor, Tensor]:
+    """``(shift, scale)`` [*point_shape] for the standardisation ``mode`` of points with
+    per-coordinate ``mean`` and unbiased ``variance`` [*point_shape] (returned in their dtype:
+    pass float32 for float32 statistics, or cast float64 ones afterwards)."""
+    if mode == "none":
+        return torch.zeros_like(mean), torch.ones_like(mean)
+    shift = mean
     if mode == "per_coordinate":
-        scale = x.std(dim=0)
+        scale = variance.sqrt()
         constant = scale <= 1e-12 * (1 + shift.abs())
         if constant.any():
             warnings.warn(
                 f"{int(constant.sum())} coordinate(s) are constant in the training data; they are "
                 "centred but not rescaled.",
                 RuntimeWarning,
-                stacklevel=3,
+                stacklevel=stacklevel,
             )
         scale = torch.where(constant, torch.ones_like(scale), scale)
     elif mode == "scalar":
-        spread = float(x.var(dim=0).mean().sqrt())
+        spread = float(variance.mean().sqrt())
         scale = torch.full_like(shift, spread if spread > 0 else 1.0)
     else:
         raise ValueError(f"Unknown standardisation {mode!r}; use one of {', '.join(STANDARDIZE_MODES)}.")

@@ -21,11 +21,13 @@ get a warning saying what the chosen scaling does with them and how to choose th
 from __future__ import annotations
 
 import warnings
+from typing import Any
 
 import torch
 from torch import Tensor
 
-__all__ = ["SCALING_CHOICES", "SPREAD_RATIO_LIMIT", "SPREAD_WARNING_START", "resolve_scaling", "spread_warning", "warn_uneven_spreads"]
+__all__ = ["SCALING_CHOICES", "SPREAD_RATIO_LIMIT", "SPREAD_WARNING_START", "resolve_scaling", "scaling_for", "spread_warning",
+           "spreads_warning", "value_range", "warn_uneven_spreads"]
 
 #: What ``TrainConfig.standardize`` and ``flipd train --standardize`` accept.
 SCALING_CHOICES: tuple[str, ...] = ("auto", "scalar", "per_coordinate", "none")
@@ -37,19 +39,46 @@ SPREAD_RATIO_LIMIT = 100.0
 SPREAD_WARNING_START = "The coordinates' spreads differ"
 
 
-def resolve_scaling(x: Tensor, mode: str) -> str:
-    """The scaling ``mode`` means for training data ``x`` [N, D] or [N, C, H, W].
+def resolve_scaling(x: Any, mode: str) -> str:
+    """The scaling ``mode`` means for training data ``x`` [N, D] or [N, C, H, W] (a tensor or
+    a point stream: its range is then read block by block unless its reader knows it).
 
     "auto" gives "scalar" for tables [N, D], "none" for images whose values all lie in
     [-1, 1], and "scalar" for other images; any other mode is returned as it is.
     """
+    _check_mode(mode)
+    if mode != "auto" or len(x.shape) <= 2:
+        return scaling_for(mode, image=False, low=0.0, high=0.0)
+    low, high = value_range(x)
+    return scaling_for(mode, image=True, low=low, high=high)
+
+
+def _check_mode(mode: str) -> None:
     if mode not in SCALING_CHOICES:
         raise ValueError(f"Unknown standardisation {mode!r}; use one of {', '.join(SCALING_CHOICES)}.")
+
+
+def scaling_for(mode: str, *, image: bool, low: float, high: float) -> str:
+    """The scaling ``mode`` means for data whose values span [``low``, ``high``]: images
+    (``image``) or a table (see :func:`resolve_scaling`)."""
+    _check_mode(mode)
     if mode != "auto":
         return mode
-    if x.ndim > 2 and float(x.min()) >= -1.0 and float(x.max()) <= 1.0:
-        return "none"
-    return "scalar"
+    return "none" if image and low >= -1.0 and high <= 1.0 else "scalar"
+
+
+def value_range(x: Any) -> tuple[float, float]:
+    """(smallest, largest) value of points ``x``: a tensor's, a stream's range known to its
+    reader (8-bit images: [-1, 1]), or else read batch by batch (``x.batches()``)."""
+    if isinstance(x, Tensor):
+        return float(x.min()), float(x.max())
+    known = getattr(x, "value_range", None)
+    if known is not None:
+        return float(known[0]), float(known[1])
+    low, high = float("inf"), float("-inf")
+    for batch in x.batches():
+        low, high = min(low, float(batch.min())), max(high, float(batch.max()))
+    return low, high
 
 
 def spread_warning(x: Tensor, mode: str) -> str | None:
@@ -61,8 +90,15 @@ def spread_warning(x: Tensor, mode: str) -> str | None:
     """
     if x.ndim != 2 or x.shape[0] < 2 or x.shape[1] < 2:
         return None
-    spread = x.to(torch.float64).std(dim=0)
-    varying = spread > 1e-12 * (1 + x.to(torch.float64).mean(dim=0).abs())
+    return spreads_warning(x.to(torch.float64).std(dim=0), x.to(torch.float64).mean(dim=0), mode)
+
+
+def spreads_warning(spread: Tensor, mean: Tensor, mode: str) -> str | None:
+    """:func:`spread_warning` for a table [N, D] (N >= 2) given the standard deviation
+    ``spread`` [D] and the ``mean`` [D] of each coordinate (float64)."""
+    if spread.ndim != 1 or spread.shape[0] < 2:
+        return None
+    varying = spread > 1e-12 * (1 + mean.abs())
     if int(varying.sum()) < 2:
         return None
     columns = torch.nonzero(varying).flatten()
