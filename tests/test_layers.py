@@ -14,7 +14,7 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("leaf", {"flipd._version", "flipd.runs.files", "flipd.devices", "flipd.metrics", "flipd.progress", "flipd.pil_images"}),
     ("core", {"flipd.schedules", "flipd.parameterization", "flipd.trace", "flipd.noise", "flipd.knee",
               "flipd.plateau", "flipd.reliability", "flipd.analytic", "flipd.models.base", "flipd.results",
-              "flipd.estimator"}),
+              "flipd.checks", "flipd.estimator"}),
     ("components", {"flipd.models", "flipd.datasets", "flipd.baselines", "flipd.methods", "flipd.runs", "flipd.train"}),
     ("jobs", {"flipd.jobs", "flipd.plots", "flipd.sklearn"}),
     ("shell", {"flipd", "flipd.cli", "flipd.bench", "flipd.demo", "flipd.__main__"}),
