@@ -106,10 +106,11 @@ def _full_plan() -> StudyPlan:
     unet = {"block_out_channels": [16, 32, 64], "attention_levels": [2]}
     unet_train = {"steps": 300, "batch_size": 64, "lr": 2e-3, "warmup_steps": 30, "eval_every": 50}
     mlp_train = {"steps": 800, "batch_size": 128, "lr": 1e-3, "warmup_steps": 80, "eval_every": 100}
-    # MNIST: the UNet predicts the clean image (x0, "sample"), with half of each batch at small times;
-    # "unet, epsilon" is the same network and budget predicting the noise, for comparison.
+    # Every UNet predicts the clean image (x0, "sample"), with half of each batch at small times; on
+    # MNIST "unet, epsilon" is the same network and budget predicting the noise, for comparison.
+    x0_small_times = {"prediction": "sample", "low_t_fraction": 0.5, "low_t_max": 0.2}
     mnist_unet_train = {"steps": 800, "batch_size": 64, "lr": 2e-3, "warmup_steps": 50, "eval_every": 100,
-                        "prediction": "sample", "low_t_fraction": 0.5, "low_t_max": 0.2}
+                        **x0_small_times}
     mnist = DatasetPlan(
         name="mnist", n_images=None, n_eval=500, t0_grid=_GRID, n_probes=2, ess_k=100, lpca_k=500,
         models=(
@@ -132,7 +133,7 @@ def _full_plan() -> StudyPlan:
         name="patches", n_images=3000, patch_size=32, n_eval=300, t0_grid=_GRID, n_probes=2,
         ess_k=100, lpca_k=500,
         models=(
-            ModelPlan("unet", unet, {**unet_train, "steps": 250}),
+            ModelPlan("unet", unet, {**unet_train, "steps": 250, **x0_small_times}),
             ModelPlan("mlp", {"widths": [1024, 512, 256]}, {**mlp_train, "steps": 600}),
         ),
         notes=(
@@ -144,7 +145,7 @@ def _full_plan() -> StudyPlan:
         name="digits8", n_images=None, n_eval=500, t0_grid=_GRID, n_probes="exact", ess_k=100, lpca_k=1000,
         models=(
             ModelPlan("unet", unet, {"steps": 800, "batch_size": 64, "lr": 2e-3, "warmup_steps": 50,
-                                     "eval_every": 100}, nb_images=100),
+                                     "eval_every": 100, **x0_small_times}, nb_images=100),
             ModelPlan("mlp", {"widths": [256, 256, 256]}, {**mlp_train, "steps": 2000, "eval_every": 250},
                       nb_images=500),
         ),
