@@ -402,17 +402,27 @@ def train(
         Optional[Path], typer.Option("--out", "-o", help="Checkpoint directory to write (default: models/<data>).", show_default=False)
     ] = None,
     n_points: Annotated[int, typer.Option("--n-points", "-n", min=2, help="Training points (all of a file if larger).")] = 20_000,
-    steps: Annotated[int, typer.Option("--steps", min=1, help="Optimiser steps (early stopping may end sooner).")] = 4000,
+    steps: Annotated[
+        Optional[int],
+        typer.Option("--steps", min=1, show_default=False,
+                     help="Optimiser steps (early stopping may end sooner). Default: 4000, or with --max-minutes as many as fit the budget (timed on this machine), so the learning-rate schedule ends with it."),
+    ] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Points per optimiser step.")] = 512,
     lr: Annotated[float, typer.Option("--lr", min=0.0, help="Peak learning rate (AdamW).")] = 2e-3,
     network: Annotated[str, typer.Option("--network", help="mlp (vectors; images are flattened) or unet (convolutional, images only).")] = "mlp",
-    widths: Annotated[str, typer.Option("--widths", help="Hidden widths of the MLP U-net, comma-separated.")] = "256,256,256",
+    widths: Annotated[
+        Optional[str],
+        typer.Option("--widths", show_default=False,
+                     help="Hidden widths of the MLP U-net, comma-separated. Default: 256,256,256 up to 32 coordinates, 512,512,512 above."),
+    ] = None,
     channels: Annotated[str, typer.Option("--channels", help="Channels per resolution level of the unet, comma-separated.")] = "16,32,64",
     standardize: Annotated[
         str, typer.Option("--standardize", help="Rescale the data before training: auto (scalar for tables, none for images in [-1, 1]), scalar (one scale, keeps the shape), per_coordinate (for coordinates in different units) or none.")
     ] = "auto",
     max_minutes: Annotated[
-        Optional[float], typer.Option("--max-minutes", min=0.0, help="Stop training after this many minutes.", show_default=False)
+        Optional[float],
+        typer.Option("--max-minutes", min=0.0, show_default=False,
+                     help="Time budget in minutes. Without --steps the step count is fitted to it (the learning-rate schedule ends with the budget); with --steps, training stops when it runs out."),
     ] = None,
     low_t_fraction: Annotated[
         float,
@@ -454,7 +464,9 @@ def train(
     if standardize not in STANDARDIZE_CHOICES:
         raise OptionError("--standardize", f"{standardize!r} is not one of {', '.join(STANDARDIZE_CHOICES)}.")
     requested = check_checkpoint_target(out if out is not None else Path("models") / _slug(data), force=force)
-    width_list = _parse_sizes(widths, "--widths")
+    if max_minutes is not None and not max_minutes > 0:
+        raise OptionError("--max-minutes", f"the time budget must be positive; got {max_minutes}.")
+    width_list = None if widths is None else _parse_sizes(widths, "--widths")
     channel_list = _parse_sizes(channels, "--channels")
     if network not in NETWORK_CHOICES:
         raise OptionError("--network", f"{network!r} is not one of {', '.join(NETWORK_CHOICES)}.")
