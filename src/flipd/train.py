@@ -239,7 +239,14 @@ class TrainConfig:
             self.beta_min, self.beta_max = schedule.beta_min, schedule.beta_max
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        """The fields as a JSON-ready dict; the recipe fields added last (time_sampling,
+        low_t_min, fit_steps_to_budget) only when they differ from their defaults, so configs of
+        earlier recipes (and the cache keys built from them) are unchanged."""
+        record = asdict(self)
+        for name in _RECIPE_FIELDS:
+            if record[name] == _RECIPE_FIELDS[name]:
+                del record[name]
+        return record
 
     @classmethod
     def from_json(cls, value: dict[str, Any]) -> "TrainConfig":
@@ -252,6 +259,10 @@ class TrainConfig:
     def noise_schedule(self) -> Schedule:
         """The :class:`~flipd.schedules.Schedule` that ``schedule`` describes."""
         return Schedule.from_config(self.schedule)
+
+
+#: The TrainConfig fields of :mod:`flipd.recipes` and their defaults (left out of ``to_json`` at the default).
+_RECIPE_FIELDS: dict[str, Any] = {"time_sampling": "uniform", "low_t_min": None, "fit_steps_to_budget": False}
 
 
 # --------------------------------------------------------------------------- training

@@ -94,6 +94,7 @@ RECIPES: tuple[Recipe, ...] = (
     Recipe("low-t", "half of each batch uniform in t < 0.2 (the earlier default); 4000 steps stopped by the budget",
            {"low_t_fraction": 0.5, "low_t_max": 0.2}, fit=False),
     Recipe("low-t fit", "as low-t, the steps fitted to the budget", {"low_t_fraction": 0.5, "low_t_max": 0.2}),
+    Recipe("low-t 0.8 fit", "as low-t fit with 80% of each batch emphasised", {"low_t_fraction": 0.8, "low_t_max": 0.2}),
     Recipe("log-sigma fit", "half of each batch log-uniform in sigma/psi over t in [0.002, 0.3]; steps fitted",
            {"low_t_fraction": 0.5, **_LOG_SIGMA}),
     Recipe("log-sigma 0.8 fit", "as log-sigma fit with 80% of each batch emphasised", {"low_t_fraction": 0.8, **_LOG_SIGMA}),
@@ -147,10 +148,14 @@ def denoising_errors(model: DiffusionModel, perfect: GaussianMixture, z: torch.T
     return out
 
 
-def _train(recipe: Recipe, x: torch.Tensor, *, budget: float, seed: int) -> DiffusionModel:
+def _train(recipe: Recipe, x: torch.Tensor, *, budget: float | None, steps: int | None, seed: int) -> DiffusionModel:
+    """Train ``recipe`` under ``budget`` seconds, or for exactly ``steps`` (a whole schedule, no budget)."""
     dim = int(x.shape[1])
-    config = training_config(steps=None if recipe.fit else UNFITTED_STEPS, max_seconds=budget, seed=seed,
-                             **recipe.options)
+    if steps is not None:
+        config = training_config(steps=steps, max_seconds=None, seed=seed, patience=None, **recipe.options)
+    else:
+        config = training_config(steps=None if recipe.fit else UNFITTED_STEPS, max_seconds=budget, seed=seed,
+                                 **recipe.options)
     spec = NetworkSpec("mlp_unet", MLPUNetConfig(data_dim=dim, widths=recipe.widths(dim)).to_json())
     return train_diffusion(x, network=spec, config=config, progress=False)
 
@@ -162,17 +167,20 @@ def _training_record(model: DiffusionModel) -> dict[str, Any]:
     budget = meta.get("budget") or {}
     return {
         "steps_run": meta["steps_run"], "stop_reason": meta["stop_reason"], "seconds": meta["seconds"],
+        "cpu_seconds": meta["cpu_seconds"],
         "parameters": meta["parameters"], "final_val_loss": meta["final_val_loss"],
         "last_lr_fraction": None if last_lr is None else last_lr / config["lr"],
         "step_seconds": budget.get("step_seconds"), "chosen_steps": budget.get("chosen_steps"),
     }
 
 
-def run_recipes(datasets: Sequence[str], recipes: Sequence[Recipe], *, budget: float, n_train: int, n_eval: int,
-                seed: int) -> list[dict[str, Any]]:
-    """Train every recipe on every data set under ``budget`` seconds and measure it; one
-    JSON-ready row per (data set, recipe). A recipe identical to an earlier one on a data set
-    (same options, steps and widths) reuses its model and says so (``same_as``)."""
+def run_recipes(datasets: Sequence[str], recipes: Sequence[Recipe], *, budget: float | None, n_train: int, n_eval: int,
+                seed: int, steps: int | None = None) -> list[dict[str, Any]]:
+    """Train every recipe on every data set under ``budget`` seconds (or, with ``steps``, for
+    exactly that many steps each, which takes the machine's load out of the comparison of time
+    samplings and widths) and measure it; one JSON-ready row per (data set, recipe). A recipe
+    identical to an earlier one on a data set (same options, steps and widths) reuses its model
+    and says so (``same_as``)."""
     rows = []
     for spec in datasets:
         mixture = mixture_from_spec(spec).as_gaussian_mixture()
@@ -182,13 +190,13 @@ def run_recipes(datasets: Sequence[str], recipes: Sequence[Recipe], *, budget: f
         dim = int(x.shape[1])
         trained: dict[str, tuple[str, DiffusionModel]] = {}
         for recipe in recipes:
-            key = json.dumps([recipe.options, recipe.fit, recipe.widths(dim)], sort_keys=True)
+            key = json.dumps([recipe.options, recipe.fit and steps is None, recipe.widths(dim)], sort_keys=True)
             row: dict[str, Any] = {"dataset": spec, "recipe": recipe.name, "description": recipe.description,
-                                   "widths": list(recipe.widths(dim)), "budget_seconds": budget}
+                                   "widths": list(recipe.widths(dim)), "budget_seconds": budget, "steps": steps}
             if key in trained:
                 row["same_as"], model = trained[key]
             else:
-                model = _train(recipe, x, budget=budget, seed=seed)
+                model = _train(recipe, x, budget=budget, steps=steps, seed=seed)
                 trained[key] = (recipe.name, model)
             row["training"] = _training_record(model)
             began = time.perf_counter()
@@ -225,10 +233,11 @@ def _summary(levels: list[dict[str, float]]) -> dict[str, float]:
 def _markdown(report: dict[str, Any]) -> str:
     rows = report["rows"]
     levels = [level["t0"] for level in rows[0]["levels"]] if rows else []
-    summary_header = ["data set", "recipe", "widths", "steps run", "stop", "last LR / peak",
+    summary_header = ["data set", "recipe", "widths", "steps run", "CPU s", "stop", "last LR / peak",
                       f"FLIPD MAE vs perfect (mean t0 ≤ {max(READ_LEVELS)})", "excess denoising error (mean)"]
     summary = [[r["dataset"], r["recipe"] + (f" (= {r['same_as']})" if "same_as" in r else ""),
-                ",".join(map(str, r["widths"])), r["training"]["steps_run"], r["training"]["stop_reason"],
+                ",".join(map(str, r["widths"])), r["training"]["steps_run"], r["training"].get("cpu_seconds"),
+                r["training"]["stop_reason"],
                 r["training"]["last_lr_fraction"], r["summary"]["flipd_mae_read"], r["summary"]["excess_mse_read"]]
                for r in rows]
     mse_header = ["data set", "recipe", *[f"t0 = {t}" for t in levels]]
@@ -255,7 +264,7 @@ def _markdown(report: dict[str, Any]) -> str:
         f"Machine: {machine.get('cpu')}, {machine.get('cores')} cores, load average {machine.get('load_average_1_5_15min')} "
         f"at the end (1, 5, 15 min); torch threads {report['threads']}.",
         "",
-        f"Each recipe trained for at most {report['budget_seconds']:g} s of wall clock on {report['n_train']} points "
+        f"Each recipe trained {_training_sentence(report)} on {report['n_train']} points "
         f"(seed {report['seed']}), batch 512, peak LR 2e-3, scaling `auto` (scalar). Measured on {report['n_eval']} "
         f"held-out points (seed {report['seed'] + 1}), in the trained model's coordinates, against the data's exact "
         "distribution (a Gaussian mixture on affine subspaces, carried through the same standardisation). The step "
@@ -283,6 +292,14 @@ def _markdown(report: dict[str, Any]) -> str:
     ])
 
 
+def _training_sentence(report: dict[str, Any]) -> str:
+    if report.get("steps"):
+        return (f"for exactly {report['steps']} steps (a whole warm-up + cosine schedule; no time budget, so the "
+                "recipes' time samplings and widths are compared at equal steps whatever the machine's load; the step counts "
+                "and budgets named below do not apply)")
+    return f"for at most {report['budget_seconds']:g} s of wall clock"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m flipd.bench recipes",
@@ -294,6 +311,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--recipes", nargs="+", default=[r.name for r in RECIPES], metavar="NAME",
                         help="recipes to train (default: all: %(default)s)")
     parser.add_argument("--budget", type=float, default=60.0, help="wall-clock seconds per recipe (default %(default)s)")
+    parser.add_argument("--steps", type=positive_int, default=None,
+                        help="train every recipe for exactly this many steps instead of under --budget")
     parser.add_argument("--n-train", type=positive_int, default=20_000, help="training points (default %(default)s)")
     parser.add_argument("--n-eval", type=positive_int, default=500, help="held-out points (default %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="training data and training seed; held-out points seed+1")
@@ -321,14 +340,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not (spec.startswith("mixture:affine:") and "latent=normal" in spec):
             parser.error(f"{spec!r} has no closed-form model: use affine mixtures with latent=normal")
     torch.set_num_threads(args.threads)
-    rows = run_recipes(args.datasets, [by_name[name] for name in args.recipes], budget=args.budget,
-                       n_train=args.n_train, n_eval=args.n_eval, seed=args.seed)
+    budget = None if args.steps else args.budget
+    rows = run_recipes(args.datasets, [by_name[name] for name in args.recipes], budget=budget,
+                       n_train=args.n_train, n_eval=args.n_eval, seed=args.seed, steps=args.steps)
     report = {
         "command": "python -m flipd.bench recipes " + shlex.join(argv),
         "finished_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "git_revision": git_revision(Path(__file__).parent), "machine": machine_info(),
         "versions": package_versions(BENCH_PACKAGES), "threads": torch.get_num_threads(), "seed": args.seed,
-        "budget_seconds": args.budget, "n_train": args.n_train, "n_eval": args.n_eval, "rows": rows,
+        "budget_seconds": budget, "steps": args.steps, "n_train": args.n_train, "n_eval": args.n_eval, "rows": rows,
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     write_text(out.with_suffix(".json"), json.dumps(report, indent=2) + "\n")

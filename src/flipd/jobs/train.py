@@ -17,10 +17,9 @@ from ..models.spec import NetworkSpec
 from ..recipes import (
     BUDGET_STEP_CAP,
     DEFAULT_LOW_T_FRACTION,
-    DEFAULT_LOW_T_MAX,
-    DEFAULT_LOW_T_MIN,
     DEFAULT_STEPS,
     DEFAULT_TIME_SAMPLING,
+    EMPHASIS_RANGES,
     mlp_widths,
 )
 from ..runs.files import atomic_directory, check_writable_directory, fingerprint_array
@@ -136,20 +135,20 @@ def train_model(
     standardize: str = "auto",
     max_seconds: float | None = None,
     low_t_fraction: float = DEFAULT_LOW_T_FRACTION,
-    low_t_max: float = DEFAULT_LOW_T_MAX,
+    low_t_max: float | None = None,
     schedule: str | Schedule = "vp",
     prediction: str = "epsilon",
     seed: int = 0,
     device: str | torch.device = "cpu",
     progress: bool = True,
     time_sampling: str = DEFAULT_TIME_SAMPLING,
-    low_t_min: float | None = DEFAULT_LOW_T_MIN,
+    low_t_min: float | None = None,
 ) -> Any:
     """Train a diffusion model on ``points`` and save it as a flipd checkpoint in ``out``.
 
     ``network`` "mlp" is an MLP U-net (:class:`flipd.models.MLPUNet`) with hidden
     ``widths`` (None: :func:`flipd.recipes.mlp_widths` of the data's dimension, 256 wide up to
-    D = 32 and 512 above), for vectors and for images flattened to vectors; "unet" is a convolutional
+    D = 256 and 512 above), for vectors and for images flattened to vectors; "unet" is a convolutional
     U-net (:class:`flipd.models.unet.ImageUNet`) with ``channels`` per resolution level, for images.
     ``standardize`` is how the data are rescaled before training: "auto" (the default:
     "scalar" for tables, "none" for images in [-1, 1], also when the MLP sees them flattened;
@@ -168,9 +167,10 @@ def train_model(
     in the metadata under "budget"); without one, :data:`flipd.recipes.DEFAULT_STEPS` (4000).
     An explicit ``steps`` with ``max_seconds`` trains that schedule and stops it at the budget.
 
-    ``low_t_fraction`` of every batch draws its times from [``low_t_min`` (None: t_min),
-    ``low_t_max``] rather than U(t_min, 1), uniformly in t (``time_sampling="uniform"``) or in
-    log sigma/psi (``"log_sigma"``): FLIPD reads the score at small t0 (0.05 by default), where
+    ``low_t_fraction`` of every batch draws its times from [``low_t_min``, ``low_t_max``] rather
+    than U(t_min, 1), uniformly in t (``time_sampling="uniform"``) or in log sigma/psi
+    (``"log_sigma"``); either end left None is that of :data:`flipd.recipes.EMPHASIS_RANGES` for
+    the sampling (uniform: t_min to 0.2; log_sigma: 0.002 to 0.3): FLIPD reads the score at small t0 (0.05 by default), where
     uniform times spend few steps (:func:`flipd.recipes.sample_reference_times`). Pass 0 for the
     reference uniform sampling. All are reference-VP times, carried to the schedule's own times
     through delta. The defaults are the recipe ``python -m flipd.bench recipes`` measured best.
@@ -187,6 +187,11 @@ def train_model(
     x, network_spec = _training_input(points, network, widths, channels)
     if points.kind == "images":  # images flattened for the MLP are still images under "auto"
         standardize = resolve_scaling(points.x, standardize)
+    if time_sampling not in EMPHASIS_RANGES:
+        raise ValueError(f"Unknown time sampling {time_sampling!r}; use one of {', '.join(EMPHASIS_RANGES)}.")
+    default_min, default_max = EMPHASIS_RANGES[time_sampling]
+    low_t_min = default_min if low_t_min is None else low_t_min
+    low_t_max = default_max if low_t_max is None else low_t_max
     config = training_config(
         steps=steps, max_seconds=max_seconds, batch_size=batch_size, lr=lr, seed=seed, standardize=standardize,
         low_t_fraction=low_t_fraction, low_t_max=low_t_max, low_t_min=low_t_min, time_sampling=time_sampling,
