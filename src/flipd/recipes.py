@@ -150,9 +150,10 @@ def mlp_widths(dim: int) -> tuple[int, int, int]:
 
     Three layers of 256 (the widths every earlier ``flipd train`` used) up to D = 256, so the
     hidden layers are never narrower than the input; three of 512 above (flattened images).
-    Measured (``python -m flipd.bench recipes``, ``benchmarks/results/recipes.md``): at D = 100
-    under a 60 s budget, 512 wide ran a third of the steps of 256 wide and ended further from the
-    perfect model (FLIPD MAE 22.8 against 20.1 over t0 ≤ 0.1), so widths do not grow at D = 100;
+    Measured (``python -m flipd.bench recipes``, ``benchmarks/results/recipes_width512.md``): at
+    D = 100 under a 60 s budget, 512 wide ran 537 steps against 1363 for 256 wide and ended
+    further from the perfect model (FLIPD MAE 21.2 against 18.6 over t0 ≤ 0.1), so widths do not
+    grow at D = 100;
     the step up above D = 256 keeps the input from being squeezed through narrower layers and was
     not measured here.
     """

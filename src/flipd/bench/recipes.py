@@ -49,9 +49,17 @@ from ..models.spec import NetworkSpec
 from ..parameterization import score_coefficients
 from ..recipes import mlp_widths
 from ..runs.environment import machine_info, package_versions
-from ..runs.files import write_text
 from ..train import DiffusionModel, train_diffusion
-from ._report import BENCH_PACKAGES, git_revision, markdown_table, positive_int, rewrite_report
+from ._report import (
+    BENCH_PACKAGES,
+    check_closed_form_mixtures,
+    git_revision,
+    markdown_table,
+    positive_int,
+    produced_by,
+    rewrite_report,
+    write_report,
+)
 
 __all__ = ["DATASETS", "LEVELS", "RECIPES", "Recipe", "denoising_errors", "run_recipes", "standardized_mixture"]
 
@@ -73,16 +81,19 @@ UNFITTED_STEPS = 4000
 @dataclass(frozen=True)
 class Recipe:
     """One way to train: TrainConfig fields, whether the steps are fitted to the budget (else
-    :data:`UNFITTED_STEPS` stopped by it), and whether the widths follow
-    :func:`flipd.recipes.mlp_widths` (else :data:`FIXED_WIDTHS`)."""
+    :data:`UNFITTED_STEPS` stopped by it), and the widths: ``fixed_widths``, those of
+    :func:`flipd.recipes.mlp_widths` (``width_rule``) or :data:`FIXED_WIDTHS`."""
 
     name: str
     description: str
     options: dict[str, Any] = field(default_factory=dict)
     fit: bool = True
     width_rule: bool = False
+    fixed_widths: tuple[int, ...] | None = None
 
     def widths(self, dim: int) -> tuple[int, ...]:
+        if self.fixed_widths is not None:
+            return self.fixed_widths
         return mlp_widths(dim) if self.width_rule else FIXED_WIDTHS
 
 
@@ -94,7 +105,10 @@ RECIPES: tuple[Recipe, ...] = (
     Recipe("low-t", "half of each batch uniform in t < 0.2 (the earlier default); 4000 steps stopped by the budget",
            {"low_t_fraction": 0.5, "low_t_max": 0.2}, fit=False),
     Recipe("low-t fit", "as low-t, the steps fitted to the budget", {"low_t_fraction": 0.5, "low_t_max": 0.2}),
-    Recipe("low-t 0.8 fit", "as low-t fit with 80% of each batch emphasised", {"low_t_fraction": 0.8, "low_t_max": 0.2}),
+    Recipe("low-t 0.8 fit", "as low-t fit with 80% of each batch emphasised (flipd train's default)",
+           {"low_t_fraction": 0.8, "low_t_max": 0.2}),
+    Recipe("low-t 0.8 fit 512", "as low-t 0.8 fit, 512 wide", {"low_t_fraction": 0.8, "low_t_max": 0.2},
+           fixed_widths=(512, 512, 512)),
     Recipe("log-sigma fit", "half of each batch log-uniform in sigma/psi over t in [0.002, 0.3]; steps fitted",
            {"low_t_fraction": 0.5, **_LOG_SIGMA}),
     Recipe("log-sigma 0.8 fit", "as log-sigma fit with 80% of each batch emphasised", {"low_t_fraction": 0.8, **_LOG_SIGMA}),
@@ -252,14 +266,10 @@ def _markdown(report: dict[str, Any]) -> str:
     recipes = {r["recipe"]: r["description"] for r in rows}
     machine = report["machine"]
     return "\n".join([
-        "# Training recipes under one time budget, against a perfect model",
+        "# Training recipes " + ("at equal steps" if report.get("steps") else "under one time budget")
+        + ", against a perfect model",
         "",
-        "Produced by:",
-        "",
-        "```",
-        report["command"],
-        "```",
-        "",
+        *produced_by(report["command"]),
         f"Finished {report['finished_utc']} (UTC); code at commit `{report['git_revision']}`. Versions: {versions}. "
         f"Machine: {machine.get('cpu')}, {machine.get('cores')} cores, load average {machine.get('load_average_1_5_15min')} "
         f"at the end (1, 5, 15 min); torch threads {report['threads']}.",
@@ -267,8 +277,9 @@ def _markdown(report: dict[str, Any]) -> str:
         f"Each recipe trained {_training_sentence(report)} on {report['n_train']} points "
         f"(seed {report['seed']}), batch 512, peak LR 2e-3, scaling `auto` (scalar). Measured on {report['n_eval']} "
         f"held-out points (seed {report['seed'] + 1}), in the trained model's coordinates, against the data's exact "
-        "distribution (a Gaussian mixture on affine subspaces, carried through the same standardisation). The step "
-        "counts depend on the machine and on its load while each recipe trained.",
+        "distribution (a Gaussian mixture on affine subspaces, carried through the same standardisation)."
+        + ("" if report.get("steps") else " The step counts depend on the machine and on its load while each recipe "
+           "trained."),
         "",
         *[f"- **{name}**: {description}." for name, description in recipes.items()],
         "",
@@ -336,9 +347,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"unknown recipe(s) {', '.join(map(repr, unknown))}; choose from {', '.join(map(repr, by_name))}")
     if not args.budget > 0:
         parser.error(f"--budget must be a positive number of seconds; got {args.budget}")
-    for spec in args.datasets:
-        if not (spec.startswith("mixture:affine:") and "latent=normal" in spec):
-            parser.error(f"{spec!r} has no closed-form model: use affine mixtures with latent=normal")
+    check_closed_form_mixtures(parser, args.datasets)
     torch.set_num_threads(args.threads)
     budget = None if args.steps else args.budget
     rows = run_recipes(args.datasets, [by_name[name] for name in args.recipes], budget=budget,
@@ -350,8 +359,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         "versions": package_versions(BENCH_PACKAGES), "threads": torch.get_num_threads(), "seed": args.seed,
         "budget_seconds": budget, "steps": args.steps, "n_train": args.n_train, "n_eval": args.n_eval, "rows": rows,
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    write_text(out.with_suffix(".json"), json.dumps(report, indent=2) + "\n")
-    write_text(out.with_suffix(".md"), _markdown(report))
-    print(f"wrote {out.with_suffix('.md')} and .json")
+    write_report(out, report, _markdown)
     return 0
