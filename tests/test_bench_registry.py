@@ -21,7 +21,7 @@ def test_each_benchmark_has_a_main_and_its_own_usage(name, capsys):
     assert f"usage: python -m flipd.bench {name}" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("name", ["images", "oracle", "sampling", "scale", "speed"])
+@pytest.mark.parametrize("name", ["images", "oracle", "recipes", "sampling", "scale", "speed"])
 def test_report_only_without_a_record_is_exit_status_2_naming_it(name, tmp_path, capsys):
     assert bench_main([name, "--report-only", "--out", str(tmp_path / "no_such_run")]) == 2
     message = capsys.readouterr().err

@@ -531,11 +531,13 @@ def test_model_methods_need_a_model(tmp_path):
 
 
 def test_train_records_the_small_time_emphasis(lollipop_model, tmp_path):
-    # By default half of each batch is drawn at small times; --low-t-fraction 0 restores uniform times.
+    # By default 80% of each batch is drawn at small times; --low-t-fraction 0 restores uniform times.
     import json
 
+    from flipd.recipes import DEFAULT_LOW_T_FRACTION
+
     saved = json.loads((lollipop_model / "config.json").read_text())
-    assert saved["metadata"]["train_config"]["low_t_fraction"] == 0.5
+    assert saved["metadata"]["train_config"]["low_t_fraction"] == DEFAULT_LOW_T_FRACTION == 0.8
     uniform = tmp_path / "uniform"
     result = flipd("train", "lollipop", "--out", uniform, *TINY_TRAIN, "--low-t-fraction", "0")
     assert result.exit_code == 0, result.output

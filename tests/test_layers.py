@@ -15,7 +15,8 @@ LAYERS: list[tuple[str, set[str]]] = [
     ("core", {"flipd.schedules", "flipd.parameterization", "flipd.trace", "flipd.noise", "flipd.knee",
               "flipd.plateau", "flipd.reliability", "flipd.analytic", "flipd.models.base", "flipd.results",
               "flipd.checks", "flipd.estimator"}),
-    ("components", {"flipd.models", "flipd.datasets", "flipd.baselines", "flipd.methods", "flipd.runs", "flipd.train"}),
+    ("components", {"flipd.models", "flipd.datasets", "flipd.baselines", "flipd.methods", "flipd.runs", "flipd.train",
+                    "flipd.recipes"}),
     ("jobs", {"flipd.jobs", "flipd.plots", "flipd.sklearn"}),
     ("shell", {"flipd", "flipd.cli", "flipd.bench", "flipd.demo", "flipd.__main__"}),
 ]

@@ -32,6 +32,7 @@ from rich.table import Table
 
 from .baselines.classical import DEFAULT_NEIGHBORS
 from .jobs.train import NETWORK_CHOICES, SCALING_CHOICES
+from .recipes import DEFAULT_LOW_T_FRACTION, DEFAULT_TIME_SAMPLING, TIME_SAMPLINGS
 from .runs.environment import DEMO_DEFAULT_OUT
 
 __all__ = ["app", "main"]
@@ -402,23 +403,38 @@ def train(
         Optional[Path], typer.Option("--out", "-o", help="Checkpoint directory to write (default: models/<data>).", show_default=False)
     ] = None,
     n_points: Annotated[int, typer.Option("--n-points", "-n", min=2, help="Training points (all of a file if larger).")] = 20_000,
-    steps: Annotated[int, typer.Option("--steps", min=1, help="Optimiser steps (early stopping may end sooner).")] = 4000,
+    steps: Annotated[
+        Optional[int],
+        typer.Option("--steps", min=1, show_default=False,
+                     help="Optimiser steps (early stopping may end sooner). Default: 4000, or with --max-minutes as many as fit the budget (timed on this machine), so the learning-rate schedule ends with it."),
+    ] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Points per optimiser step.")] = 512,
     lr: Annotated[float, typer.Option("--lr", min=0.0, help="Peak learning rate (AdamW).")] = 2e-3,
     network: Annotated[str, typer.Option("--network", help="mlp (vectors; images are flattened) or unet (convolutional, images only).")] = "mlp",
-    widths: Annotated[str, typer.Option("--widths", help="Hidden widths of the MLP U-net, comma-separated.")] = "256,256,256",
+    widths: Annotated[
+        Optional[str],
+        typer.Option("--widths", show_default=False,
+                     help="Hidden widths of the MLP U-net, comma-separated. Default: 256,256,256 up to 256 coordinates, 512,512,512 above (flattened images)."),
+    ] = None,
     channels: Annotated[str, typer.Option("--channels", help="Channels per resolution level of the unet, comma-separated.")] = "16,32,64",
     standardize: Annotated[
         str, typer.Option("--standardize", help="Rescale the data before training: auto (scalar for tables, none for images in [-1, 1]), scalar (one scale, keeps the shape), per_coordinate (for coordinates in different units) or none.")
     ] = "auto",
     max_minutes: Annotated[
-        Optional[float], typer.Option("--max-minutes", min=0.0, help="Stop training after this many minutes.", show_default=False)
+        Optional[float],
+        typer.Option("--max-minutes", min=0.0, show_default=False,
+                     help="Time budget in minutes. Without --steps the step count is fitted to it (the learning-rate schedule ends with the budget); with --steps, training stops when it runs out."),
     ] = None,
     low_t_fraction: Annotated[
         float,
         typer.Option("--low-t-fraction", min=0.0, max=1.0,
-                     help="Fraction of each batch trained at small times t < 0.2, where FLIPD reads the score (0: uniform times)."),
-    ] = 0.5,
+                     help="Fraction of each batch trained at small noise, where FLIPD reads the score (0: uniform times)."),
+    ] = DEFAULT_LOW_T_FRACTION,
+    time_sampling: Annotated[
+        str,
+        typer.Option("--time-sampling",
+                     help="How that fraction draws its times: uniform (uniform in t below 0.2) or log_sigma (log-uniform in sigma/psi over t from 0.002 to 0.3)."),
+    ] = DEFAULT_TIME_SAMPLING,
     schedule: Annotated[
         str, typer.Option("--schedule", help="Noise schedule: vp (the reference VP), cosine, ve or rectified-flow, with default parameters.")
     ] = "vp",
@@ -437,7 +453,7 @@ def train(
 ) -> None:
     """Train a diffusion model on DATA and save it as a flipd checkpoint (safetensors + JSON).
 
-    The model learns the noise of standardised points (tables centred and divided by one common scale, so their shape is kept; images in [-1, 1] as they are; see --standardize; by default under the reference VP schedule, the MLP predicting the noise and the unet the clean image; see --schedule and --prediction); flipd estimate then works in the same coordinates, with the schedule and prediction saved in the checkpoint. The default network is an MLP U-net (images are flattened); --network unet trains a convolutional U-net on images. Files (image folders, .npy/.npz arrays, CSV/parquet tables) are streamed: values are checked and the standardisation fitted in one pass, and each batch is read as it is needed, by --workers processes that decode ahead; the result does not depend on --workers.
+    The model learns the noise of standardised points (tables centred and divided by one common scale, so their shape is kept; images in [-1, 1] as they are; see --standardize; by default under the reference VP schedule, the MLP predicting the noise and the unet the clean image; see --schedule and --prediction); flipd estimate then works in the same coordinates, with the schedule and prediction saved in the checkpoint. The default network is an MLP U-net (images are flattened; 256 wide up to 256 coordinates, 512 above); --network unet trains a convolutional U-net on images. With --max-minutes and no --steps, the first steps are timed and the number of steps is set (and refitted at every validation) so that the learning-rate schedule ends when the budget does; the step count then depends on the machine, and the checkpoint records it with the measured time per step. Files (image folders, .npy/.npz arrays, CSV/parquet tables) are streamed: values are checked and the standardisation fitted in one pass, and each batch is read as it is needed, by --workers processes that decode ahead; the result does not depend on --workers.
 
     [bold]Examples[/]:
       [cyan]flipd train lollipop --out models/lollipop --steps 3000[/]
@@ -458,7 +474,11 @@ def train(
     if standardize not in STANDARDIZE_CHOICES:
         raise OptionError("--standardize", f"{standardize!r} is not one of {', '.join(STANDARDIZE_CHOICES)}.")
     requested = check_checkpoint_target(out if out is not None else Path("models") / _slug(data), force=force)
-    width_list = _parse_sizes(widths, "--widths")
+    if time_sampling not in TIME_SAMPLINGS:
+        raise OptionError("--time-sampling", f"{time_sampling!r} is not one of {', '.join(TIME_SAMPLINGS)}.")
+    if max_minutes is not None and not max_minutes > 0:
+        raise OptionError("--max-minutes", f"the time budget must be positive; got {max_minutes}.")
+    width_list = None if widths is None else _parse_sizes(widths, "--widths")
     channel_list = _parse_sizes(channels, "--channels")
     if network not in NETWORK_CHOICES:
         raise OptionError("--network", f"{network!r} is not one of {', '.join(NETWORK_CHOICES)}.")
@@ -475,6 +495,7 @@ def train(
             points, target, steps=steps, batch_size=batch_size, lr=lr, network=network, widths=width_list,
             channels=channel_list, standardize=standardize,
             max_seconds=None if max_minutes is None else 60.0 * max_minutes, low_t_fraction=low_t_fraction,
+            time_sampling=time_sampling,
             schedule=schedule, prediction=prediction, seed=seed, device=device_used, progress=not quiet,
         )
     if not quiet:
@@ -483,6 +504,10 @@ def train(
         if record.get("final_val_loss") is not None:
             lines.append(f"validation loss {record['final_val_loss']:.4f} after {record.get('steps_run')} steps "
                          f"({record.get('seconds', math.nan):.1f} s)")
+        if record.get("budget"):
+            budget = record["budget"]
+            lines.append(f"steps fitted to the {budget['seconds'] / 60:g}-minute budget: {budget['chosen_steps']} "
+                         f"at {1000 * budget['step_seconds']:.1f} ms per step on this machine")
         lines.append(f"next: flipd estimate {data} --model {target}")
         for line in lines:
             err_console.print(line, soft_wrap=True)

@@ -80,6 +80,7 @@ from .models.mlp import MLPUNet, MLPUNetConfig, count_parameters
 from .models.scaling import SCALING_CHOICES, scaling_for, spreads_warning
 from .models.registry import build_network
 from .models.spec import NetworkSpec
+from .recipes import TIME_SAMPLINGS, StepBudget, lr_factor, sample_reference_times, vp_time_from_delta
 from .runs.environment import package_versions
 from .noise import REFERENCE_SCHEDULE, delta_range, is_reference
 from .parameterization import PREDICTIONS, score_coefficients
@@ -124,7 +125,9 @@ class TrainConfig:
         patience: stop after this many validations without improvement (None: never stop).
         min_improvement: relative decrease of the validation loss that counts as improvement.
         restore_best: return the EMA weights with the lowest validation loss.
-        max_seconds: stop training after this much wall-clock time (None: no limit).
+        max_seconds: stop training after this much wall-clock time (None: no limit). Alone it
+            cuts the loop off wherever the schedule is; with ``fit_steps_to_budget`` the step
+            count is fitted so that the schedule ends with the budget.
         seed: seed of every random draw of training.
         standardize: "auto" (default: "scalar" for tables [N, D], "none" for images with
             values in [-1, 1], "scalar" for other images; :mod:`flipd.models.scaling`),
@@ -140,6 +143,17 @@ class TrainConfig:
         beta_min, beta_max: the VP schedule's betas, kept for configurations written before
             ``schedule`` existed (beta fields alone mean ``VP(beta_min, beta_max)``); filled in
             from ``schedule`` when it is a VP, None otherwise.
+        time_sampling: how the emphasised ``low_t_fraction`` draws its times: "uniform" in t
+            (the default) or "log_sigma", uniform in log(sigma/psi)
+            (:func:`flipd.recipes.sample_reference_times`).
+        low_t_min: lower end of the emphasised times (a reference-VP time; None: ``t_min``).
+        fit_steps_to_budget: with ``max_seconds``, time the first steps and set the number of
+            steps (at most ``steps``), the warm-up (at most ``warmup_steps``, a tenth of the
+            steps) and the validation interval (at most ``eval_every``, a tenth of the steps) so
+            that the whole learning-rate schedule ends when the budget does; the step count is
+            fitted again at every validation (:class:`flipd.recipes.StepBudget`). The steps run
+            then depend on the machine and its load; the measured seconds per step and the
+            chosen steps are recorded in the model's metadata under "budget".
     """
 
     steps: int = 20_000
@@ -166,6 +180,9 @@ class TrainConfig:
     prediction: str = "epsilon"
     beta_min: float | None = None
     beta_max: float | None = None
+    time_sampling: str = "uniform"
+    low_t_min: float | None = None
+    fit_steps_to_budget: bool = False
 
     def __post_init__(self) -> None:
         positive_ints = {"steps": self.steps, "batch_size": self.batch_size, "eval_every": self.eval_every}
@@ -192,7 +209,27 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.grad_clip must be positive or None; got {self.grad_clip}.")
         if self.prediction not in PREDICTIONS:
             raise ValueError(f"TrainConfig.prediction must be one of {', '.join(PREDICTIONS)}; got {self.prediction!r}.")
+        self._check_recipe()
         self._resolve_schedule()
+
+    def _check_recipe(self) -> None:
+        """Check the time sampling and the time budget (:mod:`flipd.recipes`)."""
+        if self.time_sampling not in TIME_SAMPLINGS:
+            raise ValueError(
+                f"TrainConfig.time_sampling must be one of {', '.join(TIME_SAMPLINGS)}; got {self.time_sampling!r}."
+            )
+        if not 0 <= self.low_t_fraction <= 1:
+            raise ValueError(f"TrainConfig.low_t_fraction must be in [0, 1]; got {self.low_t_fraction}.")
+        low_end = self.t_min if self.low_t_min is None else self.low_t_min
+        if self.low_t_fraction > 0 and not 0 < low_end < self.low_t_max <= 1:
+            raise ValueError(
+                f"TrainConfig needs 0 < low_t_min (or t_min) < low_t_max <= 1; got {low_end} and {self.low_t_max}."
+            )
+        if self.fit_steps_to_budget and not (self.max_seconds is not None and self.max_seconds > 0):
+            raise ValueError(
+                f"TrainConfig.fit_steps_to_budget needs a positive max_seconds (the budget to fit the steps to); "
+                f"got {self.max_seconds}."
+            )
 
     def _resolve_schedule(self) -> None:
         """Normalise ``schedule`` to a config dict and reconcile it with the legacy beta fields."""
@@ -217,7 +254,14 @@ class TrainConfig:
             self.beta_min, self.beta_max = schedule.beta_min, schedule.beta_max
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        """The fields as a JSON-ready dict; the recipe fields added last (time_sampling,
+        low_t_min, fit_steps_to_budget) only when they differ from their defaults, so configs of
+        earlier recipes (and the cache keys built from them) are unchanged."""
+        record = asdict(self)
+        for name in _RECIPE_FIELDS:
+            if record[name] == _RECIPE_FIELDS[name]:
+                del record[name]
+        return record
 
     @classmethod
     def from_json(cls, value: dict[str, Any]) -> "TrainConfig":
@@ -230,6 +274,10 @@ class TrainConfig:
     def noise_schedule(self) -> Schedule:
         """The :class:`~flipd.schedules.Schedule` that ``schedule`` describes."""
         return Schedule.from_config(self.schedule)
+
+
+#: The TrainConfig fields of :mod:`flipd.recipes` and their defaults (left out of ``to_json`` at the default).
+_RECIPE_FIELDS: dict[str, Any] = {"time_sampling": "uniform", "low_t_min": None, "fit_steps_to_budget": False}
 
 
 # --------------------------------------------------------------------------- training
@@ -350,24 +398,35 @@ def _standardized(points: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
     return (points - shift.to(points.device)) / scale.to(points.device)
 
 
-def _lr_factor(step: int, config: TrainConfig) -> float:
-    """Learning-rate multiplier at optimiser step ``step`` (0-based): linear warm-up, cosine decay."""
-    if step < config.warmup_steps:
-        return (step + 1) / config.warmup_steps
-    span = max(1, config.steps - config.warmup_steps)
-    progress = min(1.0, (step - config.warmup_steps) / span)
-    floor = config.final_lr_fraction
-    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * progress))
+@dataclass
+class _StepPlan:
+    """The learning-rate schedule's length, warm-up and validation interval (fitted to a budget
+    by :class:`flipd.recipes.StepBudget` when ``fit_steps_to_budget``)."""
+
+    steps: int
+    warmup_steps: int
+    eval_every: int
+
+    def lr_factor(self, step: int, config: TrainConfig) -> float:
+        """Learning-rate multiplier at optimiser step ``step`` (0-based): linear warm-up, cosine decay."""
+        return lr_factor(step, steps=self.steps, warmup_steps=self.warmup_steps, final_lr_fraction=config.final_lr_fraction)
+
+    def fit(self, steps: int, config: TrainConfig, *, first: bool) -> None:
+        """Take the fitted total ``steps``; the first fit also sets the warm-up and the
+        validation interval to at most a tenth of it."""
+        self.steps = steps
+        if first:
+            self.warmup_steps = min(config.warmup_steps, max(1, steps // 10))
+            self.eval_every = min(config.eval_every, max(1, steps // 10))
 
 
 def _sample_times(n: int, config: TrainConfig, generator: torch.Generator, schedule: Schedule) -> Tensor:
-    """Training times [n] (float64) of ``schedule``: reference-VP times U(t_min, 1), a fraction
-    of them from U(t_min, low_t_max), carried to ``schedule`` by :func:`schedule_times`."""
-    t = config.t_min + (1 - config.t_min) * torch.rand(n, generator=generator, dtype=torch.float64)
-    if config.low_t_fraction > 0:
-        low = config.t_min + (config.low_t_max - config.t_min) * torch.rand(n, generator=generator, dtype=torch.float64)
-        pick = torch.rand(n, generator=generator) < config.low_t_fraction
-        t = torch.where(pick, low, t)
+    """Training times [n] (float64) of ``schedule``: reference-VP times from
+    :func:`flipd.recipes.sample_reference_times`, carried to ``schedule`` by :func:`schedule_times`."""
+    t = sample_reference_times(
+        n, t_min=config.t_min, low_t_fraction=config.low_t_fraction, low_t_max=config.low_t_max,
+        low_t_min=config.low_t_min, sampling=config.time_sampling, generator=generator, reference=REFERENCE_SCHEDULE,
+    )
     return schedule_times(schedule, t)
 
 
@@ -386,13 +445,6 @@ def schedule_times(schedule: Schedule, reference_t: Tensor) -> Tensor:
     return inverse(schedule, delta).clamp(schedule.t_min, schedule.t_max)
 
 
-def _vp_t(schedule: VP, delta: Tensor) -> Tensor:
-    # B(t) = log(1 + e^{2 delta}) solved for t, in the form without cancellation at small t.
-    integrated = torch.log1p(torch.exp(2 * delta))
-    slope = schedule.beta_max - schedule.beta_min
-    return 2 * integrated / (schedule.beta_min + torch.sqrt(schedule.beta_min**2 + 2 * slope * integrated))
-
-
 def _cosine_t(schedule: Cosine, delta: Tensor) -> Tensor:
     # alpha_bar = 1 / (1 + e^{2 delta}) = cos²(angle) / cos²(angle at 0), solved for t.
     s = schedule.offset
@@ -403,7 +455,7 @@ def _cosine_t(schedule: Cosine, delta: Tensor) -> Tensor:
 #: Closed forms of ``t_from_delta`` for the time draws of training (every step draws a batch;
 #: the schedules' bisection is exact but slow). Other schedules fall back to the bisection.
 _DELTA_INVERSES: dict[type, Callable[[Any, Tensor], Tensor]] = {
-    VP: _vp_t,
+    VP: vp_time_from_delta,
     Cosine: _cosine_t,
     VE: lambda schedule, delta: torch.exp(delta),
     RectifiedFlow: lambda schedule, delta: torch.sigmoid(delta),
@@ -481,9 +533,9 @@ class _Progress:
         self.task = self.bar.add_task("training", total=total, loss="-", val="-")
         self.bar.start()
 
-    def update(self, completed: int, **fields: str) -> None:
+    def update(self, completed: int, total: int | None = None, **fields: str) -> None:
         if self.bar is not None:
-            self.bar.update(self.task, completed=completed, **fields)
+            self.bar.update(self.task, completed=completed, total=total, **fields)
 
     def close(self) -> None:
         if self.bar is not None:
@@ -539,7 +591,9 @@ def train_diffusion(
     ema = copy.deepcopy(online).requires_grad_(False).eval()
     schedule = config.noise_schedule()
     optimizer = torch.optim.AdamW(online.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: _lr_factor(step, config))
+    plan = _StepPlan(config.steps, config.warmup_steps, config.eval_every)
+    budget = StepBudget(config.max_seconds, cap=config.steps) if config.fit_steps_to_budget else None
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: plan.lr_factor(step, config))
 
     # Validation noise is drawn once, so successive validation losses are comparable.
     val_generator = torch.Generator().manual_seed(config.seed + 1)
@@ -558,7 +612,8 @@ def train_diffusion(
     start_time, start_cpu = time.perf_counter(), time.process_time()
     step = 0
     try:
-        for step in range(1, config.steps + 1):
+        while step < plan.steps:
+            step += 1
             z = batches.next()
             t = _sample_times(batch_size, config, generator, schedule)
             noise = torch.randn(z.shape, generator=generator).to(z)
@@ -578,9 +633,15 @@ def train_diffusion(
                 )
             running += loss_value
             running_count += 1
-            last_step = step == config.steps
-            out_of_time = config.max_seconds is not None and time.perf_counter() - start_time > config.max_seconds
-            if step % config.eval_every == 0 or last_step or out_of_time:
+            elapsed = time.perf_counter() - start_time
+            if budget is not None:
+                fitted = budget.observe(step, elapsed, refit=step % plan.eval_every == 0)
+                if fitted is not None:
+                    plan.fit(fitted, config, first=budget.fits == 1)
+                    bar.update(step, total=plan.steps)
+            last_step = step >= plan.steps
+            out_of_time = config.max_seconds is not None and elapsed > config.max_seconds
+            if step % plan.eval_every == 0 or last_step or out_of_time:
                 train_loss = running / running_count
                 running, running_count = 0.0, 0
                 val_loss = (
@@ -637,6 +698,8 @@ def train_diffusion(
         "parameters": count_parameters(online),
         "versions": package_versions(("torch", "numpy")),
     }
+    if budget is not None:
+        metadata["budget"] = {**budget.record(), "warmup_steps": plan.warmup_steps, "eval_every": plan.eval_every}
     return DiffusionModel(
         ema, shift=shift, scale=scale, schedule=schedule, prediction=config.prediction, standardize_mode=config.standardize,
         metadata=metadata, online_network=online,

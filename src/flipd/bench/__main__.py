@@ -12,6 +12,7 @@ BENCHMARKS: dict[str, str] = {
     "export": "flipd.bench.export",
     "images": "flipd.bench.images",
     "oracle": "flipd.bench.oracle",
+    "recipes": "flipd.bench.recipes",
     "rules": "flipd.bench.rules",
     "sampling": "flipd.bench.sampling",
     "scale": "flipd.bench.scale",

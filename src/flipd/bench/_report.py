@@ -21,8 +21,8 @@ from typing import Any
 from ..runs.files import check_writable_directory, write_text
 
 __all__ = [
-    "BENCH_PACKAGES", "check_output_folders", "git_revision", "markdown_table", "positive_int", "rewrite_report",
-    "write_csv",
+    "BENCH_PACKAGES", "check_closed_form_mixtures", "check_output_folders", "git_revision", "markdown_table",
+    "positive_int", "produced_by", "rewrite_report", "write_csv", "write_report",
 ]
 
 
@@ -47,6 +47,27 @@ def check_output_folders(parser: argparse.ArgumentParser, folders: Mapping[str, 
             check_writable_directory(folder, f"the {option} folder")
         except OSError as error:
             parser.error(f"{option}: {error}")
+
+def check_closed_form_mixtures(parser: argparse.ArgumentParser, specs: Iterable[str]) -> None:
+    """Exit through ``parser.error`` unless every spec is an affine mixture with normal latents,
+    the data sets whose perfect model is a closed-form Gaussian mixture."""
+    for spec in specs:
+        if not (spec.startswith("mixture:affine:") and "latent=normal" in spec):
+            parser.error(f"{spec!r} has no closed-form model: use affine mixtures with latent=normal")
+
+
+def produced_by(command: str) -> list[str]:
+    """The lines at the top of a markdown report that give the command that produced it."""
+    return ["Produced by:", "", "```", command, "```", ""]
+
+
+def write_report(out: Path, report: Mapping[str, Any], render: Callable[[dict[str, Any]], str]) -> None:
+    """Write ``report`` to ``out.json`` and ``render(report)`` to ``out.md`` (atomically), and say so."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_text(out.with_suffix(".json"), json.dumps(report, indent=2) + "\n")
+    write_text(out.with_suffix(".md"), render(dict(report)))
+    print(f"wrote {out.with_suffix('.md')} and .json")
+
 
 #: Packages whose versions a benchmark report records (pass to
 #: :func:`flipd.runs.environment.package_versions`; flipd and Python are always included).

@@ -24,7 +24,6 @@ plateau on the levels where :mod:`flipd.reliability` passes the smoothed measure
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import sys
 import time
@@ -46,8 +45,7 @@ from ..plateau import plateau
 from ..reliability import denoising_calibration, reliable_levels
 from ..schedules import VP
 from ..runs.environment import machine_info, package_versions
-from ..runs.files import write_text
-from ._report import BENCH_PACKAGES, git_revision, markdown_table
+from ._report import BENCH_PACKAGES, check_closed_form_mixtures, git_revision, markdown_table, write_report
 
 __all__ = ["CURVED_DATASETS", "DATASETS", "FIXED_T0", "run_curved", "run_rules"]
 
@@ -216,17 +214,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.n_points < 1 or args.atoms < 1:
         parser.error(f"--n-points and --atoms must be positive integers; got {args.n_points} and {args.atoms}")
-    for spec in args.datasets:
-        if not (spec.startswith("mixture:affine:") and "latent=normal" in spec):
-            parser.error(f"{spec!r} has no closed-form model: use affine mixtures with latent=normal")
+    check_closed_form_mixtures(parser, args.datasets)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
     rows = run_rules(args.datasets, n_points=args.n_points, seed=args.seed)
     rows += run_curved(args.curved, n_points=args.n_points, n_atoms=args.atoms, seed=args.seed)
     report = _report(rows, seed=args.seed, command="python -m flipd.bench rules " + shlex.join(argv))
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    write_text(out.with_suffix(".json"), json.dumps(report, indent=2) + "\n")
-    write_text(out.with_suffix(".md"), _markdown(report))
-    print(f"wrote {out.with_suffix('.md')} and .json")
+    write_report(Path(args.out), report, _markdown)
     return 0

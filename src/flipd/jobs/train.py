@@ -16,11 +16,22 @@ from ..models.checkpoint import CHECKPOINT_FORMAT, CONFIG_FILE, checkpoint_confi
 from ..models.mlp import MLPUNetConfig
 from ..models.scaling import SCALING_CHOICES, SPREAD_WARNING_START, resolve_scaling
 from ..models.spec import NetworkSpec
+from ..recipes import (
+    BUDGET_STEP_CAP,
+    DEFAULT_LOW_T_FRACTION,
+    DEFAULT_STEPS,
+    DEFAULT_TIME_SAMPLING,
+    EMPHASIS_RANGES,
+    mlp_widths,
+)
 from ..runs.files import atomic_directory, check_writable_directory, fingerprint_array
 from ..schedules import VE, VP, Cosine, RectifiedFlow, Schedule
 from ..train import TrainConfig, train_diffusion
 
-__all__ = ["AUTO_PREDICTION", "NETWORK_CHOICES", "SCALING_CHOICES", "SCHEDULE_CHOICES", "check_checkpoint_target", "resolve_prediction", "train_model"]
+__all__ = [
+    "AUTO_PREDICTION", "NETWORK_CHOICES", "SCALING_CHOICES", "SCHEDULE_CHOICES", "check_checkpoint_target",
+    "resolve_prediction", "train_model", "training_config",
+]
 
 #: Schedules ``flipd train --schedule`` names, each with its default parameters.
 SCHEDULE_CHOICES: dict[str, type[Schedule]] = {"vp": VP, "cosine": Cosine, "ve": VE, "rectified-flow": RectifiedFlow}
@@ -94,13 +105,17 @@ def resolve_prediction(network: str, prediction: str) -> str:
     return prediction
 
 
-def _training_input(points: PointSet, network: str, widths: tuple[int, ...],
-                    channels: tuple[int, ...]) -> tuple[torch.Tensor | PointStream, Any]:
+def _training_input(
+    points: PointSet, network: str, widths: tuple[int, ...] | None, channels: tuple[int, ...]
+) -> tuple[torch.Tensor | PointStream, Any]:
     """The training points (a tensor, or a stream for streamed points) and the network spec
-    for ``network`` on ``points``."""
+    for ``network`` on ``points`` (MLP widths by :func:`flipd.recipes.mlp_widths` when ``widths``
+    is None)."""
     if network == "mlp":
         x = points.x.flattened() if isinstance(points.x, PointStream) else points.x.reshape(points.n, -1)
-        return x, NetworkSpec("mlp_unet", MLPUNetConfig(data_dim=int(x.shape[1]), widths=tuple(widths)).to_json())
+        dim = int(x.shape[1])
+        widths = mlp_widths(dim) if widths is None else tuple(widths)
+        return x, NetworkSpec("mlp_unet", MLPUNetConfig(data_dim=dim, widths=widths).to_json())
     if network == "unet":
         if points.kind != "images":
             raise ValueError(f"The unet network is for images, but {points.spec!r} holds vectors; use the mlp network.")
@@ -111,30 +126,50 @@ def _training_input(points: PointSet, network: str, widths: tuple[int, ...],
     raise ValueError(f"Unknown network {network!r}; use one of {', '.join(NETWORK_CHOICES)}.")
 
 
+def training_config(*, steps: int | None, max_seconds: float | None, **options: Any) -> TrainConfig:
+    """The :class:`flipd.train.TrainConfig` of ``flipd train`` for ``steps`` and a time budget
+    ``max_seconds`` (either may be None), with the other TrainConfig fields from ``options``.
+
+    ``steps`` None with a budget: the steps are fitted to it (``fit_steps_to_budget``, at most
+    :data:`flipd.recipes.BUDGET_STEP_CAP`); None without one: :data:`flipd.recipes.DEFAULT_STEPS`.
+    The warm-up is a tenth of the steps (at most 500), a validation every quarter (at most 500
+    steps apart); with a fitted budget both are a tenth of the fitted steps.
+    """
+    fit = steps is None and max_seconds is not None
+    steps = (BUDGET_STEP_CAP if fit else DEFAULT_STEPS) if steps is None else steps
+    return TrainConfig(
+        steps=steps, max_seconds=max_seconds, fit_steps_to_budget=fit,
+        warmup_steps=min(500, max(1, steps // 10)), eval_every=max(1, min(500, steps // 4)), **options,
+    )
+
+
 def train_model(
     points: PointSet,
     out: str | os.PathLike,
     *,
-    steps: int = 4000,
+    steps: int | None = None,
     batch_size: int = 512,
     lr: float = 2e-3,
-    widths: tuple[int, ...] = (256, 256, 256),
+    widths: tuple[int, ...] | None = None,
     network: str = "mlp",
     channels: tuple[int, ...] = (16, 32, 64),
     standardize: str = "auto",
     max_seconds: float | None = None,
-    low_t_fraction: float = 0.5,
-    low_t_max: float = 0.2,
+    low_t_fraction: float = DEFAULT_LOW_T_FRACTION,
+    low_t_max: float | None = None,
     schedule: str | Schedule = "vp",
     prediction: str = "auto",
     seed: int = 0,
     device: str | torch.device = "cpu",
     progress: bool = True,
+    time_sampling: str = DEFAULT_TIME_SAMPLING,
+    low_t_min: float | None = None,
 ) -> Any:
     """Train a diffusion model on ``points`` and save it as a flipd checkpoint in ``out``.
 
     ``network`` "mlp" is an MLP U-net (:class:`flipd.models.MLPUNet`) with hidden
-    ``widths``, for vectors and for images flattened to vectors; "unet" is a convolutional
+    ``widths`` (None: :func:`flipd.recipes.mlp_widths` of the data's dimension, 256 wide up to
+    D = 256 and 512 above), for vectors and for images flattened to vectors; "unet" is a convolutional
     U-net (:class:`flipd.models.unet.ImageUNet`) with ``channels`` per resolution level, for images.
     ``standardize`` is how the data are rescaled before training: "auto" (the default:
     "scalar" for tables, "none" for images in [-1, 1], also when the MLP sees them flattened;
@@ -151,10 +186,20 @@ def train_model(
     and batch by batch through the stream's workers, and the fingerprint is that of the
     source (:meth:`PointSet.fingerprint`).
 
-    ``low_t_fraction`` of every batch draws its times from U(t_min, ``low_t_max``) rather than
-    U(t_min, 1): FLIPD reads the score at small t0 (0.05 by default), where uniform times spend
-    few steps (:class:`flipd.train.TrainConfig`). Pass 0 for the reference uniform sampling.
-    Both are reference-VP times, carried to the schedule's own times through delta.
+    ``steps`` are the optimiser steps. When it is None: with a time budget ``max_seconds`` the
+    step count is fitted to the budget, so that the warm-up and cosine learning-rate schedule
+    end when the budget does (:class:`flipd.recipes.StepBudget`; the steps then depend on the
+    machine and its load, and the measured seconds per step and the chosen steps are recorded
+    in the metadata under "budget"); without one, :data:`flipd.recipes.DEFAULT_STEPS` (4000).
+    An explicit ``steps`` with ``max_seconds`` trains that schedule and stops it at the budget.
+
+    ``low_t_fraction`` of every batch draws its times from [``low_t_min``, ``low_t_max``] rather
+    than U(t_min, 1), uniformly in t (``time_sampling="uniform"``) or in log sigma/psi
+    (``"log_sigma"``); either end left None is that of :data:`flipd.recipes.EMPHASIS_RANGES` for
+    the sampling (uniform: t_min to 0.2; log_sigma: 0.002 to 0.3): FLIPD reads the score at small t0 (0.05 by default), where
+    uniform times spend few steps (:func:`flipd.recipes.sample_reference_times`). Pass 0 for the
+    reference uniform sampling. All are reference-VP times, carried to the schedule's own times
+    through delta. The defaults are the recipe ``python -m flipd.bench recipes`` measured best.
 
     ``schedule`` is a :data:`SCHEDULE_CHOICES` name ("vp", "cosine", "ve", "rectified-flow",
     each with its default parameters) or a :class:`flipd.schedules.Schedule`; ``prediction``
@@ -169,11 +214,15 @@ def train_model(
     x, network_spec = _training_input(points, network, widths, channels)
     if points.kind == "images":  # images flattened for the MLP are still images under "auto"
         standardize = resolve_scaling(points.x, standardize)
-    config = TrainConfig(
-        steps=steps, batch_size=batch_size, lr=lr, seed=seed, max_seconds=max_seconds, standardize=standardize,
-        low_t_fraction=low_t_fraction, low_t_max=low_t_max,
+    if time_sampling not in EMPHASIS_RANGES:
+        raise ValueError(f"Unknown time sampling {time_sampling!r}; use one of {', '.join(EMPHASIS_RANGES)}.")
+    default_min, default_max = EMPHASIS_RANGES[time_sampling]
+    low_t_min = default_min if low_t_min is None else low_t_min
+    low_t_max = default_max if low_t_max is None else low_t_max
+    config = training_config(
+        steps=steps, max_seconds=max_seconds, batch_size=batch_size, lr=lr, seed=seed, standardize=standardize,
+        low_t_fraction=low_t_fraction, low_t_max=low_t_max, low_t_min=low_t_min, time_sampling=time_sampling,
         schedule=schedule_named(schedule).to_config(), prediction=resolve_prediction(network, prediction),
-        warmup_steps=min(500, max(1, steps // 10)), eval_every=max(1, min(500, steps // 4)),
     )
     with warnings.catch_warnings():
         if points.kind == "images":  # flattened pixels share one unit: uneven spreads are the images' own
