@@ -29,6 +29,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from .estimator import estimate
 from .models.mlp import MLPUNetConfig
 from .models.spec import NetworkSpec
+from .recipes import DEFAULT_LOW_T_FRACTION
 from .train import TrainConfig, train_diffusion
 
 __all__ = ["FLIPD"]
@@ -55,7 +56,8 @@ class FLIPD(TransformerMixin, BaseEstimator):
         standardize: how the data are rescaled before training ("per_coordinate", "scalar" or
             "none"); None: :class:`flipd.TrainConfig`'s default.
         low_t_fraction: fraction of each training batch drawn at small noise (reference times
-            below 0.2), where FLIPD reads the score.
+            below 0.2), where FLIPD reads the score (default: ``flipd train``'s,
+            :data:`flipd.recipes.DEFAULT_LOW_T_FRACTION`).
         max_seconds: stop training after this many seconds (None: no limit).
         device: where to train and estimate ("cpu", "cuda", ...).
         progress: show a progress bar while training.
@@ -86,7 +88,7 @@ class FLIPD(TransformerMixin, BaseEstimator):
         train_batch_size: int = 512,
         lr: float = 2e-3,
         standardize: str | None = None,
-        low_t_fraction: float = 0.5,
+        low_t_fraction: float = DEFAULT_LOW_T_FRACTION,
         max_seconds: float | None = None,
         device: str = "cpu",
         progress: bool = False,
