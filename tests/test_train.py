@@ -30,14 +30,6 @@ def tiny_config(**overrides) -> TrainConfig:
     return TrainConfig(**options)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """These networks are tiny: one thread avoids contention and is as fast."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="module")
 def trained(one_thread) -> DiffusionModel:

@@ -24,13 +24,6 @@ from flipd.train import TrainConfig, train_diffusion
 runner = CliRunner()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def _table(n: int, seed: int = 0) -> np.ndarray:
     """Off-centre points in R³ with uneven spreads (float32)."""
