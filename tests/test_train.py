@@ -32,7 +32,7 @@ def tiny_config(**overrides) -> TrainConfig:
 
 
 @pytest.fixture(scope="module")
-def trained(one_thread) -> DiffusionModel:
+def trained() -> DiffusionModel:
     # Per-coordinate scaling turns the ellipse into a circle, which 300 steps learn well; the
     # default (scalar) scaling is tested in test_scaling.py.
     config = tiny_config(standardize="per_coordinate")

@@ -17,7 +17,7 @@ from flipd.noise import REFERENCE_SCHEDULE, delta_range
 from flipd.schedules import VE, VP, Cosine, RectifiedFlow, Schedule
 from flipd.train import CheckpointError, DiffusionModel, TrainConfig, _denoising_loss, load, schedule_times, train_diffusion
 
-from test_train import TINY, circle, one_thread, tiny_config  # noqa: F401  (shared helpers; one_thread is an autouse fixture)
+from test_train import TINY, circle, tiny_config
 
 SPEC = NetworkSpec("mlp_unet", TINY.to_json())
 
