@@ -103,6 +103,11 @@ def test_a_smaller_budget_replaces_the_recipe(tmp_path):
     assert plan.train.steps == 300 and plan.n_train == 5000 and plan.network["widths"] == (64, 64)
     assert plan.train.standardize == "scalar"  # curved shapes keep their geometry
     assert _with_budget(steps=None, n_train=None, widths=None)("lollipop") == recipe_for("lollipop")
+    medium = "mixture:squiggly:D=100:dims=50:omega=1"
+    emphasised = _with_budget(steps=None, n_train=None, widths=None, low_t_fraction=0.8)(medium)
+    assert emphasised.train.low_t_fraction == 0.8 and emphasised.train.low_t_max == recipe_for(medium).train.low_t_max
+    assert emphasised.train.steps == recipe_for(medium).train.steps
+    assert _with_budget(steps=None, n_train=None, widths=None, low_t_fraction=0.8)("swiss_roll").train.low_t_max == 0.2
     with pytest.raises(SystemExit):
         main(["synthetic", "--suite", "toy", "--steps", "0"])
 

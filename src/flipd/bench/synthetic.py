@@ -724,8 +724,10 @@ def _markdown(report: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------- command line
 
 
-def _with_budget(*, steps: int | None, n_train: int | None, widths: Sequence[int] | None) -> Callable[..., Recipe]:
-    """:func:`recipe_for` with the training steps, points and network widths replaced where given."""
+def _with_budget(*, steps: int | None, n_train: int | None, widths: Sequence[int] | None,
+                 low_t_fraction: float | None = None) -> Callable[..., Recipe]:
+    """:func:`recipe_for` with the training steps, points, network widths and the fraction of each
+    batch at small times (below each recipe's ``low_t_max``) replaced where given."""
 
     def recipe(spec: str, *, tiny: bool = False, seed: int = 0) -> Recipe:
         plan = recipe_for(spec, tiny=tiny, seed=seed)
@@ -735,6 +737,9 @@ def _with_budget(*, steps: int | None, n_train: int | None, widths: Sequence[int
             plan = replace(plan, n_train=n_train)
         if widths is not None:
             plan = replace(plan, network={**plan.network, "widths": tuple(widths)})
+        if low_t_fraction is not None:
+            plan = replace(plan, train=replace(plan.train, low_t_fraction=low_t_fraction,
+                                               low_t_max=plan.train.low_t_max if plan.train.low_t_fraction else 0.2))
         return plan
 
     return recipe
@@ -758,6 +763,9 @@ def build_parser() -> argparse.ArgumentParser:
                            help="training points instead of each recipe's (a smaller budget)")
     synthetic.add_argument("--widths", type=int, nargs="+", default=None,
                            help="hidden widths of the MLP U-net instead of each recipe's, e.g. 128 128 128")
+    synthetic.add_argument("--low-t-fraction", type=float, default=None,
+                           help="fraction of each training batch at small times instead of each recipe's "
+                                "(flipd train's default is 0.8; below the recipe's low_t_max, or 0.2)")
     synthetic.add_argument("--cache-dir", default="cache/models", help="where trained models are kept (default %(default)s)")
     synthetic.add_argument("--out-dir", default="benchmarks/results", help="where result files go (default %(default)s)")
     synthetic.add_argument("--retrain", action="store_true", help="ignore cached models and the saved results of earlier runs")
@@ -781,7 +789,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         check_output_folders(parser, {"--out-dir": args.out_dir, "--cache-dir": args.cache_dir})
     run_synthetic(
         args.suite,
-        recipe=_with_budget(steps=args.steps, n_train=args.n_train, widths=args.widths),
+        recipe=_with_budget(steps=args.steps, n_train=args.n_train, widths=args.widths,
+                            low_t_fraction=args.low_t_fraction),
         datasets=args.datasets,
         methods=args.methods,
         n_eval=args.n_eval,
