@@ -25,6 +25,7 @@ from flipd.baselines import (
     regression_lid,
     stds_around,
 )
+from flipd.estimator import NonFiniteOutputError
 from flipd.schedules import VE, VP, Cosine, RectifiedFlow
 
 
@@ -153,8 +154,21 @@ def test_nb_rejects_bad_input(mixture, mixture_points):
         estimate_nb(model, torch.full((2, 8), math.nan))
     with pytest.raises(ValueError, match="shaped like its input"):
         estimate_nb(lambda y, t: y[:, :2], x)
-    with pytest.raises(ValueError, match="non-finite values for a noisy copy of point 0"):
+    with pytest.raises(ValueError, match="non-finite values"):
         estimate_nb(lambda y, t: y * math.inf, x)
+    # Every point with a non-finite copy is named by its global index, across forward passes.
+    far = torch.cat([x, x[:2] * 1e4, x[:1]])  # positions 3 and 4 lie far out
+
+    def overflows_far_out(y, t):
+        return torch.where(y.abs().amax(dim=1, keepdim=True) > 1e3, torch.full_like(y, math.inf), y)
+
+    # One forward pass for all copies names both; passes of 3 rows (a point's 4 copies split over two
+    # passes) stop at the first.
+    for rows_per_forward, named in ((10_000, [13, 14]), (3, [13])):
+        with pytest.raises(NonFiniteOutputError) as caught:
+            estimate_nb(overflows_far_out, far, n_copies=4, rows_per_forward=rows_per_forward,
+                        indices=[10, 11, 12, 13, 14, 15])
+        assert caught.value.indices == named and caught.value.n_points == 6
 
 
 # --------------------------------------------------------------------------- FPRegress

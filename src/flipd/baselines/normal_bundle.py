@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..estimator import ModelLike, _as_batch, _as_indices, resolve_model
+from ..estimator import ModelLike, NonFiniteOutputError, _as_batch, _as_indices, resolve_model
 from ..noise import REFERENCE_SCHEDULE, resolve_time
 from ..parameterization import score_coefficients
 from ..schedules import Schedule
@@ -60,7 +60,13 @@ def _copy_generator(seed: int, point: int, device: torch.device) -> torch.Genera
     return torch.Generator(device=device).manual_seed((seed * 0x9E3779B97F4A7C15 + point) % 2**63)
 
 
-def _check_output(output: Tensor, inputs: Tensor, first_point: int, n_copies: int) -> None:
+def _check_output(output: Tensor, inputs: Tensor, first_row: int, group: Tensor, n_copies: int, n_points: int,
+                  time: float) -> None:
+    """Refuse a model output that is not a tensor shaped like ``inputs``, or that has NaN or inf.
+
+    ``inputs`` are rows ``first_row..`` of a group's noisy copies (``n_copies`` per point, point
+    by point; ``group`` [g] holds the points' global indices); a non-finite output raises
+    :class:`~flipd.checks.NonFiniteOutputError` naming every point with such a copy."""
     if not isinstance(output, Tensor):
         raise TypeError(f"The model returned {type(output).__name__}, not a tensor; wrap it with flipd.ModelAdapter.")
     if output.shape != inputs.shape:
@@ -70,11 +76,9 @@ def _check_output(output: Tensor, inputs: Tensor, first_point: int, n_copies: in
         )
     finite = torch.isfinite(output.detach().reshape(output.shape[0], -1)).all(dim=1)
     if not finite.all():
-        row = int(torch.nonzero(~finite)[0])
-        raise ValueError(
-            f"The model returned non-finite values for a noisy copy of point {first_point + row // n_copies}; "
-            "check that point, the model, and that the noise level is one it was trained on."
-        )
+        rows = first_row + torch.nonzero(~finite).flatten().cpu()
+        bad = torch.unique(torch.div(rows, n_copies, rounding_mode="floor"))
+        raise NonFiniteOutputError(group[bad].tolist(), n_points, time)
 
 
 def normal_bundle_spectrum(
@@ -167,7 +171,7 @@ def normal_bundle_spectrum(
                 inputs = noisy[row : row + rows_per_forward]
                 times = torch.full((inputs.shape[0],), time, dtype=x.dtype, device=x.device)
                 output = model(inputs, times)
-                _check_output(output, inputs, start + row // n_copies, n_copies)
+                _check_output(output, inputs, row, indices[start:stop], n_copies, n, time)
                 score = a * output.to(torch.float64) + b * inputs.to(torch.float64)
                 scaled = noise_std * score.flatten(1)
                 if stop - start == 1:  # one point, possibly over several forward passes
