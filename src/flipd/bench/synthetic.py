@@ -68,6 +68,7 @@ from ..datasets import get_dataset
 from ..datasets.curved import CURVED_KINDS
 from ..models.mlp import MLPUNetConfig
 from ..noise import DEFAULT_REFERENCE_T0, knee_grid
+from ..recipes import EMPHASIS_RANGES
 from ..runs.environment import machine_info, package_versions
 from ..runs.files import json_default, write_text
 from ..models.spec import NetworkSpec
@@ -738,8 +739,8 @@ def _with_budget(*, steps: int | None, n_train: int | None, widths: Sequence[int
         if widths is not None:
             plan = replace(plan, network={**plan.network, "widths": tuple(widths)})
         if low_t_fraction is not None:
-            plan = replace(plan, train=replace(plan.train, low_t_fraction=low_t_fraction,
-                                               low_t_max=plan.train.low_t_max if plan.train.low_t_fraction else 0.2))
+            low_t_max = plan.train.low_t_max if plan.train.low_t_fraction else EMPHASIS_RANGES["uniform"][1]
+            plan = replace(plan, train=replace(plan.train, low_t_fraction=low_t_fraction, low_t_max=low_t_max))
         return plan
 
     return recipe

@@ -196,11 +196,12 @@ def render_markdown(records: list[dict[str, Any]]) -> str:
                   "|---|" + "---|" * len(record["t0_grid"])]
         for kind, study in record["t0_study"].items():
             cells = []
-            for t0, rho, median, seconds in zip(study["t0"], study["spearman"], study["median_flipd"], study["seconds"]):
+            in_range = study.get("in_range", [None] * len(study["t0"]))  # recorded from the x0 study on
+            for t0, rho, median, seconds, fraction in zip(study["t0"], study["spearman"], study["median_flipd"],
+                                                          study["seconds"], in_range):
                 mark = "**" if t0 == study["chosen_t0"] else ""
-                cells.append(f"{mark}{format_rho(rho)}{mark} ({median:.0f}; {seconds:.0f} s)")
-            if "in_range" in study:
-                cells = [f"{cell[:-1]}; {fraction:.0%} in [0, D])" for cell, fraction in zip(cells, study["in_range"])]
+                share = "" if fraction is None else f"; {fraction:.0%} in [0, D]"
+                cells.append(f"{mark}{format_rho(rho)}{mark} ({median:.0f}; {seconds:.0f} s{share})")
             lines.append(f"| {kind} | " + " | ".join(cells) + " |")
         lines += ["", f"Bold: the t0 chosen by the rule above. Figures: "
                   f"{', '.join(f'`{name}`' for name in record['figures'])}; per-image values: "
