@@ -175,6 +175,30 @@ def test_estimate_plateau_reports_the_scale_and_its_flatness(lollipop_model, tmp
     assert summary["n_scale_not_found"] == int((~frame["plateau_found"]).sum())
 
 
+def test_estimate_calibrated_reads_the_table_at_one_level_and_resumes_at_it(lollipop_model, tmp_path):
+    table = tmp_path / "calibrated.csv"
+    args = ("estimate", "lollipop", "-m", lollipop_model, "-n", "40", "-o", table, "--t0", "calibrated",
+            "--chunk-size", "16", "--quiet")
+    result = flipd(*args)
+    assert result.exit_code == 0, result.output
+    frame = pd.read_csv(table)
+    assert frame["t0"].nunique() == 1 and "reliable" in frame.columns
+    from flipd.noise import plateau_grid
+
+    assert np.isclose(plateau_grid().numpy(), frame["t0"].iloc[0]).any()
+    metadata = json.loads(table.with_suffix(".json").read_text())
+    level = metadata["resolved"]["calibrated_level"]
+    assert level["t0"] == pytest.approx(frame["t0"].iloc[0]) and level["n_points"] == 40
+    assert metadata["summary"]["n_scale_not_found"] == int((~frame["reliable"]).sum())
+    # a run stopped after one chunk resumes at the same level, to the same table
+    again = tmp_path / "again.csv"
+    stopped = flipd(*args[:7], again, *args[8:], "--stop-after-chunks", "1")
+    assert stopped.exit_code == 130 and not again.exists()
+    resumed = flipd(*args[:7], again, *args[8:], "--resume")
+    assert resumed.exit_code == 0, resumed.output
+    pd.testing.assert_frame_equal(pd.read_csv(again), frame)
+
+
 def test_estimate_rejects_an_unknown_rule(lollipop_model, tmp_path):
     result = flipd("estimate", "lollipop", "-m", lollipop_model, "-n", "4", "-o", tmp_path / "x.csv", "--t0", "flat")
     assert_user_error(result, "--t0", "plateau")

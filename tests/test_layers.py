@@ -13,7 +13,7 @@ PACKAGE = Path(flipd.__file__).resolve().parent
 LAYERS: list[tuple[str, set[str]]] = [
     ("leaf", {"flipd._version", "flipd.runs.files", "flipd.devices", "flipd.metrics", "flipd.progress", "flipd.pil_images"}),
     ("core", {"flipd.schedules", "flipd.parameterization", "flipd.trace", "flipd.noise", "flipd.knee",
-              "flipd.plateau", "flipd.reliability", "flipd.analytic", "flipd.models.base", "flipd.results",
+              "flipd.plateau", "flipd.calibrated", "flipd.reliability", "flipd.analytic", "flipd.models.base", "flipd.results",
               "flipd.checks", "flipd.estimator"}),
     ("components", {"flipd.models", "flipd.datasets", "flipd.baselines", "flipd.methods", "flipd.runs", "flipd.train",
                     "flipd.recipes"}),

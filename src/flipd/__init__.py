@@ -5,7 +5,7 @@
 >>> lid = flipd.flipd(model, x)                      # doctest: +SKIP
 
 The public contract: :func:`flipd`, :func:`estimate`, :func:`flipd_curve`, :func:`knee`,
-:func:`knee_grid`, :func:`plateau` and :func:`plateau_grid`; one result type :class:`LIDResult` (``to_pandas()``) and one registry of every
+:func:`knee_grid`, :func:`plateau`, :func:`plateau_grid` and :func:`calibrated_t0`; one result type :class:`LIDResult` (``to_pandas()``) and one registry of every
 estimator, :data:`METHODS` (FLIPD and the baselines, one calling convention); the model concept :class:`Model` with :func:`load`, :func:`as_model`,
 :class:`ModelAdapter` and :func:`from_diffusers` (needs the ``images`` extra);
 :func:`train_diffusion`; :class:`FLIPD`, the scikit-learn estimator (needs scikit-learn; imported on
@@ -16,7 +16,8 @@ first use); :mod:`flipd.schedules`, :mod:`flipd.analytic`, :mod:`flipd.baselines
 from ._version import __version__
 
 from . import schedules
-from .estimator import EstimateWarning, NonFiniteOutputError, estimate, flipd, flipd_curve
+from .calibrated import CalibratedLevel
+from .estimator import EstimateWarning, NonFiniteOutputError, calibrated_t0, estimate, flipd, flipd_curve
 from .methods import METHODS
 from .knee import KneeResult, knee
 from .models import DiffusersModel, DiffusionModel, Model, ModelAdapter, as_model, from_diffusers, load
@@ -27,6 +28,7 @@ from .results import FLIPDResult, LIDResult
 from .train import TrainConfig, train_diffusion
 
 __all__ = [
+    "CalibratedLevel",
     "DiffusersModel",
     "FLIPD",
     "DiffusionModel",
@@ -42,6 +44,7 @@ __all__ = [
     "PlateauResult",
     "TrainConfig",
     "as_model",
+    "calibrated_t0",
     "default_noise_level",
     "estimate",
     "flipd",

@@ -552,7 +552,7 @@ def estimate(
     n_points: Points = None,
     t0: Annotated[
         Optional[str],
-        typer.Option("--t0", help="Noise level in the model's time units, or a rule that picks it per point: 'knee' (the reference knee rule), 'plateau' (the flattest stretch of the FLIPD curve where the model denoises reliably) or 'auto' (= knee) (default: t0 = 0.05 of the reference VP schedule).", show_default=False),
+        typer.Option("--t0", help="Noise level in the model's time units, or a rule that picks it: 'knee' (the reference knee rule, per point), 'plateau' (per point, the flattest stretch of the FLIPD curve where the model denoises reliably), 'calibrated' (one level for the data set: the smallest at which the model denoises within 1.5x of its best, from the first 2048 points) or 'auto' (= knee) (default: t0 = 0.05 of the reference VP schedule).", show_default=False),
     ] = None,
     sigma: Annotated[Optional[float], typer.Option("--sigma", help="Noise level as a noise standard deviation.", show_default=False)] = None,
     delta: Annotated[Optional[float], typer.Option("--delta", help="Noise level as log(sigma/psi), schedule-free.", show_default=False)] = None,
@@ -655,6 +655,11 @@ def estimate(
         if loaded is not None:
             _say(quiet, f"model: {escape(loaded.description)}")
         _say(quiet, f"data: {escape(points.description)}")
+        if plan.level is not None:
+            level = plan.level
+            _say(quiet, f"calibrated rule: t0 = {level.t0:.4g} for every point (the model denoises best at "
+                        f"t0 = {level.best_t0:.4g}; median calibration {float(level.median_calibration[level.index]):.3g} "
+                        f"at the chosen level, from the first {level.n_points} points)")
 
         with _timed(timings, "estimate_s"):
             try:
@@ -684,10 +689,12 @@ def estimate(
                 "estimate", points=points, data_seed=seed, model=loaded, settings=plan.settings.to_json(),
                 resolved={"trace": result.trace, "n_probes": result.n_probes, "mode": result.mode, "noise_level": plan.noise,
                           "method": result.resolved, "batch_size": plan.batch.get("used", batch_size),
-                          "dtype": loaded.dtype if loaded else None, "workers": workers, "streamed": points.streamed},
+                          "dtype": loaded.dtype if loaded else None, "workers": workers, "streamed": points.streamed,
+                          **({"calibrated_level": _level_record(plan.level)} if plan.level is not None else {})},
                 chunks=_chunks_record(result), processes=group.describe(),
                 summary=summary_record(columns["lid"], points, columns["stderr"],
-                                       columns.get("knee_found", columns.get("plateau_found"))), timings=timings,
+                                       columns.get("knee_found", columns.get("plateau_found", columns.get("reliable")))),
+                timings=timings,
                 outputs={"table": str(table_path), "plots": [str(p) for p in written_plots]}, device=device_used,
             ))
             remove_run_directory(run_directory)
@@ -696,6 +703,12 @@ def estimate(
             _print_summary(points, columns["lid"], title=f"{'FLIPD' if method == 'flipd' else method} on {data}")
             err_console.print(f"wrote {escape(str(table_path))} and {escape(str(metadata_path))}"
                               + (f"; {len(written_plots)} figures in {escape(str(plot))}" if written_plots else ""), soft_wrap=True)
+
+
+def _level_record(level: Any) -> dict[str, Any]:
+    """The calibrated rule's choice, JSON-ready (:class:`flipd.calibrated.CalibratedLevel`)."""
+    return {"t0": level.t0, "best_t0": level.best_t0, "n_points": level.n_points, "reliable": level.reliable,
+            "times": level.times.tolist(), "median_calibration": level.median_calibration.tolist()}
 
 
 @contextlib.contextmanager

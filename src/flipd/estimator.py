@@ -27,6 +27,7 @@ from .checks import (
     _as_indices, _non_finite_rows, _output_checker, out_of_range, resolve_model, resolve_trace,
     warn_about_results,
 )
+from .calibrated import CALIBRATION_POINTS, CalibratedLevel, calibrated_level
 from .knee import knee
 from .models.base import Model
 from .noise import knee_grid, plateau_grid, resolve_times
@@ -39,8 +40,10 @@ from .schedules import Schedule
 from .trace import MODES, basis_probes, indexed_probes, quadratic_forms
 
 #: Automatic noise-level rules by name: "knee" (the reference knee rule, method notes §5),
-#: "plateau" (the flattest stretch of the curve, :mod:`flipd.plateau`), and "auto" (the knee).
-AUTO_RULES: tuple[str, ...] = ("auto", "knee", "plateau")
+#: "plateau" (the flattest stretch of the curve, :mod:`flipd.plateau`), "calibrated" (one level
+#: for the data set, the smallest the model denoises well, :mod:`flipd.calibrated`) and "auto"
+#: (the knee).
+AUTO_RULES: tuple[str, ...] = ("auto", "knee", "plateau", "calibrated")
 
 #: Default number of points per forward pass when ``batch_size`` is None.
 DEFAULT_BATCH_SIZE = 1024
@@ -49,7 +52,7 @@ DEFAULT_CHUNK_ROWS = 4096
 
 __all__ = [
     "AUTO_EXACT_MAX_DIM", "TRACES", "EstimateWarning", "FLIPDResult", "LIDResult", "ModelLike", "NonFiniteOutputError", "estimate", "flipd",
-    "flipd_curve", "is_point_stream", "non_finite_outputs", "out_of_range", "resolve_model", "resolve_trace",
+    "calibrated_t0", "flipd_curve", "is_point_stream", "non_finite_outputs", "out_of_range", "resolve_model", "resolve_trace",
 ]
 
 
@@ -203,7 +206,10 @@ def estimate(
     resolve_trace(trace, 1, n_probes)  # the name and the probe count
     indices = _as_indices(indices, n)
     times = None
-    if isinstance(t0, str):
+    if isinstance(t0, CalibratedLevel):
+        if sigma is not None or delta is not None:
+            raise ValueError("t0= is a level the calibrated rule chose; do not also pass sigma= or delta=.")
+    elif isinstance(t0, str):
         if t0 not in AUTO_RULES:
             raise ValueError(
                 f"t0 must be a number, a tensor of shape [N], or one of {', '.join(map(repr, AUTO_RULES))}; got {t0!r}."
@@ -219,8 +225,12 @@ def estimate(
         schedule=schedule, prediction=prediction, trace=trace, n_probes=n_probes, seed=int(seed), indices=indices,
         batch_size=batch_size, chunk_rows=chunk_rows, mode=mode, differentiable=differentiable, progress=progress,
     )
-    if isinstance(t0, str):
-        rule, label = (_estimate_plateau, "FLIPD (plateau)") if t0 == "plateau" else (_estimate_auto, "FLIPD (knee)")
+    if isinstance(t0, (str, CalibratedLevel)):
+        rule, label = {"plateau": (_estimate_plateau, "FLIPD (plateau)"),
+                       "calibrated": (_estimate_calibrated, "FLIPD (calibrated)")}.get(
+            "calibrated" if isinstance(t0, CalibratedLevel) else t0, (_estimate_auto, "FLIPD (knee)"))
+        if isinstance(t0, CalibratedLevel):
+            options["level"] = t0
         with progress_callback(progress, n, label) as options["progress"]:
             result = rule(fn, x, **options)
     else:
@@ -567,6 +577,9 @@ def _estimate_stream(model, x, *, t0, sigma, delta, indices, progress, batch_siz
     """:func:`estimate` batch by batch over a point stream; a halved batch size stays halved."""
     results: list[FLIPDResult] = []
     offset = 0
+    if isinstance(t0, str) and t0 == "calibrated":  # one level for the whole stream, from its first points
+        t0 = calibrated_t0(model, x, schedule=options.get("schedule"), prediction=options.get("prediction"),
+                           seed=options.get("seed", 0), batch_size=batch_size, encoded=options.get("encoded", False))
     with progress_callback(progress, _stream_length(x) or 0, "FLIPD") as report:
         for batch, batch_indices in _stream_batches(x, indices, batch_size):
             stop = offset + batch.shape[0]
@@ -583,7 +596,7 @@ def _estimate_stream(model, x, *, t0, sigma, delta, indices, progress, batch_siz
         raise ValueError("x yielded no points; pass at least one point.")
     first, last = results[0], results[-1]
     optional = {name: torch.cat([getattr(r, name) for r in results])
-                for name in ("knee_found", "plateau_found", "flatness") if getattr(first, name) is not None}
+                for name in ("knee_found", "plateau_found", "flatness", "reliable") if getattr(first, name) is not None}
     return FLIPDResult(
         **{name: torch.cat([getattr(r, name) for r in results]) for name in ("lid", "t0", "sigma", "delta", "stderr")},
         trace=first.trace, n_probes=first.n_probes, mode=last.mode, method=first.method,
@@ -637,6 +650,87 @@ def _estimate_plateau(fn, x: Tensor, *, schedule: Schedule, progress, **options)
     _warn_unfound(found.found, "plateau", "their LID is FLIPD on the flattest stretch found, which is not flat")
     return _rule_result(x, found.lid, found.t0, schedule, mode_used, options,
                         plateau_found=found.found.clone(), flatness=found.flatness)
+
+
+def calibrated_t0(
+    model: ModelLike,
+    x,
+    *,
+    schedule: Schedule | None = None,
+    prediction: str | None = None,
+    seed: int = 0,
+    batch_size: int | None = None,
+    encoded: bool = False,
+    n_points: int = CALIBRATION_POINTS,
+) -> CalibratedLevel:
+    """The level the calibrated rule (:mod:`flipd.calibrated`) chooses for the data ``x``.
+
+    The model's calibration is measured on the first ``n_points`` points of ``x`` (a tensor,
+    array or stream, as for :func:`flipd`) at every level of :func:`flipd.plateau_grid`
+    (4 noisy copies per point and level: forward passes only). ``estimate(model, x,
+    t0="calibrated")`` makes this choice itself; pass the returned level as ``t0=`` to read
+    other points (another chunk, a later batch) at the same level, with their reliability.
+
+    Returns:
+        :class:`flipd.calibrated.CalibratedLevel` (``t0`` in the schedule's units).
+    """
+    if isinstance(n_points, bool) or not isinstance(n_points, int) or n_points < 1:
+        raise ValueError(f"n_points must be a positive integer; got {n_points!r}.")
+    check_options(seed, batch_size, None, "auto")
+    if is_point_stream(x):
+        parts, count = [], 0
+        for batch, _ in _stream_batches(x, None, batch_size):
+            parts.append(batch[: n_points - count])
+            count += parts[-1].shape[0]
+            if count >= n_points:
+                break
+        if not parts:
+            raise ValueError("x yielded no points; pass at least one point.")
+        sample = torch.cat([torch.as_tensor(part) for part in parts])
+    else:
+        sample = _as_batch(x)[:n_points]
+    fn, sample, schedule, prediction = resolve_model(model, sample, schedule=schedule, prediction=prediction,
+                                                    encoded=encoded)
+    grid = plateau_grid(schedule)
+    calibration = denoising_calibration(
+        fn, sample.detach(), grid, schedule=schedule, prediction=prediction, seed=int(seed),
+        indices=torch.arange(sample.shape[0]), batch_size=min(sample.shape[0], batch_size or DEFAULT_BATCH_SIZE),
+    )
+    return calibrated_level(calibration, grid)
+
+
+def _estimate_calibrated(fn, x: Tensor, *, schedule: Schedule, progress, level: CalibratedLevel | None = None,
+                         **options) -> FLIPDResult:
+    """Every point read at one level: ``level``, or the calibrated rule's choice from the first
+    :data:`~flipd.calibrated.CALIBRATION_POINTS` points of ``x`` (model coordinates); each
+    point flagged by whether the model denoises it reliably there."""
+    n = x.shape[0]
+    batch = min(n, options["batch_size"] or DEFAULT_BATCH_SIZE)
+    measured = None
+    if level is None:
+        grid = plateau_grid(schedule)
+        sample = min(n, CALIBRATION_POINTS)
+        measured = denoising_calibration(
+            fn, x[:sample].detach(), grid, schedule=schedule, prediction=options["prediction"], seed=options["seed"],
+            indices=options["indices"][:sample], batch_size=batch,
+        )
+        level = calibrated_level(measured, grid)
+        measured = measured[:, level.index]
+    times = torch.full((n,), level.t0, dtype=torch.float64)
+    result = _estimate_fixed(fn, x, times, schedule=schedule, progress=progress, **options)
+    done = 0 if measured is None else measured.shape[0]
+    rest = denoising_calibration(
+        fn, x[done:].detach(), times[:1], schedule=schedule, prediction=options["prediction"], seed=options["seed"],
+        indices=options["indices"][done:], batch_size=batch,
+    )[:, 0] if done < n else torch.empty(0, dtype=torch.float64)
+    calibration = rest if measured is None else torch.cat([measured, rest])
+    result.reliable = reliable_levels(calibration)
+    _warn_unfound(result.reliable, "calibrated",
+                  f"the model does not denoise them reliably at the data set's level t0 = {level.t0:.4g}")
+    result.settings = {**result.settings, "rule": "calibrated", "rule_t0": level.t0, "best_t0": level.best_t0,
+                       "median_calibration": float(level.median_calibration[level.index]),
+                       "rule_points": level.n_points}
+    return result
 
 
 def _rule_result(x: Tensor, lid: Tensor, t0: Tensor, schedule: Schedule, mode_used: str, options: dict,

@@ -16,7 +16,9 @@ Defaults are phrased in the *reference schedule* of the FLIPD paper, ``VP()`` (b
 * the plateau rule (:func:`flipd.plateau`) searches levels evenly spaced in delta over
   :data:`PLATEAU_DELTA_RANGE` (:func:`plateau_grid`), for stretches of
   :data:`PLATEAU_WIDTH` levels whose flatness is at most :data:`PLATEAU_MAX_FLATNESS`, made of
-  levels at which the model denoises the point reliably (:data:`RELIABILITY_TOLERANCE`).
+  levels at which the model denoises the point reliably (:data:`RELIABILITY_TOLERANCE`);
+* the calibrated rule (:mod:`flipd.calibrated`) reads a whole data set at the smallest level
+  of :func:`plateau_grid` where the model denoises within :data:`CALIBRATED_RATIO` of its best.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ __all__ = [
     "PLATEAU_MAX_FLATNESS",
     "PLATEAU_WIDTH",
     "RELIABILITY_TOLERANCE",
+    "CALIBRATED_RATIO",
     "plateau_grid",
     "resolve_time",
     "resolve_times",
@@ -77,6 +80,9 @@ PLATEAU_MAX_FLATNESS = 0.25
 #: The model denoises reliably at a level when |E[eps_hat · (eps_hat - eps)]| / E[‖eps_hat‖²]
 #: on the points is at most this (0 for the ideal denoiser; see :mod:`flipd.reliability`).
 RELIABILITY_TOLERANCE = 0.25
+#: The calibrated rule (:mod:`flipd.calibrated`) reads a data set at the smallest level of the
+#: plateau grid where the model's median |calibration| is at most this many times its smallest.
+CALIBRATED_RATIO = 1.5
 
 NOISE_NAMES = ("t0", "sigma", "delta")
 
@@ -180,9 +186,9 @@ def delta_range(schedule: Schedule) -> tuple[float, float]:
 def check_noise_level(schedule: Schedule, noise: dict[str, Any]) -> None:
     """Raise :class:`NoiseLevelError` naming the level if ``schedule`` cannot reach ``noise``
     (``{"t0": ...}``, ``{"sigma": ...}`` or ``{"delta": ...}``; a rule by name, ``{"t0":
-    "auto"}``, ``"knee"`` or ``"plateau"``, passes)."""
+    "auto"}``, ``"knee"``, ``"plateau"`` or ``"calibrated"``, passes)."""
     (name, value), = noise.items()
-    if name == "t0" and value in ("auto", "knee", "plateau"):
+    if name == "t0" and value in ("auto", "knee", "plateau", "calibrated"):
         return
     try:
         resolve_time(schedule, **{name: float(value)})

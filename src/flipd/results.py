@@ -54,6 +54,8 @@ class LIDResult:
             ``t0="plateau"``); where it did not, ``lid`` is FLIPD on the flattest stretch.
         flatness: the plateau rule's flatness at the chosen stretch, [N] float64 (relative
             change of FLIPD per unit of log sigma; None unless ``t0="plateau"``).
+        reliable: per point whether the model denoises it reliably at the level the calibrated
+            rule chose for the data set, [N] bool (None unless ``t0="calibrated"``).
     """
 
     lid: Tensor
@@ -72,12 +74,20 @@ class LIDResult:
     chunk_rows: int | None = None
     plateau_found: Tensor | None = None
     flatness: Tensor | None = None
+    reliable: Tensor | None = None
 
     @property
     def found(self) -> Tensor | None:
-        """Whether the automatic rule (knee or plateau) found a scale for each point, [N] bool;
-        None for a fixed noise level and for methods without one."""
-        return self.knee_found if self.knee_found is not None else self.plateau_found
+        """Whether the automatic rule found a scale for each point, [N] bool (knee: a knee;
+        plateau: a plateau; calibrated: the model denoises the point reliably at the chosen
+        level); None for a fixed noise level and for methods without one."""
+        for flags in (self.knee_found, self.plateau_found, self.reliable):
+            if flags is not None:
+                return flags
+        return None
+
+    def _rule(self) -> str:
+        return "knee" if self.knee_found is not None else "plateau" if self.plateau_found is not None else "calibrated"
 
     def __len__(self) -> int:
         return int(self.lid.shape[0])
@@ -89,8 +99,8 @@ class LIDResult:
     def to_pandas(self, index=None):
         """A :class:`pandas.DataFrame` with one row per point.
 
-        Columns: lid, t0, sigma, delta, stderr (float64), knee_found (bool, with the knee rule)
-        or plateau_found and flatness (with ``t0="plateau"``),
+        Columns: lid, t0, sigma, delta, stderr (float64), knee_found (bool, with the knee rule),
+        plateau_found and flatness (with ``t0="plateau"``) or reliable (``t0="calibrated"``),
         then method, trace, n_probes and ambient_dim repeated on every row, so the frame stands
         on its own. ``index`` (default 0..N-1) labels the rows, e.g. the points' global indices.
         """
@@ -98,7 +108,7 @@ class LIDResult:
 
         n = len(self)
         data: dict[str, Any] = self.columns()
-        for name in ("knee_found", "plateau_found"):
+        for name in ("knee_found", "plateau_found", "reliable"):
             flags = getattr(self, name)
             if flags is not None:
                 data[name] = np.asarray(flags.cpu().numpy() if isinstance(flags, Tensor) else flags, dtype=bool)
@@ -135,7 +145,7 @@ class LIDResult:
         missing = ""
         if self.found is not None:
             lost = int((~torch.as_tensor(self.found, dtype=torch.bool)).sum())
-            missing = f", no {'knee' if self.knee_found is not None else 'plateau'} for {lost}" if lost else ""
+            missing = f", not found by the {self._rule()} rule for {lost}" if lost else ""
         return (f"LIDResult(method={self.method!r}, n={len(self)}{dim}, {summary}{level}, "
                 f"trace={self.trace!r}{probes}{missing})")
 

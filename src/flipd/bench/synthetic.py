@@ -107,17 +107,19 @@ SUITES: dict[str, tuple[str, ...]] = {
 
 #: Every method the runner knows, in table order.
 METHODS: tuple[str, ...] = (
-    "flipd", "flipd_knee", "flipd_plateau", "flipd_t0_0.01", "flipd_t0_0.02", "flipd_t0_0.1", "flipd_hutchinson",
-    "fpregress", "nb", "lpca", "mle", "ess", "twonn",
+    "flipd", "flipd_knee", "flipd_plateau", "flipd_calibrated", "flipd_t0_0.01", "flipd_t0_0.02", "flipd_t0_0.1",
+    "flipd_hutchinson", "fpregress", "nb", "lpca", "mle", "ess", "twonn",
 )
 #: Methods that use the trained diffusion model.
 MODEL_METHODS: tuple[str, ...] = (
-    "flipd", "flipd_knee", "flipd_plateau", "flipd_t0_0.01", "flipd_t0_0.02", "flipd_t0_0.1", "flipd_hutchinson",
-    "fpregress", "nb",
+    "flipd", "flipd_knee", "flipd_plateau", "flipd_calibrated", "flipd_t0_0.01", "flipd_t0_0.02", "flipd_t0_0.1",
+    "flipd_hutchinson", "fpregress", "nb",
 )
 #: FLIPD at the other fixed levels of the grid {0.01, 0.02, 0.05, 0.1} that the automatic rules
 #: are judged against ("flipd" is the fixed t0 of the run, 0.05 by default).
 FIXED_T0_METHODS: dict[str, float] = {"flipd_t0_0.01": 0.01, "flipd_t0_0.02": 0.02, "flipd_t0_0.1": 0.1}
+#: FLIPD with an automatic rule, as the rule summary lists them.
+RULE_METHODS: tuple[str, ...] = ("flipd_knee", "flipd_plateau", "flipd_calibrated")
 #: Rademacher probes of the "flipd_hutchinson" method (the cheapest FLIPD: one forward pass and
 #: one vector-Jacobian product per point).
 HUTCHINSON_PROBES = 1
@@ -125,6 +127,7 @@ LABELS: dict[str, str] = {
     "flipd": "FLIPD (t0 fixed)",
     "flipd_knee": "FLIPD (knee)",
     "flipd_plateau": "FLIPD (plateau)",
+    "flipd_calibrated": "FLIPD (calibrated)",
     **{name: f"FLIPD (t0 = {t0:g})" for name, t0 in FIXED_T0_METHODS.items()},
     "flipd_hutchinson": f"FLIPD (t0 fixed, {HUTCHINSON_PROBES} probe)",
     "fpregress": "FPRegress",
@@ -283,7 +286,7 @@ def _run_method(method: str, model: DiffusionModel, x: np.ndarray, *, t0: float,
     start = time.perf_counter()
     details: dict[str, Any] = {}
     if method.startswith("flipd"):
-        rules = {"flipd_knee": "knee", "flipd_plateau": "plateau"}
+        rules = {"flipd_knee": "knee", "flipd_plateau": "plateau", "flipd_calibrated": "calibrated"}
         options: dict[str, Any] = {"t0": rules.get(method, FIXED_T0_METHODS.get(method, t0)), "seed": seed}
         if method == "flipd_hutchinson":
             options.update(trace="hutchinson", n_probes=HUTCHINSON_PROBES)
@@ -305,7 +308,8 @@ def _run_method(method: str, model: DiffusionModel, x: np.ndarray, *, t0: float,
 def _rule_details(method: str, result: Any, model: DiffusionModel) -> dict[str, Any]:
     """What an automatic rule chose: the fraction of points with a scale, the median chosen t0
     (reference VP time), and for the knee how often it is the first level of its window; for
-    the plateau the median flatness."""
+    the plateau the median flatness; for the calibrated rule the model's best level and its
+    median calibration at the chosen one."""
     t0 = result.t0.numpy()
     found = result.found.numpy()
     chosen = t0[np.isfinite(t0)]
@@ -318,8 +322,10 @@ def _rule_details(method: str, result: Any, model: DiffusionModel) -> dict[str, 
         first = float(knee_grid(model.schedule)[0])
         details["first_level_t0"] = first
         details["at_first_level_fraction"] = float(np.mean(np.isclose(t0, first))) if t0.size else math.nan
-    else:
+    elif method == "flipd_plateau":
         details["median_flatness"] = float(np.nanmedian(result.flatness.numpy())) if chosen.size else math.nan
+    else:  # the calibrated rule: one level for the data set, and the model's best level
+        details.update({key: result.settings[key] for key in ("best_t0", "median_calibration", "rule_points")})
     return details
 
 
@@ -568,12 +574,12 @@ def _rule_summary(records: list[dict[str, Any]], fixed_t0: float) -> list[dict[s
         scores = record["methods"]
         fixed = {t0: scores[m]["mae"] for m, t0 in grid.items() if m in scores and math.isfinite(scores[m]["mae"])}
         baselines = [s["mae"] for m, s in scores.items() if not m.startswith("flipd") and math.isfinite(s["mae"])]
-        if not fixed or not any(rule in scores for rule in ("flipd_knee", "flipd_plateau")):
+        if not fixed or not any(rule in scores for rule in RULE_METHODS):
             continue
         best_t0 = min(fixed, key=fixed.get)
         row: dict[str, Any] = {"dataset": record["dataset"], "best_fixed_t0": best_t0, "best_fixed_mae": fixed[best_t0],
                                "fixed_levels_run": sorted(fixed), "best_baseline_mae": min(baselines) if baselines else math.nan}
-        for rule in ("flipd_knee", "flipd_plateau"):
+        for rule in RULE_METHODS:
             if rule in scores:
                 settings = scores[rule]["settings"]
                 row[f"{rule}_mae"] = scores[rule]["mae"]
@@ -699,16 +705,25 @@ def _markdown(report: dict[str, Any]) -> str:
                  r.get("flipd_knee_not_found"), r.get("flipd_plateau_mae"),
                  r.get("flipd_plateau_within_0.1_of_best_fixed"), r.get("flipd_plateau_median_t0"),
                  r.get("flipd_plateau_not_found"), r["best_baseline_mae"]] for r in rule_rows]
+        calibrated = any("flipd_calibrated_mae" in r for r in rule_rows)
+        if calibrated:  # the calibrated rule's columns go before the best baseline's
+            rule_header[-1:-1] = ["calibrated MAE", "calibrated within 0.1", "calibrated t0", "calibrated: unreliable"]
+            for r, row in zip(rule_rows, body):
+                row[-1:-1] = [r.get("flipd_calibrated_mae"), r.get("flipd_calibrated_within_0.1_of_best_fixed"),
+                              r.get("flipd_calibrated_median_t0"), r.get("flipd_calibrated_not_found")]
         levels = sorted({t for r in rule_rows for t in r["fixed_levels_run"]})
         lines += [
-            "## Automatic noise level: knee and plateau rules against the best fixed t0",
+            "## Automatic noise level: the rules against the best fixed t0",
             "",
             markdown_table(rule_header, body, 3),
             "",
             f"Fixed levels compared: t0 in {levels} (reference VP time). \"within 0.1\": the rule's MAE is at most "
             "the best fixed level's MAE + 0.1 (the target). \"knee at first level\": fraction of points whose knee "
             "is the first level of the knee rule's window (t0 ≈ 0.061). \"no knee\" / \"no plateau\": points "
-            "flagged as without a scale (the knee rule then reports D).",
+            "flagged as without a scale (the knee rule then reports D)."
+            + (" \"calibrated t0\": the one level the calibrated rule chose for the data set (the smallest "
+               "whose median denoising calibration is within 1.5× of the model's best); \"unreliable\": points "
+               "the model does not denoise reliably there." if calibrated else ""),
             "",
         ]
 

@@ -16,7 +16,8 @@ import numpy as np
 import torch
 
 from ..datasets.sources import PointSet
-from ..estimator import AUTO_RULES, EstimateWarning, NonFiniteOutputError, check_options, non_finite_outputs, resolve_trace
+from ..calibrated import CALIBRATION_POINTS, CalibratedLevel
+from ..estimator import AUTO_RULES, calibrated_t0, EstimateWarning, NonFiniteOutputError, check_options, non_finite_outputs, resolve_trace
 from ..methods import METHODS as METHOD_REGISTRY
 from ..methods import MODEL_METHODS
 from ..models.base import Model
@@ -88,7 +89,8 @@ class EstimateSettings:
     Attributes:
         method: "flipd" or a baseline of :mod:`flipd.baselines` (see :data:`METHODS`).
         t0: noise level as a time of the model's schedule, or a rule of
-            :data:`flipd.estimator.AUTO_RULES` ("auto" and "knee": the knee rule; "plateau").
+            :data:`flipd.estimator.AUTO_RULES` ("auto" and "knee": the knee rule; "plateau";
+            "calibrated": one level for the table, chosen from its first points).
         sigma: noise level as the noise standard deviation (instead of t0).
         delta: noise level as log(sigma/psi) (instead of t0).
         trace: "auto", "exact", "hutchinson" or "gaussian" (flipd, fpregress).
@@ -137,7 +139,8 @@ class EstimateSettings:
         return asdict(self)
 
 
-def method_chunks(settings: EstimateSettings, model: Model | None = None, batch: dict[str, int] | None = None) -> ChunkEstimator:
+def method_chunks(settings: EstimateSettings, model: Model | None = None, batch: dict[str, int] | None = None,
+                  level: CalibratedLevel | None = None) -> ChunkEstimator:
     """A :data:`~flipd.runs.chunks.ChunkEstimator` running ``METHODS[settings.method]`` (FLIPD or a
     baseline, one calling convention) on points already in the model's coordinates.
 
@@ -149,15 +152,22 @@ def method_chunks(settings: EstimateSettings, model: Model | None = None, batch:
 
     ``batch`` (``{"used": ...}``) is updated with the batch size that ran: when a FLIPD batch
     runs out of GPU memory the estimator halves it, and later chunks start from the halved size.
+    With ``t0="calibrated"``, ``level`` is the data set's level (:func:`flipd.calibrated_t0`,
+    chosen once by :func:`plan_estimate`), so every chunk is read at it.
     """
     method = METHOD_REGISTRY[settings.method]
     batch = {"used": settings.batch_size} if batch is None else batch
+    noise = settings.noise_level()
+    if settings.t0 == "calibrated":
+        if level is None:
+            raise ValueError("t0='calibrated' needs the data set's level: pass level=flipd.calibrated_t0(model, x).")
+        noise = {"t0": level}
 
     def run(x: torch.Tensor, indices: np.ndarray, progress: Callable[[int], None] | None):
         with warnings.catch_warnings():  # the job reports results over all chunks, by the table's index
             warnings.simplefilter("ignore", EstimateWarning)
             result = method(
-                x, model, **settings.noise_level(), seed=settings.seed, indices=indices, batch_size=batch["used"],
+                x, model, **noise, seed=settings.seed, indices=indices, batch_size=batch["used"],
                 progress=progress, encoded=True, **settings.method_settings(),
             )
         batch["used"] = result.batch_size or batch["used"]
@@ -167,6 +177,8 @@ def method_chunks(settings: EstimateSettings, model: Model | None = None, batch:
         if result.plateau_found is not None:  # the plateau rule: did it find a plateau, how flat there
             arrays["plateau_found"] = result.plateau_found.cpu().numpy().astype(np.float64)
             arrays["flatness"] = result.flatness.cpu().to(torch.float64).numpy()
+        if result.reliable is not None:  # the calibrated rule: is the point denoised reliably at the level
+            arrays["reliable"] = result.reliable.cpu().numpy().astype(np.float64)
         return arrays, info
 
     return run
@@ -207,6 +219,8 @@ def estimate_table_columns(
     if "plateau_found" in result.columns:  # the plateau rule: did it find a plateau, how flat there
         columns["plateau_found"] = result.columns["plateau_found"] == 1.0
         columns["flatness"] = result.columns["flatness"]
+    if "reliable" in result.columns:  # the calibrated rule: is the point denoised reliably at the level
+        columns["reliable"] = result.columns["reliable"] == 1.0
     columns.update(known_columns(points))
     return columns
 
@@ -228,6 +242,7 @@ class EstimatePlan:
     x: Any
     noise: dict[str, Any]
     batch: dict[str, int] = field(default_factory=dict)
+    level: CalibratedLevel | None = None
 
 
 def plan_estimate(
@@ -272,8 +287,12 @@ def plan_estimate(
         chunk_size=chunk_size, n_neighbors=n_neighbors,
     )
     batch = {"used": batch_size}
-    estimator = method_chunks(settings, model.model if method in MODEL_METHODS else None, batch)
-    return EstimatePlan(settings=settings, estimator=estimator, x=x, noise=noise, batch=batch)
+    level = None
+    if settings.t0 == "calibrated":  # one level for the whole table, from its first points
+        level = calibrated_t0(model.model, x[: min(len(x), CALIBRATION_POINTS)], seed=seed, batch_size=batch_size,
+                              encoded=True)
+    estimator = method_chunks(settings, model.model if method in MODEL_METHODS else None, batch, level)
+    return EstimatePlan(settings=settings, estimator=estimator, x=x, noise=noise, batch=batch, level=level)
 
 
 def non_finite_outputs_error(error: NonFiniteOutputError, plan: EstimatePlan, model: Model, points: PointSet) -> ValueError:

@@ -46,8 +46,9 @@ __all__ = [
 #: Per-point arrays saved for every chunk of an estimation run.
 CHUNK_COLUMNS: tuple[str, ...] = ("lid", "t0", "sigma", "delta", "stderr")
 #: Per-point arrays an estimator may add (the plateau rule: whether it found a plateau, as
-#: 1.0/0.0, and its flatness); kept when every chunk has them.
-OPTIONAL_CHUNK_COLUMNS: tuple[str, ...] = ("plateau_found", "flatness")
+#: 1.0/0.0, and its flatness; the calibrated rule: whether the point is denoised reliably at
+#: the level, as 1.0/0.0); kept when every chunk has them.
+OPTIONAL_CHUNK_COLUMNS: tuple[str, ...] = ("plateau_found", "flatness", "reliable")
 MANIFEST_FORMAT = "flipd.estimate_run"
 MANIFEST_VERSION = 2  # 2: per-point seeds (chunk files of version 1 are not resumed)
 MANIFEST_FILE = "manifest.json"

@@ -1,0 +1,105 @@
+"""Automatic choice of t0 for a data set: the smallest noise level the model denoises well.
+
+For a perfect model FLIPD is most accurate at the smallest noise level (it tends to the LID
+as sigma -> 0); a trained model is least accurate there, and FLIPD reads its score exactly
+where it is worst. The *calibration* of :mod:`flipd.reliability` measures, without labels, how
+far the model's noise prediction is from an ideal denoiser's at each level: 0 for the ideal
+one, growing where the model predicts too much or too little of the noise. The calibrated rule
+takes both into account, per data set:
+
+1. on the levels of :func:`flipd.plateau_grid` (evenly spaced in delta = log(sigma/psi)),
+   the *median* over the points of |calibration| is the model's denoising error at that level;
+2. the model's best level is where that median is smallest;
+3. t0 is the *smallest* level whose median is at most ``ratio`` times the best one
+   (:data:`flipd.noise.CALIBRATED_RATIO`): as little noise as the model can be trusted with.
+   Every point is read at that t0.
+
+The choice is one level for the whole data set, so it depends on which points it is made
+from: :func:`flipd.estimate` makes it from the first :data:`CALIBRATION_POINTS` points it is
+given (streams included), so a table estimated in chunks, or resumed, is read at one level.
+Per point, the result says whether the model denoises that point reliably at the chosen level
+(|calibration| <= :data:`flipd.noise.RELIABILITY_TOLERANCE`); the other points are flagged.
+
+With a perfect model the median calibration grows with the noise from 0, so the rule takes
+the smallest level of the grid (``tests/test_calibrated.py`` checks this with
+:mod:`flipd.analytic`). Like every label-free check, it cannot see a model that is calibrated
+but wrong about the manifold.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .knee import as_curves
+from .noise import CALIBRATED_RATIO, RELIABILITY_TOLERANCE
+
+__all__ = ["CALIBRATION_POINTS", "CalibratedLevel", "calibrated_level"]
+
+#: Points the data-set level is chosen from (the first ones given).
+CALIBRATION_POINTS = 2048
+
+
+class CalibratedLevel(NamedTuple):
+    """The level the calibrated rule chose for a data set.
+
+    Attributes:
+        t0: the chosen time, in ``t_grid``'s units.
+        index: its position in ``t_grid``.
+        times: the levels searched, [T] float64.
+        median_calibration: median over the points of |calibration| at each level, [T] float64.
+        best_t0: the level where the model denoises best (smallest median).
+        n_points: how many points the choice was made from.
+        reliable: whether the median at the chosen level is within
+            :data:`flipd.noise.RELIABILITY_TOLERANCE` (False: the model denoises these points
+            reliably at no level of the grid).
+    """
+
+    t0: float
+    index: int
+    times: Tensor
+    median_calibration: Tensor
+    best_t0: float
+    n_points: int
+    reliable: bool
+
+
+def calibrated_level(
+    calibration: Tensor | np.ndarray,
+    t_grid: Sequence[float] | Tensor | np.ndarray,
+    *,
+    ratio: float = CALIBRATED_RATIO,
+) -> CalibratedLevel:
+    """Apply the calibrated rule to the calibration of N points at T levels (see the module notes).
+
+    Args:
+        calibration: [N, T] from :func:`flipd.reliability.denoising_calibration` (signed; its
+            magnitude is used), or [T] for one point.
+        t_grid: the T times of its columns, increasing.
+        ratio: how much worse than at its best level the model may denoise at the chosen level
+            (at least 1).
+
+    Returns:
+        :class:`CalibratedLevel`.
+    """
+    if not isinstance(ratio, (int, float)) or isinstance(ratio, bool) or not ratio >= 1.0:
+        raise ValueError(f"ratio must be a number >= 1 (how much worse than its best the model may denoise); got {ratio!r}.")
+    values, times = as_curves(calibration, t_grid)
+    if not (times[1:] > times[:-1]).all():
+        raise ValueError("t_grid must be strictly increasing.")
+    magnitude = values.abs().numpy()
+    finite = np.isfinite(magnitude).all(axis=0)
+    if not finite.any():
+        raise ValueError("The calibration is not finite at any level; the model's output is not finite there.")
+    median = np.where(finite, np.median(np.where(np.isfinite(magnitude), magnitude, 0.0), axis=0), np.inf)
+    best = int(np.argmin(median))
+    index = int(np.flatnonzero(median <= ratio * median[best])[0])
+    return CalibratedLevel(
+        t0=float(times[index]), index=index, times=times.clone(), median_calibration=torch.from_numpy(median),
+        best_t0=float(times[best]), n_points=int(values.shape[0]),
+        reliable=bool(median[index] <= RELIABILITY_TOLERANCE),
+    )

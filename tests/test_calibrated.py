@@ -1,0 +1,131 @@
+"""The calibrated rule (flipd.calibrated, t0="calibrated"): one level per data set, the
+smallest at which the model denoises nearly as well as at its best."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import flipd
+from flipd.analytic import GaussianMixture
+from flipd.calibrated import calibrated_level
+from flipd.schedules import VE, VP, Cosine
+
+
+@pytest.fixture(scope="module")
+def mixture():
+    """A perfect model of three flat Gaussians of dimensions 1, 3 and 6 in R^10."""
+    mixture = GaussianMixture.random([1, 3, 6], ambient_dim=10, seed=0)
+    x, component = mixture.sample(240, seed=1)
+    return mixture, x.double(), torch.tensor([1.0, 3.0, 6.0], dtype=torch.float64)[component]
+
+
+def test_the_rule_takes_the_smallest_level_within_the_ratio_of_the_best():
+    grid = torch.linspace(0.01, 0.2, 8, dtype=torch.float64)
+    medians = np.array([0.40, 0.30, 0.14, 0.12, 0.10, 0.08, 0.09, 0.20])  # best 0.08 at level 5
+    rng = np.random.default_rng(0)
+    calibration = medians * np.exp(rng.normal(0.0, 0.01, size=(501, 8))) * rng.choice([-1.0, 1.0], size=(501, 8))
+    level = calibrated_level(calibration, grid)
+    assert level.index == 3  # 0.12 <= 1.5 · 0.08, and 0.14 is not
+    assert level.t0 == pytest.approx(float(grid[3]))
+    assert level.best_t0 == pytest.approx(float(grid[5]))
+    assert level.n_points == 501 and level.reliable
+    assert calibrated_level(calibration, grid, ratio=1.0).index == 5
+    assert calibrated_level(calibration, grid, ratio=2.0).index == 2
+    # a model that denoises reliably nowhere is said so
+    assert not calibrated_level(calibration + 1.0, grid).reliable
+
+
+@pytest.mark.parametrize("bad", [0.5, True, "1.5", float("nan")])
+def test_the_ratio_is_checked(bad):
+    with pytest.raises(ValueError, match="ratio must be a number >= 1"):
+        calibrated_level(np.zeros((3, 4)), [0.1, 0.2, 0.3, 0.4], ratio=bad)
+
+
+def test_levels_where_the_model_output_is_not_finite_are_skipped():
+    calibration = np.full((10, 4), 0.05)
+    calibration[3, 0] = np.nan
+    assert calibrated_level(calibration, [0.1, 0.2, 0.3, 0.4]).index == 1
+    with pytest.raises(ValueError, match="not finite at any level"):
+        calibrated_level(np.full((2, 3), np.inf), [0.1, 0.2, 0.3])
+
+
+def test_a_perfect_model_is_read_at_the_smallest_level(mixture):
+    model, x, true = mixture
+    result = flipd.estimate(model.as_model(VP()), x, t0="calibrated", prediction="score")
+    grid = flipd.plateau_grid()
+    assert torch.all(result.t0 == grid[0])
+    assert bool(result.found.all()) and result.found is result.reliable
+    assert float((result.lid.double() - true).abs().mean()) < 0.02
+    assert result.settings["rule"] == "calibrated" and result.settings["rule_points"] == 240
+    assert "reliable" in result.to_pandas().columns
+
+
+@pytest.mark.parametrize("schedule, prediction", [(Cosine(), "v_prediction"), (VE(), "sample")])
+def test_the_rule_chooses_the_same_smoothing_under_other_schedules(mixture, schedule, prediction):
+    model, x, _ = mixture
+    result = flipd.estimate(model.as_model(schedule, prediction), x[:80], t0="calibrated", schedule=schedule,
+                            prediction=prediction)
+    assert float(schedule.delta(result.t0[:1])) == pytest.approx(float(VP().delta(flipd.plateau_grid()[:1])), abs=1e-6)
+
+
+def test_a_model_that_overshoots_at_small_noise_is_read_above_it(mixture):
+    """A score 3 times too large below sigma/psi = 0.1 (calibration 2/3 there) pushes the level up."""
+    model, x, true = mixture
+    perfect = model.as_model(VP())
+    schedule = VP()
+
+    def overshooting(y, t):
+        ratio = schedule.sigma(t) / schedule.psi(t)
+        scale = torch.where(ratio < 0.1, 3.0, 1.0).to(y).reshape(-1, 1)
+        return perfect(y, t) * scale
+
+    result = flipd.estimate(overshooting, x, t0="calibrated", prediction="score")
+    chosen = float(schedule.sigma(result.t0[:1]) / schedule.psi(result.t0[:1]))
+    assert chosen >= 0.1
+    assert chosen < 0.12  # the first level the model is right at
+    assert bool(result.reliable.all())
+    assert float((result.lid.double() - true).abs().mean()) < 0.1
+
+
+def test_a_chosen_level_reads_other_points_the_same_way(mixture):
+    model, x, _ = mixture
+    perfect = model.as_model(VP())
+    whole = flipd.estimate(perfect, x, t0="calibrated", prediction="score")
+    level = flipd.calibrated_t0(perfect, x, prediction="score")
+    assert level.t0 == pytest.approx(float(whole.t0[0]))
+    part = flipd.estimate(perfect, x[100:], t0=level, prediction="score", indices=range(100, 240))
+    assert torch.allclose(part.lid, whole.lid[100:], atol=1e-9, rtol=0)
+    assert torch.equal(part.reliable, whole.reliable[100:])
+    with pytest.raises(ValueError, match="do not also pass sigma"):
+        flipd.estimate(perfect, x, t0=level, sigma=0.1, prediction="score")
+
+
+def test_a_stream_is_read_at_the_level_of_its_first_points(mixture):
+    model, x, _ = mixture
+    perfect = model.as_model(VP())
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x), batch_size=50)
+    streamed = flipd.estimate(perfect, loader, t0="calibrated", prediction="score")
+    whole = flipd.estimate(perfect, x, t0="calibrated", prediction="score")
+    assert torch.equal(streamed.t0, whole.t0)
+    assert torch.allclose(streamed.lid, whole.lid) and torch.equal(streamed.reliable, whole.reliable)
+
+
+def test_points_the_model_does_not_denoise_are_flagged_with_a_warning(mixture):
+    """A score 5 times too large far out along the first axis: the points there are flagged."""
+    model, x, _ = mixture
+    perfect = model.as_model(VP())
+    values = torch.sort(x[:, 0], descending=True).values
+    gaps = values[:-1] - values[1:]
+    k = int(torch.argmax(gaps[5:30])) + 5  # the widest gap among the top 6..30 values
+    threshold = float(values[k] + values[k + 1]) / 2
+
+    def broken_far_out(y, t):
+        schedule = VP()
+        far = (y[:, 0] / schedule.psi(t).to(y)) > threshold
+        return perfect(y, t) * torch.where(far, 5.0, 1.0).to(y).reshape(-1, 1)
+
+    with pytest.warns(RuntimeWarning, match=f"calibrated rule found no scale for {k + 1} of 240"):
+        result = flipd.estimate(broken_far_out, x, t0="calibrated", prediction="score")
+    assert torch.equal(~result.reliable, x[:, 0] > threshold)
