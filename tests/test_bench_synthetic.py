@@ -7,6 +7,8 @@ import json
 
 import pytest
 
+import flipd
+
 from flipd.bench.synthetic import SUITES, recipe_for
 from flipd.bench.__main__ import main
 from flipd.bench.synthetic import METHODS, _recipe_hash
@@ -79,7 +81,8 @@ def test_tiny_run_of_a_mixture_with_every_method(tmp_path):
 
 
 def test_tiny_curved_run_compares_the_rules_with_the_fixed_levels(tmp_path):
-    methods = ["flipd", "flipd_knee", "flipd_plateau", "flipd_t0_0.01", "flipd_t0_0.02", "flipd_t0_0.1", "lpca"]
+    methods = ["flipd", "flipd_knee", "flipd_plateau", "flipd_calibrated", "flipd_t0_0.01", "flipd_t0_0.02",
+               "flipd_t0_0.1", "lpca"]
     argv = ["synthetic", "--suite", "curved", "--tiny", "--datasets", "helix", "--methods", *methods,
             "--n-eval", "32", "--out-dir", str(tmp_path), "--cache-dir", str(tmp_path / "cache"), "--quiet"]
     assert main(argv) == 0
@@ -93,7 +96,11 @@ def test_tiny_curved_run_compares_the_rules_with_the_fixed_levels(tmp_path):
     assert 0 <= plateau["found_fraction"] <= 1 and plateau["not_found"] == rules["flipd_plateau_not_found"]
     knee = report["datasets"][0]["methods"]["flipd_knee"]["settings"]
     assert 0 <= knee["at_first_level_fraction"] <= 1 and 0.05 < knee["first_level_t0"] < 0.07
-    assert "## Automatic noise level" in (tmp_path / "synthetic_curved_tiny.md").read_text()
+    calibrated = report["datasets"][0]["methods"]["flipd_calibrated"]
+    assert calibrated["settings"]["rule_points"] == 32 and rules["flipd_calibrated_mae"] == calibrated["mae"]
+    assert rules["flipd_calibrated_median_t0"] in flipd.plateau_grid().tolist()
+    text = (tmp_path / "synthetic_curved_tiny.md").read_text()
+    assert "## Automatic noise level" in text and "calibrated within 0.1" in text
 
 
 def test_a_smaller_budget_replaces_the_recipe(tmp_path):
@@ -144,6 +151,9 @@ def test_rules_benchmark_with_the_perfect_model(tmp_path):
     assert set(row["fixed"]) == {"0.01", "0.02", "0.05", "0.1"}
     assert row["best_fixed_mae"] == min(row["fixed"].values())
     assert row["plateau"]["within_0.1_of_best_fixed"] and row["plateau"]["mae"] < 0.05
+    # with a perfect model the calibrated rule reads the smallest level, where FLIPD is exact
+    assert row["calibrated"]["within_0.1_of_best_fixed"] and row["calibrated"]["mae"] < 0.05
+    assert row["calibrated"]["t0"] == pytest.approx(float(flipd.plateau_grid()[0]))
     assert 0 <= row["knee"]["at_first_level_fraction"] <= 1
     assert "python -m flipd.bench rules" in out.with_suffix(".md").read_text()
     with pytest.raises(SystemExit):

@@ -1,9 +1,10 @@
-"""The automatic noise-level rules with a perfect model: knee, plateau and fixed t0.
+"""The automatic noise-level rules with a perfect model: knee, plateau, calibrated and fixed t0.
 
 Affine mixtures with normal latents are Gaussian mixtures on affine subspaces, whose smoothed
 scores are known in closed form (:meth:`flipd.datasets.ManifoldMixture.as_gaussian_mixture`):
 a perfect diffusion model. On held-out points of each data set this benchmark computes FLIPD
-with the knee rule (``t0="knee"``), the plateau rule (``t0="plateau"``) and the fixed levels
+with the knee rule (``t0="knee"``), the plateau rule (``t0="plateau"``), the calibrated rule
+(``t0="calibrated"``) and the fixed levels
 t0 in {0.01, 0.02, 0.05, 0.1}, and writes the MAE of each, the best fixed level, whether each
 rule is within 0.1 of it, where the rules chose, and how often the knee sits on the first level
 of its window.
@@ -41,6 +42,7 @@ from ..datasets import get_dataset, mixture_from_spec
 from ..estimator import estimate
 from ..knee import knee
 from ..noise import knee_grid, plateau_grid
+from ..calibrated import calibrated_level
 from ..plateau import plateau
 from ..reliability import denoising_calibration, reliable_levels
 from ..schedules import VP
@@ -81,9 +83,10 @@ def run_rules(datasets: Sequence[str], *, n_points: int, seed: int) -> list[dict
         fixed = {str(t0): estimate(model, x, t0=t0, prediction="score", seed=seed).lid.numpy() for t0 in FIXED_T0}
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            knee_result, plateau_result = (estimate(model, x, t0=rule, prediction="score", seed=seed)
-                                           for rule in ("knee", "plateau"))
+            knee_result, plateau_result, calibrated_result = (estimate(model, x, t0=rule, prediction="score", seed=seed)
+                                                              for rule in ("knee", "plateau", "calibrated"))
         row = _rule_row(spec, true, fixed, knee_result, plateau_result)
+        row["calibrated"] = _calibrated_entry(calibrated_result.lid.numpy(), float(calibrated_result.t0[0]), true, row)
         row["perfect_model"] = "closed form (Gaussian mixture on affine subspaces)"
         row["warnings"] = sorted({str(w.message)[:200] for w in caught})
         row["seconds"] = time.perf_counter() - began
@@ -121,6 +124,13 @@ def _rule_row(spec: str, true: np.ndarray, fixed: dict[str, np.ndarray], knee_re
     return row
 
 
+def _calibrated_entry(lid: np.ndarray, t0: float, true: np.ndarray, row: dict[str, Any]) -> dict[str, Any]:
+    """The calibrated rule's entry of a row: its MAE, the one level it chose, and whether it is
+    within 0.1 of the row's best fixed level."""
+    mae = _mae(lid, true)
+    return {"mae": mae, "t0": t0, "within_0.1_of_best_fixed": mae <= row["best_fixed_mae"] + 0.1}
+
+
 def run_curved(datasets: Sequence[str], *, n_points: int, n_atoms: int, seed: int) -> list[dict[str, Any]]:
     """The rules with the smoothed empirical measure of ``n_atoms`` atoms (seed ``seed + 2``) of
     each curved data set as the perfect model, on ``n_points`` points (seed ``seed + 1``)."""
@@ -140,8 +150,11 @@ def run_curved(datasets: Sequence[str], *, n_points: int, n_atoms: int, seed: in
         knee_result = knee(curve(knee_levels), knee_levels, ambient_dim=data.ambient_dim)
         calibration = denoising_calibration(measure.as_model(schedule), x, plateau_levels, schedule=schedule,
                                             prediction="score", seed=seed, indices=torch.arange(n_points))
-        plateau_result = plateau(curve(plateau_levels), plateau_levels, reliable=reliable_levels(calibration))
+        plateau_curve = curve(plateau_levels)
+        plateau_result = plateau(plateau_curve, plateau_levels, reliable=reliable_levels(calibration))
         row = _rule_row(data.name, true, fixed, knee_result, plateau_result)
+        level = calibrated_level(calibration, plateau_levels)
+        row["calibrated"] = _calibrated_entry(plateau_curve[:, level.index].numpy(), level.t0, true, row)
         row["perfect_model"] = f"smoothed empirical measure of {n_atoms} atoms (seed {seed + 2})"
         row["seconds"] = time.perf_counter() - began
         rows.append(row)
@@ -150,12 +163,13 @@ def run_curved(datasets: Sequence[str], *, n_points: int, n_atoms: int, seed: in
 
 def _markdown(report: dict[str, Any]) -> str:
     levels = [str(t0) for t0 in FIXED_T0]
-    header = ["data set", *[f"t0 = {t0}" for t0 in levels], "knee", "plateau", "knee within 0.1",
-              "plateau within 0.1", "knee at first level", "knee median t0", "plateau median t0", "no plateau"]
+    header = ["data set", *[f"t0 = {t0}" for t0 in levels], "knee", "plateau", "calibrated", "knee within 0.1",
+              "plateau within 0.1", "calibrated within 0.1", "knee at first level", "knee median t0",
+              "plateau median t0", "calibrated t0", "no plateau"]
     body = [[r["dataset"], *[r["fixed"][t0] for t0 in levels], r["knee"]["mae"], r["plateau"]["mae"],
-             r["knee"]["within_0.1_of_best_fixed"], r["plateau"]["within_0.1_of_best_fixed"],
-             r["knee"]["at_first_level_fraction"], r["knee"]["median_t0"], r["plateau"]["median_t0"],
-             r["plateau"]["not_found"]] for r in report["datasets"]]
+             r["calibrated"]["mae"], r["knee"]["within_0.1_of_best_fixed"], r["plateau"]["within_0.1_of_best_fixed"],
+             r["calibrated"]["within_0.1_of_best_fixed"], r["knee"]["at_first_level_fraction"], r["knee"]["median_t0"],
+             r["plateau"]["median_t0"], r["calibrated"]["t0"], r["plateau"]["not_found"]] for r in report["datasets"]]
     versions = ", ".join(f"{k} {v}" for k, v in report["versions"].items() if v)
     return "\n".join([
         "# Automatic noise level with a perfect model",
@@ -183,7 +197,7 @@ def _markdown(report: dict[str, Any]) -> str:
         "",
         "\"within 0.1\": the rule's MAE is at most the best fixed level's + 0.1. \"knee at first level\": the "
         "fraction of points whose knee is the first level of the knee rule's window (t0 ≈ 0.061). \"no plateau\": "
-        "points the plateau rule flagged.",
+        "points the plateau rule flagged. \"calibrated t0\": the one level the calibrated rule chose for the data set.",
         "",
     ])
 
@@ -191,7 +205,7 @@ def _markdown(report: dict[str, Any]) -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m flipd.bench rules",
-        description="The knee and plateau rules against fixed t0 with the perfect (closed-form) model of affine "
+        description="The knee, plateau and calibrated rules against fixed t0 with the perfect (closed-form) model of affine "
         "normal-latent mixtures.",
     )
     parser.add_argument("--datasets", nargs="+", default=list(DATASETS), metavar="SPEC",
