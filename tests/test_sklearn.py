@@ -59,6 +59,18 @@ def test_a_wrapped_model_gives_flipd_per_point_and_the_mean(mixture):
     np.testing.assert_allclose(estimator.transform_pw(), estimator.dimension_pw_)
 
 
+def test_the_calibrated_level_is_learnt_at_fit_and_kept_for_new_points(mixture):
+    model = flipd.as_model(mixture.as_model(VP(), prediction="epsilon"), schedule=VP(), prediction="epsilon")
+    x, _ = mixture.sample(200, seed=1)
+    estimator = FLIPD(model=model, t0="calibrated").fit(x.numpy())
+    assert estimator.level_.n_points == 200 and estimator.level_.t0 == pytest.approx(float(flipd.plateau_grid()[0]))
+    assert np.all(estimator.result_.t0.numpy() == estimator.level_.t0)
+    new, _ = mixture.sample(5, seed=2)  # too few to choose a level from: read at the fitted one
+    expected = flipd.estimate(model, new, t0=estimator.level_).lid.numpy()
+    np.testing.assert_allclose(estimator.transform(new.numpy())[:, 0], expected)
+    assert FLIPD(model=model, t0=0.01).fit(x.numpy()).level_ is None
+
+
 def test_pandas_output_has_a_lid_column(mixture):
     pytest.importorskip("pandas")
     model = flipd.as_model(mixture.as_model(VP(), prediction="epsilon"), schedule=VP(), prediction="epsilon")
