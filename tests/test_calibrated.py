@@ -40,15 +40,20 @@ def test_the_rule_takes_the_smallest_level_within_the_ratio_of_the_best():
 @pytest.mark.parametrize("bad", [0.5, True, "1.5", float("nan")])
 def test_the_ratio_is_checked(bad):
     with pytest.raises(ValueError, match="ratio must be a number >= 1"):
-        calibrated_level(np.zeros((3, 4)), [0.1, 0.2, 0.3, 0.4], ratio=bad)
+        calibrated_level(np.zeros((100, 4)), [0.1, 0.2, 0.3, 0.4], ratio=bad)
+
+
+def test_a_level_chosen_from_few_points_comes_with_a_warning():
+    with pytest.warns(RuntimeWarning, match="from only 10 points"):
+        calibrated_level(np.full((10, 3), 0.05), [0.1, 0.2, 0.3])
 
 
 def test_levels_where_the_model_output_is_not_finite_are_skipped():
-    calibration = np.full((10, 4), 0.05)
+    calibration = np.full((100, 4), 0.05)
     calibration[3, 0] = np.nan
     assert calibrated_level(calibration, [0.1, 0.2, 0.3, 0.4]).index == 1
     with pytest.raises(ValueError, match="not finite at any level"):
-        calibrated_level(np.full((2, 3), np.inf), [0.1, 0.2, 0.3])
+        calibrated_level(np.full((100, 3), np.inf), [0.1, 0.2, 0.3])
 
 
 def test_a_perfect_model_is_read_at_the_smallest_level(mixture):
@@ -110,6 +115,16 @@ def test_a_stream_is_read_at_the_level_of_its_first_points(mixture):
     whole = flipd.estimate(perfect, x, t0="calibrated", prediction="score")
     assert torch.equal(streamed.t0, whole.t0)
     assert torch.allclose(streamed.lid, whole.lid) and torch.equal(streamed.reliable, whole.reliable)
+
+
+def test_a_stream_with_its_own_indices_chooses_as_the_tensor_does(mixture):
+    model, x, _ = mixture
+    perfect = model.as_model(VP())
+    indices = np.arange(1000, 1000 + x.shape[0])
+    level = flipd.calibrated_t0(perfect, x, prediction="score", indices=indices)
+    streamed = flipd.calibrated_t0(perfect, torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x), batch_size=64),
+                                   prediction="score", indices=indices)
+    assert torch.equal(level.median_calibration, streamed.median_calibration)
 
 
 def test_points_the_model_does_not_denoise_are_flagged_with_a_warning(mixture):

@@ -28,6 +28,7 @@ but wrong about the manifold.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -38,10 +39,12 @@ from torch import Tensor
 from .knee import as_curves
 from .noise import CALIBRATED_RATIO, RELIABILITY_TOLERANCE
 
-__all__ = ["CALIBRATION_POINTS", "CalibratedLevel", "calibrated_level"]
+__all__ = ["CALIBRATION_POINTS", "MIN_CALIBRATION_POINTS", "CalibratedLevel", "calibrated_level"]
 
 #: Points the data-set level is chosen from (the first ones given).
 CALIBRATION_POINTS = 2048
+#: Fewer points than this make the median calibration, and so the level, noisy: a warning says so.
+MIN_CALIBRATION_POINTS = 64
 
 
 class CalibratedLevel(NamedTuple):
@@ -95,6 +98,13 @@ def calibrated_level(
     finite = np.isfinite(magnitude).all(axis=0)
     if not finite.any():
         raise ValueError("The calibration is not finite at any level; the model's output is not finite there.")
+    if values.shape[0] < MIN_CALIBRATION_POINTS:
+        warnings.warn(
+            f"The calibrated rule chose its level from only {values.shape[0]} points; the median calibration is "
+            f"noisy below {MIN_CALIBRATION_POINTS}. Choose it from more points of the same data "
+            "(level = flipd.calibrated_t0(model, more_points); flipd.estimate(model, x, t0=level)).",
+            RuntimeWarning, stacklevel=3,
+        )
     median = np.where(finite, np.median(np.where(np.isfinite(magnitude), magnitude, 0.0), axis=0), np.inf)
     best = int(np.argmin(median))
     index = int(np.flatnonzero(median <= ratio * median[best])[0])

@@ -579,7 +579,8 @@ def _estimate_stream(model, x, *, t0, sigma, delta, indices, progress, batch_siz
     offset = 0
     if isinstance(t0, str) and t0 == "calibrated":  # one level for the whole stream, from its first points
         t0 = calibrated_t0(model, x, schedule=options.get("schedule"), prediction=options.get("prediction"),
-                           seed=options.get("seed", 0), batch_size=batch_size, encoded=options.get("encoded", False))
+                           seed=options.get("seed", 0), indices=indices, batch_size=batch_size,
+                           encoded=options.get("encoded", False))
     with progress_callback(progress, _stream_length(x) or 0, "FLIPD") as report:
         for batch, batch_indices in _stream_batches(x, indices, batch_size):
             stop = offset + batch.shape[0]
@@ -659,6 +660,7 @@ def calibrated_t0(
     schedule: Schedule | None = None,
     prediction: str | None = None,
     seed: int = 0,
+    indices=None,
     batch_size: int | None = None,
     encoded: bool = False,
     n_points: int = CALIBRATION_POINTS,
@@ -670,6 +672,8 @@ def calibrated_t0(
     (4 noisy copies per point and level: forward passes only). ``estimate(model, x,
     t0="calibrated")`` makes this choice itself; pass the returned level as ``t0=`` to read
     other points (another chunk, a later batch) at the same level, with their reliability.
+    ``seed`` and ``indices`` (the points' global indices, default 0..N-1) fix the noisy copies,
+    as in :func:`estimate`.
 
     Returns:
         :class:`flipd.calibrated.CalibratedLevel` (``t0`` in the schedule's units).
@@ -678,23 +682,26 @@ def calibrated_t0(
         raise ValueError(f"n_points must be a positive integer; got {n_points!r}.")
     check_options(seed, batch_size, None, "auto")
     if is_point_stream(x):
-        parts, count = [], 0
-        for batch, _ in _stream_batches(x, None, batch_size):
-            parts.append(batch[: n_points - count])
+        parts, numbers, count = [], [], 0
+        for batch, batch_indices in _stream_batches(x, indices, batch_size):
+            parts.append(torch.as_tensor(batch[: n_points - count]))
+            numbers.append(torch.as_tensor(batch_indices[: n_points - count]))
             count += parts[-1].shape[0]
             if count >= n_points:
                 break
         if not parts:
             raise ValueError("x yielded no points; pass at least one point.")
-        sample = torch.cat([torch.as_tensor(part) for part in parts])
+        sample, sample_indices = torch.cat(parts), torch.cat(numbers)
     else:
-        sample = _as_batch(x)[:n_points]
+        sample = _as_batch(x)
+        sample_indices = _as_indices(indices, sample.shape[0])[:n_points]
+        sample = sample[:n_points]
     fn, sample, schedule, prediction = resolve_model(model, sample, schedule=schedule, prediction=prediction,
                                                     encoded=encoded)
     grid = plateau_grid(schedule)
     calibration = denoising_calibration(
         fn, sample.detach(), grid, schedule=schedule, prediction=prediction, seed=int(seed),
-        indices=torch.arange(sample.shape[0]), batch_size=min(sample.shape[0], batch_size or DEFAULT_BATCH_SIZE),
+        indices=sample_indices, batch_size=min(sample.shape[0], batch_size or DEFAULT_BATCH_SIZE),
     )
     return calibrated_level(calibration, grid)
 
