@@ -8,17 +8,14 @@ import pytest
 import torch
 
 import flipd
-from flipd.analytic import GaussianMixture
 from flipd.calibrated import calibrated_level
 from flipd.schedules import VE, VP, Cosine
 
 
 @pytest.fixture(scope="module")
-def mixture():
-    """A perfect model of three flat Gaussians of dimensions 1, 3 and 6 in R^10."""
-    mixture = GaussianMixture.random([1, 3, 6], ambient_dim=10, seed=0)
-    x, component = mixture.sample(240, seed=1)
-    return mixture, x.double(), torch.tensor([1.0, 3.0, 6.0], dtype=torch.float64)[component]
+def mixture(three_flat_gaussians):
+    """A perfect model of three flat Gaussians of dimensions 1, 3 and 6 in R^10 (conftest.py)."""
+    return three_flat_gaussians
 
 
 def test_the_rule_takes_the_smallest_level_within_the_ratio_of_the_best():

@@ -10,7 +10,6 @@ import pytest
 import torch
 
 import flipd
-from flipd.analytic import GaussianMixture
 from flipd.noise import PLATEAU_DELTA_RANGE, PLATEAU_GRID_POINTS, NoiseLevelError
 from flipd.plateau import stretch_flatness
 from flipd.reliability import denoising_calibration, reliable_levels
@@ -18,11 +17,9 @@ from flipd.schedules import VE, VP, Cosine
 
 
 @pytest.fixture(scope="module")
-def mixture():
-    """A perfect model of three flat Gaussians of dimensions 1, 3 and 6 in R^10."""
-    mixture = GaussianMixture.random([1, 3, 6], ambient_dim=10, seed=0)
-    x, component = mixture.sample(240, seed=1)
-    return mixture, x.double(), torch.tensor([1.0, 3.0, 6.0], dtype=torch.float64)[component]
+def mixture(three_flat_gaussians):
+    """A perfect model of three flat Gaussians of dimensions 1, 3 and 6 in R^10 (conftest.py)."""
+    return three_flat_gaussians
 
 
 def test_the_plateau_grid_is_even_in_log_sigma_for_every_schedule():
