@@ -552,7 +552,7 @@ def estimate(
     n_points: Points = None,
     t0: Annotated[
         Optional[str],
-        typer.Option("--t0", help="Noise level in the model's time units, or a rule that picks it: 'knee' (the reference knee rule, per point), 'plateau' (per point, the flattest stretch of the FLIPD curve where the model denoises reliably), 'calibrated' (one level for the data set: the smallest at which the model denoises within 1.5x of its best, from the first 2048 points) or 'auto' (= calibrated) (default: t0 = 0.05 of the reference VP schedule).", show_default=False),
+        typer.Option("--t0", help="Noise level in the model's time units, or a rule that picks it: 'knee' (the reference knee rule, per point), 'plateau' (per point, the flattest stretch of the FLIPD curve where the model denoises reliably), 'calibrated' (one level for the data set: the smallest at which the model denoises within 1.5x of its best, from the first 2048 points) or 'auto' (= knee) (default: t0 = 0.05 of the reference VP schedule).", show_default=False),
     ] = None,
     sigma: Annotated[Optional[float], typer.Option("--sigma", help="Noise level as a noise standard deviation.", show_default=False)] = None,
     delta: Annotated[Optional[float], typer.Option("--delta", help="Noise level as log(sigma/psi), schedule-free.", show_default=False)] = None,
@@ -585,7 +585,7 @@ def estimate(
     [bold]Examples[/]:
       [cyan]flipd estimate lollipop --model models/lollipop --out lollipop.parquet --plot plots/[/]
       [cyan]torchrun --standalone --nproc-per-node=4 -m flipd estimate big.npy -m models/big -o big.parquet[/]
-      [cyan]flipd estimate lollipop -m models/lollipop --t0 knee[/]
+      [cyan]flipd estimate lollipop -m models/lollipop --t0 auto[/]
       [cyan]flipd estimate helix -m models/helix --t0 plateau[/]
       [cyan]flipd estimate big.npy -m models/big --trace hutchinson --probes 16 --resume[/]
       [cyan]flipd estimate lollipop -m models/lollipop --method nb -o lollipop_nb.csv[/]
@@ -676,7 +676,7 @@ def estimate(
             if result.resolved:
                 shown = ", ".join(f"{key}={_short(value)}" for key, value in result.resolved.items())
                 _say(quiet, f"{method} ran with {escape(shown)}")
-            columns = estimate_table_columns(points, result, method=method, knee_rule=plan.settings.t0 == "knee")
+            columns = estimate_table_columns(points, result, method=method, knee_rule=plan.settings.t0 in ("auto", "knee"))
             write_table(table_path, columns)
             written_plots: list[Path] = []
             if plot is not None:
@@ -959,7 +959,7 @@ def curve(
     debug: Debug = False,
     stop_after_chunks: Annotated[Optional[int], typer.Option("--stop-after-chunks", hidden=True)] = None,
 ) -> None:
-    """FLIPD curves: each point's estimate across noise levels, with the knee that --t0 knee picks (or, with --rule plateau, the scale --t0 plateau picks).
+    """FLIPD curves: each point's estimate across noise levels, with the knee that --t0 auto picks (or, with --rule plateau, the scale --t0 plateau picks).
 
     Curves start near the ambient dimension at tiny noise, fall, and plateau at the LID; the knee rule of the FLIPD paper picks the noise level at the start of the plateau, the plateau rule the flattest stretch in log sigma among the levels where the model denoises the point reliably. The table has one row per point and noise level, with the chosen rows flagged (and, for the plateau rule, each point's flatness and the reliable levels). Points are computed in chunks, as by flipd estimate: --resume continues an interrupted run, and under torchrun the chunks are split over the processes.
 

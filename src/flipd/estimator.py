@@ -30,7 +30,7 @@ from .checks import (
 from .calibrated import CALIBRATION_POINTS, CalibratedLevel, calibrated_level
 from .knee import knee
 from .models.base import Model
-from .noise import AUTO_RULE, knee_grid, plateau_grid, resolve_times
+from .noise import knee_grid, plateau_grid, resolve_times
 from .parameterization import score_coefficients
 from .plateau import plateau
 from .reliability import denoising_calibration, reliable_levels
@@ -42,7 +42,7 @@ from .trace import MODES, basis_probes, indexed_probes, quadratic_forms
 #: Automatic noise-level rules by name: "knee" (the reference knee rule, method notes §5),
 #: "plateau" (the flattest stretch of the curve, :mod:`flipd.plateau`), "calibrated" (one level
 #: for the data set, the smallest the model denoises well, :mod:`flipd.calibrated`) and "auto"
-#: (:data:`flipd.noise.AUTO_RULE`: the calibrated rule).
+#: (the knee).
 AUTO_RULES: tuple[str, ...] = ("auto", "knee", "plateau", "calibrated")
 
 #: Default number of points per forward pass when ``batch_size`` is None.
@@ -53,7 +53,6 @@ DEFAULT_CHUNK_ROWS = 4096
 __all__ = [
     "AUTO_EXACT_MAX_DIM", "TRACES", "EstimateWarning", "FLIPDResult", "LIDResult", "ModelLike", "NonFiniteOutputError", "estimate", "flipd",
     "calibrated_t0", "flipd_curve", "is_point_stream", "non_finite_outputs", "out_of_range", "resolve_model", "resolve_trace",
-    "rule_name",
 ]
 
 
@@ -229,7 +228,7 @@ def estimate(
     if isinstance(t0, (str, CalibratedLevel)):
         rule, label = {"plateau": (_estimate_plateau, "FLIPD (plateau)"),
                        "calibrated": (_estimate_calibrated, "FLIPD (calibrated)")}.get(
-            "calibrated" if isinstance(t0, CalibratedLevel) else rule_name(t0), (_estimate_auto, "FLIPD (knee)"))
+            "calibrated" if isinstance(t0, CalibratedLevel) else t0, (_estimate_auto, "FLIPD (knee)"))
         if isinstance(t0, CalibratedLevel):
             options["level"] = t0
         with progress_callback(progress, n, label) as options["progress"]:
@@ -397,13 +396,10 @@ def flipd(
             its end (its length need not be known), point ``i`` in the order they come gets
             index ``i``, and a model's ``encode`` runs per batch.
         t0: noise level as a time of the schedule (float, or tensor [N] for one per point), or
-            a rule that chooses it: "knee" (per point, the reference knee rule,
-            :func:`flipd.knee`), "plateau" (per point, the flattest stretch of the FLIPD curve
-            in log sigma above the levels where the model denoises reliably,
-            :func:`flipd.plateau`), "calibrated" (one level for all the points: the smallest at
-            which the model denoises within 1.5x of its best, :mod:`flipd.calibrated`; or a
-            level from :func:`calibrated_t0`), or "auto" (the calibrated rule,
-            :data:`flipd.noise.AUTO_RULE`). Alternatively ``sigma=`` (the noise
+            a rule that chooses it per point: "knee" (the reference knee rule,
+            :func:`flipd.knee`), "plateau" (the flattest stretch of the FLIPD curve in log
+            sigma above the levels where the model denoises reliably, :func:`flipd.plateau`),
+            or "auto" (the knee rule). Alternatively ``sigma=`` (the noise
             standard deviation) or ``delta=`` (log sigma/psi): at most one of the three. With
             none, the default: t0 = 0.05 of the reference VP schedule, carried to other
             schedules through delta (:func:`flipd.default_noise_level`).
@@ -581,7 +577,7 @@ def _estimate_stream(model, x, *, t0, sigma, delta, indices, progress, batch_siz
     """:func:`estimate` batch by batch over a point stream; a halved batch size stays halved."""
     results: list[FLIPDResult] = []
     offset = 0
-    if isinstance(t0, str) and rule_name(t0) == "calibrated":  # one level for the whole stream, from its first points
+    if isinstance(t0, str) and t0 == "calibrated":  # one level for the whole stream, from its first points
         t0 = calibrated_t0(model, x, schedule=options.get("schedule"), prediction=options.get("prediction"),
                            seed=options.get("seed", 0), indices=indices, batch_size=batch_size,
                            encoded=options.get("encoded", False))
@@ -655,11 +651,6 @@ def _estimate_plateau(fn, x: Tensor, *, schedule: Schedule, progress, **options)
     _warn_unfound(found.found, "plateau", "their LID is FLIPD on the flattest stretch found, which is not flat")
     return _rule_result(x, found.lid, found.t0, schedule, mode_used, options,
                         plateau_found=found.found.clone(), flatness=found.flatness)
-
-
-def rule_name(t0: str) -> str:
-    """The rule a ``t0`` name stands for: ``"auto"`` is :data:`flipd.noise.AUTO_RULE`."""
-    return AUTO_RULE if t0 == "auto" else t0
 
 
 def calibrated_t0(

@@ -49,7 +49,6 @@ __all__ = [
     "PLATEAU_WIDTH",
     "RELIABILITY_TOLERANCE",
     "CALIBRATED_RATIO",
-    "AUTO_RULE",
     "plateau_grid",
     "resolve_time",
     "resolve_times",
@@ -84,10 +83,6 @@ RELIABILITY_TOLERANCE = 0.25
 #: The calibrated rule (:mod:`flipd.calibrated`) reads a data set at the smallest level of the
 #: plateau grid where the model's median |calibration| is at most this many times its smallest.
 CALIBRATED_RATIO = 1.5
-#: The rule ``t0="auto"`` stands for: the calibrated rule, which came within 0.1 of the best
-#: fixed level on more of the benchmark suites' data sets than the knee and plateau rules
-#: (README, "Curved manifolds and the automatic noise level"). The knee rule is ``t0="knee"``.
-AUTO_RULE = "calibrated"
 
 NOISE_NAMES = ("t0", "sigma", "delta")
 
@@ -229,11 +224,13 @@ def _from_reference(schedule: Schedule, reference_t: Tensor) -> Tensor:
 
 
 def knee_grid(schedule: Schedule | None = None, n_grid: int = KNEE_GRID_POINTS) -> Tensor:
-    """The times of ``schedule`` (default: the reference) at which the knee rule (``t0="knee"``) evaluates FLIPD curves: reference times ``linspace(0, 1, n_grid)`` strictly inside :data:`KNEE_WINDOW`,
+    """The times of ``schedule`` (default: the reference) at which the knee rule (``t0="auto"``
+    or ``"knee"``) evaluates FLIPD
+    curves: reference times ``linspace(0, 1, n_grid)`` strictly inside :data:`KNEE_WINDOW`,
     carried through delta. Float64 [T], increasing.
 
     ``flipd.knee(flipd.flipd_curve(model, x, grid), grid, schedule=schedule)`` with this grid
-    gives what ``flipd.estimate(model, x, t0="knee")`` gives.
+    gives what ``flipd.estimate(model, x, t0="auto")`` gives.
     """
     schedule = REFERENCE_SCHEDULE if schedule is None else schedule
     grid = torch.linspace(0, 1, n_grid, dtype=torch.float64)

@@ -28,7 +28,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .noise import AUTO_RULE
 from .runs.files import atomic_path
 
 if TYPE_CHECKING:
@@ -86,7 +85,7 @@ def figure_label(method: str | None, noise_level: Mapping[str, Any] | None = Non
     """``(file-name part, title part)`` naming a method at a noise level.
 
     ``figure_label("flipd", {"t0": 0.05})`` is ``("flipd_t0_0.05", "FLIPD, t0 = 0.05")``;
-    ``{"t0": "auto"}`` reads "t0 = auto (calibrated)"; a method without a noise level (lPCA, ...)
+    ``{"t0": "auto"}`` reads "t0 = auto (knee)"; a method without a noise level (lPCA, ...)
     gives ``("lpca", "lPCA")``; no method gives ``("", "")``.
     """
     if not method:
@@ -95,7 +94,7 @@ def figure_label(method: str | None, noise_level: Mapping[str, Any] | None = Non
     for name, value in (noise_level or {}).items():
         text = value if isinstance(value, str) else f"{float(value):.4g}"
         file_part += f"_{name}_{text}"
-        title += f", {name} = {text}" + (f" ({AUTO_RULE})" if value == "auto" else "")
+        title += f", {name} = {text}" + (" (knee)" if value == "auto" else "")
     return file_part, title
 
 

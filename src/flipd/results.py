@@ -45,7 +45,7 @@ class LIDResult:
         method: the estimator, "flipd" or a baseline name.
         ambient_dim: D, the number of coordinates per point the estimator saw (None if unknown).
         knee_found: per point whether the knee rule found a knee, [N] bool (None unless
-            ``t0="knee"``); where it did not, ``lid`` is D and the noise level is NaN.
+            ``t0="auto"``); where it did not, ``lid`` is D and the noise level is NaN.
         settings: the settings the method ran with, resolved (defaults filled in), JSON-ready.
         batch_size: FLIPD: points per forward pass at the end of the run (smaller than asked
             for when a batch ran out of GPU memory and was halved); None for other methods.

@@ -26,7 +26,7 @@ import torch
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from .estimator import calibrated_t0, estimate, rule_name
+from .estimator import calibrated_t0, estimate
 from .models.mlp import MLPUNetConfig
 from .models.spec import NetworkSpec
 from .recipes import DEFAULT_LOW_T_FRACTION
@@ -39,9 +39,9 @@ class FLIPD(TransformerMixin, BaseEstimator):
     """Local intrinsic dimension by FLIPD, as a scikit-learn transformer.
 
     Args:
-        t0: noise level as a time of the model's schedule, or a rule: "knee" (the knee rule,
-            per point), "plateau" (per point), or "calibrated" and "auto" (one level, chosen from
-            the fitted X and kept as ``level_``, at which ``transform`` reads new points); with
+        t0: noise level as a time of the model's schedule, or a rule: "auto" or "knee" (the knee
+            rule, per point), "plateau" (per point) or "calibrated" (one level, chosen from the
+            fitted X and kept as ``level_``, at which ``transform`` reads new points); with
             ``sigma`` and ``delta`` None as well, the library's default noise level
             (:func:`flipd.default_noise_level`: t0 = 0.05 of the reference VP schedule). At most
             one of ``t0``, ``sigma`` (noise standard deviation) and ``delta`` (log sigma/psi).
@@ -71,7 +71,7 @@ class FLIPD(TransformerMixin, BaseEstimator):
             trace, NaN for one probe).
         result_: the :class:`flipd.FLIPDResult` of the fitted X (noise levels per point, ...).
         model_: the model used (trained by ``fit`` or the ``model`` given).
-        level_: with ``t0="calibrated"`` (or "auto"), the :class:`flipd.CalibratedLevel` chosen from the
+        level_: with ``t0="calibrated"``, the :class:`flipd.CalibratedLevel` chosen from the
             fitted X (None otherwise).
         n_features_in_: number of features of X.
     """
@@ -130,7 +130,7 @@ class FLIPD(TransformerMixin, BaseEstimator):
         X = self._validate(X, reset=True)
         self.model_ = self._train(X) if self.model is None else self.model
         self.level_ = None
-        if isinstance(self.t0, str) and rule_name(self.t0) == "calibrated":  # learnt from X, reused by transform
+        if isinstance(self.t0, str) and self.t0 == "calibrated":  # learnt from X, reused by transform
             self.level_ = calibrated_t0(self.model_, torch.tensor(X, dtype=_input_dtype(self.model_, X),
                                                                   device=self.device), seed=self.seed,
                                         batch_size=self.batch_size)

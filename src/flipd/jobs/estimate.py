@@ -17,7 +17,7 @@ import torch
 
 from ..datasets.sources import PointSet
 from ..calibrated import CALIBRATION_POINTS, CalibratedLevel
-from ..estimator import AUTO_RULES, calibrated_t0, rule_name, EstimateWarning, NonFiniteOutputError, check_options, non_finite_outputs, resolve_trace
+from ..estimator import AUTO_RULES, calibrated_t0, EstimateWarning, NonFiniteOutputError, check_options, non_finite_outputs, resolve_trace
 from ..methods import METHODS as METHOD_REGISTRY
 from ..methods import MODEL_METHODS
 from ..models.base import Model
@@ -89,8 +89,8 @@ class EstimateSettings:
     Attributes:
         method: "flipd" or a baseline of :mod:`flipd.baselines` (see :data:`METHODS`).
         t0: noise level as a time of the model's schedule, or a rule of
-            :data:`flipd.estimator.AUTO_RULES` ("knee": the knee rule; "plateau"; "calibrated"
-            and "auto": one level for the table, chosen from its first points).
+            :data:`flipd.estimator.AUTO_RULES` ("auto" and "knee": the knee rule; "plateau";
+            "calibrated": one level for the table, chosen from its first points).
         sigma: noise level as the noise standard deviation (instead of t0).
         delta: noise level as log(sigma/psi) (instead of t0).
         trace: "auto", "exact", "hutchinson" or "gaussian" (flipd, fpregress).
@@ -158,7 +158,7 @@ def method_chunks(settings: EstimateSettings, model: Model | None = None, batch:
     method = METHOD_REGISTRY[settings.method]
     batch = {"used": settings.batch_size} if batch is None else batch
     noise = settings.noise_level()
-    if isinstance(settings.t0, str) and rule_name(settings.t0) == "calibrated":
+    if settings.t0 == "calibrated":
         if level is None:
             raise ValueError("t0='calibrated' needs the data set's level: pass level=flipd.calibrated_t0(model, x).")
         noise = {"t0": level}
@@ -288,7 +288,7 @@ def plan_estimate(
     )
     batch = {"used": batch_size}
     level = None
-    if isinstance(settings.t0, str) and rule_name(settings.t0) == "calibrated":  # one level for the table, from its first points
+    if settings.t0 == "calibrated":  # one level for the whole table, from its first points
         level = calibrated_t0(model.model, x[: min(len(x), CALIBRATION_POINTS)], seed=seed, batch_size=batch_size,
                               encoded=True)
     estimator = method_chunks(settings, model.model if method in MODEL_METHODS else None, batch, level)
