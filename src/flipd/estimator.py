@@ -396,10 +396,13 @@ def flipd(
             its end (its length need not be known), point ``i`` in the order they come gets
             index ``i``, and a model's ``encode`` runs per batch.
         t0: noise level as a time of the schedule (float, or tensor [N] for one per point), or
-            a rule that chooses it per point: "knee" (the reference knee rule,
-            :func:`flipd.knee`), "plateau" (the flattest stretch of the FLIPD curve in log
-            sigma above the levels where the model denoises reliably, :func:`flipd.plateau`),
-            or "auto" (the knee rule). Alternatively ``sigma=`` (the noise
+            a rule that chooses it: "knee" (per point, the reference knee rule,
+            :func:`flipd.knee`), "plateau" (per point, the flattest stretch of the FLIPD curve
+            in log sigma above the levels where the model denoises reliably,
+            :func:`flipd.plateau`), "calibrated" (one level for all the points: the smallest at
+            which the model denoises within 1.5x of its best, :mod:`flipd.calibrated`; or a
+            level from :func:`calibrated_t0`), or "auto" (the knee rule). Alternatively
+            ``sigma=`` (the noise
             standard deviation) or ``delta=`` (log sigma/psi): at most one of the three. With
             none, the default: t0 = 0.05 of the reference VP schedule, carried to other
             schedules through delta (:func:`flipd.default_noise_level`).
