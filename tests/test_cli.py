@@ -190,6 +190,7 @@ def test_estimate_calibrated_reads_the_table_at_one_level_and_resumes_at_it(loll
     level = metadata["resolved"]["calibrated_level"]
     assert level["t0"] == pytest.approx(frame["t0"].iloc[0]) and level["n_points"] == 40
     assert metadata["summary"]["n_scale_not_found"] == int((~frame["reliable"]).sum())
+    assert len(level["times"]) == len(level["median_calibration"]) == plateau_grid().numel()
     # a run stopped after one chunk resumes at the same level, to the same table
     again = tmp_path / "again.csv"
     stopped = flipd(*args[:7], again, *args[8:], "--stop-after-chunks", "1")
@@ -197,6 +198,17 @@ def test_estimate_calibrated_reads_the_table_at_one_level_and_resumes_at_it(loll
     resumed = flipd(*args[:7], again, *args[8:], "--resume")
     assert resumed.exit_code == 0, resumed.output
     pd.testing.assert_frame_equal(pd.read_csv(again), frame)
+
+
+def test_estimate_calibrated_plots_why_it_chose_its_level(lollipop_model, tmp_path):
+    plots = tmp_path / "plots"
+    result = flipd("estimate", "lollipop", "-m", lollipop_model, "-n", "64", "-o", tmp_path / "c.csv",
+                   "--t0", "calibrated", "--plot", plots, "--quiet")
+    assert result.exit_code == 0, result.output
+    figure = plots / "lollipop_calibrated_level.png"
+    assert figure.stat().st_size > 10_000
+    outputs = json.loads((tmp_path / "c.json").read_text())["outputs"]["plots"]
+    assert str(figure) in outputs
 
 
 def test_estimate_rejects_an_unknown_rule(lollipop_model, tmp_path):

@@ -682,6 +682,8 @@ def estimate(
             if plot is not None:
                 with _timed(timings, "plots_s"):
                     written_plots = _estimate_plots(plot, points, columns, _slug(data), method=method, noise=plan.noise)
+                    if plan.level is not None:  # why the calibrated rule chose its level
+                        written_plots.append(_calibrated_plot(plot, plan.level, _slug(data), loaded.schedule))
             timings["compute_chunks_s"] = round(sum(result.chunk_seconds), 4)
             timings["total_s"] = round(time.perf_counter() - began, 4)
             metadata_path = metadata_path_for(table_path)
@@ -703,6 +705,20 @@ def estimate(
             _print_summary(points, columns["lid"], title=f"{'FLIPD' if method == 'flipd' else method} on {data}")
             err_console.print(f"wrote {escape(str(table_path))} and {escape(str(metadata_path))}"
                               + (f"; {len(written_plots)} figures in {escape(str(plot))}" if written_plots else ""), soft_wrap=True)
+
+
+def _calibrated_plot(directory: Path, level: Any, prefix: str, schedule: Any) -> Path:
+    """The figure of the calibrated rule's choice: ``<prefix>_calibrated_level.png``."""
+    from . import plots
+    from .noise import CALIBRATED_RATIO
+
+    path = Path(directory) / f"{prefix}_calibrated_level.png"
+    plots.plot_calibrated_level(
+        level.times.numpy(), level.median_calibration.numpy(), level.t0, path, ratio=CALIBRATED_RATIO,
+        time_label=f"t0 ({schedule!r} time)",
+        title=f"Calibrated rule on {prefix}: t0 = {level.t0:.3g} (from {level.n_points} points)",
+    )
+    return path
 
 
 def _level_record(level: Any) -> dict[str, Any]:

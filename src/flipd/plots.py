@@ -169,6 +169,47 @@ def plot_curves(
     return _finish(figure, path)
 
 
+def plot_calibrated_level(
+    times: np.ndarray,
+    median_calibration: np.ndarray,
+    chosen_t0: float,
+    path: str | Path | None = None,
+    *,
+    ratio: float,
+    time_label: str = "t0",
+    title: str = "Calibrated rule",
+) -> Figure:
+    """Why the calibrated rule chose its level: the model's median |calibration| over the points
+    at each level (log scale), its best level, the threshold ``ratio`` × best, and the chosen t0
+    (the smallest level under the threshold).
+
+    Args:
+        times: the T levels searched, increasing.
+        median_calibration: [T] median |calibration| (0 for the ideal denoiser; inf where the
+            model's output was not finite).
+        chosen_t0: the level chosen.
+        ratio: the rule's ratio (:data:`flipd.noise.CALIBRATED_RATIO`).
+    """
+    times = np.asarray(times, dtype=np.float64)
+    median = np.asarray(median_calibration, dtype=np.float64)
+    finite = np.isfinite(median)
+    best = float(np.min(median[finite]))
+    figure = _new_figure(7.5, 4.2)
+    axis = figure.subplots()
+    axis.plot(times[finite], np.maximum(median[finite], 1e-12), marker="o", markersize=3, color="tab:blue",
+              label="median |calibration| over the points")
+    axis.axhline(ratio * best, color="grey", linestyle="--", linewidth=1, label=f"{ratio:g} × the best ({best:.3g})")
+    axis.axvline(chosen_t0, color="tab:red", linestyle=":", linewidth=1.5, label=f"chosen t0 = {chosen_t0:.3g}")
+    axis.set_xscale("log")
+    axis.set_yscale("log")
+    axis.set_xlabel(time_label)
+    axis.set_ylabel("denoising calibration (0 = ideal)")
+    axis.set_title(title)
+    axis.legend(fontsize=8, loc="best")
+    axis.grid(alpha=0.3, which="both")
+    return _finish(figure, path)
+
+
 def plot_lid_histograms(
     lids: np.ndarray,
     path: str | Path | None = None,
