@@ -110,8 +110,49 @@ def test_a_stream_is_read_at_the_level_of_its_first_points(mixture):
     loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x), batch_size=50)
     streamed = flipd.estimate(perfect, loader, t0="calibrated", prediction="score")
     whole = flipd.estimate(perfect, x, t0="calibrated", prediction="score")
+    assert streamed.settings["rule_points"] == 240  # chosen once from the stream, not per batch of 50
     assert torch.equal(streamed.t0, whole.t0)
     assert torch.allclose(streamed.lid, whole.lid) and torch.equal(streamed.reliable, whole.reliable)
+
+
+def test_a_given_level_is_the_level_read(mixture):
+    model, x, _ = mixture
+    perfect = model.as_model(VP())
+    chosen = flipd.calibrated_t0(perfect, x, prediction="score")
+    grid = flipd.plateau_grid()
+    other = chosen._replace(index=5, t0=float(grid[5]))
+    result = flipd.estimate(perfect, x[:20], t0=other, prediction="score")
+    assert torch.all(result.t0 == grid[5])
+    expected = flipd.estimate(perfect, x[:20], t0=float(grid[5]), prediction="score")
+    assert torch.allclose(result.lid, expected.lid)
+    with pytest.raises(ValueError, match="another schedule's levels"):
+        flipd.estimate(model.as_model(VE(), "sample"), x[:5], t0=other, schedule=VE(), prediction="sample")
+
+
+def test_more_points_than_the_rule_reads_are_read_at_its_level(mixture, monkeypatch):
+    """With the sample smaller than the points (as past 2048), the tensor path, a stream and a
+    chunk read at the level agree; the level comes from the first points only."""
+    import flipd.estimator as estimator
+
+    monkeypatch.setattr(estimator, "CALIBRATION_POINTS", 100)
+    model, x, _ = mixture
+    schedule = VP()
+    perfect = model.as_model(schedule)
+
+    def overshooting(y, t):  # too large a score below sigma/psi = 0.1: the level is not the grid's first
+        ratio = schedule.sigma(t) / schedule.psi(t)
+        return perfect(y, t) * torch.where(ratio < 0.1, 3.0, 1.0).to(y).reshape(-1, 1)
+
+    whole = flipd.estimate(overshooting, x, t0="calibrated", prediction="score")
+    assert whole.settings["rule_points"] == 100
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x), batch_size=64)
+    streamed = flipd.estimate(overshooting, loader, t0="calibrated", prediction="score")
+    level = flipd.calibrated_t0(overshooting, x, prediction="score", n_points=100)
+    tail = flipd.estimate(overshooting, x[150:], t0=level, prediction="score", indices=range(150, 240))
+    assert streamed.settings["rule_points"] == 100 and level.index > 0
+    assert torch.equal(streamed.t0, whole.t0) and float(whole.t0[0]) == level.t0
+    assert torch.allclose(streamed.lid, whole.lid) and torch.equal(streamed.reliable, whole.reliable)
+    assert torch.allclose(tail.lid, whole.lid[150:]) and torch.equal(tail.reliable, whole.reliable[150:])
 
 
 def test_a_stream_with_its_own_indices_chooses_as_the_tensor_does(mixture):

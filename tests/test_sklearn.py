@@ -65,9 +65,13 @@ def test_the_calibrated_level_is_learnt_at_fit_and_kept_for_new_points(mixture):
     estimator = FLIPD(model=model, t0="calibrated").fit(x.numpy())
     assert estimator.level_.n_points == 200 and estimator.level_.t0 == pytest.approx(float(flipd.plateau_grid()[0]))
     assert np.all(estimator.result_.t0.numpy() == estimator.level_.t0)
-    new, _ = mixture.sample(5, seed=2)  # too few to choose a level from: read at the fitted one
-    expected = flipd.estimate(model, new, t0=estimator.level_).lid.numpy()
+    new, _ = mixture.sample(5, seed=2)  # read at the fitted level, not one chosen from these 5
+    grid = flipd.plateau_grid()
+    estimator.level_ = estimator.level_._replace(index=7, t0=float(grid[7]))
+    expected = flipd.estimate(model, new, t0=float(grid[7])).lid.numpy()
     np.testing.assert_allclose(estimator.transform(new.numpy())[:, 0], expected)
+    estimator.set_params(t0=0.01)  # a fixed level set after fit is the one read
+    np.testing.assert_allclose(estimator.transform(new.numpy())[:, 0], flipd.flipd(model, new, t0=0.01).numpy())
     assert FLIPD(model=model, t0=0.01).fit(x.numpy()).level_ is None
 
 

@@ -16,7 +16,11 @@ takes both into account, per data set:
 
 The choice is one level for the whole data set, so it depends on which points it is made
 from: :func:`flipd.estimate` makes it from the first :data:`CALIBRATION_POINTS` points it is
-given (streams included), so a table estimated in chunks, or resumed, is read at one level.
+given (streams included); ``flipd estimate`` chooses it once per table, so a table estimated in
+chunks, by several processes or resumed is read at one level (the level is part of the run's
+identity: a resume that would choose another is refused). To read other points at a level
+chosen before, pass it: ``flipd.estimate(model, x, t0=level)``. A level is also left out when
+the model's output is not finite there for any of the points.
 Per point, the result says whether the model denoises that point reliably at the chosen level
 (|calibration| <= :data:`flipd.noise.RELIABILITY_TOLERANCE`); the other points are flagged.
 
@@ -58,8 +62,8 @@ class CalibratedLevel(NamedTuple):
         best_t0: the level where the model denoises best (smallest median).
         n_points: how many points the choice was made from.
         reliable: whether the median at the chosen level is within
-            :data:`flipd.noise.RELIABILITY_TOLERANCE` (False: the model denoises these points
-            reliably at no level of the grid).
+            :data:`flipd.noise.RELIABILITY_TOLERANCE` (False: the model does not denoise most
+            of these points reliably at the chosen level).
     """
 
     t0: float

@@ -652,6 +652,8 @@ def estimate(
             }
             if loaded is not None and loaded.dtype != "float32":
                 identity["model"]["dtype"] = loaded.dtype
+            if plan.level is not None:  # a resume that would choose another level is refused
+                identity["calibrated_t0"] = plan.level.t0
         if loaded is not None:
             _say(quiet, f"model: {escape(loaded.description)}")
         _say(quiet, f"data: {escape(points.description)}")

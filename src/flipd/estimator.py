@@ -209,6 +209,8 @@ def estimate(
     if isinstance(t0, CalibratedLevel):
         if sigma is not None or delta is not None:
             raise ValueError("t0= is a level the calibrated rule chose; do not also pass sigma= or delta=.")
+        if isinstance(model, Model):
+            _check_level_schedule(t0, model.schedule)
     elif isinstance(t0, str):
         if t0 not in AUTO_RULES:
             raise ValueError(
@@ -581,6 +583,10 @@ def _estimate_stream(model, x, *, t0, sigma, delta, indices, progress, batch_siz
     results: list[FLIPDResult] = []
     offset = 0
     if isinstance(t0, str) and t0 == "calibrated":  # one level for the whole stream, from its first points
+        if sigma is not None or delta is not None:
+            raise ValueError(f"t0={t0!r} chooses the noise level itself; do not also pass sigma= or delta=.")
+        check_options(options.get("seed", 0), batch_size, chunk_rows, options.get("mode", "auto"))
+        resolve_trace(options.get("trace", "auto"), 1, options.get("n_probes", 1))  # before the model runs
         t0 = calibrated_t0(model, x, schedule=options.get("schedule"), prediction=options.get("prediction"),
                            seed=options.get("seed", 0), indices=indices, batch_size=batch_size,
                            encoded=options.get("encoded", False))
@@ -666,11 +672,12 @@ def calibrated_t0(
     indices=None,
     batch_size: int | None = None,
     encoded: bool = False,
-    n_points: int = CALIBRATION_POINTS,
+    n_points: int | None = None,
 ) -> CalibratedLevel:
     """The level the calibrated rule (:mod:`flipd.calibrated`) chooses for the data ``x``.
 
-    The model's calibration is measured on the first ``n_points`` points of ``x`` (a tensor,
+    The model's calibration is measured on the first ``n_points`` points of ``x`` (default
+    :data:`flipd.calibrated.CALIBRATION_POINTS`, 2048; a tensor,
     array or stream, as for :func:`flipd`) at every level of :func:`flipd.plateau_grid`
     (4 noisy copies per point and level: forward passes only). ``estimate(model, x,
     t0="calibrated")`` makes this choice itself; pass the returned level as ``t0=`` to read
@@ -681,6 +688,7 @@ def calibrated_t0(
     Returns:
         :class:`flipd.calibrated.CalibratedLevel` (``t0`` in the schedule's units).
     """
+    n_points = CALIBRATION_POINTS if n_points is None else n_points
     if isinstance(n_points, bool) or not isinstance(n_points, int) or n_points < 1:
         raise ValueError(f"n_points must be a positive integer; got {n_points!r}.")
     check_options(seed, batch_size, None, "auto")
@@ -709,6 +717,16 @@ def calibrated_t0(
     return calibrated_level(calibration, grid)
 
 
+def _check_level_schedule(level: CalibratedLevel, schedule: Schedule) -> None:
+    """Refuse a level chosen on another schedule's grid (its t0 would mean another noise)."""
+    grid = plateau_grid(schedule)
+    if grid.shape != level.times.shape or not torch.allclose(grid, level.times.to(grid), rtol=1e-9, atol=0.0):
+        raise ValueError(
+            f"t0= is a level the calibrated rule chose on another schedule's levels; {schedule!r} has "
+            "other times. Choose it for this model: flipd.calibrated_t0(model, x)."
+        )
+
+
 def _estimate_calibrated(fn, x: Tensor, *, schedule: Schedule, progress, level: CalibratedLevel | None = None,
                          **options) -> FLIPDResult:
     """Every point read at one level: ``level``, or the calibrated rule's choice from the first
@@ -726,6 +744,7 @@ def _estimate_calibrated(fn, x: Tensor, *, schedule: Schedule, progress, level: 
         )
         level = calibrated_level(measured, grid)
         measured = measured[:, level.index]
+    _check_level_schedule(level, schedule)
     times = torch.full((n,), level.t0, dtype=torch.float64)
     result = _estimate_fixed(fn, x, times, schedule=schedule, progress=progress, **options)
     done = 0 if measured is None else measured.shape[0]

@@ -193,7 +193,7 @@ def plot_calibrated_level(
     times = np.asarray(times, dtype=np.float64)
     median = np.asarray(median_calibration, dtype=np.float64)
     finite = np.isfinite(median)
-    best = float(np.min(median[finite]))
+    best = max(float(np.min(median[finite])), 1e-12)  # a perfect model's 0 on a log axis
     figure = _new_figure(7.5, 4.2)
     axis = figure.subplots()
     axis.plot(times[finite], np.maximum(median[finite], 1e-12), marker="o", markersize=3, color="tab:blue",

@@ -130,7 +130,7 @@ class FLIPD(TransformerMixin, BaseEstimator):
         X = self._validate(X, reset=True)
         self.model_ = self._train(X) if self.model is None else self.model
         self.level_ = None
-        if isinstance(self.t0, str) and self.t0 == "calibrated":  # learnt from X, reused by transform
+        if self._calibrated():  # learnt from X, reused by transform
             self.level_ = calibrated_t0(self.model_, torch.tensor(X, dtype=_input_dtype(self.model_, X),
                                                                   device=self.device), seed=self.seed,
                                         batch_size=self.batch_size)
@@ -191,10 +191,14 @@ class FLIPD(TransformerMixin, BaseEstimator):
         points = torch.tensor(X, dtype=torch.float32)
         return train_diffusion(points, network=network, config=config, progress=self.progress, device=self.device)
 
+    def _calibrated(self) -> bool:
+        """Whether t0 is the calibrated rule with no other noise level given (else estimate refuses)."""
+        return isinstance(self.t0, str) and self.t0 == "calibrated" and self.sigma is None and self.delta is None
+
     def _estimate(self, X: np.ndarray):
         noise = {name: value for name, value in (("t0", self.t0), ("sigma", self.sigma), ("delta", self.delta))
                  if value is not None}
-        if getattr(self, "level_", None) is not None:
+        if self._calibrated() and getattr(self, "level_", None) is not None:
             noise["t0"] = self.level_
         points = torch.tensor(X, dtype=_input_dtype(self.model_, X), device=self.device)
         return estimate(self.model_, points, **noise, trace=self.trace, n_probes=self.n_probes, seed=self.seed,
