@@ -182,3 +182,16 @@ def test_points_the_model_does_not_denoise_are_flagged_with_a_warning(mixture):
     with pytest.warns(RuntimeWarning, match=f"calibrated rule found no scale for {k + 1} of 240"):
         result = flipd.estimate(broken_far_out, x, t0="calibrated", prediction="score")
     assert torch.equal(~result.reliable, x[:, 0] > threshold)
+
+
+def test_the_curve_job_marks_the_level_estimate_reads(mixture):
+    from flipd.jobs.curve import compute_curves
+
+    model, x, _ = mixture
+    perfect = flipd.as_model(model.as_model(VP()), prediction="score")
+    grid = flipd.plateau_grid()
+    curves = compute_curves(perfect, x[:100], grid, trace="exact", rule="calibrated")
+    rule, t0, lid, found = curves.chosen()
+    estimated = flipd.estimate(perfect, x[:100], t0="calibrated")
+    assert rule == "calibrated" and np.all(t0 == estimated.t0.numpy())
+    assert np.allclose(lid, estimated.lid.numpy()) and np.array_equal(found, estimated.reliable.numpy())

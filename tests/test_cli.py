@@ -264,6 +264,31 @@ def test_curve_marks_the_plateau(lollipop_model, tmp_path):
     assert_user_error(bad, "--rule")
 
 
+def test_curve_marks_the_calibrated_level_as_estimate_chooses_it(lollipop_model, tmp_path):
+    table, plots = tmp_path / "curves.parquet", tmp_path / "plots"
+    result = flipd("curve", "lollipop", "-m", lollipop_model, "-n", "40", "-o", table, "--rule", "calibrated",
+                   "--chunk-size", "16", "--plot", plots, "--quiet")
+    assert result.exit_code == 0, result.output
+    frame = pd.read_parquet(table)
+    from flipd.noise import plateau_grid
+
+    assert frame["t0"].nunique() == plateau_grid().numel()
+    chosen = frame[frame["calibrated"]]
+    assert chosen.groupby("index").size().eq(1).all() and chosen["t0"].nunique() == 1  # one level for all
+    assert {"calibration", "reliable"} <= set(frame.columns)
+    assert (plots / "lollipop_calibrated_level.png").stat().st_size > 10_000
+    metadata = json.loads(table.with_suffix(".json").read_text())
+    assert metadata["calibrated_level"]["t0"] == pytest.approx(chosen["t0"].iloc[0])
+    # the same level and estimates as flipd estimate --t0 calibrated on the same points
+    estimated = tmp_path / "estimate.csv"
+    assert flipd("estimate", "lollipop", "-m", lollipop_model, "-n", "40", "-o", estimated, "--t0", "calibrated",
+                 "--quiet").exit_code == 0
+    reference = pd.read_csv(estimated)
+    assert np.allclose(reference["t0"], chosen["t0"].to_numpy())
+    assert np.allclose(reference["lid"], chosen.sort_values("index")["lid"].to_numpy(), atol=1e-5)
+    assert (reference["reliable"].to_numpy() == chosen.sort_values("index")["reliable"].to_numpy()).all()
+
+
 def test_curve_with_explicit_grid(lollipop_model, tmp_path):
     table = tmp_path / "curves.csv"
     result = flipd("curve", "lollipop", "-m", lollipop_model, "-n", "3", "-o", table, "--t-min", "0.02",

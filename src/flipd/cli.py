@@ -956,7 +956,7 @@ def curve(
         Optional[int], typer.Option("--steps", min=3, help="Noise levels on the curve (default: the knee rule's reference grid).", show_default=False)
     ] = None,
     rule: Annotated[
-        str, typer.Option("--rule", help="Which rule's choice to mark: knee, or plateau (the flattest stretch where the model denoises reliably; default grid: the plateau rule's own).")
+        str, typer.Option("--rule", help="Which rule's choice to mark: knee, plateau (the flattest stretch where the model denoises reliably) or calibrated (one level for all the points, from the first 2048; with --plot also its figure); plateau and calibrated default to the plateau rule's grid.")
     ] = "knee",
     trace: Trace = "auto",
     probes: Probes = 1,
@@ -1004,7 +1004,7 @@ def curve(
     run_directory = chunk_directory_for(table_path)
     _check_trace(trace)
     if rule not in CURVE_RULES:
-        raise OptionError("--rule", f"{rule!r} is not a rule; use {' or '.join(CURVE_RULES)}.")
+        raise OptionError("--rule", f"{rule!r} is not a rule; use {', '.join(CURVE_RULES)}.")
     with _processes_of_the_run(device_used, dist_timeout, table_path, run_directory, plot, resume=resume, force=force,
                                quiet=quiet) as group:
         if group is None:
@@ -1014,7 +1014,7 @@ def curve(
         timings: dict[str, float] = {}
 
         def noise_levels(loaded: Any) -> Any:  # checked once the schedule is known, before the data is loaded
-            if rule == "plateau" and t_min is None and t_max is None and steps is None:
+            if rule in ("plateau", "calibrated") and t_min is None and t_max is None and steps is None:
                 return plateau_grid(loaded.schedule)
             try:
                 return curve_times(loaded.schedule, t_min=t_min, t_max=t_max, steps=steps)
@@ -1053,22 +1053,23 @@ def curve(
             result = _collect_chunks(run, quiet)
             curves = curves_from_chunks(loaded.schedule, settings, result)
             plateau_rule = curves.plateau_t0 is not None
+            _, chosen_t0, chosen_lid, chosen_found = curves.chosen()
             write_table(table_path, curve_table_columns(points, curves))
             written: list[Path] = []
             if plot is not None:
                 curve_figure = Path(plot) / f"{_slug(data)}_curves.png"
                 plots.plot_curves(
-                    curves.times, curves.curves, curve_figure,
-                    knee_times=curves.plateau_t0 if plateau_rule else curves.knee_t0,
-                    knee_lids=curves.plateau_lid if plateau_rule else curves.knee_lid, ambient_dim=points.ambient_dim,
-                    true_lids=points.lid_true, time_label=f"t0 ({loaded.schedule!r} time)", chosen_label=rule,
+                    curves.times, curves.curves, curve_figure, knee_times=chosen_t0, knee_lids=chosen_lid,
+                    ambient_dim=points.ambient_dim, true_lids=points.lid_true,
+                    time_label=f"t0 ({loaded.schedule!r} time)", chosen_label=rule,
                     title=f"FLIPD curves on {data}" + (
                         f", median flatness {np.nanmedian(curves.plateau_flatness):.3g} per unit log sigma"
                         if plateau_rule else ""
                     ),
                 )
                 written.append(curve_figure)
-            chosen_lid = curves.plateau_lid if plateau_rule else curves.knee_lid
+                if curves.level is not None:  # why the calibrated rule chose its level
+                    written.append(_calibrated_plot(plot, curves.level, _slug(data), loaded.schedule))
             timings["total_s"] = round(time.perf_counter() - began, 4)
             metadata_path = metadata_path_for(table_path)
             write_json(metadata_path, run_record(
@@ -1082,8 +1083,8 @@ def curve(
                                  "median_t0": float(np.nanmedian(curves.plateau_t0)),
                                  "median_flatness": float(np.nanmedian(curves.plateau_flatness))}}
                    if plateau_rule else {}),
-                summary=summary_record(chosen_lid, points,
-                                       scale_found=curves.plateau_found if plateau_rule else curves.knee_found),
+                **({"calibrated_level": _level_record(curves.level)} if curves.level is not None else {}),
+                summary=summary_record(chosen_lid, points, scale_found=chosen_found),
                 chunks=_chunks_record(result), processes=group.describe(),
                 timings=timings, outputs={"table": str(table_path), "plots": [str(p) for p in written]}, device=device_used,
             ))
@@ -1094,6 +1095,10 @@ def curve(
                 found = int(curves.plateau_found.sum())
                 _print_summary(points, curves.plateau_lid,
                                title=f"FLIPD on the plateau on {data} ({found} of {points.n} points have a plateau)")
+            elif curves.level is not None:
+                found = int(chosen_found.sum())
+                _print_summary(points, chosen_lid, title=f"FLIPD at the calibrated level t0 = {curves.level.t0:.4g} on "
+                                                         f"{data} ({found} of {points.n} points denoised reliably there)")
             else:
                 found = int(curves.knee_found.sum())
                 _print_summary(points, curves.knee_lid, title=f"FLIPD at the knee on {data} ({found} of {points.n} points have a knee)")

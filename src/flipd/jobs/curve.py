@@ -1,5 +1,6 @@
 """The curve job: FLIPD across noise levels for every point, with the knee of each curve (and,
-with ``rule="plateau"``, the flattest stretch the plateau rule picks).
+with ``rule="plateau"``, the flattest stretch the plateau rule picks; with ``rule="calibrated"``,
+the one level the calibrated rule picks for all the points).
 
 :func:`compute_curves` computes curves in memory; :class:`CurveSettings` and
 :func:`curve_chunks` run the same computation chunk by chunk through
@@ -19,6 +20,7 @@ import numpy as np
 import torch
 
 from ..datasets.sources import PointSet
+from ..calibrated import CALIBRATION_POINTS, CalibratedLevel, calibrated_level
 from ..estimator import EstimateWarning, flipd_curve, resolve_trace
 from ..knee import knee
 from ..models.base import Model
@@ -40,13 +42,17 @@ __all__ = [
     "curves_from_chunks",
 ]
 
-#: Rules whose choice a curve run can mark: the reference knee rule, or the plateau rule as well.
-CURVE_RULES: tuple[str, ...] = ("knee", "plateau")
+#: Rules whose choice a curve run can mark: the reference knee rule, or the plateau or the
+#: calibrated rule as well.
+CURVE_RULES: tuple[str, ...] = ("knee", "plateau", "calibrated")
 
 #: Per-point arrays saved for every chunk of a curve run: the curve [n, T] and its knee [n].
 CURVE_COLUMNS: tuple[str, ...] = ("curves", "knee_t0", "knee_lid", "knee_found")
 #: Arrays added with the plateau rule: its choice [n] and the reliable levels [n, T].
 PLATEAU_COLUMNS: tuple[str, ...] = ("plateau_t0", "plateau_lid", "plateau_flatness", "plateau_found", "reliable")
+#: Arrays added with the calibrated rule: the model's calibration at every level [n, T] (the
+#: level is chosen from the first points' once the chunks are joined).
+CALIBRATED_COLUMNS: tuple[str, ...] = ("calibration",)
 
 
 @dataclass
@@ -64,7 +70,10 @@ class CurveResult:
         plateau_t0, plateau_lid, plateau_flatness, plateau_found: [N] the plateau rule's
             choice (:func:`flipd.plateau`) when it was asked for, else None.
         reliable: [N, T] bool, the levels where the model denoises each point reliably
-            (plateau rule only).
+            (plateau and calibrated rules).
+        calibration: [N, T] the model's denoising calibration (calibrated rule only).
+        level: the calibrated rule's choice, from the first
+            :data:`~flipd.calibrated.CALIBRATION_POINTS` points (calibrated rule only).
     """
 
     times: np.ndarray
@@ -82,6 +91,19 @@ class CurveResult:
     plateau_flatness: np.ndarray | None = None
     plateau_found: np.ndarray | None = None
     reliable: np.ndarray | None = None
+    calibration: np.ndarray | None = None
+    level: CalibratedLevel | None = None
+
+    def chosen(self) -> tuple[str, np.ndarray, np.ndarray, np.ndarray]:
+        """The rule that chose and its choice per point: ``(rule, t0 [N], lid [N], found [N])``
+        (the calibrated rule's found: the model denoises the point reliably at its level)."""
+        if self.plateau_t0 is not None:
+            return "plateau", self.plateau_t0, self.plateau_lid, self.plateau_found
+        if self.level is not None:
+            n = self.curves.shape[0]
+            return ("calibrated", np.full(n, self.level.t0), self.curves[:, self.level.index],
+                    self.reliable[:, self.level.index])
+        return "knee", self.knee_t0, self.knee_lid, self.knee_found
 
 
 def compute_curves(
@@ -104,10 +126,12 @@ def compute_curves(
     is searched. ``progress`` is called with the number of points done after every batch of
     every noise level (N·T in all). With ``rule="plateau"`` the plateau rule is applied too,
     on the levels where the model denoises each point reliably, as ``t0="plateau"`` does (on
-    its own grid, :func:`flipd.plateau_grid`, when ``times`` is that grid).
+    its own grid, :func:`flipd.plateau_grid`, when ``times`` is that grid). With
+    ``rule="calibrated"`` the model's calibration is measured at every level and the calibrated
+    rule picks one level from the first points' (on ``times``, whatever they are).
     """
     if rule not in CURVE_RULES:
-        raise ValueError(f"rule must be 'knee' or 'plateau'; got {rule!r}.")
+        raise ValueError(f"rule must be one of {', '.join(map(repr, CURVE_RULES))}; got {rule!r}.")
     dim = int(x[0].numel())
     resolved_trace, resolved_probes = resolve_trace(trace, x.shape[1:], n_probes)
     with torch.no_grad(), warnings.catch_warnings():  # the caller reports results by the table's index
@@ -123,13 +147,17 @@ def compute_curves(
         curves=curves.numpy(), knee_t0=found.t0.numpy(), knee_lid=found.lid.numpy(),
         knee_found=found.found.numpy(), window=window, trace=resolved_trace, n_probes=resolved_probes,
     )
-    if rule == "plateau":
+    if rule in ("plateau", "calibrated"):
         point_indices = torch.arange(x.shape[0]) if indices is None else torch.as_tensor(np.asarray(indices))
         calibration = denoising_calibration(
             model, x, times, schedule=model.schedule, prediction=model.prediction, seed=seed, indices=point_indices,
             batch_size=batch_size or 1024,
         )
         result.reliable = reliable_levels(calibration).numpy()
+    if rule == "calibrated":
+        result.calibration = calibration.numpy()
+        result.level = calibrated_level(calibration[:CALIBRATION_POINTS], times)
+    if rule == "plateau":
         chosen = plateau(curves, times, schedule=model.schedule, reliable=result.reliable)
         result.plateau_t0, result.plateau_lid = chosen.t0.numpy(), chosen.lid.numpy()
         result.plateau_flatness, result.plateau_found = chosen.flatness.numpy(), chosen.found.numpy()
@@ -156,7 +184,7 @@ class CurveSettings:
         seed: seed of the probes (and of the choice of points).
         batch_size: points per forward pass.
         chunk_size: points per saved chunk.
-        rule: "knee", or "plateau" for the plateau rule as well.
+        rule: "knee", or "plateau" or "calibrated" for that rule as well.
     """
 
     times: tuple[float, ...]
@@ -170,7 +198,7 @@ class CurveSettings:
     def __post_init__(self) -> None:
         object.__setattr__(self, "times", tuple(float(t) for t in self.times))
         if self.rule not in CURVE_RULES:
-            raise ValueError(f"rule must be 'knee' or 'plateau'; got {self.rule!r}.")
+            raise ValueError(f"rule must be one of {', '.join(map(repr, CURVE_RULES))}; got {self.rule!r}.")
         for name in ("n_probes", "batch_size", "chunk_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
@@ -182,7 +210,7 @@ class CurveSettings:
 
     def columns(self) -> tuple[str, ...]:
         """The arrays each chunk saves."""
-        return CURVE_COLUMNS + (PLATEAU_COLUMNS if self.rule == "plateau" else ())
+        return CURVE_COLUMNS + {"plateau": PLATEAU_COLUMNS, "calibrated": CALIBRATED_COLUMNS}.get(self.rule, ())
 
     def to_json(self) -> dict[str, Any]:
         record = asdict(self)
@@ -206,6 +234,8 @@ def curve_chunks(model: Model, settings: CurveSettings) -> ChunkEstimator:
             arrays.update({"plateau_t0": result.plateau_t0, "plateau_lid": result.plateau_lid,
                            "plateau_flatness": result.plateau_flatness, "plateau_found": result.plateau_found,
                            "reliable": result.reliable})
+        if settings.rule == "calibrated":
+            arrays["calibration"] = result.calibration
         return arrays, {"trace": result.trace, "n_probes": result.n_probes}
 
     return run
@@ -221,6 +251,10 @@ def curves_from_chunks(schedule: Schedule, settings: CurveSettings, result: Chun
         plateau = {"plateau_t0": columns["plateau_t0"], "plateau_lid": columns["plateau_lid"],
                    "plateau_flatness": columns["plateau_flatness"],
                    "plateau_found": columns["plateau_found"].astype(bool), "reliable": columns["reliable"].astype(bool)}
+    if settings.rule == "calibrated":  # the level, chosen once from the first points of the whole run
+        calibration = columns["calibration"]
+        plateau = {"calibration": calibration, "reliable": reliable_levels(torch.from_numpy(calibration)).numpy(),
+                   "level": calibrated_level(calibration[:CALIBRATION_POINTS], times)}
     return CurveResult(
         times=times.numpy(), sigma=schedule.sigma(times).numpy(), delta=schedule.delta(times).numpy(),
         curves=columns["curves"], knee_t0=columns["knee_t0"], knee_lid=columns["knee_lid"],
@@ -233,7 +267,9 @@ def curve_table_columns(points: PointSet, curves: CurveResult) -> dict[str, Any]
     """Long format, one row per (point, noise level): index, t0, sigma, delta, lid, knee (True
     on the row of the point's chosen knee), with the plateau rule also plateau (True on the
     middle row of the chosen stretch), flatness (of that stretch, per point) and reliable (the
-    model denoises the point reliably at that level), and ground truth when known."""
+    model denoises the point reliably at that level), with the calibrated rule calibrated (True
+    on the rows of the level chosen for all the points), calibration and reliable, and ground
+    truth when known."""
     n, t = curves.curves.shape
     knee_rows = np.zeros((n, t), dtype=bool)
     for i in range(n):
@@ -254,6 +290,10 @@ def curve_table_columns(points: PointSet, curves: CurveResult) -> dict[str, Any]
         columns["plateau"] = plateau_rows.reshape(-1)
         columns["plateau_found"] = np.repeat(curves.plateau_found, t)
         columns["flatness"] = np.repeat(curves.plateau_flatness, t)
+        columns["reliable"] = curves.reliable.reshape(-1)
+    if curves.level is not None:
+        columns["calibrated"] = np.tile(np.arange(t) == curves.level.index, n)
+        columns["calibration"] = curves.calibration.reshape(-1)
         columns["reliable"] = curves.reliable.reshape(-1)
     if points.names is not None:
         columns["name"] = [name for name in points.names for _ in range(t)]
