@@ -279,9 +279,16 @@ def rank_group(device: torch.device | str = "cpu", *, timeout_minutes: float = D
     messages = None
     if "gloo" not in backend:  # an NCCL-only group (made by the caller) cannot carry CPU tensors
         messages = dist.new_group(backend="gloo", timeout=datetime.timedelta(minutes=timeout_minutes))
+    finished = False
     try:
         yield RankGroup(launch, device, backend, timeout_minutes, group=messages)
+        finished = True
     finally:
+        if finished and dist.is_initialized():
+            # Leave together: a process that tears its connections down while another is still
+            # using them can abort in gloo's teardown ("terminate called without an active
+            # exception"). After an error the others may be gone, so no meeting then.
+            dist.barrier(group=messages)
         if created and dist.is_initialized():
             dist.destroy_process_group()
         elif messages is not None and dist.is_initialized():
