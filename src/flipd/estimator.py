@@ -709,12 +709,21 @@ def calibrated_t0(
         sample = sample[:n_points]
     fn, sample, schedule, prediction = resolve_model(model, sample, schedule=schedule, prediction=prediction,
                                                     encoded=encoded)
+    return _choose_level(fn, sample, sample_indices, schedule=schedule, prediction=prediction, seed=seed,
+                         batch_size=batch_size)[0]
+
+
+def _choose_level(fn, sample: Tensor, indices: Tensor, *, schedule: Schedule, prediction: str, seed: int,
+                  batch_size: int | None) -> tuple[CalibratedLevel, Tensor]:
+    """The calibrated rule's level from the points ``sample`` [n, ...] (model coordinates), and
+    their calibration at that level [n] float64."""
     grid = plateau_grid(schedule)
     calibration = denoising_calibration(
-        fn, sample.detach(), grid, schedule=schedule, prediction=prediction, seed=int(seed),
-        indices=sample_indices, batch_size=min(sample.shape[0], batch_size or DEFAULT_BATCH_SIZE),
+        fn, sample.detach(), grid, schedule=schedule, prediction=prediction, seed=int(seed), indices=indices,
+        batch_size=min(sample.shape[0], batch_size or DEFAULT_BATCH_SIZE),
     )
-    return calibrated_level(calibration, grid)
+    level = calibrated_level(calibration, grid)
+    return level, calibration[:, level.index]
 
 
 def _check_level_schedule(level: CalibratedLevel, schedule: Schedule) -> None:
@@ -736,14 +745,9 @@ def _estimate_calibrated(fn, x: Tensor, *, schedule: Schedule, progress, level: 
     batch = min(n, options["batch_size"] or DEFAULT_BATCH_SIZE)
     measured = None
     if level is None:
-        grid = plateau_grid(schedule)
         sample = min(n, CALIBRATION_POINTS)
-        measured = denoising_calibration(
-            fn, x[:sample].detach(), grid, schedule=schedule, prediction=options["prediction"], seed=options["seed"],
-            indices=options["indices"][:sample], batch_size=batch,
-        )
-        level = calibrated_level(measured, grid)
-        measured = measured[:, level.index]
+        level, measured = _choose_level(fn, x[:sample], options["indices"][:sample], schedule=schedule,
+                                        prediction=options["prediction"], seed=options["seed"], batch_size=batch)
     _check_level_schedule(level, schedule)
     times = torch.full((n,), level.t0, dtype=torch.float64)
     result = _estimate_fixed(fn, x, times, schedule=schedule, progress=progress, **options)

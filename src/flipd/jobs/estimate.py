@@ -17,7 +17,9 @@ import torch
 
 from ..datasets.sources import PointSet
 from ..calibrated import CALIBRATION_POINTS, CalibratedLevel
-from ..estimator import AUTO_RULES, calibrated_t0, EstimateWarning, NonFiniteOutputError, check_options, non_finite_outputs, resolve_trace
+from ..estimator import (
+    AUTO_RULES, EstimateWarning, NonFiniteOutputError, calibrated_t0, check_options, non_finite_outputs, resolve_trace,
+)
 from ..methods import METHODS as METHOD_REGISTRY
 from ..methods import MODEL_METHODS
 from ..models.base import Model
