@@ -200,6 +200,25 @@ def test_estimate_calibrated_reads_the_table_at_one_level_and_resumes_at_it(loll
     pd.testing.assert_frame_equal(pd.read_csv(again), frame)
 
 
+def test_a_resume_that_would_choose_another_calibrated_level_is_refused(lollipop_model, tmp_path, monkeypatch):
+    import flipd.jobs.estimate as job
+
+    table = tmp_path / "c.csv"
+    args = ("estimate", "lollipop", "-m", lollipop_model, "-n", "40", "-o", table, "--t0", "calibrated",
+            "--chunk-size", "16", "--quiet")
+    assert flipd(*args, "--stop-after-chunks", "1").exit_code == 130
+    chosen = job.calibrated_t0
+
+    def another(*call, **options):  # as if the level came out differently this time (another device, ...)
+        level = chosen(*call, **options)
+        index = (level.index + 1) % level.times.numel()
+        return level._replace(index=index, t0=float(level.times[index]))
+
+    monkeypatch.setattr(job, "calibrated_t0", another)
+    refused = flipd(*args, "--resume")
+    assert refused.exit_code == 2 and "calibrated_t0" in refused.stderr and not table.exists()
+
+
 def test_estimate_calibrated_plots_why_it_chose_its_level(lollipop_model, tmp_path):
     plots = tmp_path / "plots"
     result = flipd("estimate", "lollipop", "-m", lollipop_model, "-n", "64", "-o", tmp_path / "c.csv",
