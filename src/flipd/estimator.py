@@ -748,7 +748,8 @@ def _estimate_calibrated(fn, x: Tensor, *, schedule: Schedule, progress, level: 
         sample = min(n, CALIBRATION_POINTS)
         level, measured = _choose_level(fn, x[:sample], options["indices"][:sample], schedule=schedule,
                                         prediction=options["prediction"], seed=options["seed"], batch_size=batch)
-    _check_level_schedule(level, schedule)
+    else:  # a level given: chosen on this schedule's grid? (a flipd.Model's was checked before encoding)
+        _check_level_schedule(level, schedule)
     times = torch.full((n,), level.t0, dtype=torch.float64)
     result = _estimate_fixed(fn, x, times, schedule=schedule, progress=progress, **options)
     done = 0 if measured is None else measured.shape[0]

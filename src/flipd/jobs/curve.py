@@ -14,6 +14,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -72,8 +73,9 @@ class CurveResult:
         reliable: [N, T] bool, the levels where the model denoises each point reliably
             (plateau and calibrated rules).
         calibration: [N, T] the model's denoising calibration (calibrated rule only).
-        level: the calibrated rule's choice, from the first
-            :data:`~flipd.calibrated.CALIBRATION_POINTS` points (calibrated rule only).
+
+    The calibrated rule's choice, :attr:`level`, is derived from ``calibration`` when first
+    asked for, so a chunked run chooses it once, from the first points of the whole run.
     """
 
     times: np.ndarray
@@ -92,7 +94,14 @@ class CurveResult:
     plateau_found: np.ndarray | None = None
     reliable: np.ndarray | None = None
     calibration: np.ndarray | None = None
-    level: CalibratedLevel | None = None
+
+    @cached_property
+    def level(self) -> CalibratedLevel | None:
+        """The calibrated rule's level, from the first :data:`~flipd.calibrated.CALIBRATION_POINTS`
+        points' calibration (None unless the calibrated rule ran)."""
+        if self.calibration is None:
+            return None
+        return calibrated_level(self.calibration[:CALIBRATION_POINTS], self.times)
 
     def chosen(self) -> tuple[str, np.ndarray, np.ndarray, np.ndarray]:
         """The rule that chose and its choice per point: ``(rule, t0 [N], lid [N], found [N])``
@@ -156,7 +165,6 @@ def compute_curves(
         result.reliable = reliable_levels(calibration).numpy()
     if rule == "calibrated":
         result.calibration = calibration.numpy()
-        result.level = calibrated_level(calibration[:CALIBRATION_POINTS], times)
     if rule == "plateau":
         chosen = plateau(curves, times, schedule=model.schedule, reliable=result.reliable)
         result.plateau_t0, result.plateau_lid = chosen.t0.numpy(), chosen.lid.numpy()
@@ -246,20 +254,19 @@ def curves_from_chunks(schedule: Schedule, settings: CurveSettings, result: Chun
     :meth:`flipd.runs.chunks.ChunkedRun.collect` with ``columns=CURVE_COLUMNS``)."""
     times = settings.time_grid()
     columns = result.columns
-    plateau = {}
+    rule_arrays = {}
     if settings.rule == "plateau":
-        plateau = {"plateau_t0": columns["plateau_t0"], "plateau_lid": columns["plateau_lid"],
+        rule_arrays = {"plateau_t0": columns["plateau_t0"], "plateau_lid": columns["plateau_lid"],
                    "plateau_flatness": columns["plateau_flatness"],
                    "plateau_found": columns["plateau_found"].astype(bool), "reliable": columns["reliable"].astype(bool)}
-    if settings.rule == "calibrated":  # the level, chosen once from the first points of the whole run
+    if settings.rule == "calibrated":  # the result derives the level from the whole run's calibration
         calibration = columns["calibration"]
-        plateau = {"calibration": calibration, "reliable": reliable_levels(torch.from_numpy(calibration)).numpy(),
-                   "level": calibrated_level(calibration[:CALIBRATION_POINTS], times)}
+        rule_arrays = {"calibration": calibration, "reliable": reliable_levels(torch.from_numpy(calibration)).numpy()}
     return CurveResult(
         times=times.numpy(), sigma=schedule.sigma(times).numpy(), delta=schedule.delta(times).numpy(),
         curves=columns["curves"], knee_t0=columns["knee_t0"], knee_lid=columns["knee_lid"],
         knee_found=columns["knee_found"].astype(bool), window=knee_window(schedule, times),
-        trace=result.trace, n_probes=result.n_probes, **plateau,
+        trace=result.trace, n_probes=result.n_probes, **rule_arrays,
     )
 
 
@@ -290,10 +297,10 @@ def curve_table_columns(points: PointSet, curves: CurveResult) -> dict[str, Any]
         columns["plateau"] = plateau_rows.reshape(-1)
         columns["plateau_found"] = np.repeat(curves.plateau_found, t)
         columns["flatness"] = np.repeat(curves.plateau_flatness, t)
-        columns["reliable"] = curves.reliable.reshape(-1)
     if curves.level is not None:
         columns["calibrated"] = np.tile(np.arange(t) == curves.level.index, n)
         columns["calibration"] = curves.calibration.reshape(-1)
+    if curves.reliable is not None:
         columns["reliable"] = curves.reliable.reshape(-1)
     if points.names is not None:
         columns["name"] = [name for name in points.names for _ in range(t)]
