@@ -43,7 +43,7 @@ from torch import Tensor
 from .knee import as_curves
 from .noise import CALIBRATED_RATIO, RELIABILITY_TOLERANCE
 
-__all__ = ["CALIBRATION_POINTS", "MIN_CALIBRATION_POINTS", "CalibratedLevel", "calibrated_level"]
+__all__ = ["CALIBRATION_POINTS", "MIN_CALIBRATION_POINTS", "CalibratedLevel", "calibrated_level", "smallest_within"]
 
 #: Points the data-set level is chosen from (the first ones given).
 CALIBRATION_POINTS = 2048
@@ -110,10 +110,24 @@ def calibrated_level(
             RuntimeWarning, stacklevel=3,
         )
     median = np.where(finite, np.median(np.where(np.isfinite(magnitude), magnitude, 0.0), axis=0), np.inf)
-    best = int(np.argmin(median))
-    index = int(np.flatnonzero(median <= ratio * median[best])[0])
+    index, best = smallest_within(median, ratio)
     return CalibratedLevel(
         t0=float(times[index]), index=index, times=times.clone(), median_calibration=torch.from_numpy(median),
         best_t0=float(times[best]), n_points=int(values.shape[0]),
         reliable=bool(median[index] <= RELIABILITY_TOLERANCE),
     )
+
+
+def smallest_within(error: np.ndarray, ratio: float) -> tuple[int, int]:
+    """The rule's last step on any per-level error (lower is better; ``inf`` where unusable).
+
+    Args:
+        error: [T] the model's denoising error at each level, levels in increasing order.
+        ratio: how much worse than at its best level the chosen level may be (at least 1).
+
+    Returns:
+        ``(chosen, best)``: the index of the smallest level whose error is at most ``ratio`` times
+        the smallest error, and the index of that smallest error.
+    """
+    best = int(np.argmin(error))
+    return int(np.flatnonzero(error <= ratio * error[best])[0]), best

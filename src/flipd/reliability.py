@@ -38,7 +38,7 @@ from .parameterization import score_coefficients
 from .schedules import Schedule
 from .trace import indexed_probes
 
-__all__ = ["RELIABILITY_DRAWS", "denoising_calibration", "reliable_levels"]
+__all__ = ["RELIABILITY_DRAWS", "denoising_calibration", "denoising_terms", "reliable_levels"]
 
 #: Noisy copies per point and level.
 RELIABILITY_DRAWS = 4
@@ -46,7 +46,22 @@ RELIABILITY_DRAWS = 4
 _NOISE_STREAM = 0x7E11AB1E
 
 
-def denoising_calibration(
+def denoising_calibration(fn: Callable[[Tensor, Tensor], Tensor], x: Tensor, times: Tensor, **options) -> Tensor:
+    """Calibration of the model's noise prediction per point and level (see the module notes).
+
+    Args:
+        fn, x, times and the keyword ``options``: as for :func:`denoising_terms` (the network, the
+        points [N, ...] in model coordinates, the T levels, and ``schedule``, ``prediction``,
+        ``seed``, ``indices``, ``n_draws``, ``batch_size``).
+
+    Returns:
+        [N, T] float64: 0 for the ideal denoiser; its magnitude is the relative miscalibration.
+    """
+    inner, size = denoising_terms(fn, x, times, **options)
+    return inner / size.clamp_min(1e-300)
+
+
+def denoising_terms(
     fn: Callable[[Tensor, Tensor], Tensor],
     x: Tensor,
     times: Tensor,
@@ -57,8 +72,8 @@ def denoising_calibration(
     indices: Tensor,
     n_draws: int = RELIABILITY_DRAWS,
     batch_size: int = 1024,
-) -> Tensor:
-    """Calibration of the model's noise prediction per point and level (see the module notes).
+) -> tuple[Tensor, Tensor]:
+    """The two sums the calibration is the ratio of, per point and level.
 
     Args:
         fn: the network ``fn(y, t)``; its output is turned into a score by ``prediction``.
@@ -69,10 +84,13 @@ def denoising_calibration(
         batch_size: points per forward pass.
 
     Returns:
-        [N, T] float64: 0 for the ideal denoiser; its magnitude is the relative miscalibration.
+        ``(inner, size)``, each [N, T] float64: ``inner = Σ_k eps_hat_k · (eps_hat_k - eps_k)``
+        and ``size = Σ_k ‖eps_hat_k‖²`` over the ``n_draws`` noisy copies k (``size / n_draws``
+        tends to the codimension D - LID at small noise for the ideal denoiser).
     """
     n = x.shape[0]
-    out = torch.empty(n, times.numel(), dtype=torch.float64)
+    inner_out = torch.empty(n, times.numel(), dtype=torch.float64)
+    size_out = torch.empty(n, times.numel(), dtype=torch.float64)
     with torch.no_grad():
         for j, t in enumerate(times.to(torch.float64)):
             t1 = t.reshape(1)
@@ -91,10 +109,9 @@ def denoising_calibration(
                 score = float(a) * output.to(torch.float64) + float(b) * flat_y.to(torch.float64)
                 predicted = (-float(sigma) * score).reshape(n_draws, stop - start, -1)
                 drawn = noise.to(torch.float64).reshape(n_draws, stop - start, -1)
-                inner = torch.linalg.vecdot(predicted, predicted - drawn).sum(0)
-                size = torch.linalg.vecdot(predicted, predicted).sum(0)
-                out[start:stop, j] = (inner / size.clamp_min(1e-300)).cpu()
-    return out
+                inner_out[start:stop, j] = torch.linalg.vecdot(predicted, predicted - drawn).sum(0).cpu()
+                size_out[start:stop, j] = torch.linalg.vecdot(predicted, predicted).sum(0).cpu()
+    return inner_out, size_out
 
 
 def reliable_levels(calibration: Tensor, *, tolerance: float = RELIABILITY_TOLERANCE) -> Tensor:

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 #: Benchmark name -> module with a ``main(argv) -> int``.
 BENCHMARKS: dict[str, str] = {
+    "calibrated_variants": "flipd.bench.calibrated_variants",
     "distributed": "flipd.bench.distributed",
     "export": "flipd.bench.export",
     "images": "flipd.bench.images",

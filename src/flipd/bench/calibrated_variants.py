@@ -1,0 +1,222 @@
+"""How much the calibrated rule's choice depends on its two settings, on trained models.
+
+The calibrated rule (:mod:`flipd.calibrated`) summarises the model's denoising check at each
+level of :func:`flipd.plateau_grid` by one number, the *median* over the points of
+|calibration|, and reads every point at the smallest level whose number is within
+``ratio = 1.5`` times the best one. This benchmark trains (or loads from the cache) the same
+models as ``python -m flipd.bench synthetic`` for a suite, computes each point's FLIPD at every
+level of that grid and the two sums behind its calibration once
+(:func:`flipd.reliability.denoising_terms`), and then applies variants of the rule to those
+numbers, so that every variant is judged on the same model, points and probes:
+
+* ``median, ratio r`` for r in :data:`RATIOS`: the rule with another ratio (1.5 is the
+  library's; 1.0 reads every point at the level where the model denoises best);
+* ``size-weighted, ratio 1.5``: the per-level number is ``Σ_n |inner_n| / Σ_n size_n``, the
+  mean |calibration| weighted by the size of each point's predicted noise (about its
+  codimension), so points where the model predicts almost no noise (full-dimensional parts)
+  count little.
+
+Each variant's MAE is compared with FLIPD at the best fixed level of {0.01, 0.02, 0.05, 0.1}
+(the rule target: within 0.1). The ``median, ratio 1.5`` column is checked to be the level
+:func:`flipd.calibrated.calibrated_level` chooses.
+
+    python -m flipd.bench calibrated_variants --suite small --cache-dir cache/models \
+        --out benchmarks/results/calibrated_variants_small
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..calibrated import calibrated_level, smallest_within
+from ..checks import resolve_model
+from ..datasets import get_dataset
+from ..estimator import flipd_curve
+from ..noise import CALIBRATED_RATIO, plateau_grid
+from ..reliability import denoising_terms
+from ..runs.environment import machine_info, package_versions
+from ._report import (BENCH_PACKAGES, check_output_folders, git_revision, markdown_table, positive_int, produced_by,
+                      write_report)
+from .rules import FIXED_T0
+from .synthetic import SUITES, Recipe, _with_budget, train_or_load
+
+__all__ = ["RATIOS", "VARIANTS", "level_profile", "run_variants"]
+
+#: Ratios of the median variant.
+RATIOS: tuple[float, ...] = (1.0, 1.25, 1.5, 2.0, 3.0)
+
+
+def _median_error(inner: np.ndarray, size: np.ndarray) -> np.ndarray:
+    return np.median(np.abs(inner / np.maximum(size, 1e-300)), axis=0)
+
+
+def _size_weighted_error(inner: np.ndarray, size: np.ndarray) -> np.ndarray:
+    return np.abs(inner).sum(axis=0) / np.maximum(size.sum(axis=0), 1e-300)
+
+
+#: Variant name -> (per-level error from the [N, T] sums, ratio).
+VARIANTS: dict[str, tuple[Callable[[np.ndarray, np.ndarray], np.ndarray], float]] = {
+    **{f"median, ratio {ratio:g}": (_median_error, ratio) for ratio in RATIOS},
+    f"size-weighted, ratio {CALIBRATED_RATIO:g}": (_size_weighted_error, CALIBRATED_RATIO),
+}
+#: The library's rule among the variants.
+LIBRARY_VARIANT = f"median, ratio {CALIBRATED_RATIO:g}"
+
+
+def level_profile(model, x: np.ndarray, *, seed: int = 0) -> dict[str, np.ndarray]:
+    """FLIPD and the denoising check of every point at every level of the model's plateau grid.
+
+    Args:
+        model: a :class:`flipd.DiffusionModel`.
+        x: points [N, D] in data units.
+        seed: Hutchinson probes and noisy copies (as ``flipd.estimate(..., seed=)``).
+
+    Returns:
+        ``times`` [T] (the grid), ``curve`` [N, T] FLIPD, ``fixed`` [N, len(FIXED_T0)] FLIPD at the
+        fixed levels, and ``inner``, ``size`` [N, T] (:func:`flipd.reliability.denoising_terms`).
+    """
+    points = torch.as_tensor(x)
+    grid = plateau_grid(model.schedule).to(torch.float64)
+    times = torch.cat([grid, torch.tensor(FIXED_T0, dtype=torch.float64)])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # points outside [0, D] at some levels are expected here
+        curve = flipd_curve(model, points, times, seed=seed).to(torch.float64).numpy()
+    fn, standardized, schedule, prediction = resolve_model(model, points, schedule=None, prediction=None, encoded=False)
+    inner, size = denoising_terms(fn, standardized, grid, schedule=schedule, prediction=prediction, seed=seed,
+                                  indices=torch.arange(points.shape[0]), batch_size=min(points.shape[0], 1024))
+    return {"times": grid.numpy(), "curve": curve[:, : grid.numel()], "fixed": curve[:, grid.numel():],
+            "inner": inner.numpy(), "size": size.numpy()}
+
+
+def _mae(estimates: np.ndarray, true: np.ndarray) -> float:
+    return float(np.mean(np.abs(estimates - true)))
+
+
+def score_variants(profile: dict[str, np.ndarray], true: np.ndarray) -> dict[str, Any]:
+    """Each variant's level and MAE on one data set's profile (:func:`level_profile`), against the
+    MAE at each fixed level; one JSON-ready record."""
+    fixed = {str(t0): _mae(profile["fixed"][:, k], true) for k, t0 in enumerate(FIXED_T0)}
+    best_fixed = min(fixed.values())
+    variants = {}
+    for name, (error_of, ratio) in VARIANTS.items():
+        error = error_of(profile["inner"], profile["size"])
+        error = np.where(np.isfinite(error), error, np.inf)
+        index, best = smallest_within(error, ratio)
+        mae = _mae(profile["curve"][:, index], true)
+        variants[name] = {"t0": float(profile["times"][index]), "best_t0": float(profile["times"][best]),
+                          "mae": mae, "within_0.1_of_best_fixed": bool(mae <= best_fixed + 0.1)}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a few points: the warning is the library's to give
+        library = calibrated_level(torch.from_numpy(profile["inner"] / np.maximum(profile["size"], 1e-300)),
+                                   profile["times"])
+    if not np.isclose(library.t0, variants[LIBRARY_VARIANT]["t0"]):
+        raise AssertionError(f"the {LIBRARY_VARIANT!r} variant chose t0 = {variants[LIBRARY_VARIANT]['t0']}, "
+                             f"the library's rule {library.t0}")
+    return {"fixed": fixed, "best_fixed": best_fixed, "variants": variants}
+
+
+def run_variants(specs: Sequence[str], *, recipe: Callable[..., Recipe], cache_dir: str | Path, n_eval: int,
+                 seed: int = 0, tiny: bool = False) -> list[dict[str, Any]]:
+    """One record per data set: train or load its model (the synthetic benchmark's cache; ``tiny``:
+    its smoke-test recipes), profile ``n_eval`` held-out points (seed ``seed + 1``) and score
+    every variant."""
+    rows = []
+    for spec in specs:
+        began = time.perf_counter()
+        model, cache_record = train_or_load(spec, recipe(spec, tiny=tiny, seed=seed), cache_dir=cache_dir, progress=False)
+        data = get_dataset(spec, n_eval, seed=seed + 1)
+        row = {"dataset": spec, "n_eval": n_eval, "model": cache_record["cache"],
+               "loaded_from_cache": cache_record["loaded_from_cache"],
+               **score_variants(level_profile(model, data.x, seed=seed), data.lid.astype(np.float64))}
+        row["seconds"] = time.perf_counter() - began
+        print(f"[{spec}] best fixed {row['best_fixed']:.3f}; "
+              + "; ".join(f"{name} {v['mae']:.3f}" for name, v in row["variants"].items()), flush=True)
+        rows.append(row)
+    return rows
+
+
+def _markdown(report: dict[str, Any]) -> str:
+    names = list(VARIANTS)
+    header = ["data set", "best fixed t0 MAE", *[f"{name} (its t0)" for name in names]]
+    body = []
+    for row in report["datasets"]:
+        cells = [f"{v['mae']:.3f}{' ✓' if v['within_0.1_of_best_fixed'] else ''} ({v['t0']:.3f})"
+                 for v in (row["variants"][name] for name in names)]
+        body.append([row["dataset"], row["best_fixed"], *cells])
+    counts = [sum(row["variants"][name]["within_0.1_of_best_fixed"] for row in report["datasets"]) for name in names]
+    body.append(["**within 0.1 (sets)**", f"of {len(report['datasets'])}", *counts])
+    versions = ", ".join(f"{k} {v}" for k, v in report["versions"].items() if v)
+    return "\n".join([
+        f"# The calibrated rule's settings on trained models: {report['suite']} suite",
+        "",
+        *produced_by(report["command"]),
+        f"Finished {report['finished_utc']} (UTC); code at commit `{report['git_revision']}`. Versions: {versions}.",
+        "",
+        "Models: those of `python -m flipd.bench synthetic` with the same suite, budget options and cache. "
+        "Each variant is applied to the same FLIPD values and denoising checks (one computation per data set), "
+        f"{report['datasets'][0]['n_eval'] if report['datasets'] else 0} held-out points per set. "
+        f"`{LIBRARY_VARIANT}` is the library's `t0=\"calibrated\"`. ✓: within 0.1 of FLIPD's MAE at the best "
+        f"fixed level of t0 in {list(FIXED_T0)} (the rule target). \"size-weighted\": the mean |calibration| "
+        "weighted by each point's predicted-noise size instead of the median.",
+        "",
+        markdown_table(header, body, 3),
+        "",
+    ])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m flipd.bench calibrated_variants",
+        description="The calibrated rule with other ratios and another per-level statistic, on a suite's trained models.",
+    )
+    parser.add_argument("--suite", required=True, choices=sorted(SUITES), help="the synthetic suite whose models to use")
+    parser.add_argument("--datasets", nargs="+", default=None, metavar="SPEC", help="data sets instead of the whole suite")
+    parser.add_argument("--cache-dir", default="cache/models", help="the synthetic benchmark's model cache (default %(default)s)")
+    parser.add_argument("--n-eval", type=positive_int, default=1000, help="held-out points per data set (default %(default)s)")
+    parser.add_argument("--steps", type=positive_int, default=None, help="as for `flipd.bench synthetic`")
+    parser.add_argument("--n-train", type=positive_int, default=None, help="as for `flipd.bench synthetic`")
+    parser.add_argument("--widths", type=positive_int, nargs="+", default=None, help="as for `flipd.bench synthetic`")
+    parser.add_argument("--low-t-fraction", type=float, default=None, help="as for `flipd.bench synthetic`")
+    parser.add_argument("--tiny", action="store_true", help="tiny models and budgets (a smoke test)")
+    parser.add_argument("--seed", type=int, default=0, help="training seed; points use seed+1 (default %(default)s)")
+    parser.add_argument("--threads", type=positive_int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--out", required=True, help="base path of the .md and .json results")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.low_t_fraction is not None and not 0.0 <= args.low_t_fraction < 1.0:
+        parser.error(f"--low-t-fraction must be in [0, 1); got {args.low_t_fraction}")
+    check_output_folders(parser, {"--out": Path(args.out).parent, "--cache-dir": args.cache_dir})
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    recipe = _with_budget(steps=args.steps, n_train=args.n_train, widths=args.widths, low_t_fraction=args.low_t_fraction)
+    specs = list(SUITES[args.suite] if args.datasets is None else args.datasets)
+    rows = run_variants(specs, recipe=recipe, cache_dir=args.cache_dir, n_eval=args.n_eval, seed=args.seed,
+                        tiny=args.tiny)
+    report = {
+        "command": "python -m flipd.bench calibrated_variants " + shlex.join(argv),
+        "suite": args.suite,
+        "finished_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "git_revision": git_revision(Path(__file__).parent),
+        "machine": machine_info(),
+        "versions": package_versions(BENCH_PACKAGES),
+        "seed": args.seed,
+        "datasets": rows,
+    }
+    write_report(Path(args.out), report, _markdown)
+    return 0

@@ -1,0 +1,86 @@
+"""The calibrated rule's variants benchmark: each variant applied to one profile per data set."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+import flipd
+from flipd.bench.calibrated_variants import LIBRARY_VARIANT, VARIANTS, level_profile, main, score_variants
+from flipd.bench.rules import FIXED_T0
+from flipd.bench.synthetic import recipe_for, train_or_load
+from flipd.calibrated import smallest_within
+from flipd.datasets import get_dataset
+
+
+def test_smallest_within_takes_the_first_level_near_the_best():
+    error = np.array([0.9, 0.5, 0.31, 0.2, 0.25, np.inf])
+    assert smallest_within(error, 1.0) == (3, 3)
+    assert smallest_within(error, 1.5) == (3, 3)   # 0.31 is above 1.5 x 0.2
+    assert smallest_within(error, 1.6) == (2, 3)
+    assert smallest_within(error, 2.5) == (1, 3)
+
+
+def _profile(times: np.ndarray, calibration: np.ndarray, size: np.ndarray) -> dict[str, np.ndarray]:
+    n, t = calibration.shape
+    curve = np.tile(np.arange(t, dtype=np.float64), (n, 1))  # FLIPD = the level's index
+    return {"times": times, "curve": curve, "fixed": np.zeros((n, len(FIXED_T0))),
+            "inner": calibration * size, "size": size}
+
+
+def test_size_weighting_ignores_points_that_predict_almost_no_noise():
+    # Half the points are badly calibrated at the two smallest levels but predict almost no noise
+    # there (a full-dimensional part): the median follows them, the size-weighted mean does not.
+    times = np.array([0.01, 0.02, 0.05, 0.1])
+    calibration = np.full((10, 4), 0.05)
+    calibration[:5, :2] = 0.8
+    size = np.full((10, 4), 20.0)
+    size[:5, :] = 1e-3
+    record = score_variants(_profile(times, calibration, size), true=np.zeros(10))
+    assert record["variants"][LIBRARY_VARIANT]["t0"] == 0.05        # the median: 0.425 at the first two
+    assert record["variants"]["size-weighted, ratio 1.5"]["t0"] == 0.01
+    # FLIPD is the level's index and the truth 0: the MAE is the index of the chosen level.
+    assert record["variants"][LIBRARY_VARIANT]["mae"] == 2.0
+    assert record["variants"]["size-weighted, ratio 1.5"]["mae"] == 0.0
+    assert record["best_fixed"] == 0.0 and record["variants"]["size-weighted, ratio 1.5"]["within_0.1_of_best_fixed"]
+    assert not record["variants"][LIBRARY_VARIANT]["within_0.1_of_best_fixed"]
+
+
+def test_the_library_variant_is_what_t0_calibrated_reads(tmp_path):
+    spec = "helix:D=13:turns=20:tube=0.1"
+    model, _ = train_or_load(spec, recipe_for(spec, tiny=True), cache_dir=tmp_path, progress=False)
+    data = get_dataset(spec, 80, seed=1)
+    profile = level_profile(model, data.x, seed=0)
+    assert profile["curve"].shape == profile["inner"].shape == (80, flipd.plateau_grid(model.schedule).numel())
+    record = score_variants(profile, data.lid.astype(np.float64))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a tiny model: unreliable points are expected
+        result = model.estimate(torch.as_tensor(data.x), t0="calibrated", seed=0)
+        fixed = model.estimate(torch.as_tensor(data.x), t0=FIXED_T0[2], seed=0).lid.double().numpy()
+    assert record["variants"][LIBRARY_VARIANT]["t0"] == pytest.approx(float(result.t0[0]))
+    mae = float(np.mean(np.abs(result.lid.double().numpy() - data.lid)))
+    assert record["variants"][LIBRARY_VARIANT]["mae"] == pytest.approx(mae, abs=1e-4)
+    assert record["fixed"][str(FIXED_T0[2])] == pytest.approx(float(np.mean(np.abs(fixed - data.lid))), abs=1e-4)
+
+
+def test_command_line_writes_every_variant(tmp_path, capsys):
+    out = tmp_path / "variants"
+    status = main(["--suite", "curved", "--datasets", "torus:D=12:d=2:ratio=0.2", "--tiny", "--n-eval", "64",
+                   "--cache-dir", str(tmp_path / "cache"), "--out", str(out), "--threads", "1"])
+    assert status == 0
+    report = json.loads(out.with_suffix(".json").read_text())
+    (row,) = report["datasets"]
+    assert set(row["variants"]) == set(VARIANTS) and row["n_eval"] == 64
+    text = out.with_suffix(".md").read_text()
+    assert "python -m flipd.bench calibrated_variants --suite curved" in text and LIBRARY_VARIANT in text
+
+
+def test_command_line_refuses_a_bad_low_t_fraction(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--suite", "toy", "--low-t-fraction", "1.5", "--out", str(tmp_path / "v")])
+    assert exit_info.value.code == 2
+    assert "--low-t-fraction" in capsys.readouterr().err
