@@ -48,6 +48,16 @@ def test_size_weighting_ignores_points_that_predict_almost_no_noise():
     assert record["variants"]["size-weighted, ratio 1.5"]["mae"] == 0.0
     assert record["best_fixed"] == 0.0 and record["variants"]["size-weighted, ratio 1.5"]["within_0.1_of_best_fixed"]
     assert not record["variants"][LIBRARY_VARIANT]["within_0.1_of_best_fixed"]
+    # The labelled floor of one-level rules: the level whose FLIPD is closest to the truth.
+    assert record["grid_mae"] == [0.0, 1.0, 2.0, 3.0] and record["best_grid_level"] == {"t0": 0.01, "mae": 0.0}
+
+
+def test_best_grid_level_is_the_level_closest_to_the_truth():
+    times = np.array([0.01, 0.02, 0.05, 0.1])
+    profile = _profile(times, np.full((6, 4), 0.05), np.full((6, 4), 20.0))
+    record = score_variants(profile, true=np.full(6, 2.2))  # FLIPD 0, 1, 2, 3 at the four levels
+    assert record["grid_mae"] == pytest.approx([2.2, 1.2, 0.2, 0.8])
+    assert record["best_grid_level"]["t0"] == 0.05 and record["best_grid_level"]["mae"] == pytest.approx(0.2)
 
 
 def test_the_library_variant_is_what_t0_calibrated_reads(tmp_path):
@@ -75,6 +85,8 @@ def test_command_line_writes_every_variant(tmp_path, capsys):
     report = json.loads(out.with_suffix(".json").read_text())
     (row,) = report["datasets"]
     assert set(row["variants"]) == set(VARIANTS) and row["n_eval"] == 64
+    assert len(row["grid_mae"]) == flipd.plateau_grid(flipd.schedules.VP()).numel()
+    assert row["best_grid_level"]["mae"] == min(row["grid_mae"])
     text = out.with_suffix(".md").read_text()
     assert "python -m flipd.bench calibrated_variants --suite curved" in text and LIBRARY_VARIANT in text
 

@@ -254,14 +254,28 @@ def test_train_time_sampling_option(tmp_path):
     assert rejected.exit_code == 2 and "--time-sampling" in rejected.stderr and "log_sigma" in rejected.stderr
 
 
-def test_recipes_benchmark_at_equal_steps(tmp_path):
+def _recipe_rows_at_steps(out, steps: int, *recipes: str) -> list[dict]:
+    """Rows of the recipes benchmark run at exactly ``steps`` steps on the D = 10 mixture."""
     from flipd.bench.recipes import main
 
-    out = tmp_path / "steps"
-    status = main(["--steps", "6", "--recipes", "low-t", "low-t fit", "log-sigma fit", "--datasets",
+    status = main(["--steps", str(steps), "--recipes", *recipes, "--datasets",
                    "mixture:affine:D=10:dims=2,4,8:latent=normal", "--n-train", "400", "--n-eval", "8", "--out", str(out)])
     assert status == 0
-    rows = json.loads(out.with_suffix(".json").read_text())["rows"]
+    return json.loads(out.with_suffix(".json").read_text())["rows"]
+
+
+def test_recipes_benchmark_at_equal_steps(tmp_path):
+    out = tmp_path / "steps"
+    rows = _recipe_rows_at_steps(out, 6, "low-t", "low-t fit", "log-sigma fit")
     assert [row["training"]["steps_run"] for row in rows] == [6, 6, 6]
     assert rows[1]["same_as"] == "low-t" and "same_as" not in rows[2]  # at equal steps only the sampling differs
     assert "exactly 6 steps" in out.with_suffix(".md").read_text()
+
+
+def test_recipes_benchmark_trains_other_predictions(tmp_path):
+    rows = _recipe_rows_at_steps(tmp_path / "predictions", 4, "low-t 0.8 fit", "low-t 0.8 fit x0", "low-t 0.8 fit v")
+    # Same options but the prediction: three models, none reused for another.
+    assert [row["training"]["prediction"] for row in rows] == ["epsilon", "sample", "v_prediction"]
+    assert not any("same_as" in row for row in rows)
+    for row in rows:
+        assert all(np.isfinite(level["flipd_mae"]) and level["model_mse"] > 0 for level in row["levels"])

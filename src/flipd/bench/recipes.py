@@ -109,6 +109,10 @@ RECIPES: tuple[Recipe, ...] = (
            {"low_t_fraction": 0.8, "low_t_max": 0.2}),
     Recipe("low-t 0.8 fit 512", "as low-t 0.8 fit, 512 wide", {"low_t_fraction": 0.8, "low_t_max": 0.2},
            fixed_widths=(512, 512, 512)),
+    Recipe("low-t 0.8 fit x0", "as low-t 0.8 fit, the network predicting the clean point (prediction 'sample')",
+           {"low_t_fraction": 0.8, "low_t_max": 0.2, "prediction": "sample"}),
+    Recipe("low-t 0.8 fit v", "as low-t 0.8 fit, the network predicting v (prediction 'v_prediction')",
+           {"low_t_fraction": 0.8, "low_t_max": 0.2, "prediction": "v_prediction"}),
     Recipe("log-sigma fit", "half of each batch log-uniform in sigma/psi over t in [0.002, 0.3]; steps fitted",
            {"low_t_fraction": 0.5, **_LOG_SIGMA}),
     Recipe("log-sigma 0.8 fit", "as log-sigma fit with 80% of each batch emphasised", {"low_t_fraction": 0.8, **_LOG_SIGMA}),
@@ -180,6 +184,7 @@ def _training_record(model: DiffusionModel) -> dict[str, Any]:
     last_lr = meta["history"][-1]["lr"] if meta["history"] else None
     budget = meta.get("budget") or {}
     return {
+        "prediction": model.prediction,
         "steps_run": meta["steps_run"], "stop_reason": meta["stop_reason"], "seconds": meta["seconds"],
         "cpu_seconds": meta["cpu_seconds"],
         "parameters": meta["parameters"], "final_val_loss": meta["final_val_loss"],
