@@ -60,6 +60,22 @@ def test_best_grid_level_is_the_level_closest_to_the_truth():
     assert record["best_grid_level"]["t0"] == 0.05 and record["best_grid_level"]["mae"] == pytest.approx(0.2)
 
 
+def test_resampled_choices_show_a_level_that_depends_on_a_few_points():
+    # Every point is calibrated alike except that at level 0.02 half are good (0.05) and half bad
+    # (0.5): the median there sits on the edge, so resamples choose either 0.02 or 0.05.
+    times = np.array([0.01, 0.02, 0.05, 0.1])
+    calibration = np.tile([0.9, 0.05, 0.06, 0.3], (200, 1))
+    calibration[100:, 1] = 0.5
+    record = score_variants(_profile(times, calibration, np.full((200, 4), 20.0)), true=np.zeros(200),
+                            resamples=40, seed=3)
+    resampled = record["variants"]["median, ratio 1"]["resampled"]
+    assert 0.1 < resampled["same_level_fraction"] < 0.9
+    assert (resampled["mae_min"], resampled["mae_max"]) == (1.0, 2.0)  # FLIPD is the level's index
+    # The mean is far from that edge (0.275 at 0.02 against 0.06 at 0.05): its choice does not move.
+    assert record["variants"]["size-weighted, ratio 1.5"]["resampled"] == {"same_level_fraction": 1.0, "mae_min": 2.0,
+                                                                          "mae_max": 2.0}
+
+
 def test_the_library_variant_is_what_t0_calibrated_reads(tmp_path):
     spec = "helix:D=13:turns=20:tube=0.1"
     model, _ = train_or_load(spec, recipe_for(spec, tiny=True), cache_dir=tmp_path, progress=False)
@@ -87,6 +103,8 @@ def test_command_line_writes_every_variant(tmp_path, capsys):
     assert set(row["variants"]) == set(VARIANTS) and row["n_eval"] == 64
     assert len(row["grid_mae"]) == flipd.plateau_grid(flipd.schedules.VP()).numel()
     assert row["best_grid_level"]["mae"] == min(row["grid_mae"])
+    assert all(0.0 <= v["resampled"]["same_level_fraction"] <= 1.0 for v in row["variants"].values())
+    assert "bootstrap resamples" in out.with_suffix(".md").read_text()
     text = out.with_suffix(".md").read_text()
     assert "python -m flipd.bench calibrated_variants --suite curved" in text and LIBRARY_VARIANT in text
 

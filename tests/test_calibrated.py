@@ -91,6 +91,27 @@ def test_a_model_that_overshoots_at_small_noise_is_read_above_it(mixture):
     assert float((result.lid.double() - true).abs().mean()) < 0.1
 
 
+def test_the_ratio_of_calibrated_t0_sets_the_tolerance(mixture):
+    """With the score 3 times too large below sigma/psi = 0.1, a huge ratio accepts the smallest
+    level and ratio 1 takes the level the model denoises best, above 0.1."""
+    model, x, _ = mixture
+    perfect = model.as_model(VP())
+    schedule = VP()
+
+    def overshooting(y, t):
+        scale = torch.where(schedule.sigma(t) / schedule.psi(t) < 0.1, 3.0, 1.0).to(y).reshape(-1, 1)
+        return perfect(y, t) * scale
+
+    grid = flipd.plateau_grid()
+    tolerant = flipd.calibrated_t0(overshooting, x, prediction="score", ratio=1e6)
+    strict = flipd.calibrated_t0(overshooting, x, prediction="score", ratio=1.0)
+    assert tolerant.t0 == pytest.approx(float(grid[0]))
+    assert strict.t0 == pytest.approx(strict.best_t0)
+    assert float(schedule.sigma(torch.tensor([strict.t0])) / schedule.psi(torch.tensor([strict.t0]))) >= 0.1
+    with pytest.raises(ValueError, match="ratio must be a number >= 1"):
+        flipd.calibrated_t0(overshooting, x, prediction="score", ratio=0.9)
+
+
 def test_a_chosen_level_reads_other_points_the_same_way(mixture):
     model, x, _ = mixture
     perfect = model.as_model(VP())

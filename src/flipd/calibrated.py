@@ -43,7 +43,8 @@ from torch import Tensor
 from .knee import as_curves
 from .noise import CALIBRATED_RATIO, RELIABILITY_TOLERANCE
 
-__all__ = ["CALIBRATION_POINTS", "MIN_CALIBRATION_POINTS", "CalibratedLevel", "calibrated_level", "smallest_within"]
+__all__ = ["CALIBRATION_POINTS", "MIN_CALIBRATION_POINTS", "CalibratedLevel", "calibrated_level", "check_ratio",
+           "smallest_within"]
 
 #: Points the data-set level is chosen from (the first ones given).
 CALIBRATION_POINTS = 2048
@@ -75,6 +76,12 @@ class CalibratedLevel(NamedTuple):
     reliable: bool
 
 
+def check_ratio(ratio: float) -> None:
+    """Refuse a ratio of the calibrated rule that is not a number >= 1."""
+    if not isinstance(ratio, (int, float)) or isinstance(ratio, bool) or not ratio >= 1.0:
+        raise ValueError(f"ratio must be a number >= 1 (how much worse than its best the model may denoise); got {ratio!r}.")
+
+
 def calibrated_level(
     calibration: Tensor | np.ndarray,
     t_grid: Sequence[float] | Tensor | np.ndarray,
@@ -93,8 +100,7 @@ def calibrated_level(
     Returns:
         :class:`CalibratedLevel`.
     """
-    if not isinstance(ratio, (int, float)) or isinstance(ratio, bool) or not ratio >= 1.0:
-        raise ValueError(f"ratio must be a number >= 1 (how much worse than its best the model may denoise); got {ratio!r}.")
+    check_ratio(ratio)
     values, times = as_curves(calibration, t_grid)
     if not (times[1:] > times[:-1]).all():
         raise ValueError("t_grid must be strictly increasing.")

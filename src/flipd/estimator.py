@@ -27,10 +27,10 @@ from .checks import (
     _as_indices, _non_finite_rows, _output_checker, out_of_range, resolve_model, resolve_trace,
     warn_about_results,
 )
-from .calibrated import CALIBRATION_POINTS, CalibratedLevel, calibrated_level
+from .calibrated import CALIBRATION_POINTS, CalibratedLevel, calibrated_level, check_ratio
 from .knee import knee
 from .models.base import Model
-from .noise import knee_grid, plateau_grid, resolve_times
+from .noise import CALIBRATED_RATIO, knee_grid, plateau_grid, resolve_times
 from .parameterization import score_coefficients
 from .plateau import plateau
 from .reliability import denoising_calibration, reliable_levels
@@ -673,6 +673,7 @@ def calibrated_t0(
     batch_size: int | None = None,
     encoded: bool = False,
     n_points: int | None = None,
+    ratio: float = CALIBRATED_RATIO,
 ) -> CalibratedLevel:
     """The level the calibrated rule (:mod:`flipd.calibrated`) chooses for the data ``x``.
 
@@ -683,11 +684,14 @@ def calibrated_t0(
     t0="calibrated")`` makes this choice itself; pass the returned level as ``t0=`` to read
     other points (another chunk, a later batch) at the same level, with their reliability.
     ``seed`` and ``indices`` (the points' global indices, default 0..N-1) fix the noisy copies,
-    as in :func:`estimate`.
+    as in :func:`estimate`. ``ratio`` (>= 1; default :data:`flipd.noise.CALIBRATED_RATIO`) is
+    the rule's tolerance: the level is the smallest whose median calibration is within ``ratio``
+    times the model's best; ``ratio=1.0`` takes the level where the model denoises best.
 
     Returns:
         :class:`flipd.calibrated.CalibratedLevel` (``t0`` in the schedule's units).
     """
+    check_ratio(ratio)
     n_points = CALIBRATION_POINTS if n_points is None else n_points
     if isinstance(n_points, bool) or not isinstance(n_points, int) or n_points < 1:
         raise ValueError(f"n_points must be a positive integer; got {n_points!r}.")
@@ -710,11 +714,11 @@ def calibrated_t0(
     fn, sample, schedule, prediction = resolve_model(model, sample, schedule=schedule, prediction=prediction,
                                                     encoded=encoded)
     return _choose_level(fn, sample, sample_indices, schedule=schedule, prediction=prediction, seed=seed,
-                         batch_size=batch_size)[0]
+                         batch_size=batch_size, ratio=ratio)[0]
 
 
 def _choose_level(fn, sample: Tensor, indices: Tensor, *, schedule: Schedule, prediction: str, seed: int,
-                  batch_size: int | None) -> tuple[CalibratedLevel, Tensor]:
+                  batch_size: int | None, ratio: float = CALIBRATED_RATIO) -> tuple[CalibratedLevel, Tensor]:
     """The calibrated rule's level from the points ``sample`` [n, ...] (model coordinates), and
     their calibration at that level [n] float64."""
     grid = plateau_grid(schedule)
@@ -722,7 +726,7 @@ def _choose_level(fn, sample: Tensor, indices: Tensor, *, schedule: Schedule, pr
         fn, sample.detach(), grid, schedule=schedule, prediction=prediction, seed=int(seed), indices=indices,
         batch_size=min(sample.shape[0], batch_size or DEFAULT_BATCH_SIZE),
     )
-    level = calibrated_level(calibration, grid)
+    level = calibrated_level(calibration, grid, ratio=ratio)
     return level, calibration[:, level.index]
 
 

@@ -17,7 +17,10 @@ numbers, so that every variant is judged on the same model, points and probes:
   count little.
 
 Each variant's MAE is compared with FLIPD at the best fixed level of {0.01, 0.02, 0.05, 0.1}
-(the rule target: within 0.1). The median variants are
+(the rule target: within 0.1) and with the best level of the grid (found with the true LIDs, so
+no rule; the floor of any rule that reads a data set at one level). Each variant also chooses
+its level from :data:`RESAMPLES` bootstrap resamples of the points, which shows how much its
+result depends on the points it chose from. The median variants are
 :func:`flipd.calibrated.calibrated_level` itself at each ratio.
 
     python -m flipd.bench calibrated_variants --suite small --cache-dir cache/models \
@@ -66,6 +69,8 @@ VARIANTS: dict[str, tuple[Callable[[np.ndarray, np.ndarray], np.ndarray] | None,
     **{f"median, ratio {ratio:g}": (None, ratio) for ratio in RATIOS},
     f"size-weighted, ratio {CALIBRATED_RATIO:g}": (_size_weighted_error, CALIBRATED_RATIO),
 }
+#: Bootstrap resamples of the points each variant also chooses its level from.
+RESAMPLES = 20
 #: The library's rule among the variants.
 LIBRARY_VARIANT = f"median, ratio {CALIBRATED_RATIO:g}"
 
@@ -95,26 +100,46 @@ def level_profile(model, x: np.ndarray, *, seed: int = 0) -> dict[str, np.ndarra
             "inner": inner.numpy(), "size": size.numpy()}
 
 
-def score_variants(profile: dict[str, np.ndarray], true: np.ndarray) -> dict[str, Any]:
+def _chosen_level(name: str, profile: dict[str, np.ndarray], points: np.ndarray | slice) -> tuple[int, int]:
+    """(chosen, best) level indices of variant ``name`` when the level is chosen from ``points``."""
+    error_of, ratio = VARIANTS[name]
+    inner, size = profile["inner"][points], profile["size"][points]
+    if error_of is None:  # the median: the library's own rule at this ratio
+        calibration = torch.from_numpy(inner / np.maximum(size, 1e-300))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # few points: the library's warning, not ours
+            level = calibrated_level(calibration, profile["times"], ratio=ratio)
+        return level.index, int(np.flatnonzero(profile["times"] == level.best_t0)[0])
+    error = error_of(inner, size)
+    return smallest_within(np.where(np.isfinite(error), error, np.inf), ratio)
+
+
+def score_variants(profile: dict[str, np.ndarray], true: np.ndarray, *, resamples: int = RESAMPLES,
+                   seed: int = 0) -> dict[str, Any]:
     """Each variant's level and MAE on one data set's profile (:func:`level_profile`), against the
-    MAE at each fixed level; one JSON-ready record."""
+    MAE at each fixed level; one JSON-ready record.
+
+    Each variant also chooses its level from ``resamples`` bootstrap resamples of the points
+    (drawn from ``seed``); ``resampled`` gives the fraction of them that choose the same level as
+    all the points and the range of the MAE (over all points) at the levels they choose: how much
+    the result depends on which points the level was chosen from.
+    """
     fixed = {str(t0): _mae(profile["fixed"][:, k], true) for k, t0 in enumerate(FIXED_T0)}
     best_fixed = min(fixed.values())
-    calibration = torch.from_numpy(profile["inner"] / np.maximum(profile["size"], 1e-300))
+    grid_mae = [_mae(profile["curve"][:, k], true) for k in range(profile["times"].size)]
+    rng = np.random.default_rng(seed)
+    draws = [rng.integers(0, true.size, true.size) for _ in range(resamples)]
     variants = {}
-    for name, (error_of, ratio) in VARIANTS.items():
-        if error_of is None:  # the median: the library's own rule at this ratio
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", RuntimeWarning)  # few points: the library's warning, not ours
-                level = calibrated_level(calibration, profile["times"], ratio=ratio)
-            index, best = level.index, int(np.flatnonzero(profile["times"] == level.best_t0)[0])
-        else:
-            error = error_of(profile["inner"], profile["size"])
-            index, best = smallest_within(np.where(np.isfinite(error), error, np.inf), ratio)
-        mae = _mae(profile["curve"][:, index], true)
+    for name in VARIANTS:
+        index, best = _chosen_level(name, profile, slice(None))
+        mae = grid_mae[index]
+        chosen = [_chosen_level(name, profile, points)[0] for points in draws]
         variants[name] = {"t0": float(profile["times"][index]), "best_t0": float(profile["times"][best]),
                           "mae": mae, "within_0.1_of_best_fixed": bool(mae <= best_fixed + 0.1)}
-    grid_mae = [_mae(profile["curve"][:, k], true) for k in range(profile["times"].size)]
+        if chosen:
+            variants[name]["resampled"] = {
+                "same_level_fraction": float(np.mean([c == index for c in chosen])),
+                "mae_min": min(grid_mae[c] for c in chosen), "mae_max": max(grid_mae[c] for c in chosen)}
     best_level = int(np.nanargmin(grid_mae))
     return {"fixed": fixed, "best_fixed": best_fixed, "variants": variants, "grid_mae": grid_mae,
             "best_grid_level": {"t0": float(profile["times"][best_level]), "mae": grid_mae[best_level]}}
@@ -132,7 +157,7 @@ def run_variants(specs: Sequence[str], *, recipe: Callable[..., Recipe], cache_d
         data = get_dataset(spec, n_eval, seed=seed + 1)
         row = {"dataset": spec, "n_eval": n_eval, "model": cache_record["cache"],
                "loaded_from_cache": cache_record["loaded_from_cache"],
-               **score_variants(level_profile(model, data.x, seed=seed), data.lid.astype(np.float64))}
+               **score_variants(level_profile(model, data.x, seed=seed), data.lid.astype(np.float64), seed=seed)}
         row["seconds"] = time.perf_counter() - began
         print(f"[{spec}] best fixed {row['best_fixed']:.3f}; "
               + "; ".join(f"{name} {v['mae']:.3f}" for name, v in row["variants"].items()), flush=True)
@@ -170,7 +195,31 @@ def _markdown(report: dict[str, Any]) -> str:
         "",
         markdown_table(header, body, 3),
         "",
+        *_resampled_section(report, names),
     ])
+
+
+def _resampled_section(report: dict[str, Any], names: list[str]) -> list[str]:
+    """The table of how each variant's choice moves under bootstrap resamples of the points."""
+    rows = [row for row in report["datasets"] if all("resampled" in row["variants"][name] for name in names)]
+    if not rows:
+        return []
+    body = []
+    for row in rows:
+        cells = []
+        for name in names:
+            r = row["variants"][name]["resampled"]
+            cells.append(f"{r['same_level_fraction']:.2f}: {r['mae_min']:.3f}–{r['mae_max']:.3f}")
+        body.append([row["dataset"], *cells])
+    return [
+        f"## The level chosen from {RESAMPLES} bootstrap resamples of the points",
+        "",
+        "Each cell: the fraction of resamples whose level is the one chosen from all the points, then the range "
+        "of the MAE (over all the points) at the levels the resamples choose.",
+        "",
+        markdown_table(["data set", *names], body),
+        "",
+    ]
 
 
 def build_parser() -> argparse.ArgumentParser:
