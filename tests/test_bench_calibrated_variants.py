@@ -105,8 +105,31 @@ def test_command_line_writes_every_variant(tmp_path, capsys):
     assert row["best_grid_level"]["mae"] == min(row["grid_mae"])
     assert all(0.0 <= v["resampled"]["same_level_fraction"] <= 1.0 for v in row["variants"].values())
     assert "bootstrap resamples" in out.with_suffix(".md").read_text()
+    # Combining records measures nothing: the counts are those of the records.
+    summary = tmp_path / "summary"
+    assert main(["--summarize", str(out.with_suffix(".json")), str(out.with_suffix(".json")), "--out", str(summary)]) == 0
+    rows = json.loads(summary.with_suffix(".json").read_text())["rows"]
+    assert [r["suite"] for r in rows] == ["curved", "curved", "all"] and rows[-1]["sets"] == 2
+    for name, variant in row["variants"].items():
+        counted = rows[-1]["variants"][name]
+        assert counted["within"] == 2 * variant["within_0.1_of_best_fixed"]
+        assert counted["within_worst_resample"] <= counted["within_best_resample"]
+        assert counted["mean_mae"] == pytest.approx(variant["mae"])
+    # A record written before the resamples were kept is refused with its name.
+    del report["datasets"][0]["variants"][LIBRARY_VARIANT]["resampled"]
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps(report))
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--summarize", str(old), "--out", str(tmp_path / "s2")])
+    assert exit_info.value.code == 2 and "old.json" in capsys.readouterr().err
     text = out.with_suffix(".md").read_text()
     assert "python -m flipd.bench calibrated_variants --suite curved" in text and LIBRARY_VARIANT in text
+
+
+def test_command_line_needs_a_suite_or_records(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--out", str(tmp_path / "v")])
+    assert exit_info.value.code == 2 and "--suite is required" in capsys.readouterr().err
 
 
 def test_command_line_refuses_a_bad_low_t_fraction(tmp_path, capsys):

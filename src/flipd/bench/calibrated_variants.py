@@ -30,6 +30,7 @@ result depends on the points it chose from. The median variants are
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import sys
 import time
@@ -54,7 +55,7 @@ from ._report import (BENCH_PACKAGES, check_output_folders, git_revision, markdo
 from .rules import FIXED_T0, _mae
 from .synthetic import SUITES, Recipe, _with_budget, train_or_load
 
-__all__ = ["RATIOS", "VARIANTS", "level_profile", "run_variants"]
+__all__ = ["RATIOS", "VARIANTS", "level_profile", "run_variants", "summarize"]
 
 #: Ratios of the median variant.
 RATIOS: tuple[float, ...] = (1.0, 1.25, 1.5, 2.0, 3.0)
@@ -227,7 +228,11 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m flipd.bench calibrated_variants",
         description="The calibrated rule with other ratios and another per-level statistic, on a suite's trained models.",
     )
-    parser.add_argument("--suite", required=True, choices=sorted(SUITES), help="the synthetic suite whose models to use")
+    parser.add_argument("--suite", choices=sorted(SUITES), help="the synthetic suite whose models to use (required "
+                        "unless --summarize)")
+    parser.add_argument("--summarize", nargs="+", metavar="RECORD", default=None,
+                        help="measure nothing: count, over these records (.json) of earlier runs, the sets where each "
+                        "variant is within 0.1, with all the points and at the worst and best resample")
     parser.add_argument("--datasets", nargs="+", default=None, metavar="SPEC", help="data sets instead of the whole suite")
     parser.add_argument("--cache-dir", default="cache/models", help="the synthetic benchmark's model cache (default %(default)s)")
     parser.add_argument("--n-eval", type=positive_int, default=1000, help="held-out points per data set (default %(default)s)")
@@ -246,6 +251,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.summarize is not None:
+        return _write_summary(parser, args.summarize, Path(args.out), argv)
+    if args.suite is None:
+        parser.error("--suite is required (or --summarize RECORD ... to combine earlier runs)")
     if args.low_t_fraction is not None and not 0.0 <= args.low_t_fraction < 1.0:
         parser.error(f"--low-t-fraction must be in [0, 1); got {args.low_t_fraction}")
     check_output_folders(parser, {"--out": Path(args.out).parent, "--cache-dir": args.cache_dir})
@@ -267,3 +276,66 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     write_report(Path(args.out), report, _markdown)
     return 0
+
+
+def summarize(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per record (one suite's run) and over all of them: for each variant, the number of sets
+    within 0.1 of the best fixed level with the level chosen from all the points, at the worst and
+    at the best of the resamples, and the mean MAE; JSON-ready rows, the total last."""
+    groups = [(record["suite"], record["datasets"]) for record in records]
+    groups.append(("all", [row for _, rows in groups for row in rows]))
+    out = []
+    for name, rows in groups:
+        entry: dict[str, Any] = {"suite": name, "sets": len(rows), "variants": {}}
+        for variant in VARIANTS:
+            values = [row["variants"][variant] for row in rows]
+            limits = [row["best_fixed"] + 0.1 for row in rows]
+            entry["variants"][variant] = {
+                "within": sum(v["within_0.1_of_best_fixed"] for v in values),
+                "within_worst_resample": sum(v["resampled"]["mae_max"] <= limit for v, limit in zip(values, limits)),
+                "within_best_resample": sum(v["resampled"]["mae_min"] <= limit for v, limit in zip(values, limits)),
+                "mean_mae": float(np.mean([v["mae"] for v in values])),
+            }
+        entry["mean_best_grid_level_mae"] = float(np.mean([row["best_grid_level"]["mae"] for row in rows]))
+        out.append(entry)
+    return out
+
+
+def _write_summary(parser: argparse.ArgumentParser, paths: Sequence[str], out: Path, argv: Sequence[str]) -> int:
+    records = []
+    for path in paths:
+        try:
+            record = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as error:
+            parser.error(f"--summarize: cannot read {path} as a calibrated_variants record ({error})")
+        if not all("resampled" in v and "best_grid_level" in row for row in record.get("datasets", [])
+                   for v in row["variants"].values()):
+            parser.error(f"--summarize: {path} was written before the resamples and the best grid level were "
+                         "recorded; run its command again")
+        records.append(record)
+    check_output_folders(parser, {"--out": out.parent})
+    report = {"command": "python -m flipd.bench calibrated_variants " + shlex.join(argv),
+              "records": list(paths), "rows": summarize(records)}
+    write_report(out, report, _summary_markdown)
+    return 0
+
+
+def _summary_markdown(report: dict[str, Any]) -> str:
+    names = list(VARIANTS)
+    header = ["suite (sets)", *names, "best grid level"]
+    body = []
+    for row in report["rows"]:
+        cells = [f"{v['within']} ({v['within_worst_resample']}–{v['within_best_resample']}); {v['mean_mae']:.3f}"
+                 for v in (row["variants"][name] for name in names)]
+        body.append([f"{row['suite']} ({row['sets']})", *cells, f"{row['mean_best_grid_level_mae']:.3f}"])
+    return "\n".join([
+        "# The calibrated rule's settings over several suites",
+        "",
+        *produced_by(report["command"]),
+        "Each cell: the sets within 0.1 of FLIPD's MAE at the best fixed level, with the level chosen from all the "
+        "points (in brackets: at the worst and at the best of the bootstrap resamples), then the mean MAE over the "
+        "suite's sets. Last column: the mean MAE at each set's best grid level (found with the true LIDs).",
+        "",
+        markdown_table(header, body),
+        "",
+    ])
