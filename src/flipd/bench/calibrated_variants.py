@@ -173,9 +173,8 @@ def _markdown(report: dict[str, Any]) -> str:
     for row in report["datasets"]:
         cells = [f"{v['mae']:.3f}{' ✓' if v['within_0.1_of_best_fixed'] else ''} ({v['t0']:.3f})"
                  for v in (row["variants"][name] for name in names)]
-        level = row.get("best_grid_level")
-        body.append([row["dataset"], row["best_fixed"], *cells,
-                     f"{level['mae']:.3f} ({level['t0']:.3f})" if level else "–"])
+        level = row["best_grid_level"]
+        body.append([row["dataset"], row["best_fixed"], *cells, f"{level['mae']:.3f} ({level['t0']:.3f})"])
     counts = [sum(row["variants"][name]["within_0.1_of_best_fixed"] for row in report["datasets"]) for name in names]
     body.append(["**within 0.1 (sets)**", f"of {len(report['datasets'])}", *counts, ""])
     versions = ", ".join(f"{k} {v}" for k, v in report["versions"].items() if v)
@@ -192,7 +191,7 @@ def _markdown(report: dict[str, Any]) -> str:
         f"fixed level of t0 in {list(FIXED_T0)} (the rule target). \"size-weighted\": the mean |calibration| "
         "weighted by each point's predicted-noise size instead of the median. \"best grid level\": the one level "
         "of the rule's grid with the lowest MAE, found with the true LIDs: the floor of any rule that reads a data set "
-        "at one level, with this model (records written before it was added show a dash).",
+        "at one level, with this model.",
         "",
         markdown_table(header, body, 3),
         "",
