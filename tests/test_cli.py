@@ -308,6 +308,35 @@ def test_curve_marks_the_calibrated_level_as_estimate_chooses_it(lollipop_model,
     assert (reference["reliable"].to_numpy() == chosen.sort_values("index")["reliable"].to_numpy()).all()
 
 
+def test_calibrated_ratio_sets_the_rule_tolerance_in_estimate_and_curve(lollipop_model, tmp_path):
+    # ratio 1: the level where the model denoises best, in both commands and as the library chooses it
+    estimated = tmp_path / "estimate.csv"
+    result = flipd("estimate", "lollipop", "-m", lollipop_model, "-n", "40", "-o", estimated, "--t0", "calibrated",
+                   "--calibrated-ratio", "1", "--quiet")
+    assert result.exit_code == 0, result.output
+    record = json.loads(estimated.with_suffix(".json").read_text())["resolved"]["calibrated_level"]
+    assert record["ratio"] == 1.0 and record["t0"] == pytest.approx(record["best_t0"])
+    assert np.allclose(pd.read_csv(estimated)["t0"], record["t0"])
+    table = tmp_path / "curves.parquet"
+    assert flipd("curve", "lollipop", "-m", lollipop_model, "-n", "40", "-o", table, "--rule", "calibrated",
+                 "--calibrated-ratio", "1", "--quiet").exit_code == 0
+    curve_record = json.loads(table.with_suffix(".json").read_text())["calibrated_level"]
+    assert curve_record["ratio"] == 1.0 and curve_record["t0"] == pytest.approx(record["t0"])
+    default = tmp_path / "default.csv"
+    assert flipd("estimate", "lollipop", "-m", lollipop_model, "-n", "40", "-o", default, "--t0", "calibrated",
+                 "--quiet").exit_code == 0
+    default_record = json.loads(default.with_suffix(".json").read_text())["resolved"]["calibrated_level"]
+    assert default_record["ratio"] == 1.5 and default_record["t0"] <= record["t0"]  # more tolerance, no more noise
+    assert default_record["t0"] != default_record["best_t0"]  # on this model the two ratios choose differently
+    # misuse: without the calibrated rule, or below 1
+    assert_user_error(flipd("estimate", "lollipop", "-m", lollipop_model, "-n", "5", "-o", tmp_path / "a.csv",
+                            "--calibrated-ratio", "2"), "--calibrated-ratio", "--t0 calibrated")
+    assert_user_error(flipd("curve", "lollipop", "-m", lollipop_model, "-n", "5", "-o", tmp_path / "b.csv",
+                            "--calibrated-ratio", "2"), "--calibrated-ratio", "--rule calibrated")
+    assert_user_error(flipd("estimate", "lollipop", "-m", lollipop_model, "-n", "5", "-o", tmp_path / "c.csv",
+                            "--t0", "calibrated", "--calibrated-ratio", "0.5"), "--calibrated-ratio", ">= 1")
+
+
 def test_curve_with_explicit_grid(lollipop_model, tmp_path):
     table = tmp_path / "curves.csv"
     result = flipd("curve", "lollipop", "-m", lollipop_model, "-n", "3", "-o", table, "--t-min", "0.02",

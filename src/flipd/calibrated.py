@@ -65,6 +65,7 @@ class CalibratedLevel(NamedTuple):
         reliable: whether the median at the chosen level is within
             :data:`flipd.noise.RELIABILITY_TOLERANCE` (False: the model does not denoise most
             of these points reliably at the chosen level).
+        ratio: the rule's tolerance the level was chosen with (see :func:`calibrated_level`).
     """
 
     t0: float
@@ -74,6 +75,7 @@ class CalibratedLevel(NamedTuple):
     best_t0: float
     n_points: int
     reliable: bool
+    ratio: float = CALIBRATED_RATIO
 
 
 def check_ratio(ratio: float) -> None:
@@ -120,7 +122,7 @@ def calibrated_level(
     return CalibratedLevel(
         t0=float(times[index]), index=index, times=times.clone(), median_calibration=torch.from_numpy(median),
         best_t0=float(times[best]), n_points=int(values.shape[0]),
-        reliable=bool(median[index] <= RELIABILITY_TOLERANCE),
+        reliable=bool(median[index] <= RELIABILITY_TOLERANCE), ratio=float(ratio),
     )
 
 

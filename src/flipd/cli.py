@@ -207,6 +207,12 @@ DistTimeout = Annotated[
 ]
 ChunkSize = Annotated[int, typer.Option("--chunk-size", min=1, help="Points per saved chunk (the unit of --resume and of the work each process takes).")]
 Resume = Annotated[bool, typer.Option("--resume", help="Continue an interrupted run; finished chunks are not computed again.")]
+CalibratedRatio = Annotated[
+    Optional[float],
+    typer.Option("--calibrated-ratio", help="With the calibrated rule: how much worse than at its best level the model may "
+                 "denoise at the chosen level (>= 1; default 1.5; 1 reads every point where the model denoises best).",
+                 show_default=False),
+]
 
 
 def _setup(threads: int | None, device: str, debug: bool = False) -> Any:
@@ -552,10 +558,11 @@ def estimate(
     n_points: Points = None,
     t0: Annotated[
         Optional[str],
-        typer.Option("--t0", help="Noise level in the model's time units, or a rule that picks it: 'knee' (the reference knee rule, per point), 'plateau' (per point, the flattest stretch of the FLIPD curve where the model denoises reliably), 'calibrated' (one level for the data set: the smallest at which the model denoises within 1.5x of its best, from the first 2048 points) or 'auto' (= knee) (default: t0 = 0.05 of the reference VP schedule).", show_default=False),
+        typer.Option("--t0", help="Noise level in the model's time units, or a rule that picks it: 'knee' (the reference knee rule, per point), 'plateau' (per point, the flattest stretch of the FLIPD curve where the model denoises reliably), 'calibrated' (one level for the data set: the smallest at which the model denoises within 1.5x of its best, or --calibrated-ratio, from the first 2048 points) or 'auto' (= knee) (default: t0 = 0.05 of the reference VP schedule).", show_default=False),
     ] = None,
     sigma: Annotated[Optional[float], typer.Option("--sigma", help="Noise level as a noise standard deviation.", show_default=False)] = None,
     delta: Annotated[Optional[float], typer.Option("--delta", help="Noise level as log(sigma/psi), schedule-free.", show_default=False)] = None,
+    calibrated_ratio: CalibratedRatio = None,
     trace: Trace = "auto",
     probes: Probes = 1,
     batch_size: BatchSize = 256,
@@ -624,6 +631,7 @@ def estimate(
     _check_trace(trace)
     noise = {name: value for name, value in (("t0", _parse_t0(t0)), ("sigma", sigma), ("delta", delta)) if value is not None}
     check_method_options(method, noise=noise, n_neighbors=neighbors, trace=trace, n_probes=probes)
+    ratio = _check_calibrated_ratio(calibrated_ratio, noise.get("t0") == "calibrated", "--t0 calibrated")
     with _processes_of_the_run(device_used, dist_timeout, table_path, run_directory, plot, resume=resume, force=force,
                                quiet=quiet) as group:
         if group is None:
@@ -644,6 +652,7 @@ def estimate(
                     plan = plan_estimate(
                         method, loaded, points, **noise, trace=trace, n_probes=probes,
                         seed=seed, batch_size=batch_size, chunk_size=chunk_size, n_neighbors=neighbors,
+                        calibrated_ratio=ratio,
                     )
             identity = {
                 "data": {"spec": data, "n_points": points.n,
@@ -712,21 +721,36 @@ def estimate(
 def _calibrated_plot(directory: Path, level: Any, prefix: str, schedule: Any) -> Path:
     """The figure of the calibrated rule's choice: ``<prefix>_calibrated_level.png``."""
     from . import plots
-    from .noise import CALIBRATED_RATIO
 
     path = Path(directory) / f"{prefix}_calibrated_level.png"
     plots.plot_calibrated_level(
-        level.times.numpy(), level.median_calibration.numpy(), level.t0, path, ratio=CALIBRATED_RATIO,
+        level.times.numpy(), level.median_calibration.numpy(), level.t0, path, ratio=level.ratio,
         time_label=f"t0 ({schedule!r} time)",
         title=f"Calibrated rule on {prefix}: t0 = {level.t0:.3g} (from {level.n_points} points)",
     )
     return path
 
 
+def _check_calibrated_ratio(ratio: float | None, calibrated: bool, needs: str) -> float:
+    """The calibrated rule's ratio from --calibrated-ratio (the library's default when not given)."""
+    from .calibrated import check_ratio
+    from .noise import CALIBRATED_RATIO
+
+    if ratio is None:
+        return CALIBRATED_RATIO
+    if not calibrated:
+        raise OptionError("--calibrated-ratio", f"it is the calibrated rule's tolerance: pass it with {needs}.")
+    try:
+        check_ratio(ratio)
+    except ValueError as error:
+        raise OptionError("--calibrated-ratio", str(error)) from None
+    return ratio
+
+
 def _level_record(level: Any) -> dict[str, Any]:
     """The calibrated rule's choice, JSON-ready (:class:`flipd.calibrated.CalibratedLevel`)."""
-    return {"t0": level.t0, "best_t0": level.best_t0, "n_points": level.n_points, "reliable": level.reliable,
-            "times": level.times.tolist(), "median_calibration": level.median_calibration.tolist()}
+    return {"t0": level.t0, "best_t0": level.best_t0, "ratio": level.ratio, "n_points": level.n_points,
+            "reliable": level.reliable, "times": level.times.tolist(), "median_calibration": level.median_calibration.tolist()}
 
 
 @contextlib.contextmanager
@@ -958,6 +982,7 @@ def curve(
     rule: Annotated[
         str, typer.Option("--rule", help="Which rule's choice to mark: knee, plateau (the flattest stretch where the model denoises reliably) or calibrated (one level for all the points, from the first 2048; with --plot also its figure); plateau and calibrated default to the plateau rule's grid.")
     ] = "knee",
+    calibrated_ratio: CalibratedRatio = None,
     trace: Trace = "auto",
     probes: Probes = 1,
     batch_size: BatchSize = 256,
@@ -1005,6 +1030,7 @@ def curve(
     _check_trace(trace)
     if rule not in CURVE_RULES:
         raise OptionError("--rule", f"{rule!r} is not a rule; use {', '.join(CURVE_RULES)}.")
+    ratio = _check_calibrated_ratio(calibrated_ratio, rule == "calibrated", "--rule calibrated")
     with _processes_of_the_run(device_used, dist_timeout, table_path, run_directory, plot, resume=resume, force=force,
                                quiet=quiet) as group:
         if group is None:
@@ -1051,7 +1077,7 @@ def curve(
             if not group.is_main:
                 return
             result = _collect_chunks(run, quiet)
-            curves = curves_from_chunks(loaded.schedule, settings, result)
+            curves = curves_from_chunks(loaded.schedule, settings, result, calibrated_ratio=ratio)
             plateau_rule = curves.plateau_t0 is not None
             _, chosen_t0, chosen_lid, chosen_found = curves.chosen()
             write_table(table_path, curve_table_columns(points, curves))

@@ -69,6 +69,10 @@ def write_report(out: Path, report: Mapping[str, Any], render: Callable[[dict[st
     print(f"wrote {out.with_suffix('.md')} and .json")
 
 
+#: The rule target: an automatic rule's MAE may exceed FLIPD's at the best fixed level of the grid
+#: by at most this much (the records' ``within_0.1_of_best_fixed`` keys name it).
+RULE_MARGIN = 0.1
+
 #: Packages whose versions a benchmark report records (pass to
 #: :func:`flipd.runs.environment.package_versions`; flipd and Python are always included).
 BENCH_PACKAGES = ("torch", "numpy", "scipy", "scikit-learn", "scikit-dimension", "kneed", "zuko", "safetensors")

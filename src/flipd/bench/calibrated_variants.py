@@ -50,8 +50,8 @@ from ..estimator import flipd_curve
 from ..noise import CALIBRATED_RATIO, plateau_grid
 from ..reliability import denoising_terms
 from ..runs.environment import machine_info, package_versions
-from ._report import (BENCH_PACKAGES, check_output_folders, git_revision, markdown_table, positive_int, produced_by,
-                      write_report)
+from ._report import (BENCH_PACKAGES, RULE_MARGIN, check_output_folders, git_revision, markdown_table, positive_int,
+                      produced_by, write_report)
 from .rules import FIXED_T0, _mae
 from .synthetic import SUITES, Recipe, _with_budget, train_or_load
 
@@ -136,7 +136,7 @@ def score_variants(profile: dict[str, np.ndarray], true: np.ndarray, *, resample
         mae = grid_mae[index]
         chosen = [_chosen_level(name, profile, points)[0] for points in draws]
         variants[name] = {"t0": float(profile["times"][index]), "best_t0": float(profile["times"][best]),
-                          "mae": mae, "within_0.1_of_best_fixed": bool(mae <= best_fixed + 0.1)}
+                          "mae": mae, "within_0.1_of_best_fixed": bool(mae <= best_fixed + RULE_MARGIN)}
         if chosen:
             variants[name]["resampled"] = {
                 "same_level_fraction": float(np.mean([c == index for c in chosen])),
@@ -288,7 +288,7 @@ def summarize(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         entry: dict[str, Any] = {"suite": name, "sets": len(rows), "variants": {}}
         for variant in VARIANTS:
             values = [row["variants"][variant] for row in rows]
-            limits = [row["best_fixed"] + 0.1 for row in rows]
+            limits = [row["best_fixed"] + RULE_MARGIN for row in rows]
             entry["variants"][variant] = {
                 "within": sum(v["within_0.1_of_best_fixed"] for v in values),
                 "within_worst_resample": sum(v["resampled"]["mae_max"] <= limit for v, limit in zip(values, limits)),

@@ -47,7 +47,7 @@ from ..plateau import plateau
 from ..reliability import denoising_calibration, reliable_levels
 from ..schedules import VP
 from ..runs.environment import machine_info, package_versions
-from ._report import BENCH_PACKAGES, check_closed_form_mixtures, git_revision, markdown_table, write_report
+from ._report import BENCH_PACKAGES, RULE_MARGIN, check_closed_form_mixtures, git_revision, markdown_table, write_report
 
 __all__ = ["CURVED_DATASETS", "DATASETS", "FIXED_T0", "run_curved", "run_rules"]
 
@@ -120,7 +120,7 @@ def _rule_row(spec: str, true: np.ndarray, fixed: dict[str, np.ndarray], knee_re
     best = min(row["fixed"], key=row["fixed"].get)
     row["best_fixed_t0"], row["best_fixed_mae"] = float(best), row["fixed"][best]
     for rule in ("knee", "plateau"):
-        row[rule]["within_0.1_of_best_fixed"] = row[rule]["mae"] <= row["best_fixed_mae"] + 0.1
+        row[rule]["within_0.1_of_best_fixed"] = row[rule]["mae"] <= row["best_fixed_mae"] + RULE_MARGIN
     return row
 
 
@@ -128,7 +128,7 @@ def _calibrated_entry(lid: np.ndarray, t0: float, true: np.ndarray, row: dict[st
     """The calibrated rule's entry of a row: its MAE, the one level it chose, and whether it is
     within 0.1 of the row's best fixed level."""
     mae = _mae(lid, true)
-    return {"mae": mae, "t0": t0, "within_0.1_of_best_fixed": mae <= row["best_fixed_mae"] + 0.1}
+    return {"mae": mae, "t0": t0, "within_0.1_of_best_fixed": mae <= row["best_fixed_mae"] + RULE_MARGIN}
 
 
 def run_curved(datasets: Sequence[str], *, n_points: int, n_atoms: int, seed: int) -> list[dict[str, Any]]:

@@ -73,7 +73,7 @@ from ..runs.environment import machine_info, package_versions
 from ..runs.files import json_default, write_text
 from ..models.spec import NetworkSpec
 from ..train import CheckpointError, DiffusionModel, TrainConfig, train_diffusion
-from ._report import BENCH_PACKAGES, check_output_folders, git_revision, markdown_table, positive_int, write_csv
+from ._report import BENCH_PACKAGES, RULE_MARGIN, check_output_folders, git_revision, markdown_table, positive_int, write_csv
 
 __all__ = ["SUITES", "METHODS", "MODEL_METHODS", "Recipe", "recipe_for", "run_synthetic", "DEFAULT_T0"]
 
@@ -583,7 +583,7 @@ def _rule_summary(records: list[dict[str, Any]], fixed_t0: float) -> list[dict[s
             if rule in scores:
                 settings = scores[rule]["settings"]
                 row[f"{rule}_mae"] = scores[rule]["mae"]
-                row[f"{rule}_within_0.1_of_best_fixed"] = scores[rule]["mae"] <= fixed[best_t0] + 0.1
+                row[f"{rule}_within_0.1_of_best_fixed"] = scores[rule]["mae"] <= fixed[best_t0] + RULE_MARGIN
                 row[f"{rule}_not_found"] = settings.get("not_found")
                 row[f"{rule}_median_t0"] = settings.get("median_t0")
                 if rule == "flipd_knee":

@@ -21,11 +21,11 @@ import numpy as np
 import torch
 
 from ..datasets.sources import PointSet
-from ..calibrated import CALIBRATION_POINTS, CalibratedLevel, calibrated_level
+from ..calibrated import CALIBRATION_POINTS, CalibratedLevel, calibrated_level, check_ratio
 from ..estimator import EstimateWarning, flipd_curve, resolve_trace
 from ..knee import knee
 from ..models.base import Model
-from ..noise import KNEE_WINDOW, to_reference_time
+from ..noise import CALIBRATED_RATIO, KNEE_WINDOW, to_reference_time
 from ..plateau import plateau
 from ..reliability import denoising_calibration, reliable_levels
 from ..runs.chunks import ChunkedEstimate, ChunkEstimator
@@ -73,6 +73,7 @@ class CurveResult:
         reliable: [N, T] bool, the levels where the model denoises each point reliably
             (plateau and calibrated rules).
         calibration: [N, T] the model's denoising calibration (calibrated rule only).
+        calibrated_ratio: the calibrated rule's tolerance (:func:`flipd.calibrated.calibrated_level`).
 
     The calibrated rule's choice, :attr:`level`, is derived from ``calibration`` when first
     asked for, so a chunked run chooses it once, from the first points of the whole run.
@@ -94,6 +95,7 @@ class CurveResult:
     plateau_found: np.ndarray | None = None
     reliable: np.ndarray | None = None
     calibration: np.ndarray | None = None
+    calibrated_ratio: float = CALIBRATED_RATIO
 
     @cached_property
     def level(self) -> CalibratedLevel | None:
@@ -101,7 +103,7 @@ class CurveResult:
         points' calibration (None unless the calibrated rule ran)."""
         if self.calibration is None:
             return None
-        return calibrated_level(self.calibration[:CALIBRATION_POINTS], self.times)
+        return calibrated_level(self.calibration[:CALIBRATION_POINTS], self.times, ratio=self.calibrated_ratio)
 
     def chosen(self) -> tuple[str, np.ndarray, np.ndarray, np.ndarray]:
         """The rule that chose and its choice per point: ``(rule, t0 [N], lid [N], found [N])``
@@ -249,9 +251,16 @@ def curve_chunks(model: Model, settings: CurveSettings) -> ChunkEstimator:
     return run
 
 
-def curves_from_chunks(schedule: Schedule, settings: CurveSettings, result: ChunkedEstimate) -> CurveResult:
+def curves_from_chunks(schedule: Schedule, settings: CurveSettings, result: ChunkedEstimate, *,
+                       calibrated_ratio: float = CALIBRATED_RATIO) -> CurveResult:
     """The :class:`CurveResult` of a chunked curve run (``result`` from
-    :meth:`flipd.runs.chunks.ChunkedRun.collect` with ``columns=CURVE_COLUMNS``)."""
+    :meth:`flipd.runs.chunks.ChunkedRun.collect` with ``columns=CURVE_COLUMNS``).
+
+    ``calibrated_ratio`` is the calibrated rule's tolerance (>= 1). It only decides which level
+    the result picks from the saved calibration, so it is not one of the run's settings: a run
+    can be read again with another ratio.
+    """
+    check_ratio(calibrated_ratio)
     times = settings.time_grid()
     columns = result.columns
     rule_arrays = {}
@@ -266,7 +275,7 @@ def curves_from_chunks(schedule: Schedule, settings: CurveSettings, result: Chun
         times=times.numpy(), sigma=schedule.sigma(times).numpy(), delta=schedule.delta(times).numpy(),
         curves=columns["curves"], knee_t0=columns["knee_t0"], knee_lid=columns["knee_lid"],
         knee_found=columns["knee_found"].astype(bool), window=knee_window(schedule, times),
-        trace=result.trace, n_probes=result.n_probes, **rule_arrays,
+        trace=result.trace, n_probes=result.n_probes, calibrated_ratio=float(calibrated_ratio), **rule_arrays,
     )
 
 

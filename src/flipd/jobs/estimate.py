@@ -16,14 +16,14 @@ import numpy as np
 import torch
 
 from ..datasets.sources import PointSet
-from ..calibrated import CALIBRATION_POINTS, CalibratedLevel
+from ..calibrated import CALIBRATION_POINTS, CalibratedLevel, check_ratio
 from ..estimator import (
     AUTO_RULES, EstimateWarning, NonFiniteOutputError, calibrated_t0, check_options, non_finite_outputs, resolve_trace,
 )
 from ..methods import METHODS as METHOD_REGISTRY
 from ..methods import MODEL_METHODS
 from ..models.base import Model
-from ..noise import check_noise_level, default_noise_level
+from ..noise import CALIBRATED_RATIO, check_noise_level, default_noise_level
 from ..runs.chunks import ChunkedEstimate, ChunkEstimator
 from .inputs import LoadedModel
 from .records import known_columns, non_finite_output_error
@@ -261,17 +261,21 @@ def plan_estimate(
     batch_size: int = 256,
     chunk_size: int = 1024,
     n_neighbors: int | None = None,
+    calibrated_ratio: float = CALIBRATED_RATIO,
 ) -> EstimatePlan:
     """Resolve the settings of an estimation with ``method`` and build its chunk estimator.
 
     FLIPD without a noise level gets :func:`default_noise_level`; a noise level the model's
     schedule cannot reach is refused before anything runs. Classical estimators need no model,
     run on the points flattened to vectors, and take all points as one chunk (each point's
-    neighbours are searched among all points).
+    neighbours are searched among all points). With ``t0="calibrated"`` the table's level is
+    chosen here with the rule's tolerance ``calibrated_ratio`` (>= 1,
+    :func:`flipd.calibrated_t0`); the level, not the ratio, is part of the run's identity.
 
     Raises:
         ValueError: the method needs a model and none was given, or the settings do not fit.
     """
+    check_ratio(calibrated_ratio)
     noise = {name: value for name, value in (("t0", t0), ("sigma", sigma), ("delta", delta)) if value is not None}
     if method in MODEL_METHODS:
         if model is None:
@@ -292,7 +296,7 @@ def plan_estimate(
     level = None
     if settings.t0 == "calibrated":  # one level for the whole table, from its first points
         level = calibrated_t0(model.model, x[: min(len(x), CALIBRATION_POINTS)], seed=seed, batch_size=batch_size,
-                              encoded=True)
+                              encoded=True, ratio=calibrated_ratio)
     estimator = method_chunks(settings, model.model if method in MODEL_METHODS else None, batch, level)
     return EstimatePlan(settings=settings, estimator=estimator, x=x, noise=noise, batch=batch, level=level)
 
