@@ -52,6 +52,18 @@ def test_size_weighting_ignores_points_that_predict_almost_no_noise():
     assert record["grid_mae"] == [0.0, 1.0, 2.0, 3.0] and record["best_grid_level"] == {"t0": 0.01, "mae": 0.0}
 
 
+def test_the_band_mean_averages_each_point_over_every_level_near_the_best():
+    # Levels 1-3 are within 1.5 x the best median (0.05 at level 2); FLIPD there is 1, 2, 3.
+    times = np.array([0.01, 0.02, 0.05, 0.1, 0.2])
+    calibration = np.tile([0.5, 0.07, 0.05, 0.06, 0.3], (50, 1))
+    record = score_variants(_profile(times, calibration, np.full((50, 5), 20.0)), true=np.full(50, 2.0), resamples=5)
+    band = record["variants"]["band mean, ratio 1.5"]
+    assert band["t0"] == 0.02 and band["band"] == {"t0_last": 0.1, "levels": 3}
+    assert band["mae"] == pytest.approx(0.0)  # (1 + 2 + 3) / 3 = the truth
+    assert record["variants"][LIBRARY_VARIANT]["mae"] == pytest.approx(1.0)  # the smallest level of the band
+    assert band["resampled"] == {"same_level_fraction": 1.0, "mae_min": pytest.approx(0.0), "mae_max": pytest.approx(0.0)}
+
+
 def test_best_grid_level_is_the_level_closest_to_the_truth():
     times = np.array([0.01, 0.02, 0.05, 0.1])
     profile = _profile(times, np.full((6, 4), 0.05), np.full((6, 4), 20.0))

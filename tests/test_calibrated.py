@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import flipd
-from flipd.calibrated import calibrated_level
+from flipd.calibrated import calibrated_band, calibrated_level
 from flipd.schedules import VE, VP, Cosine
 
 
@@ -32,6 +32,15 @@ def test_the_rule_takes_the_smallest_level_within_the_ratio_of_the_best():
     assert calibrated_level(calibration, grid, ratio=2.0).index == 2
     # a model that denoises reliably nowhere is said so
     assert not calibrated_level(calibration + 1.0, grid).reliable
+
+
+def test_the_band_is_every_level_within_the_ratio_of_the_best():
+    grid = torch.linspace(0.01, 0.2, 8, dtype=torch.float64)
+    medians = np.array([0.40, 0.30, 0.14, 0.12, 0.10, 0.08, 0.09, np.inf])  # best 0.08; no output at the last
+    level = calibrated_level(np.tile(medians, (100, 1)), grid)
+    band = calibrated_band(level)
+    assert torch.equal(band, grid[3:7]) and float(band[0]) == level.t0  # 0.12, 0.10, 0.08, 0.09 <= 0.12
+    assert torch.equal(calibrated_band(calibrated_level(np.tile(medians, (100, 1)), grid, ratio=1.0)), grid[5:6])
 
 
 @pytest.mark.parametrize("bad", [0.5, True, "1.5", float("nan")])
@@ -62,6 +71,16 @@ def test_a_perfect_model_is_read_at_the_smallest_level(mixture):
     assert float((result.lid.double() - true).abs().mean()) < 0.02
     assert result.settings["rule"] == "calibrated" and result.settings["rule_points"] == 240
     assert "reliable" in result.to_pandas().columns
+
+
+def test_a_perfect_model_has_a_band_of_the_smallest_levels(mixture):
+    model, x, true = mixture
+    level = flipd.calibrated_t0(model.as_model(VP()), x, prediction="score")
+    band = calibrated_band(level)
+    grid = flipd.plateau_grid()
+    assert float(band[0]) == float(grid[0]) and float(band[-1]) < 0.02  # the calibration grows from 0
+    lid = flipd.flipd_curve(model.as_model(VP()), x, band, prediction="score").mean(1)
+    assert float((lid.double() - true).abs().mean()) < 0.05
 
 
 @pytest.mark.parametrize("schedule, prediction", [(Cosine(), "v_prediction"), (VE(), "sample")])

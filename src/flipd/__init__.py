@@ -16,7 +16,7 @@ first use); :mod:`flipd.schedules`, :mod:`flipd.analytic`, :mod:`flipd.baselines
 from ._version import __version__
 
 from . import schedules
-from .calibrated import CalibratedLevel
+from .calibrated import CalibratedLevel, calibrated_band
 from .estimator import EstimateWarning, NonFiniteOutputError, calibrated_t0, estimate, flipd, flipd_curve
 from .methods import METHODS
 from .knee import KneeResult, knee
@@ -44,6 +44,7 @@ __all__ = [
     "PlateauResult",
     "TrainConfig",
     "as_model",
+    "calibrated_band",
     "calibrated_t0",
     "default_noise_level",
     "estimate",

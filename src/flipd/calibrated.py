@@ -24,6 +24,10 @@ the model's output is not finite there for any of the points.
 Per point, the result says whether the model denoises that point reliably at the chosen level
 (|calibration| <= :data:`flipd.noise.RELIABILITY_TOLERANCE`); the other points are flagged.
 
+:func:`calibrated_band` gives every level within the ratio, not only the smallest: averaging
+each point's FLIPD over them cancels part of an imperfect model's level-to-level error (see its
+notes; ``python -m flipd.bench calibrated_variants`` measures it as the "band mean").
+
 With a perfect model the median calibration grows with the noise from 0, so the rule takes
 the smallest level of the grid (``tests/test_calibrated.py`` checks this with
 :mod:`flipd.analytic`). Like every label-free check, it cannot see a model that is calibrated
@@ -43,8 +47,8 @@ from torch import Tensor
 from .knee import as_curves
 from .noise import CALIBRATED_RATIO, RELIABILITY_TOLERANCE
 
-__all__ = ["CALIBRATION_POINTS", "MIN_CALIBRATION_POINTS", "CalibratedLevel", "calibrated_level", "check_ratio",
-           "smallest_within"]
+__all__ = ["CALIBRATION_POINTS", "MIN_CALIBRATION_POINTS", "CalibratedLevel", "calibrated_band", "calibrated_level",
+           "check_ratio", "smallest_within"]
 
 #: Points the data-set level is chosen from (the first ones given).
 CALIBRATION_POINTS = 2048
@@ -124,6 +128,26 @@ def calibrated_level(
         best_t0=float(times[best]), n_points=int(values.shape[0]),
         reliable=bool(median[index] <= RELIABILITY_TOLERANCE), ratio=float(ratio),
     )
+
+
+def calibrated_band(level: CalibratedLevel) -> Tensor:
+    """Every level of the rule's grid where the model denoises within ``level.ratio`` times its best.
+
+    The calibrated rule reads a data set at the smallest of these levels. An imperfect model's
+    FLIPD also wobbles from level to level, and averaging each point's FLIPD over all of them
+    cancels part of that error: ``flipd.flipd_curve(model, x, calibrated_band(level)).mean(1)``
+    (``python -m flipd.bench calibrated_variants`` measures both on trained models). For a
+    perfect model the median calibration grows from 0 with the noise, so the band is the
+    smallest levels only.
+
+    Args:
+        level: the rule's choice, :func:`calibrated_level` or :func:`flipd.calibrated_t0`.
+
+    Returns:
+        The band's times, increasing, [B] float64 (B >= 1; ``level.t0`` is the first).
+    """
+    median = level.median_calibration.numpy()  # inf where the model's output was not finite
+    return level.times[torch.from_numpy(median <= level.ratio * median.min())].clone()
 
 
 def smallest_within(error: np.ndarray, ratio: float) -> tuple[int, int]:

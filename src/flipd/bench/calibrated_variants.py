@@ -15,6 +15,9 @@ numbers, so that every variant is judged on the same model, points and probes:
   mean |calibration| weighted by the size of each point's predicted noise (about its
   codimension), so points where the model predicts almost no noise (full-dimensional parts)
   count little.
+* ``band mean, ratio 1.5``: not one level but every level whose median is within 1.5 times the
+  best (:func:`flipd.calibrated.calibrated_band`), each point's FLIPD averaged over them. An
+  imperfect model's FLIPD wobbles from level to level, and the mean cancels part of that.
 
 Each variant's MAE is compared with FLIPD at the best fixed level of {0.01, 0.02, 0.05, 0.1}
 (the rule target: within 0.1) and with the best level of the grid (found with the true LIDs, so
@@ -38,12 +41,12 @@ import warnings
 from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 
-from ..calibrated import calibrated_level, smallest_within
+from ..calibrated import calibrated_band, calibrated_level, smallest_within
 from ..checks import resolve_model
 from ..datasets import get_dataset
 from ..estimator import flipd_curve
@@ -65,10 +68,21 @@ def _size_weighted_error(inner: np.ndarray, size: np.ndarray) -> np.ndarray:
     return np.abs(inner).sum(axis=0) / np.maximum(size.sum(axis=0), 1e-300)
 
 
-#: Variant name -> (per-level error from the [N, T] sums, or None for the library's median, ratio).
-VARIANTS: dict[str, tuple[Callable[[np.ndarray, np.ndarray], np.ndarray] | None, float]] = {
-    **{f"median, ratio {ratio:g}": (None, ratio) for ratio in RATIOS},
-    f"size-weighted, ratio {CALIBRATED_RATIO:g}": (_size_weighted_error, CALIBRATED_RATIO),
+class Variant(NamedTuple):
+    """One variant of the rule: the per-level error from the [N, T] sums (None: the library's
+    median), its ratio, and whether it reads the whole band within that ratio (the mean of each
+    point's FLIPD over it) instead of its smallest level."""
+
+    error_of: Callable[[np.ndarray, np.ndarray], np.ndarray] | None
+    ratio: float
+    band: bool = False
+
+
+#: The variants by name.
+VARIANTS: dict[str, Variant] = {
+    **{f"median, ratio {ratio:g}": Variant(None, ratio) for ratio in RATIOS},
+    f"size-weighted, ratio {CALIBRATED_RATIO:g}": Variant(_size_weighted_error, CALIBRATED_RATIO),
+    f"band mean, ratio {CALIBRATED_RATIO:g}": Variant(None, CALIBRATED_RATIO, band=True),
 }
 #: Bootstrap resamples of the points each variant also chooses its level from.
 RESAMPLES = 20
@@ -101,18 +115,23 @@ def level_profile(model, x: np.ndarray, *, seed: int = 0) -> dict[str, np.ndarra
             "inner": inner.numpy(), "size": size.numpy()}
 
 
-def _chosen_level(name: str, profile: dict[str, np.ndarray], points: np.ndarray | slice) -> tuple[int, int]:
-    """(chosen, best) level indices of variant ``name`` when the level is chosen from ``points``."""
-    error_of, ratio = VARIANTS[name]
+def _chosen_levels(name: str, profile: dict[str, np.ndarray], points: np.ndarray | slice) -> tuple[np.ndarray, int]:
+    """The level indices variant ``name`` reads (one, or its band) when it chooses from ``points``,
+    and the index of the model's best level."""
+    variant = VARIANTS[name]
     inner, size = profile["inner"][points], profile["size"][points]
-    if error_of is None:  # the median: the library's own rule at this ratio
+    if variant.error_of is None:  # the median: the library's own rule at this ratio
         calibration = torch.from_numpy(inner / np.maximum(size, 1e-300))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # few points: the library's warning, not ours
-            level = calibrated_level(calibration, profile["times"], ratio=ratio)
-        return level.index, int(np.flatnonzero(profile["times"] == level.best_t0)[0])
-    error = error_of(inner, size)
-    return smallest_within(np.where(np.isfinite(error), error, np.inf), ratio)
+            level = calibrated_level(calibration, profile["times"], ratio=variant.ratio)
+        best = int(np.flatnonzero(profile["times"] == level.best_t0)[0])
+        if variant.band:
+            return np.flatnonzero(np.isin(profile["times"], calibrated_band(level).numpy())), best
+        return np.array([level.index]), best
+    error = variant.error_of(inner, size)
+    chosen, best = smallest_within(np.where(np.isfinite(error), error, np.inf), variant.ratio)
+    return np.array([chosen]), best
 
 
 def score_variants(profile: dict[str, np.ndarray], true: np.ndarray, *, resamples: int = RESAMPLES,
@@ -130,17 +149,23 @@ def score_variants(profile: dict[str, np.ndarray], true: np.ndarray, *, resample
     grid_mae = [_mae(profile["curve"][:, k], true) for k in range(profile["times"].size)]
     rng = np.random.default_rng(seed)
     draws = [rng.integers(0, true.size, true.size) for _ in range(resamples)]
+    def mae_reading(levels: np.ndarray) -> float:  # each point's FLIPD averaged over these levels
+        return _mae(profile["curve"][:, levels].mean(axis=1), true)
+
     variants = {}
     for name in VARIANTS:
-        index, best = _chosen_level(name, profile, slice(None))
-        mae = grid_mae[index]
-        chosen = [_chosen_level(name, profile, points)[0] for points in draws]
-        variants[name] = {"t0": float(profile["times"][index]), "best_t0": float(profile["times"][best]),
+        levels, best = _chosen_levels(name, profile, slice(None))
+        mae = mae_reading(levels)
+        chosen = [_chosen_levels(name, profile, points)[0] for points in draws]
+        variants[name] = {"t0": float(profile["times"][levels[0]]), "best_t0": float(profile["times"][best]),
                           "mae": mae, "within_0.1_of_best_fixed": bool(mae <= best_fixed + RULE_MARGIN)}
+        if VARIANTS[name].band:
+            variants[name]["band"] = {"t0_last": float(profile["times"][levels[-1]]), "levels": int(levels.size)}
         if chosen:
+            maes = [mae_reading(c) for c in chosen]
             variants[name]["resampled"] = {
-                "same_level_fraction": float(np.mean([c == index for c in chosen])),
-                "mae_min": min(grid_mae[c] for c in chosen), "mae_max": max(grid_mae[c] for c in chosen)}
+                "same_level_fraction": float(np.mean([np.array_equal(c, levels) for c in chosen])),
+                "mae_min": min(maes), "mae_max": max(maes)}
     best_level = int(np.nanargmin(grid_mae))
     return {"fixed": fixed, "best_fixed": best_fixed, "variants": variants, "grid_mae": grid_mae,
             "best_grid_level": {"t0": float(profile["times"][best_level]), "mae": grid_mae[best_level]}}
@@ -171,7 +196,7 @@ def _markdown(report: dict[str, Any]) -> str:
     header = ["data set", "best fixed t0 MAE", *[f"{name} (its t0)" for name in names], "best grid level (its t0)"]
     body = []
     for row in report["datasets"]:
-        cells = [f"{v['mae']:.3f}{' ✓' if v['within_0.1_of_best_fixed'] else ''} ({v['t0']:.3f})"
+        cells = [f"{v['mae']:.3f}{' ✓' if v['within_0.1_of_best_fixed'] else ''} ({_levels_read(v)})"
                  for v in (row["variants"][name] for name in names)]
         level = row["best_grid_level"]
         body.append([row["dataset"], row["best_fixed"], *cells, f"{level['mae']:.3f} ({level['t0']:.3f})"])
@@ -189,7 +214,9 @@ def _markdown(report: dict[str, Any]) -> str:
         f"{report['datasets'][0]['n_eval'] if report['datasets'] else 0} held-out points per set. "
         f"`{LIBRARY_VARIANT}` is the library's `t0=\"calibrated\"`. ✓: within 0.1 of FLIPD's MAE at the best "
         f"fixed level of t0 in {list(FIXED_T0)} (the rule target). \"size-weighted\": the mean |calibration| "
-        "weighted by each point's predicted-noise size instead of the median. \"best grid level\": the one level "
+        "weighted by each point's predicted-noise size instead of the median. \"band mean\": each point's FLIPD "
+        "averaged over every level within the ratio of the best (the first and last of them and their number in "
+        "brackets). \"best grid level\": the one level "
         "of the rule's grid with the lowest MAE, found with the true LIDs: the floor of any rule that reads a data set "
         "at one level, with this model.",
         "",
@@ -197,6 +224,13 @@ def _markdown(report: dict[str, Any]) -> str:
         "",
         *_resampled_section(report, names),
     ])
+
+
+def _levels_read(variant: dict[str, Any]) -> str:
+    """The level a variant read, or the first and last of its band and their number."""
+    if "band" in variant:
+        return f"{variant['t0']:.3f}–{variant['band']['t0_last']:.3f}, {variant['band']['levels']} levels"
+    return f"{variant['t0']:.3f}"
 
 
 def _resampled_section(report: dict[str, Any], names: list[str]) -> list[str]:
@@ -214,8 +248,8 @@ def _resampled_section(report: dict[str, Any], names: list[str]) -> list[str]:
     return [
         f"## The level chosen from {RESAMPLES} bootstrap resamples of the points",
         "",
-        "Each cell: the fraction of resamples whose level is the one chosen from all the points, then the range "
-        "of the MAE (over all the points) at the levels the resamples choose.",
+        "Each cell: the fraction of resamples whose level (for the band mean: whose band) is the one chosen from "
+        "all the points, then the range of the MAE (over all the points) at the levels the resamples choose.",
         "",
         markdown_table(["data set", *names], body),
         "",
