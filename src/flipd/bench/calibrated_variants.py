@@ -146,12 +146,13 @@ def score_variants(profile: dict[str, np.ndarray], true: np.ndarray, *, resample
     """
     fixed = {str(t0): _mae(profile["fixed"][:, k], true) for k, t0 in enumerate(FIXED_T0)}
     best_fixed = min(fixed.values())
-    grid_mae = [_mae(profile["curve"][:, k], true) for k in range(profile["times"].size)]
-    rng = np.random.default_rng(seed)
-    draws = [rng.integers(0, true.size, true.size) for _ in range(resamples)]
+
     def mae_reading(levels: np.ndarray) -> float:  # each point's FLIPD averaged over these levels
         return _mae(profile["curve"][:, levels].mean(axis=1), true)
 
+    grid_mae = [mae_reading(np.array([k])) for k in range(profile["times"].size)]
+    rng = np.random.default_rng(seed)
+    draws = [rng.integers(0, true.size, true.size) for _ in range(resamples)]
     variants = {}
     for name in VARIANTS:
         levels, best = _chosen_levels(name, profile, slice(None))
