@@ -86,7 +86,7 @@ def test_curves_and_the_knee_rule_run_on_an_autograd_model(points, exact):
     grid = torch.tensor([0.01, T0, 0.05], dtype=torch.float64)
     curves = flipd.flipd_curve(energy_score, points, grid, prediction="score", trace="exact")
     assert torch.allclose(curves[:, 1], exact, atol=1e-8)
-    result = flipd.estimate(flipd.as_model(energy_score, prediction="score"), points[:8], t0="auto")
+    result = flipd.estimate(flipd.as_model(energy_score, prediction="score"), points[:8], t0="knee")
     assert result.mode == "autograd" and torch.isfinite(result.lid).all()
 
 

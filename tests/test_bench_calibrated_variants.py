@@ -10,7 +10,8 @@ import pytest
 import torch
 
 import flipd
-from flipd.bench.calibrated_variants import LIBRARY_VARIANT, VARIANTS, level_profile, main, score_variants
+from flipd.bench.calibrated_variants import (BAND_VARIANT, LIBRARY_VARIANT, VARIANTS, level_profile, main,
+                                            score_variants)
 from flipd.bench.rules import FIXED_T0
 from flipd.bench.synthetic import recipe_for, train_or_load
 from flipd.calibrated import smallest_within
@@ -103,6 +104,14 @@ def test_the_library_variant_is_what_t0_calibrated_reads(tmp_path):
     mae = float(np.mean(np.abs(result.lid.double().numpy() - data.lid)))
     assert record["variants"][LIBRARY_VARIANT]["mae"] == pytest.approx(mae, abs=1e-4)
     assert record["fixed"][str(FIXED_T0[2])] == pytest.approx(float(np.mean(np.abs(fixed - data.lid))), abs=1e-4)
+    # the band rule's variant reads what t0="band" reads, from the same points
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        band = model.estimate(torch.as_tensor(data.x), t0="band", seed=0)
+    variant = record["variants"][BAND_VARIANT]
+    assert variant["band"]["levels"] == len(band.settings["read_t0"])
+    assert variant["band"]["t0_last"] == pytest.approx(band.settings["read_t0"][-1])
+    assert variant["mae"] == pytest.approx(float(np.mean(np.abs(band.lid.double().numpy() - data.lid))), abs=1e-4)
 
 
 def test_command_line_writes_every_variant(tmp_path, capsys):

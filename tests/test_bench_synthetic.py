@@ -81,8 +81,8 @@ def test_tiny_run_of_a_mixture_with_every_method(tmp_path):
 
 
 def test_tiny_curved_run_compares_the_rules_with_the_fixed_levels(tmp_path):
-    methods = ["flipd", "flipd_knee", "flipd_plateau", "flipd_calibrated", "flipd_t0_0.01", "flipd_t0_0.02",
-               "flipd_t0_0.1", "lpca"]
+    methods = ["flipd", "flipd_knee", "flipd_plateau", "flipd_calibrated", "flipd_band", "flipd_t0_0.01",
+               "flipd_t0_0.02", "flipd_t0_0.1", "lpca"]
     argv = ["synthetic", "--suite", "curved", "--tiny", "--datasets", "helix", "--methods", *methods,
             "--n-eval", "32", "--out-dir", str(tmp_path), "--cache-dir", str(tmp_path / "cache"), "--quiet"]
     assert main(argv) == 0
@@ -100,7 +100,11 @@ def test_tiny_curved_run_compares_the_rules_with_the_fixed_levels(tmp_path):
     assert calibrated["settings"]["rule_points"] == 32 and rules["flipd_calibrated_mae"] == calibrated["mae"]
     assert rules["flipd_calibrated_median_t0"] in flipd.plateau_grid().tolist()
     text = (tmp_path / "synthetic_curved_tiny.md").read_text()
-    assert "## Automatic noise level" in text and "calibrated within 0.1" in text
+    band = report["datasets"][0]["methods"]["flipd_band"]["settings"]
+    assert band["median_t0"] == rules["flipd_calibrated_median_t0"]  # the band starts at the calibrated level
+    assert band["read_levels"] >= 1 and band["read_t0_last"] >= band["median_t0"] and band["band_contrast"] >= 0
+    assert rules["flipd_band_mae"] == report["datasets"][0]["methods"]["flipd_band"]["mae"]
+    assert "## Automatic noise level" in text and "calibrated within 0.1" in text and "band within 0.1" in text
 
 
 def test_a_smaller_budget_replaces_the_recipe(tmp_path):

@@ -3,12 +3,15 @@ smallest at which the model denoises nearly as well as at its best."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
 
 import flipd
-from flipd.calibrated import calibrated_band, calibrated_level
+from flipd.calibrated import band_contrast, band_reading, calibrated_band, calibrated_level
+from flipd.noise import BAND_CONTRAST
 from flipd.schedules import VE, VP, Cosine
 
 
@@ -235,3 +238,61 @@ def test_the_curve_job_marks_the_level_estimate_reads(mixture):
     estimated = flipd.estimate(perfect, x[:100], t0="calibrated")
     assert rule == "calibrated" and np.all(t0 == estimated.t0.numpy())
     assert np.allclose(lid, estimated.lid.numpy()) and np.array_equal(found, estimated.reliable.numpy())
+
+
+def test_the_band_rule_averages_a_wobble_and_keeps_parts_of_different_dimension_apart():
+    grid = torch.linspace(0.01, 0.2, 8, dtype=torch.float64)
+    level = calibrated_level(np.tile([0.40, 0.30, 0.14, 0.12, 0.10, 0.08, 0.09, 0.5], (100, 1)), grid)
+    rng = np.random.default_rng(0)
+    wobble = 0.3 * np.sin(np.arange(4) * 2.0)  # [B]: the model's level-to-level error, shared by the points
+    one_part = 4.0 + rng.normal(0.0, 0.05, (100, 1)) + wobble  # points alike: their differences are the wobble's
+    chosen = band_reading(level, one_part)
+    assert torch.equal(chosen.times_read(), calibrated_band(level)) and chosen.contrast < BAND_CONTRAST
+    part = np.where(np.arange(100)[:, None] < 50, -1.0, 1.0)
+    kept_apart = 4.0 + 2.0 * part + wobble  # parts of dimension 2 and 6: their spread does not shrink
+    chosen = band_reading(level, kept_apart)
+    assert torch.equal(chosen.times_read(), calibrated_band(level)) and chosen.contrast > BAND_CONTRAST
+    assert chosen.contrast == pytest.approx(np.std(kept_apart[:, 0], ddof=1) / np.std(wobble, ddof=1))
+    blurring = 4.0 + part * np.array([2.0, 1.9, 1.6, 1.2]) + wobble  # the spread lost: 5%, 20%, 40%
+    chosen = band_reading(level, blurring)
+    assert torch.equal(chosen.times_read(), calibrated_band(level)[:2])
+    assert torch.equal(band_reading(level, blurring, max_spread_loss=0.0).times_read(), calibrated_band(level)[:1])
+    assert band_contrast(np.ones((5, 4))) == math.inf and band_contrast(np.ones((1, 4))) == 0.0
+    with pytest.raises(ValueError, match=r"\[N, 4\]"):
+        band_reading(level, one_part[:, :3])
+
+
+def test_the_band_rule_reads_a_perfect_model_of_several_dimensions_at_its_smallest_levels(mixture):
+    model, x, true = mixture
+    perfect = model.as_model(VP())
+    band = flipd.estimate(perfect, x, t0="band", prediction="score")
+    calibrated = flipd.estimate(perfect, x, t0="calibrated", prediction="score")
+    assert band.settings["rule"] == "band" and band.settings["band_contrast"] > BAND_CONTRAST
+    read = band.settings["read_t0"]
+    assert read[0] == pytest.approx(float(calibrated.t0[0])) and read[-1] < 0.02
+    assert torch.equal(band.t0, calibrated.t0) and torch.equal(band.reliable, calibrated.reliable)
+    assert float((band.lid.double() - true).abs().mean()) < 0.05
+
+
+def test_a_band_read_is_each_points_mean_over_its_levels_for_tensors_and_streams(mixture):
+    model, x, _ = mixture
+    perfect = model.as_model(VP())
+    level = flipd.calibrated_t0(perfect, x, prediction="score", band=True)
+    grid = flipd.plateau_grid()
+    spread = level._replace(read_times=grid[[0, 3, 6]].clone())  # as if the band rule had chosen three levels
+    result = flipd.estimate(perfect, x[:30], t0=spread, prediction="score")
+    expected = flipd.flipd_curve(perfect, x[:30], grid[[0, 3, 6]], prediction="score").mean(1)
+    assert torch.allclose(result.lid, expected) and torch.all(result.t0 == grid[0])
+    assert result.settings["read_t0"] == pytest.approx(grid[[0, 3, 6]].tolist())
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x), batch_size=50)
+    streamed = flipd.estimate(perfect, loader, t0="band", prediction="score")
+    whole = flipd.estimate(perfect, x, t0="band", prediction="score")
+    assert streamed.settings["read_t0"] == whole.settings["read_t0"] and torch.allclose(streamed.lid, whole.lid)
+
+
+def test_t0_auto_is_the_band_rule(mixture):
+    model, x, _ = mixture
+    perfect = model.as_model(VP())
+    auto = flipd.estimate(perfect, x[:100], t0="auto", prediction="score")
+    band = flipd.estimate(perfect, x[:100], t0="band", prediction="score")
+    assert auto.settings == band.settings and torch.equal(auto.lid, band.lid) and auto.knee_found is None

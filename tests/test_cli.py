@@ -151,13 +151,23 @@ def test_estimate_hutchinson_to_csv_with_stderr(lollipop_model, tmp_path):
     assert np.allclose(frame["sigma"], 0.1)
 
 
-def test_estimate_auto_t0_reports_the_knee(lollipop_model, tmp_path):
-    table = tmp_path / "auto.parquet"
-    result = flipd("estimate", "lollipop", "-m", lollipop_model, "-n", "8", "-o", table, "--t0", "auto", "--quiet")
+def test_estimate_knee_t0_reports_the_knee(lollipop_model, tmp_path):
+    table = tmp_path / "knee.parquet"
+    result = flipd("estimate", "lollipop", "-m", lollipop_model, "-n", "8", "-o", table, "--t0", "knee", "--quiet")
     assert result.exit_code == 0, result.output
     frame = pd.read_parquet(table)
     chosen = frame["t0"].dropna()
-    assert ((chosen > 0.05) & (chosen < 0.5)).all()
+    assert ((chosen > 0.05) & (chosen < 0.5)).all() and "knee_found" in frame.columns
+
+
+def test_estimate_auto_t0_is_the_band_rule_and_is_stored_as_it(lollipop_model, tmp_path):
+    tables = {rule: tmp_path / f"{rule}.csv" for rule in ("auto", "band")}
+    for rule, table in tables.items():
+        result = flipd("estimate", "lollipop", "-m", lollipop_model, "-n", "20", "-o", table, "--t0", rule, "--quiet")
+        assert result.exit_code == 0, result.output
+    pd.testing.assert_frame_equal(pd.read_csv(tables["auto"]), pd.read_csv(tables["band"]))
+    metadata = json.loads(tables["auto"].with_suffix(".json").read_text())
+    assert metadata["settings"]["t0"] == "band" and "read_t0" in metadata["resolved"]["calibrated_level"]
 
 
 def test_estimate_plateau_reports_the_scale_and_its_flatness(lollipop_model, tmp_path):
@@ -192,7 +202,34 @@ def test_estimate_calibrated_reads_the_table_at_one_level_and_resumes_at_it(loll
     assert metadata["summary"]["n_scale_not_found"] == int((~frame["reliable"]).sum())
     assert len(level["times"]) == len(level["median_calibration"]) == plateau_grid().numel()
     # a run stopped after one chunk resumes at the same level, to the same table
-    again = tmp_path / "again.csv"
+    _assert_a_stopped_run_resumes_to(args, tmp_path / "again.csv", frame)
+
+
+def test_estimate_band_reads_the_table_as_the_library_does_and_resumes_at_it(lollipop_model, tmp_path):
+    table = tmp_path / "band.csv"
+    args = ("estimate", "lollipop", "-m", lollipop_model, "-n", "40", "-o", table, "--t0", "band",
+            "--chunk-size", "16", "--quiet")
+    result = flipd(*args)
+    assert result.exit_code == 0, result.output
+    frame = pd.read_csv(table)
+    level = json.loads(table.with_suffix(".json").read_text())["resolved"]["calibrated_level"]
+    assert np.allclose(frame["t0"], level["t0"]) and level["read_t0"][0] == pytest.approx(level["t0"])
+    assert set(level["read_t0"]) <= set(level["times"]) and "band_contrast" in level
+    # the library's band rule on the same points and model: the same levels read, the same estimates
+    import flipd as library
+    from flipd.datasets import get_dataset
+
+    model = library.load(lollipop_model)
+    points = get_dataset("lollipop", 40, seed=0).x
+    direct = library.estimate(model, points, t0="band")
+    assert direct.settings["read_t0"] == pytest.approx(level["read_t0"])
+    assert np.allclose(frame["lid"], direct.lid.double().numpy(), atol=1e-4)
+    _assert_a_stopped_run_resumes_to(args, tmp_path / "again.csv", frame)
+
+
+def _assert_a_stopped_run_resumes_to(args: tuple, again: Path, frame: pd.DataFrame) -> None:
+    """The run of ``args`` (its table the 8th) written to ``again``: stopped after one chunk, it
+    writes nothing, and resumed it writes ``frame``."""
     stopped = flipd(*args[:7], again, *args[8:], "--stop-after-chunks", "1")
     assert stopped.exit_code == 130 and not again.exists()
     resumed = flipd(*args[:7], again, *args[8:], "--resume")

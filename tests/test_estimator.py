@@ -279,14 +279,14 @@ def test_knee_rule_recovers_dimensions_from_analytic_curves():
     # thin Gaussians around subspaces of dimensions 2, 4, 8 in R^10: curves fall from D to d
     mixture = GaussianMixture.random([2, 4, 8], 10, variance=10.0, off_variance=1e-3, separation=30.0, seed=0)
     x, component = mixture.sample(150, seed=1)
-    result = flipd.estimate(mixture.as_model(VP(), "epsilon"), x, t0="auto")
+    result = flipd.estimate(mixture.as_model(VP(), "epsilon"), x, t0="knee")
     assert result.t0.shape == (150,) and bool(torch.isfinite(result.t0).all())
     for k, d in enumerate([2, 4, 8]):
         estimates = result.lid[component == k]
         assert (estimates.mean() - d).abs() < 0.3
         assert (estimates - d).abs().max() < 0.6
     # the chosen t0 is reported in the schedule's own units: same smoothing under Discrete
-    discrete = flipd.estimate(mixture.as_model(DDPM, "epsilon"), x[:20], t0="auto", schedule=DDPM)
+    discrete = flipd.estimate(mixture.as_model(DDPM, "epsilon"), x[:20], t0="knee", schedule=DDPM)
     assert torch.allclose(DDPM.delta(discrete.t0), VP().delta(result.t0[:20]), atol=0.05)
 
 

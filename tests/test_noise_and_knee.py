@@ -73,13 +73,13 @@ def test_knee_grid_is_the_reference_grid_carried_through_delta(schedule, predict
 
 @pytest.mark.parametrize("schedule, prediction", SCHEDULES, ids=IDS)
 def test_knee_of_the_curve_equals_t0_auto(mixture, schedule, prediction):
-    """flipd.knee(flipd_curve(model, x, grid), grid) is what estimate(t0="auto") picks, per point."""
+    """flipd.knee(flipd_curve(model, x, grid), grid) is what estimate(t0="knee") picks, per point."""
     gaussians, x = mixture
     model = gaussians.as_model(schedule, prediction=prediction)
     grid = flipd.knee_grid(schedule)
     curve = flipd.flipd_curve(model, x, grid, schedule=schedule, prediction=prediction, trace="exact")
     found = flipd.knee(curve, grid, schedule=schedule, ambient_dim=10)
-    auto = flipd.estimate(model, x, t0="auto", schedule=schedule, prediction=prediction, trace="exact")
+    auto = flipd.estimate(model, x, t0="knee", schedule=schedule, prediction=prediction, trace="exact")
     assert found.found.any()
     assert torch.equal(found.lid.to(auto.lid), auto.lid)
     assert torch.allclose(found.t0, auto.t0, equal_nan=True)
@@ -93,7 +93,7 @@ def test_every_schedule_picks_the_same_knee_for_the_same_smoothing(mixture):
     results = {}
     for (schedule, prediction), name in zip(SCHEDULES, IDS):
         model = gaussians.as_model(schedule, prediction=prediction)
-        results[name] = flipd.estimate(model, x, t0="auto", schedule=schedule, prediction=prediction, trace="exact")
+        results[name] = flipd.estimate(model, x, t0="knee", schedule=schedule, prediction=prediction, trace="exact")
     reference = results["VP"]
     for name, result in results.items():
         assert torch.allclose(result.lid, reference.lid, atol=1e-6), name
@@ -108,7 +108,7 @@ def test_curve_job_knees_equal_t0_auto(mixture):
     model = flipd.as_model(gaussians.as_model(schedule, prediction="flow_velocity"), schedule=schedule,
                            prediction="flow_velocity")
     curves = compute_curves(model, x[:60], curve_times(schedule), trace="exact")
-    auto = flipd.estimate(model, x[:60], t0="auto", trace="exact")
+    auto = flipd.estimate(model, x[:60], t0="knee", trace="exact")
     found = torch.from_numpy(curves.knee_found)
     assert found.any()
     # The curve job's default grid holds the knee grid's levels (and more outside the window).

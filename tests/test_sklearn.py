@@ -75,6 +75,18 @@ def test_the_calibrated_level_is_learnt_at_fit_and_kept_for_new_points(mixture):
     assert FLIPD(model=model, t0=0.01).fit(x.numpy()).level_ is None
 
 
+def test_the_band_rules_levels_are_learnt_at_fit_and_kept_for_new_points(mixture):
+    model = flipd.as_model(mixture.as_model(VP(), prediction="epsilon"), schedule=VP(), prediction="epsilon")
+    x, _ = mixture.sample(200, seed=1)
+    estimator = FLIPD(model=model, t0="band").fit(x.numpy())
+    assert estimator.level_.read_times is not None and estimator.level_.contrast is not None
+    grid = flipd.plateau_grid()
+    estimator.level_ = estimator.level_._replace(read_times=grid[[0, 2]].clone())  # kept, not chosen again
+    new, _ = mixture.sample(5, seed=2)
+    expected = flipd.flipd_curve(model, new, grid[[0, 2]]).mean(1).numpy()
+    np.testing.assert_allclose(estimator.transform(new.numpy())[:, 0], expected, rtol=1e-5)
+
+
 def test_pandas_output_has_a_lid_column(mixture):
     pytest.importorskip("pandas")
     model = flipd.as_model(mixture.as_model(VP(), prediction="epsilon"), schedule=VP(), prediction="epsilon")

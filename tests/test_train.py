@@ -111,7 +111,7 @@ def test_trained_model_plugs_into_flipd(trained):
     assert torch.equal(flipd.flipd(trained, x), lid)  # the library's default noise level is t0 = 0.05
     # A circle is 1-dimensional; even this briefly trained model lands near 1 on average.
     assert 0.5 < float(lid.mean()) < 1.6
-    result = trained.estimate(x[:20], t0="auto")
+    result = trained.estimate(x[:20], t0="knee")
     assert torch.isfinite(result.lid).all()
     with pytest.raises(ValueError, match="contradicts the model's own prediction"):
         trained.lid(x, t0=0.05, prediction="score")

@@ -26,7 +26,13 @@ Per point, the result says whether the model denoises that point reliably at the
 
 :func:`calibrated_band` gives every level within the ratio, not only the smallest: averaging
 each point's FLIPD over them cancels part of an imperfect model's level-to-level error (see its
-notes; ``python -m flipd.bench calibrated_variants`` measures it as the "band mean").
+notes; ``python -m flipd.bench calibrated_variants`` measures it as the "band mean"). The band
+can reach large noise levels, where parts of the data of different dimension blur together, so
+the *band rule* (``t0="band"``, :func:`band_reading`) averages over the whole band only when
+the points' FLIPD at the calibrated level differ by little more than each point's wobble over
+the band (:func:`band_contrast` at most :data:`flipd.noise.BAND_CONTRAST`), and otherwise over the
+calibrated band's first levels only, before the points' spread has shrunk. It costs one FLIPD
+pass per level read.
 
 With a perfect model the median calibration grows with the noise from 0, so the rule takes
 the smallest level of the grid (``tests/test_calibrated.py`` checks this with
@@ -36,6 +42,7 @@ but wrong about the manifold.
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Sequence
 from typing import NamedTuple
@@ -45,10 +52,10 @@ import torch
 from torch import Tensor
 
 from .knee import as_curves
-from .noise import CALIBRATED_RATIO, RELIABILITY_TOLERANCE
+from .noise import BAND_CONTRAST, BAND_SPREAD_LOSS, CALIBRATED_RATIO, RELIABILITY_TOLERANCE
 
-__all__ = ["CALIBRATION_POINTS", "MIN_CALIBRATION_POINTS", "CalibratedLevel", "calibrated_band", "calibrated_level",
-           "check_ratio", "smallest_within"]
+__all__ = ["CALIBRATION_POINTS", "MIN_CALIBRATION_POINTS", "CalibratedLevel", "band_contrast", "band_reading",
+           "calibrated_band", "calibrated_level", "check_ratio", "smallest_within"]
 
 #: Points the data-set level is chosen from (the first ones given).
 CALIBRATION_POINTS = 2048
@@ -70,6 +77,10 @@ class CalibratedLevel(NamedTuple):
             :data:`flipd.noise.RELIABILITY_TOLERANCE` (False: the model does not denoise most
             of these points reliably at the chosen level).
         ratio: the rule's tolerance the level was chosen with (see :func:`calibrated_level`).
+        read_times: the levels each point's FLIPD is averaged over, [B] float64; None (the
+            calibrated rule): ``t0`` alone. Set by the band rule (:func:`band_reading`).
+        contrast: the band rule's :func:`band_contrast` that decided ``read_times`` (None for
+            the calibrated rule).
     """
 
     t0: float
@@ -80,6 +91,14 @@ class CalibratedLevel(NamedTuple):
     n_points: int
     reliable: bool
     ratio: float = CALIBRATED_RATIO
+    read_times: Tensor | None = None
+    contrast: float | None = None
+
+    def times_read(self) -> Tensor:
+        """The levels every point is read at, [B] float64 (``[t0]`` unless the band rule chose more)."""
+        if self.read_times is None:
+            return torch.tensor([self.t0], dtype=torch.float64)
+        return self.read_times.clone()
 
 
 def check_ratio(ratio: float) -> None:
@@ -148,6 +167,68 @@ def calibrated_band(level: CalibratedLevel) -> Tensor:
     """
     median = level.median_calibration.numpy()  # inf where the model's output was not finite
     return level.times[torch.from_numpy(median <= level.ratio * median.min())].clone()
+
+
+def band_contrast(curves: Tensor | np.ndarray) -> float:
+    """How much the points' FLIPD differ, against how much each point's FLIPD wobbles over a band.
+
+    Args:
+        curves: [N, B] FLIPD of N points at the B levels of :func:`calibrated_band` (the first
+            column at the calibrated level).
+
+    Returns:
+        The standard deviation over the points of the first column, divided by the mean over
+        the points of each point's standard deviation over the B levels (``inf`` when no point
+        wobbles; 0 for one point or one level).
+    """
+    values = torch.as_tensor(curves, dtype=torch.float64)
+    if values.ndim != 2 or values.shape[0] < 1 or values.shape[1] < 1:
+        raise ValueError(f"curves must be [N, B] with N, B >= 1; got shape {tuple(values.shape)}.")
+    if values.shape[0] < 2 or values.shape[1] < 2:
+        return 0.0
+    spread = float(values[:, 0].std())
+    wobble = float(values.std(dim=1).mean())
+    return math.inf if wobble == 0.0 else spread / wobble
+
+
+def band_reading(level: CalibratedLevel, curves: Tensor | np.ndarray, *, max_contrast: float = BAND_CONTRAST,
+                 max_spread_loss: float = BAND_SPREAD_LOSS) -> CalibratedLevel:
+    """The band rule's choice: the levels of the band (:func:`calibrated_band`) each point's FLIPD
+    is averaged over.
+
+    An imperfect model's FLIPD wobbles from level to level, and averaging each point's FLIPD over
+    the band cancels part of that. But the band can reach large noise levels, where parts of the
+    data of different dimension blur together and their FLIPD moves towards each other. When
+    the points' FLIPD at the calibrated level differ by more than ``max_contrast`` times their
+    wobble over the band (:func:`band_contrast`), the differences are the data's, not the
+    model's, and the rule keeps only the band's first levels: up to the last before the spread
+    of the points' FLIPD (standard deviation over the points) has shrunk by more than
+    ``max_spread_loss`` of its value at the calibrated level. Otherwise it keeps the whole band.
+
+    Args:
+        level: the calibrated rule's choice (:func:`calibrated_level`).
+        curves: [N, B] FLIPD of the points the level was chosen from, at ``calibrated_band(level)``.
+        max_contrast: the contrast above which the spread is kept (default
+            :data:`flipd.noise.BAND_CONTRAST`).
+        max_spread_loss: the fraction of the spread that may be lost, in [0, 1) (default
+            :data:`flipd.noise.BAND_SPREAD_LOSS`).
+
+    Returns:
+        ``level`` with ``read_times`` (the levels kept, ``level.t0`` first) and ``contrast`` set.
+    """
+    if not 0.0 <= max_spread_loss < 1.0:
+        raise ValueError(f"max_spread_loss must be in [0, 1); got {max_spread_loss!r}.")
+    band = calibrated_band(level)
+    values = torch.as_tensor(curves, dtype=torch.float64)
+    if values.ndim != 2 or values.shape[1] != band.numel():
+        raise ValueError(f"curves must be [N, {band.numel()}] (FLIPD at the level's band); got {tuple(values.shape)}.")
+    contrast = band_contrast(values)
+    kept = band.numel()
+    if contrast > max_contrast:  # parts of different dimension: stop where they start to blur together
+        spread = values.std(dim=0) if values.shape[0] > 1 else torch.zeros(band.numel(), dtype=torch.float64)
+        lost = spread < (1.0 - max_spread_loss) * spread[0]
+        kept = int(torch.nonzero(lost)[0]) if bool(lost.any()) else band.numel()
+    return level._replace(read_times=band[: max(kept, 1)].clone(), contrast=contrast)
 
 
 def smallest_within(error: np.ndarray, ratio: float) -> tuple[int, int]:

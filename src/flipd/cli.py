@@ -558,7 +558,7 @@ def estimate(
     n_points: Points = None,
     t0: Annotated[
         Optional[str],
-        typer.Option("--t0", help="Noise level in the model's time units, or a rule that picks it: 'knee' (the reference knee rule, per point), 'plateau' (per point, the flattest stretch of the FLIPD curve where the model denoises reliably), 'calibrated' (one level for the data set: the smallest at which the model denoises within 1.5x of its best, or --calibrated-ratio, from the first 2048 points) or 'auto' (= knee) (default: t0 = 0.05 of the reference VP schedule).", show_default=False),
+        typer.Option("--t0", help="Noise level in the model's time units, or a rule that picks it: 'knee' (the reference knee rule, per point), 'plateau' (per point, the flattest stretch of the FLIPD curve where the model denoises reliably), 'calibrated' (one level for the data set: the smallest at which the model denoises within 1.5x of its best, or --calibrated-ratio, from the first 2048 points), 'band' (each point's FLIPD averaged over every level within that ratio, unless the points differ in dimension by more than 3x their wobble there: then only the band's levels before the points' spread shrinks) or 'auto' (= band) (default: t0 = 0.05 of the reference VP schedule).", show_default=False),
     ] = None,
     sigma: Annotated[Optional[float], typer.Option("--sigma", help="Noise level as a noise standard deviation.", show_default=False)] = None,
     delta: Annotated[Optional[float], typer.Option("--delta", help="Noise level as log(sigma/psi), schedule-free.", show_default=False)] = None,
@@ -601,7 +601,7 @@ def estimate(
       [cyan]flipd estimate photos/ -m stable-diffusion-v1-5/ --prompt "a photo" --trace hutchinson[/]
     """
     from .jobs.estimate import METHODS, MODEL_METHODS, check_method_options
-    from .noise import check_noise_level
+    from .noise import DATA_SET_RULES, check_noise_level, rule_named
     from .runs import (check_table_path, chunk_directory_for, fingerprint_array, metadata_path_for,
                        remove_run_directory, write_json, write_table)
     from .datasets.sources import load_points
@@ -631,7 +631,8 @@ def estimate(
     _check_trace(trace)
     noise = {name: value for name, value in (("t0", _parse_t0(t0)), ("sigma", sigma), ("delta", delta)) if value is not None}
     check_method_options(method, noise=noise, n_neighbors=neighbors, trace=trace, n_probes=probes)
-    ratio = _check_calibrated_ratio(calibrated_ratio, noise.get("t0") == "calibrated", "--t0 calibrated")
+    ratio = _check_calibrated_ratio(calibrated_ratio, rule_named(noise.get("t0")) in DATA_SET_RULES,
+                                    "--t0 calibrated, band or auto")
     with _processes_of_the_run(device_used, dist_timeout, table_path, run_directory, plot, resume=resume, force=force,
                                quiet=quiet) as group:
         if group is None:
@@ -663,6 +664,8 @@ def estimate(
                 identity["model"]["dtype"] = loaded.dtype
             if plan.level is not None:  # a resume that would choose another level is refused
                 identity["calibrated_t0"] = plan.level.t0
+                if plan.level.read_times is not None:  # the band rule: and other levels read
+                    identity["read_t0"] = plan.level.read_times.tolist()
         if loaded is not None:
             _say(quiet, f"model: {escape(loaded.description)}")
         _say(quiet, f"data: {escape(points.description)}")
@@ -671,6 +674,12 @@ def estimate(
             _say(quiet, f"calibrated rule: t0 = {level.t0:.4g} for every point (the model denoises best at "
                         f"t0 = {level.best_t0:.4g}; median calibration {float(level.median_calibration[level.index]):.3g} "
                         f"at the chosen level, from the first {level.n_points} points)")
+            if level.read_times is not None:
+                read = level.read_times
+                _say(quiet, f"band rule: each point's FLIPD averaged over {read.numel()} levels, t0 = {float(read[0]):.4g} "
+                            f"to {float(read[-1]):.4g} (contrast {level.contrast:.3g})" if read.numel() > 1 else
+                            f"band rule: the points differ by {level.contrast:.3g} times their wobble over the band "
+                            "(parts of different dimension): each is read at the calibrated level alone")
 
         with _timed(timings, "estimate_s"):
             try:
@@ -750,7 +759,10 @@ def _check_calibrated_ratio(ratio: float | None, calibrated: bool, needs: str) -
 def _level_record(level: Any) -> dict[str, Any]:
     """The calibrated rule's choice, JSON-ready (:class:`flipd.calibrated.CalibratedLevel`)."""
     return {"t0": level.t0, "best_t0": level.best_t0, "ratio": level.ratio, "n_points": level.n_points,
-            "reliable": level.reliable, "times": level.times.tolist(), "median_calibration": level.median_calibration.tolist()}
+            "reliable": level.reliable, "times": level.times.tolist(), "median_calibration": level.median_calibration.tolist(),
+            **({"read_t0": level.read_times.tolist(),
+                "band_contrast": level.contrast if math.isfinite(level.contrast) else None}
+               if level.read_times is not None else {})}
 
 
 @contextlib.contextmanager

@@ -13,6 +13,7 @@ Hutchinson's estimate with random probes (:mod:`flipd.trace`).
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import warnings
 from collections.abc import Sequence
@@ -27,10 +28,10 @@ from .checks import (
     _as_indices, _non_finite_rows, _output_checker, out_of_range, resolve_model, resolve_trace,
     warn_about_results,
 )
-from .calibrated import CALIBRATION_POINTS, CalibratedLevel, calibrated_level, check_ratio
+from .calibrated import CALIBRATION_POINTS, CalibratedLevel, band_reading, calibrated_band, calibrated_level, check_ratio
 from .knee import knee
 from .models.base import Model
-from .noise import CALIBRATED_RATIO, knee_grid, plateau_grid, resolve_times
+from .noise import AUTO_RULES, CALIBRATED_RATIO, DATA_SET_RULES, knee_grid, plateau_grid, resolve_times, rule_named
 from .parameterization import score_coefficients
 from .plateau import plateau
 from .reliability import denoising_calibration, reliable_levels
@@ -39,11 +40,6 @@ from .results import FLIPDResult, LIDResult
 from .schedules import Schedule
 from .trace import MODES, basis_probes, indexed_probes, quadratic_forms
 
-#: Automatic noise-level rules by name: "knee" (the reference knee rule, method notes §5),
-#: "plateau" (the flattest stretch of the curve, :mod:`flipd.plateau`), "calibrated" (one level
-#: for the data set, the smallest the model denoises well, :mod:`flipd.calibrated`) and "auto"
-#: (the knee).
-AUTO_RULES: tuple[str, ...] = ("auto", "knee", "plateau", "calibrated")
 
 #: Default number of points per forward pass when ``batch_size`` is None.
 DEFAULT_BATCH_SIZE = 1024
@@ -193,6 +189,7 @@ def estimate(
         EstimateWarning: some estimates are not finite, or lie outside [0, D] by more than
             their standard error (see :func:`out_of_range`); the points are named.
     """
+    t0 = rule_named(t0)  # "auto": the band rule
     if is_point_stream(x):
         return _estimate_stream(
             model, x, t0=t0, sigma=sigma, delta=delta, schedule=schedule, prediction=prediction, trace=trace,
@@ -229,7 +226,8 @@ def estimate(
     )
     if isinstance(t0, (str, CalibratedLevel)):
         rule, label = {"plateau": (_estimate_plateau, "FLIPD (plateau)"),
-                       "calibrated": (_estimate_calibrated, "FLIPD (calibrated)")}.get(
+                       "calibrated": (_estimate_calibrated, "FLIPD (calibrated)"),
+                       "band": (functools.partial(_estimate_calibrated, band=True), "FLIPD (band)")}.get(
             "calibrated" if isinstance(t0, CalibratedLevel) else t0, (_estimate_auto, "FLIPD (knee)"))
         if isinstance(t0, CalibratedLevel):
             options["level"] = t0
@@ -403,7 +401,10 @@ def flipd(
             in log sigma above the levels where the model denoises reliably,
             :func:`flipd.plateau`), "calibrated" (one level for all the points: the smallest at
             which the model denoises within 1.5x of its best, :mod:`flipd.calibrated`; or a
-            level from :func:`calibrated_t0`), or "auto" (the knee rule). Alternatively
+            level from :func:`calibrated_t0`), "band" (each point's FLIPD averaged over every
+            level within that ratio, or the calibrated level alone where the points differ in
+            dimension: :func:`flipd.calibrated.band_reading`; the result's t0 is the
+            calibrated level, ``settings["read_t0"]`` the levels read), or "auto" (the band rule; the reference knee rule is "knee"). Alternatively
             ``sigma=`` (the noise
             standard deviation) or ``delta=`` (log sigma/psi): at most one of the three. With
             none, the default: t0 = 0.05 of the reference VP schedule, carried to other
@@ -582,14 +583,15 @@ def _estimate_stream(model, x, *, t0, sigma, delta, indices, progress, batch_siz
     """:func:`estimate` batch by batch over a point stream; a halved batch size stays halved."""
     results: list[FLIPDResult] = []
     offset = 0
-    if isinstance(t0, str) and t0 == "calibrated":  # one level for the whole stream, from its first points
+    if isinstance(t0, str) and t0 in DATA_SET_RULES:  # one choice for the whole stream, from its first points
         if sigma is not None or delta is not None:
             raise ValueError(f"t0={t0!r} chooses the noise level itself; do not also pass sigma= or delta=.")
         check_options(options.get("seed", 0), batch_size, chunk_rows, options.get("mode", "auto"))
         resolve_trace(options.get("trace", "auto"), 1, options.get("n_probes", 1))  # before the model runs
         t0 = calibrated_t0(model, x, schedule=options.get("schedule"), prediction=options.get("prediction"),
                            seed=options.get("seed", 0), indices=indices, batch_size=batch_size,
-                           encoded=options.get("encoded", False))
+                           encoded=options.get("encoded", False), band=t0 == "band",
+                           trace=options.get("trace", "auto"), n_probes=options.get("n_probes", 1))
     with progress_callback(progress, _stream_length(x) or 0, "FLIPD") as report:
         for batch, batch_indices in _stream_batches(x, indices, batch_size):
             stop = offset + batch.shape[0]
@@ -674,6 +676,9 @@ def calibrated_t0(
     encoded: bool = False,
     n_points: int | None = None,
     ratio: float = CALIBRATED_RATIO,
+    band: bool = False,
+    trace: Trace = "auto",
+    n_probes: int = 1,
 ) -> CalibratedLevel:
     """The level the calibrated rule (:mod:`flipd.calibrated`) chooses for the data ``x``.
 
@@ -688,10 +693,16 @@ def calibrated_t0(
     the rule's tolerance: the level is the smallest whose median calibration is within ``ratio``
     times the model's best; ``ratio=1.0`` takes the level where the model denoises best.
 
+    With ``band=True`` it is the band rule's choice (``estimate(model, x, t0="band")``): the
+    same points' FLIPD is also computed at every level of the band (``trace`` and ``n_probes``
+    as in :func:`estimate`), and :func:`flipd.calibrated.band_reading` decides whether each
+    point is read as its mean over the band or at ``t0`` alone (``read_times``).
+
     Returns:
         :class:`flipd.calibrated.CalibratedLevel` (``t0`` in the schedule's units).
     """
     check_ratio(ratio)
+    resolve_trace(trace, 1, n_probes)
     n_points = CALIBRATION_POINTS if n_points is None else n_points
     if isinstance(n_points, bool) or not isinstance(n_points, int) or n_points < 1:
         raise ValueError(f"n_points must be a positive integer; got {n_points!r}.")
@@ -713,8 +724,25 @@ def calibrated_t0(
         sample = sample[:n_points]
     fn, sample, schedule, prediction = resolve_model(model, sample, schedule=schedule, prediction=prediction,
                                                     encoded=encoded)
-    return _choose_level(fn, sample, sample_indices, schedule=schedule, prediction=prediction, seed=seed,
-                         batch_size=batch_size, ratio=ratio)[0]
+    level = _choose_level(fn, sample, sample_indices, schedule=schedule, prediction=prediction, seed=seed,
+                          batch_size=batch_size, ratio=ratio)[0]
+    if not band:
+        return level
+    trace, n_probes = resolve_trace(trace, sample.shape[1:], n_probes)
+    options = dict(schedule=schedule, prediction=prediction, trace=trace, n_probes=n_probes, seed=int(seed),
+                   indices=sample_indices, batch_size=batch_size, chunk_rows=None, mode="auto", differentiable=False,
+                   progress=None)
+    return _band_choice(fn, sample, level, options)[0]
+
+
+def _band_choice(fn, sample: Tensor, level: CalibratedLevel, options: dict) -> tuple[CalibratedLevel, Tensor]:
+    """The band rule's choice from ``sample`` [n, ...] (model coordinates; ``options`` as for
+    :func:`_curve`, with the sample's indices), and the sample's FLIPD at the band, [n, B]."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", EstimateWarning)  # the estimate reports its own points
+        with torch.no_grad():
+            curves, _ = _curve(fn, sample, calibrated_band(level), **options)
+    return band_reading(level, curves.detach().cpu()), curves
 
 
 def _choose_level(fn, sample: Tensor, indices: Tensor, *, schedule: Schedule, prediction: str, seed: int,
@@ -741,10 +769,11 @@ def _check_level_schedule(level: CalibratedLevel, schedule: Schedule) -> None:
 
 
 def _estimate_calibrated(fn, x: Tensor, *, schedule: Schedule, progress, level: CalibratedLevel | None = None,
-                         **options) -> FLIPDResult:
-    """Every point read at one level: ``level``, or the calibrated rule's choice from the first
+                         band: bool = False, **options) -> FLIPDResult:
+    """Every point read at one level (or averaged over the band rule's levels): ``level``, or the
+    calibrated (``band``: band) rule's choice from the first
     :data:`~flipd.calibrated.CALIBRATION_POINTS` points of ``x`` (model coordinates); each
-    point flagged by whether the model denoises it reliably there."""
+    point flagged by whether the model denoises it reliably at the level."""
     n = x.shape[0]
     batch = min(n, options["batch_size"] or DEFAULT_BATCH_SIZE)
     measured = None
@@ -752,10 +781,17 @@ def _estimate_calibrated(fn, x: Tensor, *, schedule: Schedule, progress, level: 
         sample = min(n, CALIBRATION_POINTS)
         level, measured = _choose_level(fn, x[:sample], options["indices"][:sample], schedule=schedule,
                                         prediction=options["prediction"], seed=options["seed"], batch_size=batch)
+        if band:
+            sample_options = {**options, "indices": options["indices"][:sample], "progress": None}
+            level = _band_choice(fn, x[:sample], level, {**sample_options, "schedule": schedule})[0]
     else:  # a level given: chosen on this schedule's grid? (a flipd.Model's was checked before encoding)
         _check_level_schedule(level, schedule)
     times = torch.full((n,), level.t0, dtype=torch.float64)
-    result = _estimate_fixed(fn, x, times, schedule=schedule, progress=progress, **options)
+    read = level.times_read()
+    if read.numel() == 1:
+        result = _estimate_fixed(fn, x, times, schedule=schedule, progress=progress, **options)
+    else:
+        result = _band_mean(fn, x, read, schedule=schedule, progress=progress, **options)
     done = 0 if measured is None else measured.shape[0]
     rest = denoising_calibration(
         fn, x[done:].detach(), times[:1], schedule=schedule, prediction=options["prediction"], seed=options["seed"],
@@ -765,10 +801,31 @@ def _estimate_calibrated(fn, x: Tensor, *, schedule: Schedule, progress, level: 
     result.reliable = reliable_levels(calibration)
     _warn_unfound(result.reliable, "calibrated",
                   f"the model does not denoise them reliably at the data set's level t0 = {level.t0:.4g}")
-    result.settings = {**result.settings, "rule": "calibrated", "rule_t0": level.t0, "best_t0": level.best_t0,
+    result.settings = {**result.settings, "rule": "calibrated" if level.contrast is None else "band",
+                       "rule_t0": level.t0, "best_t0": level.best_t0,
                        "median_calibration": float(level.median_calibration[level.index]),
                        "rule_points": level.n_points}
+    if level.contrast is not None:
+        result.settings.update(read_t0=[float(t) for t in read], band_contrast=level.contrast)
     return result
+
+
+def _band_mean(fn, x: Tensor, read: Tensor, *, schedule: Schedule, progress, **options) -> FLIPDResult:
+    """Each point's FLIPD averaged over the times ``read`` [B]; the result's levels are the first
+    time's, its standard error the mean of the B levels' (an upper bound: the levels share probes)."""
+    n = x.shape[0]
+    results = []
+    for t in read:
+        results.append(_estimate_fixed(fn, x, torch.full((n,), float(t), dtype=torch.float64), schedule=schedule,
+                                       progress=None, **options))
+        options = {**options, "batch_size": results[-1].batch_size, "chunk_rows": results[-1].chunk_rows}
+    if progress is not None:
+        progress(n)
+    first = results[0]
+    first.lid = torch.stack([r.lid for r in results]).mean(dim=0)
+    first.stderr = torch.stack([r.stderr for r in results]).mean(dim=0)
+    first.mode = results[-1].mode
+    return first
 
 
 def _rule_result(x: Tensor, lid: Tensor, t0: Tensor, schedule: Schedule, mode_used: str, options: dict,

@@ -49,6 +49,12 @@ __all__ = [
     "PLATEAU_WIDTH",
     "RELIABILITY_TOLERANCE",
     "CALIBRATED_RATIO",
+    "AUTO_RULES",
+    "DATA_SET_RULES",
+    "AUTO_RULE",
+    "rule_named",
+    "BAND_CONTRAST",
+    "BAND_SPREAD_LOSS",
     "plateau_grid",
     "resolve_time",
     "resolve_times",
@@ -83,6 +89,26 @@ RELIABILITY_TOLERANCE = 0.25
 #: The calibrated rule (:mod:`flipd.calibrated`) reads a data set at the smallest level of the
 #: plateau grid where the model's median |calibration| is at most this many times its smallest.
 CALIBRATED_RATIO = 1.5
+#: The band rule (:func:`flipd.calibrated.band_reading`) averages each point's FLIPD over the
+#: calibrated band; when the points' FLIPD at the calibrated level differ by more than this many
+#: times each point's own level-to-level wobble over the band (parts of different dimension) ...
+BAND_CONTRAST = 3.0
+#: ... only over the band's first levels, before the spread of the points' FLIPD (its standard
+#: deviation over the points) has shrunk by more than this fraction of its value at the first.
+BAND_SPREAD_LOSS = 0.15
+
+#: Automatic noise-level rules by name: "knee" (the reference knee rule, method notes §5),
+#: "plateau" (the flattest stretch of the curve, :mod:`flipd.plateau`), "calibrated" (one level
+#: for the data set, the smallest the model denoises well, :mod:`flipd.calibrated`), "band" (the
+#: calibrated level's band averaged, unless the points differ in dimension there:
+#: :func:`flipd.calibrated.band_reading`) and "auto" (:data:`AUTO_RULE`).
+AUTO_RULES: tuple[str, ...] = ("auto", "knee", "plateau", "calibrated", "band")
+#: The rule ``t0="auto"`` stands for: the band rule, the best of the rules on every synthetic
+#: suite (``benchmarks/results/calibrated_variants_summary.md``). The reference knee rule is
+#: ``t0="knee"``.
+AUTO_RULE = "band"
+#: The rules that read the whole data set at levels chosen once, from its first points.
+DATA_SET_RULES: tuple[str, ...] = ("calibrated", "band")
 
 NOISE_NAMES = ("t0", "sigma", "delta")
 
@@ -183,12 +209,17 @@ def delta_range(schedule: Schedule) -> tuple[float, float]:
     return float(schedule.delta(low)), float(schedule.delta(schedule.t_max))
 
 
+def rule_named(t0: Any) -> Any:
+    """The rule a ``t0=`` names: :data:`AUTO_RULE` for "auto", anything else as it is."""
+    return AUTO_RULE if isinstance(t0, str) and t0 == "auto" else t0
+
+
 def check_noise_level(schedule: Schedule, noise: dict[str, Any]) -> None:
     """Raise :class:`NoiseLevelError` naming the level if ``schedule`` cannot reach ``noise``
     (``{"t0": ...}``, ``{"sigma": ...}`` or ``{"delta": ...}``; a rule by name, ``{"t0":
-    "auto"}``, ``"knee"``, ``"plateau"`` or ``"calibrated"``, passes)."""
+    "auto"}`` or another of :data:`AUTO_RULES`, passes)."""
     (name, value), = noise.items()
-    if name == "t0" and value in ("auto", "knee", "plateau", "calibrated"):
+    if name == "t0" and value in AUTO_RULES:
         return
     try:
         resolve_time(schedule, **{name: float(value)})

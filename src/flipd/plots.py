@@ -94,7 +94,7 @@ def figure_label(method: str | None, noise_level: Mapping[str, Any] | None = Non
     for name, value in (noise_level or {}).items():
         text = value if isinstance(value, str) else f"{float(value):.4g}"
         file_part += f"_{name}_{text}"
-        title += f", {name} = {text}" + (" (knee)" if value == "auto" else "")
+        title += f", {name} = {text}" + (" (band)" if value == "auto" else "")
     return file_part, title
 
 

@@ -27,6 +27,7 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from .estimator import calibrated_t0, estimate
+from .noise import DATA_SET_RULES, rule_named
 from .models.mlp import MLPUNetConfig
 from .models.spec import NetworkSpec
 from .recipes import DEFAULT_LOW_T_FRACTION
@@ -39,9 +40,10 @@ class FLIPD(TransformerMixin, BaseEstimator):
     """Local intrinsic dimension by FLIPD, as a scikit-learn transformer.
 
     Args:
-        t0: noise level as a time of the model's schedule, or a rule: "auto" or "knee" (the knee
-            rule, per point), "plateau" (per point) or "calibrated" (one level, chosen from the
-            fitted X and kept as ``level_``, at which ``transform`` reads new points); with
+        t0: noise level as a time of the model's schedule, or a rule: "knee" (the knee
+            rule, per point), "plateau" (per point), "calibrated" (one level, chosen from the
+            fitted X and kept as ``level_``, at which ``transform`` reads new points) or "band"
+            or "auto" (the calibrated level's band, chosen and kept the same way); with
             ``sigma`` and ``delta`` None as well, the library's default noise level
             (:func:`flipd.default_noise_level`: t0 = 0.05 of the reference VP schedule). At most
             one of ``t0``, ``sigma`` (noise standard deviation) and ``delta`` (log sigma/psi).
@@ -71,7 +73,7 @@ class FLIPD(TransformerMixin, BaseEstimator):
             trace, NaN for one probe).
         result_: the :class:`flipd.FLIPDResult` of the fitted X (noise levels per point, ...).
         model_: the model used (trained by ``fit`` or the ``model`` given).
-        level_: with ``t0="calibrated"``, the :class:`flipd.CalibratedLevel` chosen from the
+        level_: with ``t0="calibrated"`` or ``"band"``, the :class:`flipd.CalibratedLevel` chosen from the
             fitted X (None otherwise).
         n_features_in_: number of features of X.
     """
@@ -133,7 +135,8 @@ class FLIPD(TransformerMixin, BaseEstimator):
         if self._calibrated():  # learnt from X, reused by transform
             self.level_ = calibrated_t0(self.model_, torch.tensor(X, dtype=_input_dtype(self.model_, X),
                                                                   device=self.device), seed=self.seed,
-                                        batch_size=self.batch_size)
+                                        batch_size=self.batch_size, band=rule_named(self.t0) == "band", trace=self.trace,
+                                        n_probes=self.n_probes)
         self.result_ = self._estimate(X)
         self.dimension_pw_ = self.result_.lid.detach().cpu().to(torch.float64).numpy()
         self.stderr_pw_ = self.result_.stderr.detach().cpu().to(torch.float64).numpy()
@@ -192,8 +195,8 @@ class FLIPD(TransformerMixin, BaseEstimator):
         return train_diffusion(points, network=network, config=config, progress=self.progress, device=self.device)
 
     def _calibrated(self) -> bool:
-        """Whether t0 is the calibrated rule with no other noise level given (else estimate refuses)."""
-        return isinstance(self.t0, str) and self.t0 == "calibrated" and self.sigma is None and self.delta is None
+        """Whether t0 is the calibrated or band rule with no other noise level given (else estimate refuses)."""
+        return rule_named(self.t0) in DATA_SET_RULES and self.sigma is None and self.delta is None
 
     def _estimate(self, X: np.ndarray):
         noise = {name: value for name, value in (("t0", self.t0), ("sigma", self.sigma), ("delta", self.delta))

@@ -18,6 +18,9 @@ numbers, so that every variant is judged on the same model, points and probes:
 * ``band mean, ratio 1.5``: not one level but every level whose median is within 1.5 times the
   best (:func:`flipd.calibrated.calibrated_band`), each point's FLIPD averaged over them. An
   imperfect model's FLIPD wobbles from level to level, and the mean cancels part of that.
+* ``band rule, ratio 1.5``: the library's ``t0="band"`` (:func:`flipd.calibrated.band_reading`):
+  the band mean, unless the points' FLIPD at the calibrated level differ by more than
+  :data:`flipd.noise.BAND_CONTRAST` times their wobble over the band; then the level alone.
 
 Each variant's MAE is compared with FLIPD at the best fixed level of {0.01, 0.02, 0.05, 0.1}
 (the rule target: within 0.1) and with the best level of the grid (found with the true LIDs, so
@@ -46,11 +49,11 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from ..calibrated import calibrated_band, calibrated_level, smallest_within
+from ..calibrated import band_reading, calibrated_band, calibrated_level, smallest_within
 from ..checks import resolve_model
 from ..datasets import get_dataset
 from ..estimator import flipd_curve
-from ..noise import CALIBRATED_RATIO, plateau_grid
+from ..noise import BAND_CONTRAST, CALIBRATED_RATIO, plateau_grid
 from ..reliability import denoising_terms
 from ..runs.environment import machine_info, package_versions
 from ._report import (BENCH_PACKAGES, RULE_MARGIN, check_output_folders, git_revision, markdown_table, positive_int,
@@ -71,11 +74,14 @@ def _size_weighted_error(inner: np.ndarray, size: np.ndarray) -> np.ndarray:
 class Variant(NamedTuple):
     """One variant of the rule: the per-level error from the [N, T] sums (None: the library's
     median), its ratio, and whether it reads the whole band within that ratio (the mean of each
-    point's FLIPD over it) instead of its smallest level."""
+    point's FLIPD over it) instead of its smallest level, always or (``max_contrast``) as the
+    band rule decides."""
 
     error_of: Callable[[np.ndarray, np.ndarray], np.ndarray] | None
     ratio: float
     band: bool = False
+    #: with the band: the band rule's switch to the level alone (:func:`flipd.calibrated.band_reading`)
+    max_contrast: float | None = None
 
 
 #: The variants by name.
@@ -83,11 +89,14 @@ VARIANTS: dict[str, Variant] = {
     **{f"median, ratio {ratio:g}": Variant(None, ratio) for ratio in RATIOS},
     f"size-weighted, ratio {CALIBRATED_RATIO:g}": Variant(_size_weighted_error, CALIBRATED_RATIO),
     f"band mean, ratio {CALIBRATED_RATIO:g}": Variant(None, CALIBRATED_RATIO, band=True),
+    f"band rule, ratio {CALIBRATED_RATIO:g}": Variant(None, CALIBRATED_RATIO, band=True, max_contrast=BAND_CONTRAST),  # BAND_VARIANT
 }
 #: Bootstrap resamples of the points each variant also chooses its level from.
 RESAMPLES = 20
 #: The library's rule among the variants.
 LIBRARY_VARIANT = f"median, ratio {CALIBRATED_RATIO:g}"
+#: The library's band rule (``t0="band"``) among the variants.
+BAND_VARIANT = f"band rule, ratio {CALIBRATED_RATIO:g}"
 
 
 def level_profile(model, x: np.ndarray, *, seed: int = 0) -> dict[str, np.ndarray]:
@@ -127,7 +136,11 @@ def _chosen_levels(name: str, profile: dict[str, np.ndarray], points: np.ndarray
             level = calibrated_level(calibration, profile["times"], ratio=variant.ratio)
         best = int(np.flatnonzero(profile["times"] == level.best_t0)[0])
         if variant.band:
-            return np.flatnonzero(np.isin(profile["times"], calibrated_band(level).numpy())), best
+            band = np.flatnonzero(np.isin(profile["times"], calibrated_band(level).numpy()))
+            if variant.max_contrast is not None:  # the library's band rule, on these points' curves
+                read = band_reading(level, profile["curve"][points][:, band], max_contrast=variant.max_contrast)
+                band = band[: read.times_read().numel()]
+            return band, best
         return np.array([level.index]), best
     error = variant.error_of(inner, size)
     chosen, best = smallest_within(np.where(np.isfinite(error), error, np.inf), variant.ratio)
@@ -217,7 +230,8 @@ def _markdown(report: dict[str, Any]) -> str:
         f"fixed level of t0 in {list(FIXED_T0)} (the rule target). \"size-weighted\": the mean |calibration| "
         "weighted by each point's predicted-noise size instead of the median. \"band mean\": each point's FLIPD "
         "averaged over every level within the ratio of the best (the first and last of them and their number in "
-        "brackets). \"best grid level\": the one level "
+        f"brackets). `{BAND_VARIANT}` is the library's `t0=\"band\"` (= `t0=\"auto\"`): the band mean, over the "
+        "band's first levels only where the points differ in dimension. \"best grid level\": the one level "
         "of the rule's grid with the lowest MAE, found with the true LIDs: the floor of any rule that reads a data set "
         "at one level, with this model.",
         "",

@@ -107,19 +107,21 @@ SUITES: dict[str, tuple[str, ...]] = {
 
 #: Every method the runner knows, in table order.
 METHODS: tuple[str, ...] = (
-    "flipd", "flipd_knee", "flipd_plateau", "flipd_calibrated", "flipd_t0_0.01", "flipd_t0_0.02", "flipd_t0_0.1",
+    "flipd", "flipd_knee", "flipd_plateau", "flipd_calibrated", "flipd_band", "flipd_t0_0.01", "flipd_t0_0.02",
+    "flipd_t0_0.1",
     "flipd_hutchinson", "fpregress", "nb", "lpca", "mle", "ess", "twonn",
 )
 #: Methods that use the trained diffusion model.
 MODEL_METHODS: tuple[str, ...] = (
-    "flipd", "flipd_knee", "flipd_plateau", "flipd_calibrated", "flipd_t0_0.01", "flipd_t0_0.02", "flipd_t0_0.1",
+    "flipd", "flipd_knee", "flipd_plateau", "flipd_calibrated", "flipd_band", "flipd_t0_0.01", "flipd_t0_0.02",
+    "flipd_t0_0.1",
     "flipd_hutchinson", "fpregress", "nb",
 )
 #: FLIPD at the other fixed levels of the grid {0.01, 0.02, 0.05, 0.1} that the automatic rules
 #: are judged against ("flipd" is the fixed t0 of the run, 0.05 by default).
 FIXED_T0_METHODS: dict[str, float] = {"flipd_t0_0.01": 0.01, "flipd_t0_0.02": 0.02, "flipd_t0_0.1": 0.1}
 #: FLIPD with an automatic rule, as the rule summary lists them.
-RULE_METHODS: tuple[str, ...] = ("flipd_knee", "flipd_plateau", "flipd_calibrated")
+RULE_METHODS: tuple[str, ...] = ("flipd_knee", "flipd_plateau", "flipd_calibrated", "flipd_band")
 #: Rademacher probes of the "flipd_hutchinson" method (the cheapest FLIPD: one forward pass and
 #: one vector-Jacobian product per point).
 HUTCHINSON_PROBES = 1
@@ -128,6 +130,7 @@ LABELS: dict[str, str] = {
     "flipd_knee": "FLIPD (knee)",
     "flipd_plateau": "FLIPD (plateau)",
     "flipd_calibrated": "FLIPD (calibrated)",
+    "flipd_band": "FLIPD (band)",
     **{name: f"FLIPD (t0 = {t0:g})" for name, t0 in FIXED_T0_METHODS.items()},
     "flipd_hutchinson": f"FLIPD (t0 fixed, {HUTCHINSON_PROBES} probe)",
     "fpregress": "FPRegress",
@@ -286,7 +289,7 @@ def _run_method(method: str, model: DiffusionModel, x: np.ndarray, *, t0: float,
     start = time.perf_counter()
     details: dict[str, Any] = {}
     if method.startswith("flipd"):
-        rules = {"flipd_knee": "knee", "flipd_plateau": "plateau", "flipd_calibrated": "calibrated"}
+        rules = {"flipd_knee": "knee", "flipd_plateau": "plateau", "flipd_calibrated": "calibrated", "flipd_band": "band"}
         options: dict[str, Any] = {"t0": rules.get(method, FIXED_T0_METHODS.get(method, t0)), "seed": seed}
         if method == "flipd_hutchinson":
             options.update(trace="hutchinson", n_probes=HUTCHINSON_PROBES)
@@ -324,8 +327,11 @@ def _rule_details(method: str, result: Any, model: DiffusionModel) -> dict[str, 
         details["at_first_level_fraction"] = float(np.mean(np.isclose(t0, first))) if t0.size else math.nan
     elif method == "flipd_plateau":
         details["median_flatness"] = float(np.nanmedian(result.flatness.numpy())) if chosen.size else math.nan
-    else:  # the calibrated rule: one level for the data set, and the model's best level
+    else:  # the calibrated and band rules: one level for the data set, and the model's best level
         details.update({key: result.settings[key] for key in ("best_t0", "median_calibration", "rule_points")})
+        if method == "flipd_band":  # and the levels read
+            read = result.settings["read_t0"]
+            details.update(read_levels=len(read), read_t0_last=read[-1], band_contrast=result.settings["band_contrast"])
     return details
 
 
@@ -705,12 +711,13 @@ def _markdown(report: dict[str, Any]) -> str:
                  r.get("flipd_knee_not_found"), r.get("flipd_plateau_mae"),
                  r.get("flipd_plateau_within_0.1_of_best_fixed"), r.get("flipd_plateau_median_t0"),
                  r.get("flipd_plateau_not_found"), r["best_baseline_mae"]] for r in rule_rows]
-        calibrated = any("flipd_calibrated_mae" in r for r in rule_rows)
-        if calibrated:  # the calibrated rule's columns go before the best baseline's
-            rule_header[-1:-1] = ["calibrated MAE", "calibrated within 0.1", "calibrated t0", "calibrated: unreliable"]
-            for r, row in zip(rule_rows, body):
-                row[-1:-1] = [r.get("flipd_calibrated_mae"), r.get("flipd_calibrated_within_0.1_of_best_fixed"),
-                              r.get("flipd_calibrated_median_t0"), r.get("flipd_calibrated_not_found")]
+        calibrated = any("flipd_calibrated_mae" in r or "flipd_band_mae" in r for r in rule_rows)
+        for rule in ("calibrated", "band"):  # the data-set rules' columns go before the best baseline's
+            if any(f"flipd_{rule}_mae" in r for r in rule_rows):
+                rule_header[-1:-1] = [f"{rule} MAE", f"{rule} within 0.1", f"{rule} t0", f"{rule}: unreliable"]
+                for r, row in zip(rule_rows, body):
+                    row[-1:-1] = [r.get(f"flipd_{rule}_mae"), r.get(f"flipd_{rule}_within_0.1_of_best_fixed"),
+                                  r.get(f"flipd_{rule}_median_t0"), r.get(f"flipd_{rule}_not_found")]
         levels = sorted({t for r in rule_rows for t in r["fixed_levels_run"]})
         lines += [
             "## Automatic noise level: the rules against the best fixed t0",
@@ -723,7 +730,8 @@ def _markdown(report: dict[str, Any]) -> str:
             "flagged as without a scale (the knee rule then reports D)."
             + (" \"calibrated t0\": the one level the calibrated rule chose for the data set (the smallest "
                "whose median denoising calibration is within 1.5× of the model's best); \"unreliable\": points "
-               "the model does not denoise reliably there." if calibrated else ""),
+               "the model does not denoise reliably there. \"band t0\": the same level, where the band rule's "
+               "average over its levels starts." if calibrated else ""),
             "",
         ]
 

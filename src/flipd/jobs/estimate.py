@@ -18,12 +18,12 @@ import torch
 from ..datasets.sources import PointSet
 from ..calibrated import CALIBRATION_POINTS, CalibratedLevel, check_ratio
 from ..estimator import (
-    AUTO_RULES, EstimateWarning, NonFiniteOutputError, calibrated_t0, check_options, non_finite_outputs, resolve_trace,
+    AUTO_RULES, DATA_SET_RULES, EstimateWarning, NonFiniteOutputError, calibrated_t0, check_options, non_finite_outputs, resolve_trace,
 )
 from ..methods import METHODS as METHOD_REGISTRY
 from ..methods import MODEL_METHODS
 from ..models.base import Model
-from ..noise import CALIBRATED_RATIO, check_noise_level, default_noise_level
+from ..noise import CALIBRATED_RATIO, check_noise_level, default_noise_level, rule_named
 from ..runs.chunks import ChunkedEstimate, ChunkEstimator
 from .inputs import LoadedModel
 from .records import known_columns, non_finite_output_error
@@ -92,7 +92,8 @@ class EstimateSettings:
         method: "flipd" or a baseline of :mod:`flipd.baselines` (see :data:`METHODS`).
         t0: noise level as a time of the model's schedule, or a rule of
             :data:`flipd.estimator.AUTO_RULES` ("auto" and "knee": the knee rule; "plateau";
-            "calibrated": one level for the table, chosen from its first points).
+            "calibrated": one level for the table, chosen from its first points; "band": the
+            calibrated level's band, chosen likewise).
         sigma: noise level as the noise standard deviation (instead of t0).
         delta: noise level as log(sigma/psi) (instead of t0).
         trace: "auto", "exact", "hutchinson" or "gaussian" (flipd, fpregress).
@@ -117,6 +118,9 @@ class EstimateSettings:
     n_neighbors: int | None = None
 
     def __post_init__(self) -> None:
+        # "auto" is stored as the rule it stands for, so a run begun under another meaning of
+        # "auto" (the knee rule before) is not resumed with this one.
+        object.__setattr__(self, "t0", rule_named(self.t0))
         given = [name for name in ("t0", "sigma", "delta") if getattr(self, name) is not None]
         if self.method == "flipd" and not given:
             raise ValueError("FLIPD needs a noise level: give t0, sigma or delta.")
@@ -154,15 +158,17 @@ def method_chunks(settings: EstimateSettings, model: Model | None = None, batch:
 
     ``batch`` (``{"used": ...}``) is updated with the batch size that ran: when a FLIPD batch
     runs out of GPU memory the estimator halves it, and later chunks start from the halved size.
-    With ``t0="calibrated"``, ``level`` is the data set's level (:func:`flipd.calibrated_t0`,
-    chosen once by :func:`plan_estimate`), so every chunk is read at it.
+    With ``t0="calibrated"`` (or ``"band"``), ``level`` is the data set's level
+    (:func:`flipd.calibrated_t0`, chosen once by :func:`plan_estimate`), so every chunk is read at
+    it (at its ``read_times``)
     """
     method = METHOD_REGISTRY[settings.method]
     batch = {"used": settings.batch_size} if batch is None else batch
     noise = settings.noise_level()
-    if settings.t0 == "calibrated":
+    if settings.t0 in DATA_SET_RULES:
         if level is None:
-            raise ValueError("t0='calibrated' needs the data set's level: pass level=flipd.calibrated_t0(model, x).")
+            raise ValueError(f"t0={settings.t0!r} needs the data set's level: pass "
+                             f"level=flipd.calibrated_t0(model, x{', band=True' if settings.t0 == 'band' else ''}).")
         noise = {"t0": level}
 
     def run(x: torch.Tensor, indices: np.ndarray, progress: Callable[[int], None] | None):
@@ -270,7 +276,8 @@ def plan_estimate(
     run on the points flattened to vectors, and take all points as one chunk (each point's
     neighbours are searched among all points). With ``t0="calibrated"`` the table's level is
     chosen here with the rule's tolerance ``calibrated_ratio`` (>= 1,
-    :func:`flipd.calibrated_t0`); the level, not the ratio, is part of the run's identity.
+    :func:`flipd.calibrated_t0`); with ``t0="band"`` the band rule's levels as well. The level
+    (and the levels read), not the ratio, are part of the run's identity.
 
     Raises:
         ValueError: the method needs a model and none was given, or the settings do not fit.
@@ -294,9 +301,10 @@ def plan_estimate(
     )
     batch = {"used": batch_size}
     level = None
-    if settings.t0 == "calibrated":  # one level for the whole table, from its first points
+    if settings.t0 in DATA_SET_RULES:  # one level for the whole table, from its first points
         level = calibrated_t0(model.model, x[: min(len(x), CALIBRATION_POINTS)], seed=seed, batch_size=batch_size,
-                              encoded=True, ratio=calibrated_ratio)
+                              encoded=True, ratio=calibrated_ratio, band=settings.t0 == "band", trace=trace,
+                              n_probes=n_probes)
     estimator = method_chunks(settings, model.model if method in MODEL_METHODS else None, batch, level)
     return EstimatePlan(settings=settings, estimator=estimator, x=x, noise=noise, batch=batch, level=level)
 
