@@ -88,3 +88,13 @@ def test_plot_estimates_of_two_methods_write_different_files(tmp_path):
     assert not set(first) & set(second)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in first + second)
     assert {p.name for p in first} == {"data_flipd_t0_0.05_lid_histogram.png", "data_flipd_t0_0.05_lid_scatter.png"}
+
+
+def test_the_band_rules_figure_marks_the_levels_it_averages():
+    times = np.geomspace(0.005, 0.25, 12)
+    median = np.linspace(0.3, 0.05, 12)
+    figure = plots.plot_calibrated_level(times, median, float(times[4]), ratio=1.5, read_times=times[4:7])
+    labels = [text.get_text() for text in figure.axes[0].get_legend().get_texts()]
+    assert "levels averaged by the band rule (3)" in labels
+    plain = plots.plot_calibrated_level(times, median, float(times[4]), ratio=1.5)
+    assert not any("band rule" in text.get_text() for text in plain.axes[0].get_legend().get_texts())

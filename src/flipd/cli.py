@@ -735,7 +735,9 @@ def _calibrated_plot(directory: Path, level: Any, prefix: str, schedule: Any) ->
     plots.plot_calibrated_level(
         level.times.numpy(), level.median_calibration.numpy(), level.t0, path, ratio=level.ratio,
         time_label=f"t0 ({schedule!r} time)",
-        title=f"Calibrated rule on {prefix}: t0 = {level.t0:.3g} (from {level.n_points} points)",
+        title=f"{'Band' if level.read_times is not None else 'Calibrated'} rule on {prefix}: t0 = {level.t0:.3g} "
+              f"(from {level.n_points} points)",
+        read_times=None if level.read_times is None else level.read_times.numpy(),
     )
     return path
 

@@ -178,6 +178,7 @@ def plot_calibrated_level(
     ratio: float,
     time_label: str = "t0",
     title: str = "Calibrated rule",
+    read_times: np.ndarray | None = None,
 ) -> Figure:
     """Why the calibrated rule chose its level: the model's median |calibration| over the points
     at each level (log scale), its best level, the threshold ``ratio`` × best, and the chosen t0
@@ -189,6 +190,7 @@ def plot_calibrated_level(
             model's output was not finite).
         chosen_t0: the level chosen.
         ratio: the rule's ratio (:data:`flipd.noise.CALIBRATED_RATIO`).
+        read_times: the levels the band rule averages over (marked; None: the calibrated rule).
     """
     times = np.asarray(times, dtype=np.float64)
     median = np.asarray(median_calibration, dtype=np.float64)
@@ -200,6 +202,10 @@ def plot_calibrated_level(
               label="median |calibration| over the points")
     axis.axhline(ratio * best, color="grey", linestyle="--", linewidth=1, label=f"{ratio:g} × the best ({best:.3g})")
     axis.axvline(chosen_t0, color="tab:red", linestyle=":", linewidth=1.5, label=f"chosen t0 = {chosen_t0:.3g}")
+    if read_times is not None:
+        read = np.isin(times, np.asarray(read_times, dtype=np.float64)) & finite
+        axis.scatter(times[read], np.maximum(median[read], 1e-12), s=60, facecolors="none", edgecolors="tab:orange",
+                     linewidths=1.5, zorder=3, label=f"levels averaged by the band rule ({int(read.sum())})")
     axis.set_xscale("log")
     axis.set_yscale("log")
     axis.set_xlabel(time_label)
