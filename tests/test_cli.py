@@ -345,6 +345,24 @@ def test_curve_marks_the_calibrated_level_as_estimate_chooses_it(lollipop_model,
     assert (reference["reliable"].to_numpy() == chosen.sort_values("index")["reliable"].to_numpy()).all()
 
 
+def test_curve_marks_the_band_rules_levels_as_estimate_reads_them(lollipop_model, tmp_path):
+    table = tmp_path / "curves.csv"
+    result = flipd("curve", "lollipop", "-m", lollipop_model, "-n", "40", "-o", table, "--rule", "band",
+                   "--chunk-size", "16", "--quiet")
+    assert result.exit_code == 0, result.output
+    frame = pd.read_csv(table)
+    read = frame[frame["band"]]
+    level = json.loads(table.with_suffix(".json").read_text())["calibrated_level"]
+    assert sorted(read["t0"].unique()) == pytest.approx(level["read_t0"])
+    estimated = tmp_path / "estimate.csv"
+    assert flipd("estimate", "lollipop", "-m", lollipop_model, "-n", "40", "-o", estimated, "--t0", "band",
+                 "--quiet").exit_code == 0
+    reference = pd.read_csv(estimated)
+    assert json.loads(estimated.with_suffix(".json").read_text())["resolved"]["calibrated_level"]["read_t0"] == \
+        pytest.approx(level["read_t0"])
+    assert np.allclose(reference["lid"], read.groupby("index")["lid"].mean().to_numpy(), atol=1e-4)
+
+
 def test_calibrated_ratio_sets_the_rule_tolerance_in_estimate_and_curve(lollipop_model, tmp_path):
     # ratio 1: the level where the model denoises best, in both commands and as the library chooses it
     estimated = tmp_path / "estimate.csv"

@@ -994,7 +994,7 @@ def curve(
         Optional[int], typer.Option("--steps", min=3, help="Noise levels on the curve (default: the knee rule's reference grid).", show_default=False)
     ] = None,
     rule: Annotated[
-        str, typer.Option("--rule", help="Which rule's choice to mark: knee, plateau (the flattest stretch where the model denoises reliably) or calibrated (one level for all the points, from the first 2048; with --plot also its figure); plateau and calibrated default to the plateau rule's grid.")
+        str, typer.Option("--rule", help="Which rule's choice to mark: knee, plateau (the flattest stretch where the model denoises reliably), calibrated (one level for all the points, from the first 2048; with --plot also its figure) or band (the levels the band rule, --t0 band or auto, averages over; column band); plateau, calibrated and band default to the plateau rule's grid.")
     ] = "knee",
     calibrated_ratio: CalibratedRatio = None,
     trace: Trace = "auto",
@@ -1044,7 +1044,7 @@ def curve(
     _check_trace(trace)
     if rule not in CURVE_RULES:
         raise OptionError("--rule", f"{rule!r} is not a rule; use {', '.join(CURVE_RULES)}.")
-    ratio = _check_calibrated_ratio(calibrated_ratio, rule == "calibrated", "--rule calibrated")
+    ratio = _check_calibrated_ratio(calibrated_ratio, rule in ("calibrated", "band"), "--rule calibrated or band")
     with _processes_of_the_run(device_used, dist_timeout, table_path, run_directory, plot, resume=resume, force=force,
                                quiet=quiet) as group:
         if group is None:
@@ -1054,7 +1054,7 @@ def curve(
         timings: dict[str, float] = {}
 
         def noise_levels(loaded: Any) -> Any:  # checked once the schedule is known, before the data is loaded
-            if rule in ("plateau", "calibrated") and t_min is None and t_max is None and steps is None:
+            if rule in ("plateau", "calibrated", "band") and t_min is None and t_max is None and steps is None:
                 return plateau_grid(loaded.schedule)
             try:
                 return curve_times(loaded.schedule, t_min=t_min, t_max=t_max, steps=steps)
@@ -1137,8 +1137,11 @@ def curve(
                                title=f"FLIPD on the plateau on {data} ({found} of {points.n} points have a plateau)")
             elif curves.level is not None:
                 found = int(chosen_found.sum())
-                _print_summary(points, chosen_lid, title=f"FLIPD at the calibrated level t0 = {curves.level.t0:.4g} on "
-                                                         f"{data} ({found} of {points.n} points denoised reliably there)")
+                read = int(curves.levels_read().sum())
+                where = (f"averaged over the band rule's {read} levels from t0 = {curves.level.t0:.4g}" if curves.band
+                         else f"at the calibrated level t0 = {curves.level.t0:.4g}")
+                _print_summary(points, chosen_lid, title=f"FLIPD {where} on {data} ({found} of {points.n} points "
+                                                         "denoised reliably at the level)")
             else:
                 found = int(curves.knee_found.sum())
                 _print_summary(points, curves.knee_lid, title=f"FLIPD at the knee on {data} ({found} of {points.n} points have a knee)")

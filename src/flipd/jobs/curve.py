@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from ..datasets.sources import PointSet
-from ..calibrated import CALIBRATION_POINTS, CalibratedLevel, calibrated_level, check_ratio
+from ..calibrated import CALIBRATION_POINTS, CalibratedLevel, band_reading, calibrated_band, calibrated_level, check_ratio
 from ..estimator import EstimateWarning, flipd_curve, resolve_trace
 from ..knee import knee
 from ..models.base import Model
@@ -43,9 +43,9 @@ __all__ = [
     "curves_from_chunks",
 ]
 
-#: Rules whose choice a curve run can mark: the reference knee rule, or the plateau or the
-#: calibrated rule as well.
-CURVE_RULES: tuple[str, ...] = ("knee", "plateau", "calibrated")
+#: Rules whose choice a curve run can mark: the reference knee rule, or the plateau, the
+#: calibrated or the band rule as well.
+CURVE_RULES: tuple[str, ...] = ("knee", "plateau", "calibrated", "band")
 
 #: Per-point arrays saved for every chunk of a curve run: the curve [n, T] and its knee [n].
 CURVE_COLUMNS: tuple[str, ...] = ("curves", "knee_t0", "knee_lid", "knee_found")
@@ -72,11 +72,14 @@ class CurveResult:
             choice (:func:`flipd.plateau`) when it was asked for, else None.
         reliable: [N, T] bool, the levels where the model denoises each point reliably
             (plateau and calibrated rules).
-        calibration: [N, T] the model's denoising calibration (calibrated rule only).
+        calibration: [N, T] the model's denoising calibration (calibrated and band rules).
         calibrated_ratio: the calibrated rule's tolerance (:func:`flipd.calibrated.calibrated_level`).
+        band: whether the band rule chooses (:func:`flipd.calibrated.band_reading`, on the
+            first points' curves at the band's levels).
 
-    The calibrated rule's choice, :attr:`level`, is derived from ``calibration`` when first
-    asked for, so a chunked run chooses it once, from the first points of the whole run.
+    The calibrated (band) rule's choice, :attr:`level`, is derived from ``calibration`` (and
+    ``curves``) when first asked for, so a chunked run chooses it once, from the first points of
+    the whole run.
     """
 
     times: np.ndarray
@@ -96,6 +99,7 @@ class CurveResult:
     reliable: np.ndarray | None = None
     calibration: np.ndarray | None = None
     calibrated_ratio: float = CALIBRATED_RATIO
+    band: bool = False
 
     @cached_property
     def level(self) -> CalibratedLevel | None:
@@ -103,7 +107,18 @@ class CurveResult:
         points' calibration (None unless the calibrated rule ran)."""
         if self.calibration is None:
             return None
-        return calibrated_level(self.calibration[:CALIBRATION_POINTS], self.times, ratio=self.calibrated_ratio)
+        level = calibrated_level(self.calibration[:CALIBRATION_POINTS], self.times, ratio=self.calibrated_ratio)
+        if not self.band:
+            return level
+        in_band = np.isin(self.times, calibrated_band(level).numpy())
+        return band_reading(level, self.curves[:CALIBRATION_POINTS][:, in_band])
+
+    def levels_read(self) -> np.ndarray:
+        """[T] bool: the levels the calibrated or band rule reads every point at (all False for
+        the other rules)."""
+        if self.level is None:
+            return np.zeros(self.times.size, dtype=bool)
+        return np.isin(self.times, self.level.times_read().numpy())
 
     def chosen(self) -> tuple[str, np.ndarray, np.ndarray, np.ndarray]:
         """The rule that chose and its choice per point: ``(rule, t0 [N], lid [N], found [N])``
@@ -112,8 +127,8 @@ class CurveResult:
             return "plateau", self.plateau_t0, self.plateau_lid, self.plateau_found
         if self.level is not None:
             n = self.curves.shape[0]
-            return ("calibrated", np.full(n, self.level.t0), self.curves[:, self.level.index],
-                    self.reliable[:, self.level.index])
+            return ("band" if self.band else "calibrated", np.full(n, self.level.t0),
+                    self.curves[:, self.levels_read()].mean(axis=1), self.reliable[:, self.level.index])
         return "knee", self.knee_t0, self.knee_lid, self.knee_found
 
 
@@ -158,15 +173,16 @@ def compute_curves(
         curves=curves.numpy(), knee_t0=found.t0.numpy(), knee_lid=found.lid.numpy(),
         knee_found=found.found.numpy(), window=window, trace=resolved_trace, n_probes=resolved_probes,
     )
-    if rule in ("plateau", "calibrated"):
+    if rule in ("plateau", "calibrated", "band"):
         point_indices = torch.arange(x.shape[0]) if indices is None else torch.as_tensor(np.asarray(indices))
         calibration = denoising_calibration(
             model, x, times, schedule=model.schedule, prediction=model.prediction, seed=seed, indices=point_indices,
             batch_size=batch_size or 1024,
         )
         result.reliable = reliable_levels(calibration).numpy()
-    if rule == "calibrated":
+    if rule in ("calibrated", "band"):
         result.calibration = calibration.numpy()
+        result.band = rule == "band"
     if rule == "plateau":
         chosen = plateau(curves, times, schedule=model.schedule, reliable=result.reliable)
         result.plateau_t0, result.plateau_lid = chosen.t0.numpy(), chosen.lid.numpy()
@@ -194,7 +210,7 @@ class CurveSettings:
         seed: seed of the probes (and of the choice of points).
         batch_size: points per forward pass.
         chunk_size: points per saved chunk.
-        rule: "knee", or "plateau" or "calibrated" for that rule as well.
+        rule: "knee", or "plateau", "calibrated" or "band" for that rule as well.
     """
 
     times: tuple[float, ...]
@@ -220,7 +236,8 @@ class CurveSettings:
 
     def columns(self) -> tuple[str, ...]:
         """The arrays each chunk saves."""
-        return CURVE_COLUMNS + {"plateau": PLATEAU_COLUMNS, "calibrated": CALIBRATED_COLUMNS}.get(self.rule, ())
+        return CURVE_COLUMNS + {"plateau": PLATEAU_COLUMNS, "calibrated": CALIBRATED_COLUMNS,
+                                "band": CALIBRATED_COLUMNS}.get(self.rule, ())
 
     def to_json(self) -> dict[str, Any]:
         record = asdict(self)
@@ -244,7 +261,7 @@ def curve_chunks(model: Model, settings: CurveSettings) -> ChunkEstimator:
             arrays.update({"plateau_t0": result.plateau_t0, "plateau_lid": result.plateau_lid,
                            "plateau_flatness": result.plateau_flatness, "plateau_found": result.plateau_found,
                            "reliable": result.reliable})
-        if settings.rule == "calibrated":
+        if settings.rule in ("calibrated", "band"):
             arrays["calibration"] = result.calibration
         return arrays, {"trace": result.trace, "n_probes": result.n_probes}
 
@@ -268,14 +285,15 @@ def curves_from_chunks(schedule: Schedule, settings: CurveSettings, result: Chun
         rule_arrays = {"plateau_t0": columns["plateau_t0"], "plateau_lid": columns["plateau_lid"],
                    "plateau_flatness": columns["plateau_flatness"],
                    "plateau_found": columns["plateau_found"].astype(bool), "reliable": columns["reliable"].astype(bool)}
-    if settings.rule == "calibrated":  # the result derives the level from the whole run's calibration
+    if settings.rule in ("calibrated", "band"):  # the result derives the level from the whole run's calibration
         calibration = columns["calibration"]
         rule_arrays = {"calibration": calibration, "reliable": reliable_levels(torch.from_numpy(calibration)).numpy()}
     return CurveResult(
         times=times.numpy(), sigma=schedule.sigma(times).numpy(), delta=schedule.delta(times).numpy(),
         curves=columns["curves"], knee_t0=columns["knee_t0"], knee_lid=columns["knee_lid"],
         knee_found=columns["knee_found"].astype(bool), window=knee_window(schedule, times),
-        trace=result.trace, n_probes=result.n_probes, calibrated_ratio=float(calibrated_ratio), **rule_arrays,
+        trace=result.trace, n_probes=result.n_probes, calibrated_ratio=float(calibrated_ratio),
+        band=settings.rule == "band", **rule_arrays,
     )
 
 
@@ -308,6 +326,8 @@ def curve_table_columns(points: PointSet, curves: CurveResult) -> dict[str, Any]
         columns["flatness"] = np.repeat(curves.plateau_flatness, t)
     if curves.level is not None:
         columns["calibrated"] = np.tile(np.arange(t) == curves.level.index, n)
+        if curves.band:  # the levels the band rule averages each point over
+            columns["band"] = np.tile(curves.levels_read(), n)
         columns["calibration"] = curves.calibration.reshape(-1)
     if curves.reliable is not None:
         columns["reliable"] = curves.reliable.reshape(-1)
