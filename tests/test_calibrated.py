@@ -258,6 +258,10 @@ def test_the_band_rule_averages_a_wobble_and_keeps_parts_of_different_dimension_
     assert torch.equal(chosen.times_read(), calibrated_band(level)[:2])
     assert torch.equal(band_reading(level, blurring, max_spread_loss=0.0).times_read(), calibrated_band(level)[:1])
     assert band_contrast(np.ones((5, 4))) == math.inf and band_contrast(np.ones((1, 4))) == 0.0
+    with_nan = np.vstack([kept_apart, np.full((1, 4), np.nan)])  # a point without finite FLIPD is left out
+    assert band_contrast(with_nan) == pytest.approx(band_contrast(kept_apart))
+    assert torch.equal(band_reading(level, np.vstack([blurring, np.full((1, 4), np.nan)])).times_read(),
+                       calibrated_band(level)[:2])
     with pytest.raises(ValueError, match=r"\[N, 4\]"):
         band_reading(level, one_part[:, :3])
 

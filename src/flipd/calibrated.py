@@ -32,7 +32,8 @@ the *band rule* (``t0="band"``, :func:`band_reading`) averages over the whole ba
 the points' FLIPD at the calibrated level differ by little more than each point's wobble over
 the band (:func:`band_contrast` at most :data:`flipd.noise.BAND_CONTRAST`), and otherwise over the
 calibrated band's first levels only, before the points' spread has shrunk. It costs one FLIPD
-pass per level read.
+pass per level of the band on the points the choice is made from, and one per level read on
+every point.
 
 With a perfect model the median calibration grows with the noise from 0, so the rule takes
 the smallest level of the grid (``tests/test_calibrated.py`` checks this with
@@ -179,11 +180,15 @@ def band_contrast(curves: Tensor | np.ndarray) -> float:
     Returns:
         The standard deviation over the points of the first column, divided by the mean over
         the points of each point's standard deviation over the B levels (``inf`` when no point
-        wobbles; 0 for one point or one level).
+        wobbles; 0 for one point or one level). Points whose FLIPD is not finite at some level
+        are left out (``inf`` when none is left: no wobble can be measured).
     """
     values = torch.as_tensor(curves, dtype=torch.float64)
     if values.ndim != 2 or values.shape[0] < 1 or values.shape[1] < 1:
         raise ValueError(f"curves must be [N, B] with N, B >= 1; got shape {tuple(values.shape)}.")
+    values = values[torch.isfinite(values).all(dim=1)]
+    if values.shape[0] == 0:
+        return math.inf
     if values.shape[0] < 2 or values.shape[1] < 2:
         return 0.0
     spread = float(values[:, 0].std())
@@ -225,7 +230,8 @@ def band_reading(level: CalibratedLevel, curves: Tensor | np.ndarray, *, max_con
     contrast = band_contrast(values)
     kept = band.numel()
     if contrast > max_contrast:  # parts of different dimension: stop where they start to blur together
-        spread = values.std(dim=0) if values.shape[0] > 1 else torch.zeros(band.numel(), dtype=torch.float64)
+        finite = values[torch.isfinite(values).all(dim=1)]
+        spread = finite.std(dim=0) if finite.shape[0] > 1 else torch.zeros(band.numel(), dtype=torch.float64)
         lost = spread < (1.0 - max_spread_loss) * spread[0]
         kept = int(torch.nonzero(lost)[0]) if bool(lost.any()) else band.numel()
     return level._replace(read_times=band[: max(kept, 1)].clone(), contrast=contrast)

@@ -592,7 +592,7 @@ def estimate(
     [bold]Examples[/]:
       [cyan]flipd estimate lollipop --model models/lollipop --out lollipop.parquet --plot plots/[/]
       [cyan]torchrun --standalone --nproc-per-node=4 -m flipd estimate big.npy -m models/big -o big.parquet[/]
-      [cyan]flipd estimate lollipop -m models/lollipop --t0 auto[/]
+      [cyan]flipd estimate lollipop -m models/lollipop --t0 auto[/]   (the band rule; --t0 knee for the knee)
       [cyan]flipd estimate helix -m models/helix --t0 plateau[/]
       [cyan]flipd estimate big.npy -m models/big --trace hutchinson --probes 16 --resume[/]
       [cyan]flipd estimate lollipop -m models/lollipop --method nb -o lollipop_nb.csv[/]
@@ -601,7 +601,7 @@ def estimate(
       [cyan]flipd estimate photos/ -m stable-diffusion-v1-5/ --prompt "a photo" --trace hutchinson[/]
     """
     from .jobs.estimate import METHODS, MODEL_METHODS, check_method_options
-    from .noise import DATA_SET_RULES, check_noise_level, rule_named
+    from .noise import BAND_CONTRAST, DATA_SET_RULES, check_noise_level, rule_named
     from .runs import (check_table_path, chunk_directory_for, fingerprint_array, metadata_path_for,
                        remove_run_directory, write_json, write_table)
     from .datasets.sources import load_points
@@ -676,10 +676,10 @@ def estimate(
                         f"at the chosen level, from the first {level.n_points} points)")
             if level.read_times is not None:
                 read = level.read_times
-                _say(quiet, f"band rule: each point's FLIPD averaged over {read.numel()} levels, t0 = {float(read[0]):.4g} "
-                            f"to {float(read[-1]):.4g} (contrast {level.contrast:.3g})" if read.numel() > 1 else
-                            f"band rule: the points differ by {level.contrast:.3g} times their wobble over the band "
-                            "(parts of different dimension): each is read at the calibrated level alone")
+                _say(quiet, f"band rule: each point's FLIPD averaged over {read.numel()} level(s), t0 = {float(read[0]):.4g} "
+                            f"to {float(read[-1]):.4g} (contrast {level.contrast:.3g}"
+                            + ("; the points differ in dimension: the band's levels before their spread shrinks)"
+                               if level.contrast > BAND_CONTRAST else ")"))
 
         with _timed(timings, "estimate_s"):
             try:
@@ -1016,7 +1016,7 @@ def curve(
     debug: Debug = False,
     stop_after_chunks: Annotated[Optional[int], typer.Option("--stop-after-chunks", hidden=True)] = None,
 ) -> None:
-    """FLIPD curves: each point's estimate across noise levels, with the knee that --t0 auto picks (or, with --rule plateau, the scale --t0 plateau picks).
+    """FLIPD curves: each point's estimate across noise levels, with the knee that --t0 knee picks (or, with --rule plateau, the scale --t0 plateau picks).
 
     Curves start near the ambient dimension at tiny noise, fall, and plateau at the LID; the knee rule of the FLIPD paper picks the noise level at the start of the plateau, the plateau rule the flattest stretch in log sigma among the levels where the model denoises the point reliably. The table has one row per point and noise level, with the chosen rows flagged (and, for the plateau rule, each point's flatness and the reliable levels). Points are computed in chunks, as by flipd estimate: --resume continues an interrupted run, and under torchrun the chunks are split over the processes.
 
@@ -1138,7 +1138,7 @@ def curve(
             elif curves.level is not None:
                 found = int(chosen_found.sum())
                 read = int(curves.levels_read().sum())
-                where = (f"averaged over the band rule's {read} levels from t0 = {curves.level.t0:.4g}" if curves.band
+                where = (f"averaged over the band rule's {read} level(s) from t0 = {curves.level.t0:.4g}" if curves.band
                          else f"at the calibrated level t0 = {curves.level.t0:.4g}")
                 _print_summary(points, chosen_lid, title=f"FLIPD {where} on {data} ({found} of {points.n} points "
                                                          "denoised reliably at the level)")

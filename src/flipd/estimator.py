@@ -228,7 +228,8 @@ def estimate(
         rule, label = {"plateau": (_estimate_plateau, "FLIPD (plateau)"),
                        "calibrated": (_estimate_calibrated, "FLIPD (calibrated)"),
                        "band": (functools.partial(_estimate_calibrated, band=True), "FLIPD (band)")}.get(
-            "calibrated" if isinstance(t0, CalibratedLevel) else t0, (_estimate_auto, "FLIPD (knee)"))
+            ("calibrated" if t0.read_times is None else "band") if isinstance(t0, CalibratedLevel) else t0,
+            (_estimate_auto, "FLIPD (knee)"))
         if isinstance(t0, CalibratedLevel):
             options["level"] = t0
         with progress_callback(progress, n, label) as options["progress"]:
@@ -402,9 +403,10 @@ def flipd(
             :func:`flipd.plateau`), "calibrated" (one level for all the points: the smallest at
             which the model denoises within 1.5x of its best, :mod:`flipd.calibrated`; or a
             level from :func:`calibrated_t0`), "band" (each point's FLIPD averaged over every
-            level within that ratio, or the calibrated level alone where the points differ in
+            level within that ratio, or only over its first levels where the points differ in
             dimension: :func:`flipd.calibrated.band_reading`; the result's t0 is the
-            calibrated level, ``settings["read_t0"]`` the levels read), or "auto" (the band rule; the reference knee rule is "knee"). Alternatively
+            calibrated level, ``settings["read_t0"]`` the levels read), or "auto" (the band
+            rule; the reference knee rule is "knee"). Alternatively
             ``sigma=`` (the noise
             standard deviation) or ``delta=`` (log sigma/psi): at most one of the three. With
             none, the default: t0 = 0.05 of the reference VP schedule, carried to other
@@ -695,8 +697,9 @@ def calibrated_t0(
 
     With ``band=True`` it is the band rule's choice (``estimate(model, x, t0="band")``): the
     same points' FLIPD is also computed at every level of the band (``trace`` and ``n_probes``
-    as in :func:`estimate`), and :func:`flipd.calibrated.band_reading` decides whether each
-    point is read as its mean over the band or at ``t0`` alone (``read_times``).
+    as in :func:`estimate`), and :func:`flipd.calibrated.band_reading` decides which of the
+    band's levels each point's FLIPD is averaged over (``read_times``: the whole band, or its
+    first levels where the points differ in dimension).
 
     Returns:
         :class:`flipd.calibrated.CalibratedLevel` (``t0`` in the schedule's units).

@@ -75,7 +75,7 @@ def knee(
     schedule's time axis: times of another ``schedule`` are carried there through delta =
     log(sigma/psi) first. ``knee(flipd_curve(model, x, grid), grid, schedule=s)`` with
     ``grid = flipd.knee_grid(s)`` gives the LID and t0 of ``flipd.estimate(model, x,
-    t0="auto")`` for every schedule.
+    t0="knee")`` for every schedule.
 
     Args:
         curve: FLIPD values, [N, T] (or [T] for one point), e.g. from :func:`flipd.flipd_curve`.

@@ -255,13 +255,13 @@ def _from_reference(schedule: Schedule, reference_t: Tensor) -> Tensor:
 
 
 def knee_grid(schedule: Schedule | None = None, n_grid: int = KNEE_GRID_POINTS) -> Tensor:
-    """The times of ``schedule`` (default: the reference) at which the knee rule (``t0="auto"``
+    """The times of ``schedule`` (default: the reference) at which the knee rule (``t0="knee"``
     or ``"knee"``) evaluates FLIPD
     curves: reference times ``linspace(0, 1, n_grid)`` strictly inside :data:`KNEE_WINDOW`,
     carried through delta. Float64 [T], increasing.
 
     ``flipd.knee(flipd.flipd_curve(model, x, grid), grid, schedule=schedule)`` with this grid
-    gives what ``flipd.estimate(model, x, t0="auto")`` gives.
+    gives what ``flipd.estimate(model, x, t0="knee")`` gives.
     """
     schedule = REFERENCE_SCHEDULE if schedule is None else schedule
     grid = torch.linspace(0, 1, n_grid, dtype=torch.float64)

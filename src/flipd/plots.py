@@ -85,7 +85,7 @@ def figure_label(method: str | None, noise_level: Mapping[str, Any] | None = Non
     """``(file-name part, title part)`` naming a method at a noise level.
 
     ``figure_label("flipd", {"t0": 0.05})`` is ``("flipd_t0_0.05", "FLIPD, t0 = 0.05")``;
-    ``{"t0": "auto"}`` reads "t0 = auto (knee)"; a method without a noise level (lPCA, ...)
+    ``{"t0": "auto"}`` reads "t0 = auto (band)"; a method without a noise level (lPCA, ...)
     gives ``("lpca", "lPCA")``; no method gives ``("", "")``.
     """
     if not method:

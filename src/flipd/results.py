@@ -45,7 +45,7 @@ class LIDResult:
         method: the estimator, "flipd" or a baseline name.
         ambient_dim: D, the number of coordinates per point the estimator saw (None if unknown).
         knee_found: per point whether the knee rule found a knee, [N] bool (None unless
-            ``t0="auto"``); where it did not, ``lid`` is D and the noise level is NaN.
+            ``t0="knee"``); where it did not, ``lid`` is D and the noise level is NaN.
         settings: the settings the method ran with, resolved (defaults filled in), JSON-ready.
         batch_size: FLIPD: points per forward pass at the end of the run (smaller than asked
             for when a batch ran out of GPU memory and was halved); None for other methods.
@@ -55,7 +55,8 @@ class LIDResult:
         flatness: the plateau rule's flatness at the chosen stretch, [N] float64 (relative
             change of FLIPD per unit of log sigma; None unless ``t0="plateau"``).
         reliable: per point whether the model denoises it reliably at the level the calibrated
-            rule chose for the data set, [N] bool (None unless ``t0="calibrated"``).
+            rule chose for the data set, [N] bool (None unless ``t0="calibrated"``, ``"band"``
+            or ``"auto"``).
     """
 
     lid: Tensor
@@ -87,7 +88,11 @@ class LIDResult:
         return None
 
     def _rule(self) -> str:
-        return "knee" if self.knee_found is not None else "plateau" if self.plateau_found is not None else "calibrated"
+        if self.knee_found is not None:
+            return "knee"
+        if self.plateau_found is not None:
+            return "plateau"
+        return "band" if self.settings.get("rule") == "band" else "calibrated"
 
     def __len__(self) -> int:
         return int(self.lid.shape[0])
@@ -100,7 +105,7 @@ class LIDResult:
         """A :class:`pandas.DataFrame` with one row per point.
 
         Columns: lid, t0, sigma, delta, stderr (float64), knee_found (bool, with the knee rule),
-        plateau_found and flatness (with ``t0="plateau"``) or reliable (``t0="calibrated"``),
+        plateau_found and flatness (with ``t0="plateau"``) or reliable (``t0="calibrated"``, "band", "auto"),
         then method, trace, n_probes and ambient_dim repeated on every row, so the frame stands
         on its own. ``index`` (default 0..N-1) labels the rows, e.g. the points' global indices.
         """

@@ -196,7 +196,8 @@ class FLIPD(TransformerMixin, BaseEstimator):
 
     def _calibrated(self) -> bool:
         """Whether t0 is the calibrated or band rule with no other noise level given (else estimate refuses)."""
-        return rule_named(self.t0) in DATA_SET_RULES and self.sigma is None and self.delta is None
+        return (isinstance(self.t0, str) and rule_named(self.t0) in DATA_SET_RULES and self.sigma is None
+                and self.delta is None)
 
     def _estimate(self, X: np.ndarray):
         noise = {name: value for name, value in (("t0", self.t0), ("sigma", self.sigma), ("delta", self.delta))

@@ -20,7 +20,9 @@ numbers, so that every variant is judged on the same model, points and probes:
   imperfect model's FLIPD wobbles from level to level, and the mean cancels part of that.
 * ``band rule, ratio 1.5``: the library's ``t0="band"`` (:func:`flipd.calibrated.band_reading`):
   the band mean, unless the points' FLIPD at the calibrated level differ by more than
-  :data:`flipd.noise.BAND_CONTRAST` times their wobble over the band; then the level alone.
+  :data:`flipd.noise.BAND_CONTRAST` times their wobble over the band; then only over the band's
+  first levels, before the spread of the points' FLIPD shrinks by more than
+  :data:`flipd.noise.BAND_SPREAD_LOSS`.
 
 Each variant's MAE is compared with FLIPD at the best fixed level of {0.01, 0.02, 0.05, 0.1}
 (the rule target: within 0.1) and with the best level of the grid (found with the true LIDs, so
@@ -80,7 +82,7 @@ class Variant(NamedTuple):
     error_of: Callable[[np.ndarray, np.ndarray], np.ndarray] | None
     ratio: float
     band: bool = False
-    #: with the band: the band rule's switch to the level alone (:func:`flipd.calibrated.band_reading`)
+    #: with the band: the band rule's contrast threshold (:func:`flipd.calibrated.band_reading`)
     max_contrast: float | None = None
 
 

@@ -147,7 +147,7 @@ def compute_curves(
 ) -> CurveResult:
     """FLIPD curves of the points ``x`` (in the model's coordinates) and their knees.
 
-    The knees are found by :func:`flipd.knee` on the reference-time axis, as ``t0="auto"``
+    The knees are found by :func:`flipd.knee` on the reference-time axis, as ``t0="knee"``
     finds them; when fewer than 3 of ``times`` lie in the knee rule's window, the whole grid
     is searched. ``progress`` is called with the number of points done after every batch of
     every noise level (N·T in all). With ``rule="plateau"`` the plateau rule is applied too,

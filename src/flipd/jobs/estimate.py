@@ -91,9 +91,9 @@ class EstimateSettings:
     Attributes:
         method: "flipd" or a baseline of :mod:`flipd.baselines` (see :data:`METHODS`).
         t0: noise level as a time of the model's schedule, or a rule of
-            :data:`flipd.estimator.AUTO_RULES` ("auto" and "knee": the knee rule; "plateau";
-            "calibrated": one level for the table, chosen from its first points; "band": the
-            calibrated level's band, chosen likewise).
+            :data:`flipd.estimator.AUTO_RULES` ("knee": the knee rule; "plateau"; "calibrated":
+            one level for the table, chosen from its first points; "band", stored for "auto"
+            too: the calibrated level's band, chosen likewise).
         sigma: noise level as the noise standard deviation (instead of t0).
         delta: noise level as log(sigma/psi) (instead of t0).
         trace: "auto", "exact", "hutchinson" or "gaussian" (flipd, fpregress).
@@ -118,9 +118,6 @@ class EstimateSettings:
     n_neighbors: int | None = None
 
     def __post_init__(self) -> None:
-        # "auto" is stored as the rule it stands for, so a run begun under another meaning of
-        # "auto" (the knee rule before) is not resumed with this one.
-        object.__setattr__(self, "t0", rule_named(self.t0))
         given = [name for name in ("t0", "sigma", "delta") if getattr(self, name) is not None]
         if self.method == "flipd" and not given:
             raise ValueError("FLIPD needs a noise level: give t0, sigma or delta.")
@@ -130,6 +127,9 @@ class EstimateSettings:
         resolve_trace(self.trace, 1, self.n_probes)
         if isinstance(self.chunk_size, bool) or not isinstance(self.chunk_size, int) or self.chunk_size < 1:
             raise ValueError(f"chunk_size must be a positive integer; got {self.chunk_size!r}.")
+        # "auto" is stored as the rule it stands for, so a run begun under another meaning of
+        # "auto" (the knee rule before) is not resumed with this one.
+        object.__setattr__(self, "t0", rule_named(self.t0))
 
     def noise_level(self) -> dict[str, Any]:
         """The noise level as a keyword argument (``{"t0": ...}``, ...), or {} when none is set."""
