@@ -198,6 +198,28 @@ def test_more_points_than_the_rule_reads_are_read_at_its_level(mixture, monkeypa
     assert torch.allclose(tail.lid, whole.lid[150:]) and torch.equal(tail.reliable, whole.reliable[150:])
 
 
+def test_the_band_rule_reads_points_past_its_sample_as_a_given_level_does(mixture, monkeypatch):
+    """The band rule keeps its sample's FLIPD and computes the other points': the same numbers as
+    reading every point at the chosen levels, for a tensor, a stream and a later chunk."""
+    import flipd.estimator as estimator
+
+    monkeypatch.setattr(estimator, "CALIBRATION_POINTS", 100)
+    model, x, _ = mixture
+    perfect = model.as_model(VP())
+    whole = flipd.estimate(perfect, x, t0="band", prediction="score")
+    level = flipd.calibrated_t0(perfect, x, prediction="score", n_points=100, band=True)
+    assert whole.settings["rule_points"] == 100 and level.read_times.numel() > 1
+    assert whole.settings["read_t0"] == pytest.approx(level.read_times.tolist())
+    again = flipd.estimate(perfect, x, t0=level, prediction="score")  # every point computed at the levels
+    assert torch.allclose(whole.lid, again.lid, atol=1e-9, rtol=0) and torch.equal(whole.reliable, again.reliable)
+    assert torch.allclose(whole.stderr, again.stderr, equal_nan=True)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x), batch_size=64)
+    streamed = flipd.estimate(perfect, loader, t0="band", prediction="score")
+    assert torch.allclose(streamed.lid, whole.lid, atol=1e-9, rtol=0)
+    tail = flipd.estimate(perfect, x[150:], t0=level, prediction="score", indices=range(150, 240))
+    assert torch.allclose(tail.lid, whole.lid[150:], atol=1e-9, rtol=0)
+
+
 def test_a_stream_with_its_own_indices_chooses_as_the_tensor_does(mixture):
     model, x, _ = mixture
     perfect = model.as_model(VP())

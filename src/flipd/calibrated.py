@@ -33,7 +33,7 @@ the points' FLIPD at the calibrated level differ by little more than each point'
 the band (:func:`band_contrast` at most :data:`flipd.noise.BAND_CONTRAST`), and otherwise over the
 calibrated band's first levels only, before the points' spread has shrunk. It costs one FLIPD
 pass per level of the band on the points the choice is made from, and one per level read on
-every point.
+the other points.
 
 With a perfect model the median calibration grows with the noise from 0, so the rule takes
 the smallest level of the grid (``tests/test_calibrated.py`` checks this with

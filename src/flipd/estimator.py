@@ -13,6 +13,7 @@ Hutchinson's estimate with random probes (:mod:`flipd.trace`).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import math
 import warnings
@@ -738,14 +739,15 @@ def calibrated_t0(
     return _band_choice(fn, sample, level, options)[0]
 
 
-def _band_choice(fn, sample: Tensor, level: CalibratedLevel, options: dict) -> tuple[CalibratedLevel, Tensor]:
+def _band_choice(fn, sample: Tensor, level: CalibratedLevel,
+                 options: dict) -> tuple[CalibratedLevel, list[FLIPDResult]]:
     """The band rule's choice from ``sample`` [n, ...] (model coordinates; ``options`` as for
-    :func:`_curve`, with the sample's indices), and the sample's FLIPD at the band, [n, B]."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", EstimateWarning)  # the estimate reports its own points
-        with torch.no_grad():
-            curves, _ = _curve(fn, sample, calibrated_band(level), **options)
-    return band_reading(level, curves.detach().cpu()), curves
+    :func:`_estimate_fixed`, with the sample's indices), and the sample's FLIPD at each level of
+    the band (B results, in the band's order; its first ones are the levels read)."""
+    with torch.no_grad():
+        results = _at_levels(fn, sample, calibrated_band(level), options)
+    curves = torch.stack([result.lid.detach().cpu().to(torch.float64) for result in results], dim=1)
+    return band_reading(level, curves), results
 
 
 def _choose_level(fn, sample: Tensor, indices: Tensor, *, schedule: Schedule, prediction: str, seed: int,
@@ -784,17 +786,30 @@ def _estimate_calibrated(fn, x: Tensor, *, schedule: Schedule, progress, level: 
         sample = min(n, CALIBRATION_POINTS)
         level, measured = _choose_level(fn, x[:sample], options["indices"][:sample], schedule=schedule,
                                         prediction=options["prediction"], seed=options["seed"], batch_size=batch)
-        if band:
-            sample_options = {**options, "indices": options["indices"][:sample], "progress": None}
-            level = _band_choice(fn, x[:sample], level, {**sample_options, "schedule": schedule})[0]
     else:  # a level given: chosen on this schedule's grid? (a flipd.Model's was checked before encoding)
         _check_level_schedule(level, schedule)
     times = torch.full((n,), level.t0, dtype=torch.float64)
-    read = level.times_read()
-    if read.numel() == 1:
-        result = _estimate_fixed(fn, x, times, schedule=schedule, progress=progress, **options)
+    if band and measured is not None:  # choose the band's levels; the sample's FLIPD there is kept
+        sample = measured.shape[0]
+        sample_options = {**options, "schedule": schedule, "indices": options["indices"][:sample], "progress": None}
+        level, at_band = _band_choice(fn, x[:sample], level, sample_options)
+        read = level.times_read()
+        per_level = at_band[: read.numel()]
+        if options["differentiable"]:  # the choice ran without gradients: read every point again
+            per_level = _at_levels(fn, x, read, {**options, "schedule": schedule})
+        elif sample < n:  # the other points at the levels read
+            rest_options = {**options, "schedule": schedule, "indices": options["indices"][sample:]}
+            rest = _at_levels(fn, x[sample:], read, rest_options)
+            per_level = [_joined(first, second) for first, second in zip(per_level, rest)]
+        if progress is not None:
+            progress(n)
+        result = _mean_over_levels(per_level)
     else:
-        result = _band_mean(fn, x, read, schedule=schedule, progress=progress, **options)
+        read = level.times_read()
+        if read.numel() == 1:
+            result = _estimate_fixed(fn, x, times, schedule=schedule, progress=progress, **options)
+        else:
+            result = _band_mean(fn, x, read, schedule=schedule, progress=progress, **options)
     done = 0 if measured is None else measured.shape[0]
     rest = denoising_calibration(
         fn, x[done:].detach(), times[:1], schedule=schedule, prediction=options["prediction"], seed=options["seed"],
@@ -814,21 +829,44 @@ def _estimate_calibrated(fn, x: Tensor, *, schedule: Schedule, progress, level: 
 
 
 def _band_mean(fn, x: Tensor, read: Tensor, *, schedule: Schedule, progress, **options) -> FLIPDResult:
-    """Each point's FLIPD averaged over the times ``read`` [B]; the result's levels are the first
-    time's, its standard error the mean of the B levels' (an upper bound: the levels share probes)."""
-    n = x.shape[0]
-    results = []
-    for t in read:
-        results.append(_estimate_fixed(fn, x, torch.full((n,), float(t), dtype=torch.float64), schedule=schedule,
-                                       progress=None, **options))
-        options = {**options, "batch_size": results[-1].batch_size, "chunk_rows": results[-1].chunk_rows}
+    """Each point's FLIPD averaged over the times ``read`` [B] (:func:`_mean_over_levels`)."""
+    results = _at_levels(fn, x, read, {**options, "schedule": schedule})
     if progress is not None:
-        progress(n)
-    first = results[0]
-    first.lid = torch.stack([r.lid for r in results]).mean(dim=0)
-    first.stderr = torch.stack([r.stderr for r in results]).mean(dim=0)
-    first.mode = results[-1].mode
-    return first
+        progress(x.shape[0])
+    return _mean_over_levels(results)
+
+
+def _at_levels(fn, x: Tensor, times: Tensor, options: dict) -> list[FLIPDResult]:
+    """FLIPD of every point of ``x`` at each of the times [B], one result per time; ``options``
+    as for :func:`_estimate_fixed` (its progress unused). A batch size halved on running out of
+    memory stays halved."""
+    n = x.shape[0]
+    options = {**options, "progress": None}
+    results = []
+    for t in times:
+        results.append(_estimate_fixed(fn, x, torch.full((n,), float(t), dtype=torch.float64), **options))
+        options.update(batch_size=results[-1].batch_size, chunk_rows=results[-1].chunk_rows)
+    return results
+
+
+def _joined(first: FLIPDResult, second: FLIPDResult) -> FLIPDResult:
+    """The results of two sets of points at one level, the first's points first."""
+    joined = dataclasses.replace(second)
+    for name in ("lid", "t0", "sigma", "delta", "stderr"):
+        setattr(joined, name, torch.cat([getattr(first, name).to(getattr(second, name)), getattr(second, name)]))
+    return joined
+
+
+def _mean_over_levels(results: list[FLIPDResult]) -> FLIPDResult:
+    """Each point's FLIPD averaged over the levels of ``results`` (the same points at B levels);
+    the levels reported are the first's, the standard error the mean of the B levels' (an upper
+    bound: the levels share probes)."""
+    mean = dataclasses.replace(results[0])
+    mean.lid = torch.stack([r.lid for r in results]).mean(dim=0)
+    mean.stderr = torch.stack([r.stderr for r in results]).mean(dim=0)
+    mean.mode = results[-1].mode
+    mean.batch_size, mean.chunk_rows = results[-1].batch_size, results[-1].chunk_rows
+    return mean
 
 
 def _rule_result(x: Tensor, lid: Tensor, t0: Tensor, schedule: Schedule, mode_used: str, options: dict,
