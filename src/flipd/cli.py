@@ -1034,7 +1034,7 @@ def curve(
     from .estimator import NonFiniteOutputError
     from .jobs.curve import CURVE_RULES, CurveSettings, curve_chunks, curve_table_columns, curves_from_chunks
     from .jobs.records import non_finite_output_error, run_record, summary_record
-    from .noise import curve_times, plateau_grid
+    from .noise import DATA_SET_RULES, curve_times, plateau_grid
 
     began = time.perf_counter()
     device_used = _setup(threads, device, debug)
@@ -1044,7 +1044,7 @@ def curve(
     _check_trace(trace)
     if rule not in CURVE_RULES:
         raise OptionError("--rule", f"{rule!r} is not a rule; use {', '.join(CURVE_RULES)}.")
-    ratio = _check_calibrated_ratio(calibrated_ratio, rule in ("calibrated", "band"), "--rule calibrated or band")
+    ratio = _check_calibrated_ratio(calibrated_ratio, rule in DATA_SET_RULES, "--rule calibrated or band")
     with _processes_of_the_run(device_used, dist_timeout, table_path, run_directory, plot, resume=resume, force=force,
                                quiet=quiet) as group:
         if group is None:
@@ -1054,7 +1054,7 @@ def curve(
         timings: dict[str, float] = {}
 
         def noise_levels(loaded: Any) -> Any:  # checked once the schedule is known, before the data is loaded
-            if rule in ("plateau", "calibrated", "band") and t_min is None and t_max is None and steps is None:
+            if rule in ("plateau", *DATA_SET_RULES) and t_min is None and t_max is None and steps is None:
                 return plateau_grid(loaded.schedule)
             try:
                 return curve_times(loaded.schedule, t_min=t_min, t_max=t_max, steps=steps)

@@ -25,7 +25,7 @@ from ..calibrated import CALIBRATION_POINTS, CalibratedLevel, band_reading, cali
 from ..estimator import EstimateWarning, flipd_curve, resolve_trace
 from ..knee import knee
 from ..models.base import Model
-from ..noise import CALIBRATED_RATIO, KNEE_WINDOW, to_reference_time
+from ..noise import CALIBRATED_RATIO, DATA_SET_RULES, KNEE_WINDOW, to_reference_time
 from ..plateau import plateau
 from ..reliability import denoising_calibration, reliable_levels
 from ..runs.chunks import ChunkedEstimate, ChunkEstimator
@@ -173,14 +173,14 @@ def compute_curves(
         curves=curves.numpy(), knee_t0=found.t0.numpy(), knee_lid=found.lid.numpy(),
         knee_found=found.found.numpy(), window=window, trace=resolved_trace, n_probes=resolved_probes,
     )
-    if rule in ("plateau", "calibrated", "band"):
+    if rule in ("plateau", *DATA_SET_RULES):
         point_indices = torch.arange(x.shape[0]) if indices is None else torch.as_tensor(np.asarray(indices))
         calibration = denoising_calibration(
             model, x, times, schedule=model.schedule, prediction=model.prediction, seed=seed, indices=point_indices,
             batch_size=batch_size or 1024,
         )
         result.reliable = reliable_levels(calibration).numpy()
-    if rule in ("calibrated", "band"):
+    if rule in DATA_SET_RULES:
         result.calibration = calibration.numpy()
         result.band = rule == "band"
     if rule == "plateau":
@@ -261,7 +261,7 @@ def curve_chunks(model: Model, settings: CurveSettings) -> ChunkEstimator:
             arrays.update({"plateau_t0": result.plateau_t0, "plateau_lid": result.plateau_lid,
                            "plateau_flatness": result.plateau_flatness, "plateau_found": result.plateau_found,
                            "reliable": result.reliable})
-        if settings.rule in ("calibrated", "band"):
+        if settings.rule in DATA_SET_RULES:
             arrays["calibration"] = result.calibration
         return arrays, {"trace": result.trace, "n_probes": result.n_probes}
 
@@ -285,7 +285,7 @@ def curves_from_chunks(schedule: Schedule, settings: CurveSettings, result: Chun
         rule_arrays = {"plateau_t0": columns["plateau_t0"], "plateau_lid": columns["plateau_lid"],
                    "plateau_flatness": columns["plateau_flatness"],
                    "plateau_found": columns["plateau_found"].astype(bool), "reliable": columns["reliable"].astype(bool)}
-    if settings.rule in ("calibrated", "band"):  # the result derives the level from the whole run's calibration
+    if settings.rule in DATA_SET_RULES:  # the result derives the level from the whole run's calibration
         calibration = columns["calibration"]
         rule_arrays = {"calibration": calibration, "reliable": reliable_levels(torch.from_numpy(calibration)).numpy()}
     return CurveResult(
