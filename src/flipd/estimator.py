@@ -351,15 +351,8 @@ def non_finite_outputs(
 
 def _curve(fn, x: Tensor, times: Tensor, **options) -> tuple[Tensor, str]:
     """FLIPD [N, T] at each of the times [T] for every point, and the differentiation mode used."""
-    n = x.shape[0]
-    columns, mode_used = [], options["mode"]
-    options = dict(options)
-    for t in times:
-        result = _estimate_fixed(fn, x, torch.full((n,), float(t), dtype=torch.float64), **options)
-        columns.append(result.lid)
-        mode_used = result.mode
-        options.update(batch_size=result.batch_size, chunk_rows=result.chunk_rows)  # a halved size stays
-    return torch.stack(columns, dim=1), mode_used
+    results = _at_levels(fn, x, times, options)
+    return torch.stack([result.lid for result in results], dim=1), results[-1].mode
 
 
 def flipd(
@@ -838,10 +831,10 @@ def _band_mean(fn, x: Tensor, read: Tensor, *, schedule: Schedule, progress, **o
 
 def _at_levels(fn, x: Tensor, times: Tensor, options: dict) -> list[FLIPDResult]:
     """FLIPD of every point of ``x`` at each of the times [B], one result per time; ``options``
-    as for :func:`_estimate_fixed` (its progress unused). A batch size halved on running out of
-    memory stays halved."""
+    as for :func:`_estimate_fixed` (``progress``, if given, is called after every batch of every
+    time: N·B in all). A batch size halved on running out of memory stays halved."""
     n = x.shape[0]
-    options = {**options, "progress": None}
+    options = {"progress": None, **options}
     results = []
     for t in times:
         results.append(_estimate_fixed(fn, x, torch.full((n,), float(t), dtype=torch.float64), **options))
