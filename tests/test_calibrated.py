@@ -322,3 +322,59 @@ def test_t0_auto_is_the_band_rule(mixture):
     auto = flipd.estimate(perfect, x[:100], t0="auto", prediction="score")
     band = flipd.estimate(perfect, x[:100], t0="band", prediction="score")
     assert auto.settings == band.settings and torch.equal(auto.lid, band.lid) and auto.knee_found is None
+
+
+def _counting_rows(monkeypatch) -> list[int]:
+    """Record the points of every fixed-level FLIPD call (each call reads its points at one level)."""
+    import flipd.estimator as estimator
+
+    rows: list[int] = []
+    original = estimator._estimate_fixed
+
+    def counted(fn, x, times, **options):
+        rows.append(int(x.shape[0]))
+        return original(fn, x, times, **options)
+
+    monkeypatch.setattr(estimator, "_estimate_fixed", counted)
+    return rows
+
+
+def test_a_stream_read_by_the_band_rule_computes_each_point_once_at_each_level(mixture, monkeypatch):
+    """The stream's first points are read once, as the tensor's are: the choice's FLIPD is kept,
+    and the result's level reads further points at the same levels."""
+    import flipd.estimator as estimator
+
+    monkeypatch.setattr(estimator, "CALIBRATION_POINTS", 100)
+    model, x, _ = mixture
+    perfect = model.as_model(VP())
+    rows = _counting_rows(monkeypatch)
+    whole = flipd.estimate(perfect, x, t0="band", prediction="score")
+    tensor_rows = sum(rows)
+    rows.clear()
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x), batch_size=64)
+    streamed = flipd.estimate(perfect, loader, t0="band", prediction="score")
+    assert sum(rows) == tensor_rows  # no point read twice at a level
+    band, read = calibrated_band(whole.level).numel(), whole.level.times_read().numel()
+    assert tensor_rows == 100 * band + (x.shape[0] - 100) * read and band >= read == len(whole.settings["read_t0"])
+    assert torch.allclose(streamed.lid, whole.lid, atol=1e-9, rtol=0) and torch.equal(streamed.reliable, whole.reliable)
+    assert streamed.level.t0 == whole.level.t0 and torch.equal(streamed.level.read_times, whole.level.read_times)
+    again = flipd.estimate(perfect, x[150:], t0=whole.level, prediction="score", indices=range(150, 240))
+    assert torch.allclose(again.lid, whole.lid[150:], atol=1e-9, rtol=0)
+    short = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x[:90]), batch_size=64)  # ends before 100
+    assert torch.allclose(flipd.estimate(perfect, short, t0="band", prediction="score").lid,
+                          flipd.estimate(perfect, x[:90], t0="band", prediction="score").lid, atol=1e-9, rtol=0)
+
+
+def test_the_rules_ratio_is_an_option_of_estimate(mixture):
+    model, x, _ = mixture
+    perfect = model.as_model(VP())
+    for ratio in (1.0, 3.0):
+        chosen = flipd.estimate(perfect, x[:100], t0="calibrated", prediction="score", calibrated_ratio=ratio)
+        level = flipd.calibrated_t0(perfect, x[:100], prediction="score", ratio=ratio)
+        assert chosen.level.t0 == level.t0 and chosen.level.ratio == ratio and torch.all(chosen.t0 == level.t0)
+    assert flipd.estimate(perfect, x[:100], t0="calibrated", prediction="score").level.ratio == 1.5
+    assert flipd.estimate(perfect, x[:10], t0=0.05, prediction="score").level is None
+    with pytest.raises(ValueError, match="calibrated_ratio"):
+        flipd.estimate(perfect, x[:10], t0=0.05, prediction="score", calibrated_ratio=2.0)
+    with pytest.raises(ValueError, match="ratio"):
+        flipd.estimate(perfect, x[:10], t0="band", prediction="score", calibrated_ratio=0.5)

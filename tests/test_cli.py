@@ -754,3 +754,31 @@ def test_a_tables_own_columns_pass_through_and_the_summary_ranks_against_the_tru
     summary = json.loads(out.with_suffix(".json").read_text())["summary"]
     assert 0.5 < summary["concordance_harrell"] <= 1.0 and summary["spearman"] > 0.3
     assert "concordance (Harrell)" in result.stdout
+
+
+def test_estimate_band_reads_each_point_once_at_each_level_across_chunks(lollipop_model, tmp_path, monkeypatch):
+    """The table's first points (the rule's sample) keep the FLIPD the choice computed, also in
+    a chunk that holds both kept and new points: the same rows as the library computes, and
+    the same estimates."""
+    import flipd as library
+    import flipd.estimator as estimator
+    import flipd.jobs.estimate as job
+    from flipd.datasets import get_dataset
+
+    monkeypatch.setattr(estimator, "CALIBRATION_POINTS", 24)
+    monkeypatch.setattr(job, "CALIBRATION_POINTS", 24)
+    rows: list[int] = []
+    original = estimator._estimate_fixed
+    monkeypatch.setattr(estimator, "_estimate_fixed",
+                        lambda fn, x, times, **options: rows.append(int(x.shape[0])) or original(fn, x, times, **options))
+    table = tmp_path / "band.csv"
+    result = flipd("estimate", "lollipop", "-m", lollipop_model, "-n", "40", "-o", table, "--t0", "band",
+                   "--chunk-size", "16", "--quiet")  # chunks 0-15 and 16-31 hold kept points, 32-39 none
+    assert result.exit_code == 0, result.output
+    table_rows = sum(rows)
+    rows.clear()
+    direct = library.estimate(library.load(lollipop_model), get_dataset("lollipop", 40, seed=0).x, t0="band")
+    assert sum(rows) == table_rows
+    frame = pd.read_csv(table)
+    assert np.allclose(frame["lid"], direct.lid.double().numpy(), atol=1e-4)
+    assert np.array_equal(frame["reliable"].to_numpy(), direct.reliable.numpy())

@@ -18,7 +18,7 @@ import functools
 import math
 import warnings
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -172,10 +172,16 @@ def estimate(
     differentiable: bool = False,
     encoded: bool = False,
     progress: Progress = None,
+    calibrated_ratio: float = CALIBRATED_RATIO,
 ) -> FLIPDResult:
     """FLIPD estimates with their noise levels and standard errors (see :func:`flipd`).
 
     Extra arguments beyond :func:`flipd`:
+        calibrated_ratio: with ``t0="calibrated"``, ``"band"`` or ``"auto"``, the rule's
+            tolerance (>= 1; default :data:`flipd.noise.CALIBRATED_RATIO`): its level is the
+            smallest whose median calibration is within this ratio of the model's best, and the
+            band the levels within it (as ``calibrated_t0(ratio=)``). The chosen level is the
+            result's ``level``.
         chunk_rows: cap on (point, probe) pairs differentiated in one vectorised call; bounds
             memory. Default ``max(4096, points per batch)``.
         mode: "auto" (reverse mode; forward mode where reverse mode is unsupported; plain
@@ -191,11 +197,15 @@ def estimate(
             their standard error (see :func:`out_of_range`); the points are named.
     """
     t0 = rule_named(t0)  # "auto": the band rule
+    check_ratio(calibrated_ratio)
+    if calibrated_ratio != CALIBRATED_RATIO and not (isinstance(t0, str) and t0 in DATA_SET_RULES):
+        raise ValueError(f"calibrated_ratio is the calibrated rule's tolerance; pass it with t0='calibrated', 'band' or "
+                         f"'auto' (got t0={t0!r}).")
     if is_point_stream(x):
         return _estimate_stream(
             model, x, t0=t0, sigma=sigma, delta=delta, schedule=schedule, prediction=prediction, trace=trace,
             n_probes=n_probes, seed=seed, indices=indices, batch_size=batch_size, chunk_rows=chunk_rows, mode=mode,
-            differentiable=differentiable, encoded=encoded, progress=progress,
+            differentiable=differentiable, encoded=encoded, progress=progress, calibrated_ratio=calibrated_ratio,
         )
     # Every option is checked before the model runs (a flipd.Model's encode may be costly).
     x = _as_batch(x)
@@ -227,8 +237,10 @@ def estimate(
     )
     if isinstance(t0, (str, CalibratedLevel)):
         rule, label = {"plateau": (_estimate_plateau, "FLIPD (plateau)"),
-                       "calibrated": (_estimate_calibrated, "FLIPD (calibrated)"),
-                       "band": (functools.partial(_estimate_calibrated, band=True), "FLIPD (band)")}.get(
+                       "calibrated": (functools.partial(_estimate_calibrated, ratio=calibrated_ratio),
+                                      "FLIPD (calibrated)"),
+                       "band": (functools.partial(_estimate_calibrated, band=True, ratio=calibrated_ratio),
+                                "FLIPD (band)")}.get(
             ("calibrated" if t0.read_times is None else "band") if isinstance(t0, CalibratedLevel) else t0,
             (_estimate_auto, "FLIPD (knee)"))
         if isinstance(t0, CalibratedLevel):
@@ -575,31 +587,50 @@ def _stream_length(x) -> int | None:
         return None
 
 
-def _estimate_stream(model, x, *, t0, sigma, delta, indices, progress, batch_size, chunk_rows, **options) -> FLIPDResult:
-    """:func:`estimate` batch by batch over a point stream; a halved batch size stays halved."""
+def _estimate_stream(model, x, *, t0, sigma, delta, indices, progress, batch_size, chunk_rows, calibrated_ratio,
+                     **options) -> FLIPDResult:
+    """:func:`estimate` batch by batch over a point stream; a halved batch size stays halved.
+
+    With the calibrated or band rule, the stream's first batches (at least
+    :data:`~flipd.calibrated.CALIBRATION_POINTS` points) are read together, as a tensor: the
+    rule chooses its level from them and keeps their FLIPD; later batches are read at the
+    chosen level (the result's ``level``)."""
     results: list[FLIPDResult] = []
     offset = 0
-    if isinstance(t0, str) and t0 in DATA_SET_RULES:  # one choice for the whole stream, from its first points
+    rule = t0 if isinstance(t0, str) and t0 in DATA_SET_RULES else None
+    if rule is not None:  # one choice for the whole stream, from its first points
         if sigma is not None or delta is not None:
             raise ValueError(f"t0={t0!r} chooses the noise level itself; do not also pass sigma= or delta=.")
         check_options(options.get("seed", 0), batch_size, chunk_rows, options.get("mode", "auto"))
         resolve_trace(options.get("trace", "auto"), 1, options.get("n_probes", 1))  # before the model runs
-        t0 = calibrated_t0(model, x, schedule=options.get("schedule"), prediction=options.get("prediction"),
-                           seed=options.get("seed", 0), indices=indices, batch_size=batch_size,
-                           encoded=options.get("encoded", False), band=t0 == "band",
-                           trace=options.get("trace", "auto"), n_probes=options.get("n_probes", 1))
+    head: list[tuple[Tensor, Any]] = []  # the rule's first batches, until they hold enough points
+
+    def read(batch, batch_indices) -> None:
+        nonlocal t0, offset, batch_size, chunk_rows
+        stop = offset + batch.shape[0]
+        ratio = {"calibrated_ratio": calibrated_ratio} if isinstance(t0, str) and t0 in DATA_SET_RULES else {}
+        result = estimate(
+            model, batch, t0=_per_point(t0, offset, stop), sigma=_per_point(sigma, offset, stop),
+            delta=_per_point(delta, offset, stop), indices=batch_indices, progress=report,
+            batch_size=batch_size, chunk_rows=chunk_rows, **ratio, **options,
+        )
+        if ratio:  # the level chosen: every later batch is read at it
+            t0 = result.level
+        batch_size = result.batch_size or batch_size
+        chunk_rows = result.chunk_rows or chunk_rows
+        results.append(result)
+        offset = stop
+
     with progress_callback(progress, _stream_length(x) or 0, "FLIPD") as report:
         for batch, batch_indices in _stream_batches(x, indices, batch_size):
-            stop = offset + batch.shape[0]
-            result = estimate(
-                model, batch, t0=_per_point(t0, offset, stop), sigma=_per_point(sigma, offset, stop),
-                delta=_per_point(delta, offset, stop), indices=batch_indices, progress=report,
-                batch_size=batch_size, chunk_rows=chunk_rows, **options,
-            )
-            batch_size = result.batch_size or batch_size
-            chunk_rows = result.chunk_rows or chunk_rows
-            results.append(result)
-            offset = stop
+            if rule is not None and not results:
+                head.append((torch.as_tensor(batch), batch_indices))
+                if sum(part.shape[0] for part, _ in head) < CALIBRATION_POINTS:
+                    continue
+                batch, batch_indices = _gathered(head)
+            read(batch, batch_indices)
+        if head and not results:  # the stream ended before the rule had all its points
+            read(*_gathered(head))
     if not results:
         raise ValueError("x yielded no points; pass at least one point.")
     first, last = results[0], results[-1]
@@ -608,8 +639,16 @@ def _estimate_stream(model, x, *, t0, sigma, delta, indices, progress, batch_siz
     return FLIPDResult(
         **{name: torch.cat([getattr(r, name) for r in results]) for name in ("lid", "t0", "sigma", "delta", "stderr")},
         trace=first.trace, n_probes=first.n_probes, mode=last.mode, method=first.method,
-        ambient_dim=first.ambient_dim, settings=last.settings, batch_size=batch_size, chunk_rows=chunk_rows, **optional,
+        ambient_dim=first.ambient_dim, settings=last.settings, batch_size=batch_size, chunk_rows=chunk_rows,
+        level=first.level, **optional,
     )
+
+
+def _gathered(batches: list[tuple[Tensor, Any]]) -> tuple[Tensor, np.ndarray]:
+    """Consecutive batches of a stream (points, their indices) as one batch."""
+    points = torch.cat([part for part, _ in batches])
+    numbers = np.concatenate([np.asarray(list(part) if isinstance(part, range) else part) for _, part in batches])
+    return points, numbers
 
 
 def _warn_unfound(found: Tensor, rule: str, consequence: str) -> None:
@@ -693,7 +732,9 @@ def calibrated_t0(
     same points' FLIPD is also computed at every level of the band (``trace`` and ``n_probes``
     as in :func:`estimate`), and :func:`flipd.calibrated.band_reading` decides which of the
     band's levels each point's FLIPD is averaged over (``read_times``: the whole band, or its
-    first levels where the points differ in dimension).
+    first levels where the points differ in dimension). To read the same points afterwards,
+    ``estimate(model, x, t0="band")`` is cheaper: it keeps the FLIPD the choice computed, and
+    its result's ``level`` is this one (for a tensor and a stream alike).
 
     Returns:
         :class:`flipd.calibrated.CalibratedLevel` (``t0`` in the schedule's units).
@@ -767,7 +808,7 @@ def _check_level_schedule(level: CalibratedLevel, schedule: Schedule) -> None:
 
 
 def _estimate_calibrated(fn, x: Tensor, *, schedule: Schedule, progress, level: CalibratedLevel | None = None,
-                         band: bool = False, **options) -> FLIPDResult:
+                         band: bool = False, ratio: float = CALIBRATED_RATIO, **options) -> FLIPDResult:
     """Every point read at one level (or averaged over the band rule's levels): ``level``, or the
     calibrated (``band``: band) rule's choice from the first
     :data:`~flipd.calibrated.CALIBRATION_POINTS` points of ``x`` (model coordinates); each
@@ -778,7 +819,8 @@ def _estimate_calibrated(fn, x: Tensor, *, schedule: Schedule, progress, level: 
     if level is None:
         sample = min(n, CALIBRATION_POINTS)
         level, measured = _choose_level(fn, x[:sample], options["indices"][:sample], schedule=schedule,
-                                        prediction=options["prediction"], seed=options["seed"], batch_size=batch)
+                                        prediction=options["prediction"], seed=options["seed"], batch_size=batch,
+                                        ratio=ratio)
     else:  # a level given: chosen on this schedule's grid? (a flipd.Model's was checked before encoding)
         _check_level_schedule(level, schedule)
     times = torch.full((n,), level.t0, dtype=torch.float64)
@@ -818,6 +860,7 @@ def _estimate_calibrated(fn, x: Tensor, *, schedule: Schedule, progress, level: 
                        "rule_points": level.n_points}
     if level.contrast is not None:
         result.settings.update(read_t0=[float(t) for t in read], band_contrast=level.contrast)
+    result.level = level
     return result
 
 

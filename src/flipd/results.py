@@ -11,11 +11,14 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from .calibrated import CalibratedLevel
 
 __all__ = ["FLIPDResult", "LIDResult"]
 
@@ -57,6 +60,10 @@ class LIDResult:
         reliable: per point whether the model denoises it reliably at the level the calibrated
             rule chose for the data set, [N] bool (None unless ``t0="calibrated"``, ``"band"``
             or ``"auto"``).
+        level: the data set's level that the calibrated or band rule chose (None for other
+            noise levels). Pass it as ``t0=`` to read more points at the same level (and the
+            same levels averaged), with no second choice: ``flipd.estimate(model, x_new,
+            t0=result.level)``.
     """
 
     lid: Tensor
@@ -76,6 +83,7 @@ class LIDResult:
     plateau_found: Tensor | None = None
     flatness: Tensor | None = None
     reliable: Tensor | None = None
+    level: CalibratedLevel | None = None
 
     @property
     def found(self) -> Tensor | None:

@@ -26,7 +26,7 @@ import torch
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from .estimator import calibrated_t0, estimate
+from .estimator import estimate
 from .noise import DATA_SET_RULES, rule_named
 from .models.mlp import MLPUNetConfig
 from .models.spec import NetworkSpec
@@ -132,12 +132,9 @@ class FLIPD(TransformerMixin, BaseEstimator):
         X = self._validate(X, reset=True)
         self.model_ = self._train(X) if self.model is None else self.model
         self.level_ = None
-        if self._calibrated():  # learnt from X, reused by transform
-            self.level_ = calibrated_t0(self.model_, torch.tensor(X, dtype=_input_dtype(self.model_, X),
-                                                                  device=self.device), seed=self.seed,
-                                        batch_size=self.batch_size, band=rule_named(self.t0) == "band", trace=self.trace,
-                                        n_probes=self.n_probes)
         self.result_ = self._estimate(X)
+        if self._calibrated():  # learnt from X, reused by transform
+            self.level_ = self.result_.level
         self.dimension_pw_ = self.result_.lid.detach().cpu().to(torch.float64).numpy()
         self.stderr_pw_ = self.result_.stderr.detach().cpu().to(torch.float64).numpy()
         self.dimension_ = float(np.mean(self.dimension_pw_))

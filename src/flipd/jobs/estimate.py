@@ -18,11 +18,13 @@ import torch
 from ..datasets.sources import PointSet
 from ..calibrated import CALIBRATION_POINTS, CalibratedLevel, check_ratio
 from ..estimator import (
-    AUTO_RULES, DATA_SET_RULES, EstimateWarning, NonFiniteOutputError, calibrated_t0, check_options, non_finite_outputs, resolve_trace,
+    AUTO_RULES, DATA_SET_RULES, EstimateWarning, NonFiniteOutputError, calibrated_t0, check_options, estimate,
+    non_finite_outputs, resolve_trace,
 )
 from ..methods import METHODS as METHOD_REGISTRY
 from ..methods import MODEL_METHODS
 from ..models.base import Model
+from ..results import LIDResult
 from ..noise import CALIBRATED_RATIO, check_noise_level, default_noise_level, rule_named
 from ..runs.chunks import ChunkedEstimate, ChunkEstimator
 from .inputs import LoadedModel
@@ -146,7 +148,7 @@ class EstimateSettings:
 
 
 def method_chunks(settings: EstimateSettings, model: Model | None = None, batch: dict[str, int] | None = None,
-                  level: CalibratedLevel | None = None) -> ChunkEstimator:
+                  level: CalibratedLevel | None = None, head: LIDResult | None = None) -> ChunkEstimator:
     """A :data:`~flipd.runs.chunks.ChunkEstimator` running ``METHODS[settings.method]`` (FLIPD or a
     baseline, one calling convention) on points already in the model's coordinates.
 
@@ -160,7 +162,9 @@ def method_chunks(settings: EstimateSettings, model: Model | None = None, batch:
     runs out of GPU memory the estimator halves it, and later chunks start from the halved size.
     With ``t0="calibrated"`` (or ``"band"``), ``level`` is the data set's level
     (:func:`flipd.calibrated_t0`, chosen once by :func:`plan_estimate`), so every chunk is read at
-    it (at its ``read_times``)
+    it (at its ``read_times``). ``head``, if given, is the result of the table's first points
+    (global indices 0..len(head)-1) at that level, kept from the choice: their rows are taken
+    from it, not computed again.
     """
     method = METHOD_REGISTRY[settings.method]
     batch = {"used": settings.batch_size} if batch is None else batch
@@ -170,26 +174,48 @@ def method_chunks(settings: EstimateSettings, model: Model | None = None, batch:
             raise ValueError(f"t0={settings.t0!r} needs the data set's level: pass "
                              f"level=flipd.calibrated_t0(model, x{', band=True' if settings.t0 == 'band' else ''}).")
         noise = {"t0": level}
+    kept = None if head is None else _chunk_arrays(head)
 
     def run(x: torch.Tensor, indices: np.ndarray, progress: Callable[[int], None] | None):
-        with warnings.catch_warnings():  # the job reports results over all chunks, by the table's index
-            warnings.simplefilter("ignore", EstimateWarning)
-            result = method(
-                x, model, **noise, seed=settings.seed, indices=indices, batch_size=batch["used"],
-                progress=progress, encoded=True, **settings.method_settings(),
-            )
+        indices = np.asarray(indices)
+        known = np.zeros(len(indices), dtype=bool) if kept is None else indices < len(head)
+        result = head
+        if not known.all():
+            with warnings.catch_warnings():  # the job reports results over all chunks, by the table's index
+                warnings.simplefilter("ignore", EstimateWarning)
+                result = method(
+                    x[torch.from_numpy(~known)] if known.any() else x, model, **noise, seed=settings.seed,
+                    indices=indices[~known], batch_size=batch["used"], progress=progress, encoded=True,
+                    **settings.method_settings(),
+                )
+        elif progress is not None:
+            progress(len(indices))
         batch["used"] = result.batch_size or batch["used"]
         info = {"trace": result.trace, "n_probes": result.n_probes, "mode": result.mode,
                 "resolved": dict(result.settings), "batch_size": batch["used"]}
-        arrays = result.columns()
-        if result.plateau_found is not None:  # the plateau rule: did it find a plateau, how flat there
-            arrays["plateau_found"] = result.plateau_found.cpu().numpy().astype(np.float64)
-            arrays["flatness"] = result.flatness.cpu().to(torch.float64).numpy()
-        if result.reliable is not None:  # the calibrated rule: is the point denoised reliably at the level
-            arrays["reliable"] = result.reliable.cpu().numpy().astype(np.float64)
+        if not known.any():
+            return _chunk_arrays(result), info
+        computed = _chunk_arrays(result) if result is not head else None
+        arrays = {}
+        for name, values in kept.items():
+            arrays[name] = np.empty(len(indices), dtype=values.dtype)
+            arrays[name][known] = values[indices[known]]
+            if computed is not None:
+                arrays[name][~known] = computed[name]
         return arrays, info
 
     return run
+
+
+def _chunk_arrays(result: LIDResult) -> dict[str, np.ndarray]:
+    """A chunk's arrays [n] from its result: the columns, and what the rule found per point."""
+    arrays = result.columns()
+    if result.plateau_found is not None:  # the plateau rule: did it find a plateau, how flat there
+        arrays["plateau_found"] = result.plateau_found.cpu().numpy().astype(np.float64)
+        arrays["flatness"] = result.flatness.cpu().to(torch.float64).numpy()
+    if result.reliable is not None:  # the calibrated rule: is the point denoised reliably at the level
+        arrays["reliable"] = result.reliable.cpu().numpy().astype(np.float64)
+    return arrays
 
 
 def flipd_chunks(model: Model, settings: EstimateSettings) -> ChunkEstimator:
@@ -300,12 +326,20 @@ def plan_estimate(
         chunk_size=chunk_size, n_neighbors=n_neighbors,
     )
     batch = {"used": batch_size}
-    level = None
-    if settings.t0 in DATA_SET_RULES:  # one level for the whole table, from its first points
+    level = head = None
+    if settings.t0 == "band":  # the band rule reads its first points at every level of the band: keep them
+        with warnings.catch_warnings():  # the job reports results over all points, by the table's index
+            warnings.simplefilter("ignore", EstimateWarning)
+            head = estimate(model.model, x[: min(len(x), CALIBRATION_POINTS)], t0="band", seed=seed,
+                            batch_size=batch_size, encoded=True, calibrated_ratio=calibrated_ratio,
+                            **settings.method_settings())
+        batch["used"] = head.batch_size or batch_size
+        head.settings = {**head.settings, "batch_size": batch["used"]}  # as every chunk's (the flipd method's)
+        level = head.level
+    elif settings.t0 in DATA_SET_RULES:  # one level for the whole table, from its first points
         level = calibrated_t0(model.model, x[: min(len(x), CALIBRATION_POINTS)], seed=seed, batch_size=batch_size,
-                              encoded=True, ratio=calibrated_ratio, band=settings.t0 == "band", trace=trace,
-                              n_probes=n_probes)
-    estimator = method_chunks(settings, model.model if method in MODEL_METHODS else None, batch, level)
+                              encoded=True, ratio=calibrated_ratio, trace=trace, n_probes=n_probes)
+    estimator = method_chunks(settings, model.model if method in MODEL_METHODS else None, batch, level, head)
     return EstimatePlan(settings=settings, estimator=estimator, x=x, noise=noise, batch=batch, level=level)
 
 
