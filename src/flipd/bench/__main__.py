@@ -14,6 +14,7 @@ BENCHMARKS: dict[str, str] = {
     "images": "flipd.bench.images",
     "oracle": "flipd.bench.oracle",
     "recipes": "flipd.bench.recipes",
+    "rule_cost": "flipd.bench.rule_cost",
     "rules": "flipd.bench.rules",
     "sampling": "flipd.bench.sampling",
     "scale": "flipd.bench.scale",
