@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from typer.testing import CliRunner
 
 import flipd
@@ -782,3 +783,16 @@ def test_estimate_band_reads_each_point_once_at_each_level_across_chunks(lollipo
     frame = pd.read_csv(table)
     assert np.allclose(frame["lid"], direct.lid.double().numpy(), atol=1e-4)
     assert np.array_equal(frame["reliable"].to_numpy(), direct.reliable.numpy())
+    # the chunk estimator reports every row done, kept or computed (the progress bar's count)
+    from flipd.jobs.estimate import EstimateSettings, method_chunks
+
+    model = library.load(lollipop_model)
+    points = get_dataset("lollipop", 40, seed=0).x
+    head = library.estimate(model, points[:24], t0="band")  # the first 24 rows, kept
+    run = method_chunks(EstimateSettings(method="flipd", t0="band", chunk_size=16), model, None, head.level, head)
+    done: list[int] = []
+    x = model.encode(torch.as_tensor(points))
+    for start in range(0, 40, 16):
+        arrays, _ = run(x[start:start + 16], np.arange(start, min(40, start + 16)), done.append)
+        assert np.allclose(arrays["lid"], direct.lid.double().numpy()[start:start + 16], atol=1e-4)
+    assert sum(done) == 40

@@ -401,7 +401,8 @@ def flipd(
             ``IterableDataset`` yielding tensors (or tuples whose first entry is the points),
             or a :class:`flipd.datasets.streaming.PointStream`; an ``IterableDataset`` is read to
             its end (its length need not be known), point ``i`` in the order they come gets
-            index ``i``, and a model's ``encode`` runs per batch.
+            index ``i``, and a model's ``encode`` runs per batch (with the calibrated and
+            band rules, the first batches that hold 2048 points run as one, the rule's sample).
         t0: noise level as a time of the schedule (float, or tensor [N] for one per point), or
             a rule that chooses it: "knee" (per point, the reference knee rule,
             :func:`flipd.knee`), "plateau" (per point, the flattest stretch of the FLIPD curve

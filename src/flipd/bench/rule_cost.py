@@ -4,9 +4,10 @@ For each data set the model the synthetic benchmark trains (its cache, :func:`~f
 reads the same ``--points`` points (seed 1, as the synthetic runner's evaluation points) with:
 
 - ``fixed``: ``t0=0.05``, the default noise level (the reference of every ratio);
-- ``knee`` and ``plateau``: the per-point rules (a FLIPD curve of 50 and 29 levels per point);
+- ``knee`` and ``plateau``: the per-point rules (a FLIPD curve over :func:`flipd.knee_grid` and
+  :func:`flipd.plateau_grid`, 22 and 29 levels for the VP schedule, per point);
 - ``calibrated``: one level per data set, chosen from the first 2048 points (forward passes only);
-- ``band``: the band rule (``t0="auto"``) on a tensor; ``band stream``: the same points from a
+- ``band``: the band rule (``t0="band"``, which ``t0="auto"`` names) on a tensor; ``band stream``: the same points from a
   DataLoader (batches of 512); ``band two calls``: ``calibrated_t0(..., band=True)``, then
   ``estimate(t0=level)``: the choice and the reading done apart, so the sample is read twice.
 

@@ -160,11 +160,12 @@ def method_chunks(settings: EstimateSettings, model: Model | None = None, batch:
 
     ``batch`` (``{"used": ...}``) is updated with the batch size that ran: when a FLIPD batch
     runs out of GPU memory the estimator halves it, and later chunks start from the halved size.
-    With ``t0="calibrated"`` (or ``"band"``), ``level`` is the data set's level
-    (:func:`flipd.calibrated_t0`, chosen once by :func:`plan_estimate`), so every chunk is read at
-    it (at its ``read_times``). ``head``, if given, is the result of the table's first points
-    (global indices 0..len(head)-1) at that level, kept from the choice: their rows are taken
-    from it, not computed again.
+    With ``t0="calibrated"`` (or ``"band"``), ``level`` is the data set's level (chosen once by
+    :func:`plan_estimate`: :func:`flipd.calibrated_t0`, or the ``level`` of ``flipd.estimate(...,
+    t0="band")`` on the first points), so every chunk is read at it (at its ``read_times``).
+    ``head``, if given, is the result of the table's first points (global indices
+    0..len(head)-1) at that level, kept from the choice: their rows are taken from it, not
+    computed again.
     """
     method = METHOD_REGISTRY[settings.method]
     batch = {"used": settings.batch_size} if batch is None else batch
@@ -180,16 +181,16 @@ def method_chunks(settings: EstimateSettings, model: Model | None = None, batch:
         indices = np.asarray(indices)
         known = np.zeros(len(indices), dtype=bool) if kept is None else indices < len(head)
         result = head
+        if known.any() and progress is not None:  # the kept rows are done
+            progress(int(known.sum()))
         if not known.all():
             with warnings.catch_warnings():  # the job reports results over all chunks, by the table's index
                 warnings.simplefilter("ignore", EstimateWarning)
                 result = method(
-                    x[torch.from_numpy(~known)] if known.any() else x, model, **noise, seed=settings.seed,
-                    indices=indices[~known], batch_size=batch["used"], progress=progress, encoded=True,
-                    **settings.method_settings(),
+                    x[torch.from_numpy(~known).to(x.device)] if known.any() else x, model, **noise,
+                    seed=settings.seed, indices=indices[~known], batch_size=batch["used"], progress=progress,
+                    encoded=True, **settings.method_settings(),
                 )
-        elif progress is not None:
-            progress(len(indices))
         batch["used"] = result.batch_size or batch["used"]
         info = {"trace": result.trace, "n_probes": result.n_probes, "mode": result.mode,
                 "resolved": dict(result.settings), "batch_size": batch["used"]}
@@ -302,7 +303,9 @@ def plan_estimate(
     run on the points flattened to vectors, and take all points as one chunk (each point's
     neighbours are searched among all points). With ``t0="calibrated"`` the table's level is
     chosen here with the rule's tolerance ``calibrated_ratio`` (>= 1,
-    :func:`flipd.calibrated_t0`); with ``t0="band"`` the band rule's levels as well. The level
+    :func:`flipd.calibrated_t0`); with ``t0="band"`` the band rule's levels as well, by
+    ``flipd.estimate(..., t0="band")`` on the first min(N, 2048) points, whose FLIPD the chunks
+    then take rather than compute again (so that work runs here, before the chunks). The level
     (and the levels read), not the ratio, are part of the run's identity.
 
     Raises:
