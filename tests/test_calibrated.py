@@ -4,6 +4,7 @@ smallest at which the model denoises nearly as well as at its best."""
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -244,9 +245,17 @@ def test_points_the_model_does_not_denoise_are_flagged_with_a_warning(mixture):
         far = (y[:, 0] / schedule.psi(t).to(y)) > threshold
         return perfect(y, t) * torch.where(far, 5.0, 1.0).to(y).reshape(-1, 1)
 
-    with pytest.warns(RuntimeWarning, match=f"calibrated rule found no scale for {k + 1} of 240"):
+    with pytest.warns(flipd.ScaleNotFoundWarning, match=f"calibrated rule found no scale for {k + 1} of 240"):
         result = flipd.estimate(broken_far_out, x, t0="calibrated", prediction="score")
     assert torch.equal(~result.reliable, x[:, 0] > threshold)
+    # a stream of the same points, read batch by batch at the level: one warning over all of them
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        streamed = flipd.estimate(broken_far_out, torch.utils.data.DataLoader(x, batch_size=64), t0=result.level,
+                                  prediction="score")
+    said = [str(warning.message) for warning in caught if issubclass(warning.category, flipd.ScaleNotFoundWarning)]
+    assert said == [said[0]] and f"found no scale for {k + 1} of 240 points" in said[0]
+    assert torch.equal(streamed.reliable, result.reliable)
 
 
 def test_the_curve_job_marks_the_level_estimate_reads(mixture):

@@ -213,9 +213,11 @@ def test_estimate_band_reads_the_table_as_the_library_does_and_resumes_at_it(lol
     result = flipd(*args)
     assert result.exit_code == 0, result.output
     frame = pd.read_csv(table)
-    level = json.loads(table.with_suffix(".json").read_text())["resolved"]["calibrated_level"]
+    metadata = json.loads(table.with_suffix(".json").read_text())
+    level = metadata["resolved"]["calibrated_level"]
     assert np.allclose(frame["t0"], level["t0"]) and level["read_t0"][0] == pytest.approx(level["t0"])
     assert set(level["read_t0"]) <= set(level["times"]) and "band_contrast" in level
+    assert {"load_data_s", "plan_s", "estimate_s"} <= set(metadata["timings"])  # the choice timed on its own
     # the library's band rule on the same points and model: the same levels read, the same estimates
     import flipd as library
     from flipd.datasets import get_dataset
@@ -796,3 +798,16 @@ def test_estimate_band_reads_each_point_once_at_each_level_across_chunks(lollipo
         arrays, _ = run(x[start:start + 16], np.arange(start, min(40, start + 16)), done.append)
         assert np.allclose(arrays["lid"], direct.lid.double().numpy()[start:start + 16], atol=1e-4)
     assert sum(done) == 40
+
+
+@pytest.mark.parametrize("rule, column", [("plateau", "plateau_found"), ("band", "reliable")])
+def test_points_without_a_scale_are_one_warning_over_the_table_not_one_per_chunk(lollipop_model, tmp_path, rule, column):
+    table = tmp_path / f"{rule}.csv"
+    result = flipd("estimate", "lollipop", "-m", lollipop_model, "-n", "40", "-o", table, "--t0", rule,
+                   "--chunk-size", "16", "--quiet")
+    assert result.exit_code == 0, result.output
+    missing = int((~pd.read_csv(table)[column].astype(bool)).sum())
+    assert missing == json.loads(table.with_suffix(".json").read_text())["summary"]["n_scale_not_found"]
+    said = [line for line in result.stderr.splitlines() if "found no scale" in line]
+    assert 0 < missing < 40, "the lollipop model finds a scale for some points and not for others"
+    assert len(said) == 1 and f"the {rule} rule found no scale for {missing} of 40 points" in said[0], result.stderr

@@ -17,7 +17,8 @@ from ._version import __version__
 
 from . import schedules
 from .calibrated import CalibratedLevel, calibrated_band
-from .estimator import EstimateWarning, NonFiniteOutputError, calibrated_t0, estimate, flipd, flipd_curve
+from .estimator import (EstimateWarning, NonFiniteOutputError, ScaleNotFoundWarning, calibrated_t0, estimate, flipd,
+                        flipd_curve)
 from .methods import METHODS
 from .knee import KneeResult, knee
 from .models import DiffusersModel, DiffusionModel, Model, ModelAdapter, as_model, from_diffusers, load
@@ -42,6 +43,7 @@ __all__ = [
     "NonFiniteOutputError",
     "PREDICTIONS",
     "PlateauResult",
+    "ScaleNotFoundWarning",
     "TrainConfig",
     "as_model",
     "calibrated_band",

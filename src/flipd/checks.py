@@ -24,7 +24,8 @@ from .pil_images import as_tensor_if_pil
 from .schedules import VP, Schedule
 
 __all__ = [
-    "AUTO_EXACT_MAX_DIM", "EstimateWarning", "ModelLike", "NonFiniteOutputError", "RANGE_TOLERANCE", "TRACES", "Trace",
+    "AUTO_EXACT_MAX_DIM", "EstimateWarning", "ModelLike", "NonFiniteOutputError", "RANGE_TOLERANCE", "ScaleNotFoundWarning",
+    "TRACES", "Trace",
     "out_of_range", "resolve_model", "resolve_trace", "warn_about_results",
 ]
 
@@ -44,6 +45,11 @@ AUTO_EXACT_MAX_DIM = 256
 
 class EstimateWarning(RuntimeWarning):
     """Some LID estimates are not finite, or lie outside [0, D] by more than their standard error."""
+
+
+class ScaleNotFoundWarning(EstimateWarning):
+    """A rule that chooses the noise level (knee, plateau, calibrated, band) found no scale for
+    some points; the result's ``found`` is False there."""
 
 
 #: Slack of the range check [0, D] for rounding, in dimensions per ambient dimension.

@@ -602,10 +602,11 @@ def estimate(
     """
     from .jobs.estimate import METHODS, MODEL_METHODS, check_method_options
     from .noise import BAND_CONTRAST, DATA_SET_RULES, check_noise_level, rule_named
+    from .calibrated import CALIBRATION_POINTS
     from .runs import (check_table_path, chunk_directory_for, fingerprint_array, metadata_path_for,
                        remove_run_directory, write_json, write_table)
     from .datasets.sources import load_points
-    from .estimator import NonFiniteOutputError
+    from .estimator import NonFiniteOutputError, scale_not_found_consequence
     from .jobs.estimate import estimate_table_columns, non_finite_outputs_error, plan_estimate
     from .jobs.records import run_record, summary_record
     from .jobs.inputs import load_model
@@ -650,6 +651,10 @@ def estimate(
                 with _timed(timings, "load_data_s"):
                     points = load_points(data, n=n_points, seed=seed, stream=True, workers=workers, resize=resize,
                                          center_crop=center_crop)
+                if rule_named(noise.get("t0")) in DATA_SET_RULES:
+                    _say(quiet or not group.is_main, f"choosing the noise level from the first "
+                                                     f"{min(points.n, CALIBRATION_POINTS)} points ...")
+                with _timed(timings, "plan_s"):  # the points in the model's coordinates; a data set's level chosen
                     plan = plan_estimate(
                         method, loaded, points, **noise, trace=trace, n_probes=probes,
                         seed=seed, batch_size=batch_size, chunk_size=chunk_size, n_neighbors=neighbors,
@@ -697,6 +702,7 @@ def estimate(
                 shown = ", ".join(f"{key}={_short(value)}" for key, value in result.resolved.items())
                 _say(quiet, f"{method} ran with {escape(shown)}")
             columns = estimate_table_columns(points, result, method=method, knee_rule=plan.settings.t0 in ("auto", "knee"))
+            found_column = next((name for name in ("knee_found", "plateau_found", "reliable") if name in columns), None)
             write_table(table_path, columns)
             written_plots: list[Path] = []
             if plot is not None:
@@ -715,12 +721,16 @@ def estimate(
                           **({"calibrated_level": _level_record(plan.level)} if plan.level is not None else {})},
                 chunks=_chunks_record(result), processes=group.describe(),
                 summary=summary_record(columns["lid"], points, columns["stderr"],
-                                       columns.get("knee_found", columns.get("plateau_found", columns.get("reliable")))),
+                                       columns[found_column] if found_column else None),
                 timings=timings,
                 outputs={"table": str(table_path), "plots": [str(p) for p in written_plots]}, device=device_used,
             ))
             remove_run_directory(run_directory)
-        _warn_about_estimates(columns["lid"], columns["stderr"], points)
+        if found_column:  # one line over the whole table, not one per chunk
+            rule = {"knee_found": "knee", "plateau_found": "plateau"}.get(found_column, plan.settings.t0)
+            consequence = scale_not_found_consequence(rule if found_column != "reliable" else "calibrated", plan.level)
+            found = (found_column, columns[found_column], rule, consequence)
+        _warn_about_estimates(columns["lid"], columns["stderr"], points, found=found if found_column else None)
         if not quiet:
             _print_summary(points, columns["lid"], title=f"{'FLIPD' if method == 'flipd' else method} on {data}")
             err_console.print(f"wrote {escape(str(table_path))} and {escape(str(metadata_path))}"
@@ -780,12 +790,17 @@ def _noise_level_options() -> Iterator[None]:
         raise OptionError(f"--{error.name}", str(error)) from None
 
 
-def _warn_about_estimates(lids: Any, stderr: Any, points: Any) -> None:
-    """One warning line each for non-finite and out-of-range estimates, shown even with --quiet
-    (the results need a look); the table keeps every row."""
-    from .jobs.records import non_finite_warning, out_of_range_warning
+def _warn_about_estimates(lids: Any, stderr: Any, points: Any, found: tuple[str, Any, str, str] | None = None) -> None:
+    """One warning line each for non-finite and out-of-range estimates and, with ``found``
+    (a table column's name, its values, the rule, what the LID is where it found no scale),
+    for points where the noise-level rule found no scale; shown even with --quiet (the results
+    need a look); the table keeps every row."""
+    from .jobs.records import non_finite_warning, out_of_range_warning, scale_not_found_warning
 
-    for warning in (non_finite_warning(lids, points), out_of_range_warning(lids, stderr, points)):
+    warnings = [non_finite_warning(lids, points), out_of_range_warning(lids, stderr, points)]
+    if found is not None:
+        warnings.append(scale_not_found_warning(found[1], found[0], points, found[2], found[3]))
+    for warning in warnings:
         if warning is not None:
             err_console.print(f"[yellow]warning:[/] {escape(warning)}", soft_wrap=True)
 

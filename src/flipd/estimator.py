@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 
 from .checks import (
-    AUTO_EXACT_MAX_DIM, TRACES, EstimateWarning, ModelLike, NonFiniteOutputError, Trace, _as_batch,
+    AUTO_EXACT_MAX_DIM, TRACES, EstimateWarning, ModelLike, NonFiniteOutputError, ScaleNotFoundWarning, Trace, _as_batch,
     _as_indices, _non_finite_rows, _output_checker, out_of_range, resolve_model, resolve_trace,
     warn_about_results,
 )
@@ -48,7 +48,8 @@ DEFAULT_BATCH_SIZE = 1024
 DEFAULT_CHUNK_ROWS = 4096
 
 __all__ = [
-    "AUTO_EXACT_MAX_DIM", "TRACES", "EstimateWarning", "FLIPDResult", "LIDResult", "ModelLike", "NonFiniteOutputError", "estimate", "flipd",
+    "AUTO_EXACT_MAX_DIM", "TRACES", "EstimateWarning", "FLIPDResult", "LIDResult", "ModelLike", "NonFiniteOutputError",
+    "ScaleNotFoundWarning", "estimate", "flipd",
     "calibrated_t0", "flipd_curve", "is_point_stream", "non_finite_outputs", "out_of_range", "resolve_model", "resolve_trace",
 ]
 
@@ -595,8 +596,10 @@ def _estimate_stream(model, x, *, t0, sigma, delta, indices, progress, batch_siz
     With the calibrated or band rule, the stream's first batches (at least
     :data:`~flipd.calibrated.CALIBRATION_POINTS` points) are read together, as a tensor: the
     rule chooses its level from them and keeps their FLIPD; later batches are read at the
-    chosen level (the result's ``level``)."""
+    chosen level (the result's ``level``). Its warnings (estimates outside [0, D], points
+    without a scale) are given once, over the whole stream."""
     results: list[FLIPDResult] = []
+    read_indices: list[Tensor] = []
     offset = 0
     rule = t0 if isinstance(t0, str) and t0 in DATA_SET_RULES else None
     if rule is not None:  # one choice for the whole stream, from its first points
@@ -620,9 +623,11 @@ def _estimate_stream(model, x, *, t0, sigma, delta, indices, progress, batch_siz
         batch_size = result.batch_size or batch_size
         chunk_rows = result.chunk_rows or chunk_rows
         results.append(result)
+        read_indices.append(_as_indices(batch_indices, batch.shape[0]))
         offset = stop
 
-    with progress_callback(progress, _stream_length(x) or 0, "FLIPD") as report:
+    with progress_callback(progress, _stream_length(x) or 0, "FLIPD") as report, warnings.catch_warnings():
+        warnings.simplefilter("ignore", EstimateWarning)  # said once below, over all batches
         for batch, batch_indices in _stream_batches(x, indices, batch_size):
             if rule is not None and not results:
                 head.append((torch.as_tensor(batch), batch_indices))
@@ -637,12 +642,17 @@ def _estimate_stream(model, x, *, t0, sigma, delta, indices, progress, batch_siz
     first, last = results[0], results[-1]
     optional = {name: torch.cat([getattr(r, name) for r in results])
                 for name in ("knee_found", "plateau_found", "flatness", "reliable") if getattr(first, name) is not None}
-    return FLIPDResult(
+    result = FLIPDResult(
         **{name: torch.cat([getattr(r, name) for r in results]) for name in ("lid", "t0", "sigma", "delta", "stderr")},
         trace=first.trace, n_probes=first.n_probes, mode=last.mode, method=first.method,
         ambient_dim=first.ambient_dim, settings=last.settings, batch_size=batch_size, chunk_rows=chunk_rows,
         level=first.level, **optional,
     )
+    for name, rule in (("knee_found", "knee"), ("plateau_found", "plateau"), ("reliable", "calibrated")):
+        if name in optional:
+            _warn_unfound(optional[name], rule, scale_not_found_consequence(rule, result.level))
+    warn_about_results(result.lid, result.stderr, result.ambient_dim, torch.cat(read_indices), "the estimates of points")
+    return result
 
 
 def _gathered(batches: list[tuple[Tensor, Any]]) -> tuple[Tensor, np.ndarray]:
@@ -652,13 +662,22 @@ def _gathered(batches: list[tuple[Tensor, Any]]) -> tuple[Tensor, np.ndarray]:
     return points, numbers
 
 
+def scale_not_found_consequence(rule: str, level: CalibratedLevel | None = None) -> str:
+    """What the ``rule``'s result holds for a point where it found no scale."""
+    if rule == "knee":
+        return "their LID is the ambient dimension D, the reference rule's fallback"
+    if rule == "plateau":
+        return "their LID is FLIPD on the flattest stretch found, which is not flat"
+    return f"the model does not denoise them reliably at the data set's level t0 = {level.t0:.4g}"
+
+
 def _warn_unfound(found: Tensor, rule: str, consequence: str) -> None:
     missing = int((~found).sum())
     if missing:
         warnings.warn(
             f"The {rule} rule found no scale for {missing} of {found.numel()} points; {consequence} "
             "(the result's found is False there).",
-            RuntimeWarning,
+            ScaleNotFoundWarning,
             stacklevel=4,
         )
 
@@ -679,7 +698,7 @@ def _estimate_auto(fn, x: Tensor, *, schedule: Schedule, progress, **options) ->
     if progress is not None:
         progress(x.shape[0])
     found = knee(curve.detach(), grid, schedule=schedule, ambient_dim=x[0].numel())
-    _warn_unfound(found.found, "knee", "their LID is the ambient dimension D, the reference rule's fallback")
+    _warn_unfound(found.found, "knee", scale_not_found_consequence("knee"))
     return _rule_result(x, found.lid, found.t0, schedule, mode_used, options, knee_found=found.found.clone())
 
 
@@ -695,7 +714,7 @@ def _estimate_plateau(fn, x: Tensor, *, schedule: Schedule, progress, **options)
     if progress is not None:
         progress(x.shape[0])
     found = plateau(curve.detach(), grid, schedule=schedule, reliable=reliable_levels(calibration))
-    _warn_unfound(found.found, "plateau", "their LID is FLIPD on the flattest stretch found, which is not flat")
+    _warn_unfound(found.found, "plateau", scale_not_found_consequence("plateau"))
     return _rule_result(x, found.lid, found.t0, schedule, mode_used, options,
                         plateau_found=found.found.clone(), flatness=found.flatness)
 
@@ -853,8 +872,7 @@ def _estimate_calibrated(fn, x: Tensor, *, schedule: Schedule, progress, level: 
     )[:, 0] if done < n else torch.empty(0, dtype=torch.float64)
     calibration = rest if measured is None else torch.cat([measured, rest])
     result.reliable = reliable_levels(calibration)
-    _warn_unfound(result.reliable, "calibrated",
-                  f"the model does not denoise them reliably at the data set's level t0 = {level.t0:.4g}")
+    _warn_unfound(result.reliable, "calibrated", scale_not_found_consequence("calibrated", level))
     result.settings = {**result.settings, "rule": "calibrated" if level.contrast is None else "band",
                        "rule_t0": level.t0, "best_t0": level.best_t0,
                        "median_calibration": float(level.median_calibration[level.index]),

@@ -109,6 +109,19 @@ def out_of_range_warning(lids: np.ndarray, stderr: np.ndarray | None, points: Po
     )
 
 
+def scale_not_found_warning(found: np.ndarray, column: str, points: PointSet, rule: str, consequence: str) -> str | None:
+    """A one-line warning naming the points for which the noise-level ``rule`` found no scale
+    (``found`` [N] bool, the table's ``column``) and what their LID is (``consequence``), or None."""
+    missing = ~np.asarray(found, dtype=bool)
+    if not missing.any():
+        return None
+    return (
+        f"the {rule} rule found no scale for {int(missing.sum())} of {missing.size} points, at index "
+        f"{_shown(points.index[missing])}; {consequence}. They are kept in the table (its {column} column is "
+        "False there) and counted in the metadata (summary.n_scale_not_found); flipd curve --plot shows their curves."
+    )
+
+
 def non_finite_output_error(positions: list[int], points: PointSet, time: float | None) -> ValueError:
     """The error for a model that returned NaN or inf for the points at ``positions`` (0..N-1),
     named by the table's index column."""
