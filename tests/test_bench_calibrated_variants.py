@@ -33,22 +33,24 @@ def _profile(times: np.ndarray, calibration: np.ndarray, size: np.ndarray) -> di
             "inner": calibration * size, "size": size}
 
 
-def test_size_weighting_ignores_points_that_predict_almost_no_noise():
+def test_points_that_predict_almost_no_noise_are_left_out_of_the_median_and_weigh_little():
     # Half the points are badly calibrated at the two smallest levels but predict almost no noise
-    # there (a full-dimensional part): the median follows them, the size-weighted mean does not.
+    # there (a full-dimensional part): the median leaves them out (not measured), the size-weighted
+    # mean gives them little weight; both read the smallest level.
     times = np.array([0.01, 0.02, 0.05, 0.1])
     calibration = np.full((10, 4), 0.05)
     calibration[:5, :2] = 0.8
     size = np.full((10, 4), 20.0)
     size[:5, :] = 1e-3
     record = score_variants(_profile(times, calibration, size), true=np.zeros(10))
-    assert record["variants"][LIBRARY_VARIANT]["t0"] == 0.05        # the median: 0.425 at the first two
-    assert record["variants"]["size-weighted, ratio 1.5"]["t0"] == 0.01
     # FLIPD is the level's index and the truth 0: the MAE is the index of the chosen level.
-    assert record["variants"][LIBRARY_VARIANT]["mae"] == 2.0
-    assert record["variants"]["size-weighted, ratio 1.5"]["mae"] == 0.0
-    assert record["best_fixed"] == 0.0 and record["variants"]["size-weighted, ratio 1.5"]["within_0.1_of_best_fixed"]
-    assert not record["variants"][LIBRARY_VARIANT]["within_0.1_of_best_fixed"]
+    for variant in (LIBRARY_VARIANT, "size-weighted, ratio 1.5"):
+        assert record["variants"][variant]["t0"] == 0.01 and record["variants"][variant]["mae"] == 0.0
+        assert record["variants"][variant]["within_0.1_of_best_fixed"]
+    # with as much noise predicted as the others, the same points are measured: the median follows them
+    record = score_variants(_profile(times, calibration, np.full((10, 4), 20.0)), true=np.zeros(10))
+    assert record["variants"][LIBRARY_VARIANT]["t0"] == 0.05 and record["variants"][LIBRARY_VARIANT]["mae"] == 2.0
+    assert record["best_fixed"] == 0.0 and not record["variants"][LIBRARY_VARIANT]["within_0.1_of_best_fixed"]
     # The labelled floor of one-level rules: the level whose FLIPD is closest to the truth.
     assert record["grid_mae"] == [0.0, 1.0, 2.0, 3.0] and record["best_grid_level"] == {"t0": 0.01, "mae": 0.0}
 

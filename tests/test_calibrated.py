@@ -13,6 +13,7 @@ import torch
 import flipd
 from flipd.calibrated import band_contrast, band_reading, calibrated_band, calibrated_level
 from flipd.noise import BAND_CONTRAST
+from flipd.reliability import reliable_levels
 from flipd.schedules import VE, VP, Cosine
 
 
@@ -60,10 +61,28 @@ def test_a_level_chosen_from_few_points_comes_with_a_warning():
 
 def test_levels_where_the_model_output_is_not_finite_are_skipped():
     calibration = np.full((100, 4), 0.05)
-    calibration[3, 0] = np.nan
+    calibration[3, 0] = np.inf
     assert calibrated_level(calibration, [0.1, 0.2, 0.3, 0.4]).index == 1
     with pytest.raises(ValueError, match="not finite at any level"):
         calibrated_level(np.full((100, 3), np.inf), [0.1, 0.2, 0.3])
+    with pytest.raises(ValueError, match="predicts no noise for any point"):
+        calibrated_level(np.full((100, 3), np.nan), [0.1, 0.2, 0.3])
+
+
+def test_points_that_look_full_dimensional_are_left_out_of_the_median():
+    """A disk in R^2 beside a line: on the disk the ideal noise prediction is O(sigma), the
+    calibration Monte Carlo noise; it is not measured there (NaN), and the median is the line's."""
+    from flipd.reliability import calibration_of
+
+    inner = torch.tensor([[0.02, 0.4, 0.5], [3.0, 0.6, 0.9], [-0.01, 0.8, 0.4]], dtype=torch.float64)
+    size = torch.tensor([[4.0, 4.0, 4.0], [0.004, 0.04, 2.0], [0.8, 4.0, 4.0]], dtype=torch.float64)
+    calibration = calibration_of(inner, size, n_draws=4)  # per copy: 1, 1, 1 / 0.001, 0.01, 0.5 / 0.2, 1, 1
+    assert torch.isnan(calibration[1, :2]).all() and torch.isnan(calibration[2, 0])
+    assert calibration[1, 2] == pytest.approx(0.45) and calibration[0, 0] == pytest.approx(0.005)
+    assert torch.isinf(calibration_of(torch.tensor([[math.nan]]), torch.tensor([[4.0]]))).all()
+    level = calibrated_level(calibration, [0.1, 0.2, 0.3])
+    assert level.median_calibration[0] == pytest.approx(0.005)  # the first point's alone
+    assert level.index == 0 and not reliable_levels(calibration)[1, 0]  # not measured: not shown reliable
 
 
 def test_a_perfect_model_is_read_at_the_smallest_level(mixture):

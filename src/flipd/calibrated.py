@@ -8,7 +8,9 @@ one, growing where the model predicts too much or too little of the noise. The c
 takes both into account, per data set:
 
 1. on the levels of :func:`flipd.plateau_grid` (evenly spaced in delta = log(sigma/psi)),
-   the *median* over the points of |calibration| is the model's denoising error at that level;
+   the *median* over the points of |calibration| is the model's denoising error at that level
+   (over the points where it is measured: not those that look full-dimensional there, see
+   :mod:`flipd.reliability`);
 2. the model's best level is where that median is smallest;
 3. t0 is the *smallest* level whose median is at most ``ratio`` times the best one
    (:data:`flipd.noise.CALIBRATED_RATIO`): as little noise as the model can be trusted with.
@@ -131,9 +133,11 @@ def calibrated_level(
     if not (times[1:] > times[:-1]).all():
         raise ValueError("t_grid must be strictly increasing.")
     magnitude = values.abs().numpy()
-    finite = np.isfinite(magnitude).all(axis=0)
+    measured = ~np.isnan(magnitude)  # NaN: not measured (the point looks full-dimensional there)
+    finite = ~np.isinf(magnitude).any(axis=0) & measured.any(axis=0)
     if not finite.any():
-        raise ValueError("The calibration is not finite at any level; the model's output is not finite there.")
+        raise ValueError("The calibration is not finite at any level; the model's output is not finite there "
+                         "(or it predicts no noise for any point: the data look full-dimensional to it).")
     if values.shape[0] < MIN_CALIBRATION_POINTS:
         warnings.warn(
             f"The calibrated rule chose its level from only {values.shape[0]} points; the median calibration is "
@@ -141,7 +145,9 @@ def calibrated_level(
             "(level = flipd.calibrated_t0(model, more_points); flipd.estimate(model, x, t0=level)).",
             RuntimeWarning, stacklevel=3,
         )
-    median = np.where(finite, np.median(np.where(np.isfinite(magnitude), magnitude, 0.0), axis=0), np.inf)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a level with no measured point: excluded by finite
+        median = np.where(finite, np.nanmedian(np.where(np.isinf(magnitude), np.nan, magnitude), axis=0), np.inf)
     index, best = smallest_within(median, ratio)
     return CalibratedLevel(
         t0=float(times[index]), index=index, times=times.clone(), median_calibration=torch.from_numpy(median),

@@ -86,6 +86,12 @@ PLATEAU_MAX_FLATNESS = 0.25
 #: The model denoises reliably at a level when |E[eps_hat · (eps_hat - eps)]| / E[‖eps_hat‖²]
 #: on the points is at most this (0 for the ideal denoiser; see :mod:`flipd.reliability`).
 RELIABILITY_TOLERANCE = 0.25
+#: The calibration is measured only where the model predicts at least this much noise,
+#: ‖eps_hat‖² per noisy copy (for the ideal denoiser, the codimension D - LID at small noise).
+#: Where it predicts less, the point looks full-dimensional at that level: the noise has no
+#: normal part to predict, the ratio is Monte Carlo noise, and the calibration is NaN there
+#: (:func:`flipd.reliability.calibration_of`).
+MIN_PREDICTED_NOISE = 0.25
 #: The calibrated rule (:mod:`flipd.calibrated`) reads a data set at the smallest level of the
 #: plateau grid where the model's median |calibration| is at most this many times its smallest.
 CALIBRATED_RATIO = 1.5

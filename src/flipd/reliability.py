@@ -14,6 +14,15 @@ too large, and strongly negative for a model that predicts too little of the noi
 FLIPD reads near D because its score ignores the manifold). No labels and no true LID are needed;
 it is measured on the points themselves (held-out points when they were not trained on).
 
+Where the model predicts almost no noise (``‖eps_hat‖²`` per copy below
+:data:`flipd.noise.MIN_PREDICTED_NOISE`: a full-dimensional part of the data, such as a disk in
+R^2, where the ideal eps_hat is about -sigma·∇log p, of size O(sigma)), the ratio has nothing to
+measure: its numerator is dominated by ``eps_hat · eps``, a draw of standard deviation
+``‖eps_hat‖``, so the ratio's spread grows like 1 / ‖eps_hat‖. The calibration is NaN there
+(not measured); it is +inf where the model's output is not finite. A model that predicts only a
+fraction f of the normal noise at codimension k has ‖eps_hat‖² ≈ f²·k per copy, so below the
+threshold only for f < 0.5 / sqrt(k): such points are left unmeasured rather than flagged.
+
 The identity holds on average over the points; for one point it holds exactly at small noise
 (where eps_hat is the normal part of eps) and only approximately at large noise, where a point's
 calibration drifts by up to about 0.2 even for a perfect model (``tests/test_plateau.py``).
@@ -33,12 +42,12 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from .noise import RELIABILITY_TOLERANCE
+from .noise import MIN_PREDICTED_NOISE, RELIABILITY_TOLERANCE
 from .parameterization import score_coefficients
 from .schedules import Schedule
 from .trace import indexed_probes
 
-__all__ = ["RELIABILITY_DRAWS", "denoising_calibration", "denoising_terms", "reliable_levels"]
+__all__ = ["RELIABILITY_DRAWS", "calibration_of", "denoising_calibration", "denoising_terms", "reliable_levels"]
 
 #: Noisy copies per point and level.
 RELIABILITY_DRAWS = 4
@@ -55,10 +64,22 @@ def denoising_calibration(fn: Callable[[Tensor, Tensor], Tensor], x: Tensor, tim
         ``seed``, ``indices``, ``n_draws``, ``batch_size``).
 
     Returns:
-        [N, T] float64: 0 for the ideal denoiser; its magnitude is the relative miscalibration.
+        [N, T] float64: 0 for the ideal denoiser; its magnitude is the relative miscalibration;
+        NaN where it is not measured, +inf where the model's output is not finite
+        (:func:`calibration_of`).
     """
     inner, size = denoising_terms(fn, x, times, **options)
-    return inner / size.clamp_min(1e-300)
+    return calibration_of(inner, size, options.get("n_draws", RELIABILITY_DRAWS))
+
+
+def calibration_of(inner: Tensor, size: Tensor, n_draws: int = RELIABILITY_DRAWS) -> Tensor:
+    """The calibration ``inner / size`` from the sums of :func:`denoising_terms` [N, T]: NaN
+    where the model predicts less than :data:`flipd.noise.MIN_PREDICTED_NOISE` of noise per
+    copy (``size / n_draws``; nothing to measure there), +inf where either sum is not finite."""
+    inner, size = torch.as_tensor(inner), torch.as_tensor(size)
+    calibration = inner / size.clamp_min(1e-300)
+    calibration = torch.where(size / n_draws < MIN_PREDICTED_NOISE, torch.nan, calibration)
+    return torch.where(torch.isfinite(inner) & torch.isfinite(size), calibration, torch.inf)
 
 
 def denoising_terms(
@@ -116,5 +137,6 @@ def denoising_terms(
 
 def reliable_levels(calibration: Tensor, *, tolerance: float = RELIABILITY_TOLERANCE) -> Tensor:
     """Whether the model denoises each point reliably at each level: |calibration| ≤
-    ``tolerance``, [N, T] bool (``calibration`` from :func:`denoising_calibration`)."""
+    ``tolerance``, [N, T] bool (``calibration`` from :func:`denoising_calibration`; a level
+    where it is not measured, NaN, is not shown reliable)."""
     return calibration.abs() <= tolerance

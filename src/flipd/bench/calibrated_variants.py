@@ -56,7 +56,7 @@ from ..checks import resolve_model
 from ..datasets import get_dataset
 from ..estimator import flipd_curve
 from ..noise import BAND_CONTRAST, CALIBRATED_RATIO, plateau_grid
-from ..reliability import denoising_terms
+from ..reliability import calibration_of, denoising_terms
 from ..runs.environment import machine_info, package_versions
 from ._report import (BENCH_PACKAGES, RULE_MARGIN, check_output_folders, git_revision, markdown_table, positive_int,
                       produced_by, write_report)
@@ -132,7 +132,7 @@ def _chosen_levels(name: str, profile: dict[str, np.ndarray], points: np.ndarray
     variant = VARIANTS[name]
     inner, size = profile["inner"][points], profile["size"][points]
     if variant.error_of is None:  # the median: the library's own rule at this ratio
-        calibration = torch.from_numpy(inner / np.maximum(size, 1e-300))
+        calibration = calibration_of(torch.from_numpy(inner), torch.from_numpy(size))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)  # few points: the library's warning, not ours
             level = calibrated_level(calibration, profile["times"], ratio=variant.ratio)
