@@ -668,7 +668,9 @@ def scale_not_found_consequence(rule: str, level: CalibratedLevel | None = None)
         return "their LID is the ambient dimension D, the reference rule's fallback"
     if rule == "plateau":
         return "their LID is FLIPD on the flattest stretch found, which is not flat"
-    return f"the model does not denoise them reliably at the data set's level t0 = {level.t0:.4g}"
+    return (f"the model is not shown to denoise them reliably at the data set's level t0 = {level.t0:.4g} (it "
+            "denoises them badly there, or predicts almost no noise for them, as on a full-dimensional part of "
+            "the data, where its denoising cannot be measured)")
 
 
 def _warn_unfound(found: Tensor, rule: str, consequence: str) -> None:
