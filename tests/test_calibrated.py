@@ -65,8 +65,12 @@ def test_levels_where_the_model_output_is_not_finite_are_skipped():
     assert calibrated_level(calibration, [0.1, 0.2, 0.3, 0.4]).index == 1
     with pytest.raises(ValueError, match="not finite at any level"):
         calibrated_level(np.full((100, 3), np.inf), [0.1, 0.2, 0.3])
-    with pytest.raises(ValueError, match="predicts no noise for any point"):
-        calibrated_level(np.full((100, 3), np.nan), [0.1, 0.2, 0.3])
+    # nothing measured anywhere (full-dimensional data): the smallest usable level, flagged, a band of one
+    calibration = np.full((100, 3), np.nan)
+    calibration[5, 0] = np.inf
+    with pytest.warns(RuntimeWarning, match="look full-dimensional to it"):
+        level = calibrated_level(calibration, [0.1, 0.2, 0.3])
+    assert level.index == 1 and not level.reliable and calibrated_band(level).tolist() == [0.2]
 
 
 def test_points_that_look_full_dimensional_are_left_out_of_the_median():

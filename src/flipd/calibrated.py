@@ -134,10 +134,23 @@ def calibrated_level(
         raise ValueError("t_grid must be strictly increasing.")
     magnitude = values.abs().numpy()
     measured = ~np.isnan(magnitude)  # NaN: not measured (the point looks full-dimensional there)
-    finite = ~np.isinf(magnitude).any(axis=0) & measured.any(axis=0)
-    if not finite.any():
-        raise ValueError("The calibration is not finite at any level; the model's output is not finite there "
-                         "(or it predicts no noise for any point: the data look full-dimensional to it).")
+    usable = ~np.isinf(magnitude).any(axis=0)
+    if not usable.any():
+        raise ValueError("The calibration is not finite at any level; the model's output is not finite there.")
+    finite = usable & measured.any(axis=0)
+    if not finite.any():  # nothing to calibrate: FLIPD of full-dimensional data is about D at any small level
+        index = int(np.flatnonzero(usable)[0])
+        warnings.warn(
+            f"The model predicts almost no noise for any of these {values.shape[0]} points at any level: the data "
+            "look full-dimensional to it (LID about D), so its denoising cannot be checked; the calibrated rule "
+            f"reads them at the smallest level, t0 = {float(times[index]):.4g}, flagged as not shown reliable.",
+            RuntimeWarning, stacklevel=3,
+        )
+        return CalibratedLevel(
+            t0=float(times[index]), index=index, times=times.clone(),
+            median_calibration=torch.full((times.numel(),), math.inf, dtype=torch.float64), best_t0=float(times[index]),
+            n_points=int(values.shape[0]), reliable=False, ratio=float(ratio),
+        )
     if values.shape[0] < MIN_CALIBRATION_POINTS:
         warnings.warn(
             f"The calibrated rule chose its level from only {values.shape[0]} points; the median calibration is "
@@ -172,7 +185,9 @@ def calibrated_band(level: CalibratedLevel) -> Tensor:
     Returns:
         The band's times, increasing, [B] float64 (B >= 1; ``level.t0`` is the first).
     """
-    median = level.median_calibration.numpy()  # inf where the model's output was not finite
+    median = level.median_calibration.numpy()  # inf where the model's output was not finite, or nothing measured
+    if not np.isfinite(median).any():  # no level could be checked: the chosen one alone
+        return level.times[level.index : level.index + 1].clone()
     return level.times[torch.from_numpy(median <= level.ratio * median.min())].clone()
 
 

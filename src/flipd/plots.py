@@ -199,7 +199,7 @@ def plot_calibrated_level(
     figure = _new_figure(7.5, 4.2)
     axis = figure.subplots()
     axis.plot(times[finite], np.maximum(median[finite], 1e-12), marker="o", markersize=3, color="tab:blue",
-              label="median |calibration| over the points")
+              label="median |calibration| over the points measured")
     axis.axhline(ratio * best, color="grey", linestyle="--", linewidth=1, label=f"{ratio:g} × the best ({best:.3g})")
     axis.axvline(chosen_t0, color="tab:red", linestyle=":", linewidth=1.5, label=f"chosen t0 = {chosen_t0:.3g}")
     if read_times is not None:
