@@ -79,8 +79,8 @@ def test_points_that_look_full_dimensional_are_left_out_of_the_median():
     from flipd.reliability import calibration_of
 
     inner = torch.tensor([[0.02, 0.4, 0.5], [3.0, 0.6, 0.9], [-0.01, 0.8, 0.4]], dtype=torch.float64)
-    size = torch.tensor([[4.0, 4.0, 4.0], [0.004, 0.04, 2.0], [0.8, 4.0, 4.0]], dtype=torch.float64)
-    calibration = calibration_of(inner, size, n_draws=4)  # per copy: 1, 1, 1 / 0.001, 0.01, 0.5 / 0.2, 1, 1
+    size = torch.tensor([[4.0, 4.0, 4.0], [0.004, 0.04, 2.0], [0.16, 4.0, 4.0]], dtype=torch.float64)
+    calibration = calibration_of(inner, size, n_draws=4)  # per copy: 1, 1, 1 / 0.001, 0.01, 0.5 / 0.04, 1, 1
     assert torch.isnan(calibration[1, :2]).all() and torch.isnan(calibration[2, 0])
     assert calibration[1, 2] == pytest.approx(0.45) and calibration[0, 0] == pytest.approx(0.005)
     assert torch.isinf(calibration_of(torch.tensor([[math.nan]]), torch.tensor([[4.0]]))).all()
@@ -279,6 +279,23 @@ def test_points_the_model_does_not_denoise_are_flagged_with_a_warning(mixture):
     said = [str(warning.message) for warning in caught if issubclass(warning.category, flipd.ScaleNotFoundWarning)]
     assert said == [said[0]] and f"found no scale for {k + 1} of 240 points" in said[0]
     assert torch.equal(streamed.reliable, result.reliable)
+
+
+def test_a_perfect_model_of_a_line_and_a_plane_in_the_plane_is_read_at_small_noise():
+    """The plane's points (LID = D = 2) have no normal noise: their calibration is not measured,
+    and the band rule reads both parts at the smallest levels (with the plane's noisy ratios in
+    its median the band reached larger noise, MAE 0.11)."""
+    from flipd.analytic import GaussianMixture
+
+    mixture = GaussianMixture.random([1, 2], ambient_dim=2, seed=0)
+    x, component = mixture.sample(400, seed=1)
+    true = torch.tensor([1.0, 2.0], dtype=torch.float64)[component]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", flipd.EstimateWarning)  # the plane's points are flagged: not measured
+        result = flipd.estimate(mixture.as_model(VP()), x, t0="band", prediction="score")
+    assert float(result.t0[0]) == pytest.approx(float(flipd.plateau_grid()[0]))
+    assert float((result.lid.double() - true).abs().mean()) < 0.01
+    assert not result.reliable[component == 1].any() and float(result.reliable[component == 0].float().mean()) > 0.95
 
 
 def test_the_curve_job_marks_the_level_estimate_reads(mixture):

@@ -90,8 +90,10 @@ RELIABILITY_TOLERANCE = 0.25
 #: ‖eps_hat‖² per noisy copy (for the ideal denoiser, the codimension D - LID at small noise).
 #: Where it predicts less, the point looks full-dimensional at that level: the noise has no
 #: normal part to predict, the ratio is Monte Carlo noise, and the calibration is NaN there
-#: (:func:`flipd.reliability.calibration_of`).
-MIN_PREDICTED_NOISE = 0.25
+#: (:func:`flipd.reliability.calibration_of`). For the ideal denoiser at codimension 1 the
+#: predicted noise per copy is a chi-square with 4 degrees of freedom over 4 (4 copies), under
+#: 0.05 for 0.5 % of points (under 0.25 for 9 %).
+MIN_PREDICTED_NOISE = 0.05
 #: The calibrated rule (:mod:`flipd.calibrated`) reads a data set at the smallest level of the
 #: plateau grid where the model's median |calibration| is at most this many times its smallest.
 CALIBRATED_RATIO = 1.5

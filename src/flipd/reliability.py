@@ -21,7 +21,7 @@ measure: its numerator is dominated by ``eps_hat · eps``, a draw of standard de
 ``‖eps_hat‖``, so the ratio's spread grows like 1 / ‖eps_hat‖. The calibration is NaN there
 (not measured); it is +inf where the model's output is not finite. A model that predicts only a
 fraction f of the normal noise at codimension k has ‖eps_hat‖² ≈ f²·k per copy, so below the
-threshold only for f < 0.5 / sqrt(k): such points are left unmeasured rather than flagged.
+threshold only for f < 0.22 / sqrt(k): such points are left unmeasured (and so not shown reliable).
 
 The identity holds on average over the points; for one point it holds exactly at small noise
 (where eps_hat is the normal part of eps) and only approximately at large noise, where a point's
