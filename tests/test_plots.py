@@ -98,3 +98,11 @@ def test_the_band_rules_figure_marks_the_levels_it_averages():
     assert "levels averaged by the band rule (3)" in labels
     plain = plots.plot_calibrated_level(times, median, float(times[4]), ratio=1.5)
     assert not any("band rule" in text.get_text() for text in plain.axes[0].get_legend().get_texts())
+
+
+def test_the_calibrated_rules_figure_says_when_no_level_could_be_checked(tmp_path):
+    times = np.geomspace(0.005, 0.25, 12)
+    figure = plots.plot_calibrated_level(times, np.full(12, np.inf), float(times[0]), tmp_path / "level.png", ratio=1.5,
+                                         read_times=times[:1])
+    assert any("no level could be checked" in text.get_text() for text in figure.axes[0].texts)
+    assert (tmp_path / "level.png").stat().st_size > 0

@@ -187,7 +187,7 @@ def plot_calibrated_level(
     Args:
         times: the T levels searched, increasing.
         median_calibration: [T] median |calibration| (0 for the ideal denoiser; inf where the
-            model's output was not finite).
+            model's output was not finite, or where no point could be measured).
         chosen_t0: the level chosen.
         ratio: the rule's ratio (:data:`flipd.noise.CALIBRATED_RATIO`).
         read_times: the levels the band rule averages over (marked; None: the calibrated rule).
@@ -195,19 +195,24 @@ def plot_calibrated_level(
     times = np.asarray(times, dtype=np.float64)
     median = np.asarray(median_calibration, dtype=np.float64)
     finite = np.isfinite(median)
-    best = max(float(np.min(median[finite])), 1e-12)  # a perfect model's 0 on a log axis
     figure = _new_figure(7.5, 4.2)
     axis = figure.subplots()
-    axis.plot(times[finite], np.maximum(median[finite], 1e-12), marker="o", markersize=3, color="tab:blue",
-              label="median |calibration| over the points measured")
-    axis.axhline(ratio * best, color="grey", linestyle="--", linewidth=1, label=f"{ratio:g} × the best ({best:.3g})")
+    if finite.any():
+        best = max(float(np.min(median[finite])), 1e-12)  # a perfect model's 0 on a log axis
+        axis.plot(times[finite], np.maximum(median[finite], 1e-12), marker="o", markersize=3, color="tab:blue",
+                  label="median |calibration| over the points measured")
+        axis.axhline(ratio * best, color="grey", linestyle="--", linewidth=1, label=f"{ratio:g} × the best ({best:.3g})")
+    else:  # the data look full-dimensional to the model at every level: nothing to plot but the choice
+        axis.text(0.5, 0.5, "no level could be checked\n(the model predicts almost no noise)", transform=axis.transAxes,
+                  ha="center", va="center")
     axis.axvline(chosen_t0, color="tab:red", linestyle=":", linewidth=1.5, label=f"chosen t0 = {chosen_t0:.3g}")
     if read_times is not None:
         read = np.isin(times, np.asarray(read_times, dtype=np.float64)) & finite
         axis.scatter(times[read], np.maximum(median[read], 1e-12), s=60, facecolors="none", edgecolors="tab:orange",
                      linewidths=1.5, zorder=3, label=f"levels averaged by the band rule ({int(read.sum())})")
     axis.set_xscale("log")
-    axis.set_yscale("log")
+    if finite.any():
+        axis.set_yscale("log")
     axis.set_xlabel(time_label)
     axis.set_ylabel("denoising calibration (0 = ideal)")
     axis.set_title(title)
