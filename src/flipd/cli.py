@@ -607,6 +607,7 @@ def estimate(
                        remove_run_directory, write_json, write_table)
     from .datasets.sources import load_points
     from .estimator import NonFiniteOutputError, scale_not_found_consequence
+    from .results import SCALE_FLAGS
     from .jobs.estimate import estimate_table_columns, non_finite_outputs_error, plan_estimate
     from .jobs.records import run_record, summary_record
     from .jobs.inputs import load_model
@@ -702,7 +703,7 @@ def estimate(
                 shown = ", ".join(f"{key}={_short(value)}" for key, value in result.resolved.items())
                 _say(quiet, f"{method} ran with {escape(shown)}")
             columns = estimate_table_columns(points, result, method=method, knee_rule=plan.settings.t0 in ("auto", "knee"))
-            found_column = next((name for name in ("knee_found", "plateau_found", "reliable") if name in columns), None)
+            found_column = next((name for name in SCALE_FLAGS if name in columns), None)
             write_table(table_path, columns)
             written_plots: list[Path] = []
             if plot is not None:
@@ -727,9 +728,9 @@ def estimate(
             ))
             remove_run_directory(run_directory)
         if found_column:  # one line over the whole table, not one per chunk
-            rule = {"knee_found": "knee", "plateau_found": "plateau"}.get(found_column, plan.settings.t0)
-            consequence = scale_not_found_consequence(rule if found_column != "reliable" else "calibrated", plan.level)
-            found = (found_column, columns[found_column], rule, consequence)
+            rule = SCALE_FLAGS[found_column]  # the band rule shares the calibrated rule's check: named as run
+            consequence = scale_not_found_consequence(rule, plan.level)
+            found = (found_column, columns[found_column], plan.settings.t0 if rule == "calibrated" else rule, consequence)
         _warn_about_estimates(columns["lid"], columns["stderr"], points, found=found if found_column else None)
         if not quiet:
             _print_summary(points, columns["lid"], title=f"{'FLIPD' if method == 'flipd' else method} on {data}")

@@ -37,7 +37,7 @@ from .parameterization import score_coefficients
 from .plateau import plateau
 from .reliability import denoising_calibration, reliable_levels
 from .progress import Progress, progress_callback
-from .results import FLIPDResult, LIDResult
+from .results import SCALE_FLAGS, FLIPDResult, LIDResult
 from .schedules import Schedule
 from .trace import MODES, basis_probes, indexed_probes, quadratic_forms
 
@@ -648,7 +648,7 @@ def _estimate_stream(model, x, *, t0, sigma, delta, indices, progress, batch_siz
         ambient_dim=first.ambient_dim, settings=last.settings, batch_size=batch_size, chunk_rows=chunk_rows,
         level=first.level, **optional,
     )
-    for name, rule in (("knee_found", "knee"), ("plateau_found", "plateau"), ("reliable", "calibrated")):
+    for name, rule in SCALE_FLAGS.items():
         if name in optional:
             _warn_unfound(optional[name], rule, scale_not_found_consequence(rule, result.level))
     warn_about_results(result.lid, result.stderr, result.ambient_dim, torch.cat(read_indices), "the estimates of points")

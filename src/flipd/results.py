@@ -20,7 +20,11 @@ from torch import Tensor
 if TYPE_CHECKING:
     from .calibrated import CalibratedLevel
 
-__all__ = ["FLIPDResult", "LIDResult"]
+__all__ = ["FLIPDResult", "LIDResult", "SCALE_FLAGS"]
+
+#: The per-point flags a noise-level rule sets (result attribute and table column: the rule it
+#: belongs to); ``reliable`` is the calibrated rule's check, which the band rule shares.
+SCALE_FLAGS: dict[str, str] = {"knee_found": "knee", "plateau_found": "plateau", "reliable": "calibrated"}
 
 
 def _numpy(values: Tensor | np.ndarray) -> np.ndarray:
@@ -121,7 +125,7 @@ class LIDResult:
 
         n = len(self)
         data: dict[str, Any] = self.columns()
-        for name in ("knee_found", "plateau_found", "reliable"):
+        for name in SCALE_FLAGS:
             flags = getattr(self, name)
             if flags is not None:
                 data[name] = np.asarray(flags.cpu().numpy() if isinstance(flags, Tensor) else flags, dtype=bool)
